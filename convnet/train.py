@@ -1,0 +1,515 @@
+"""Training state, jitted train and eval steps, and the training loop.
+
+`train_and_evaluate(config, workdir)` is what `convnet.main`, the tests and
+research scripts call. The workdir gets the resolved config (`config.json`),
+one JSON object per logged step or epoch (`metrics.jsonl`), TensorBoard event
+files and Orbax checkpoints; running it again on the same workdir resumes from
+the last checkpoint, and a finished run reports its result and returns.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from flax.training import train_state
+
+from convnet import input_pipeline, models
+from convnet.errors import CheckpointError, ConfigError
+
+OPTIMIZERS = ("rmsprop", "adam", "sgd")
+SCHEDULES = ("constant", "cosine", "warmup_cosine")
+# Config fields that may change between a run and its resumption.
+RESUMABLE_CHANGES = ("num_epochs", "max_steps", "log_every_steps", "checkpoint_every_steps")
+
+TrainState = train_state.TrainState
+Batch = Mapping[str, jax.Array]
+
+
+# ----------------------------------------------------------------------------
+# Config checks, optimizer, state
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Rejects settings that cannot work, before any data is read or code compiled.
+
+  The model's shapes are checked later, against the data, by
+  `models.create_model`.
+  """
+  for field in ("batch_size", "eval_batch_size"):
+    _require(config[field] >= 1, field, config[field], "must be a positive int")
+  for field in ("num_epochs", "log_every_steps", "checkpoint_every_steps"):
+    _require(config[field] >= 0, field, config[field], "cannot be negative")
+  _require(config.max_steps >= -1, "max_steps", config.max_steps, "is -1 (no limit) or a step count")
+  _require(config.checkpoint_keep >= 1, "checkpoint_keep", config.checkpoint_keep, "must be >= 1")
+  _require(
+    0.0 <= config.label_smoothing < 1.0, "label_smoothing", config.label_smoothing, "is in [0, 1)"
+  )
+  opt = config.optimizer
+  _require(opt.name in OPTIMIZERS, "optimizer.name", opt.name, f"is one of {', '.join(OPTIMIZERS)}")
+  _require(
+    opt.schedule in SCHEDULES, "optimizer.schedule", opt.schedule, f"is one of {', '.join(SCHEDULES)}"
+  )
+  _require(opt.learning_rate > 0, "optimizer.learning_rate", opt.learning_rate, "must be positive")
+  _require(opt.warmup_epochs >= 0, "optimizer.warmup_epochs", opt.warmup_epochs, "cannot be negative")
+  _require(0 <= opt.momentum < 1, "optimizer.momentum", opt.momentum, "is in [0, 1)")
+  _require(0 < opt.rmsprop_decay < 1, "optimizer.rmsprop_decay", opt.rmsprop_decay, "is in (0, 1)")
+  source = config.data.source
+  _require(
+    source in input_pipeline.SOURCES,
+    "data.source",
+    source,
+    f"is one of {', '.join(input_pipeline.SOURCES)}",
+  )
+  _require(
+    config.model.name in models.MODELS,
+    "model.name",
+    config.model.name,
+    f"is one of {', '.join(models.MODELS)}",
+  )
+
+
+def _require(ok: bool, field: str, value: Any, rule: str) -> None:
+  if not ok:
+    raise ConfigError(f"{field}={value!r}: {field.split('.')[-1]} {rule}")
+
+
+def create_learning_rate(opt_config, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
+  """The learning-rate schedule the config names."""
+  peak = opt_config.learning_rate
+  total_steps = max(total_steps, 1)
+  if opt_config.schedule == "constant":
+    return optax.constant_schedule(peak)
+  if opt_config.schedule == "cosine":
+    return optax.cosine_decay_schedule(peak, decay_steps=total_steps)
+  warmup = min(int(opt_config.warmup_epochs * steps_per_epoch), total_steps - 1)
+  return optax.warmup_cosine_decay_schedule(0.0, peak, max(warmup, 0), total_steps)
+
+
+def create_optimizer(opt_config, steps_per_epoch: int, total_steps: int):
+  """RMSprop (the book's), Adam or SGD with momentum, from optax."""
+  learning_rate = create_learning_rate(opt_config, steps_per_epoch, total_steps)
+  if opt_config.name == "rmsprop":
+    return optax.rmsprop(learning_rate, decay=opt_config.rmsprop_decay, momentum=opt_config.momentum)
+  if opt_config.name == "adam":
+    return optax.adam(learning_rate)
+  if opt_config.name == "sgd":
+    return optax.sgd(learning_rate, momentum=opt_config.momentum or None)
+  raise ConfigError(f"optimizer.name={opt_config.name!r} is not one of {', '.join(OPTIMIZERS)}")
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def init_params(model, rng: jax.Array, input_shape: tuple[int, ...]):
+  """The model's parameters, initialised from `rng` (compiled once per model and shape)."""
+  return model.init(rng, jnp.zeros((1, *input_shape), jnp.float32))["params"]
+
+
+def create_train_state(rng: jax.Array, model, input_shape, tx) -> TrainState:
+  """A fresh `TrainState`: step 0, initial parameters and optimizer state."""
+  params = init_params(model, rng, tuple(input_shape))
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+
+# ----------------------------------------------------------------------------
+# Steps
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example softmax cross-entropy against one-hot labels."""
+  one_hot = jax.nn.one_hot(labels, logits.shape[-1])
+  if label_smoothing:
+    one_hot = optax.smooth_labels(one_hot, label_smoothing)
+  return optax.softmax_cross_entropy(logits, one_hot)
+
+
+def train_step(
+  state: TrainState, batch: Batch, label_smoothing: float = 0.0
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on a batch; returns the new state and the batch's metrics."""
+
+  def loss_fn(params):
+    logits = state.apply_fn({"params": params}, batch["image"])
+    return cross_entropy(logits, batch["label"], label_smoothing).mean(), logits
+
+  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads)
+  correct = jnp.sum(jnp.argmax(logits, -1) == batch["label"])
+  return state, {"loss": loss, "correct": correct}
+
+
+def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
+  """Sums of loss and correct predictions over the examples where `mask` is 1."""
+  logits = state.apply_fn({"params": state.params}, batch["image"])
+  mask = batch["mask"]
+  loss = cross_entropy(logits, batch["label"])
+  correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+  return {
+    "loss_sum": jnp.sum(loss * mask),
+    "correct": jnp.sum(correct * mask),
+    "count": jnp.sum(mask),
+  }
+
+
+def eval_batches(split: input_pipeline.Split, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+  """The whole split in batches of one size; the last is padded and masked."""
+  for start in range(0, len(split), batch_size):
+    images = split.images[start : start + batch_size]
+    labels = split.labels[start : start + batch_size]
+    pad = batch_size - len(labels)
+    mask = np.concatenate([np.ones(len(labels), np.float32), np.zeros(pad, np.float32)])
+    if pad:
+      images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+      labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+    yield {"image": images, "label": labels, "mask": mask}
+
+
+def evaluate(eval_fn, state: TrainState, split: input_pipeline.Split, batch_size: int):
+  """Mean loss and accuracy over every example of a split."""
+  sums = [eval_fn(state, batch) for batch in eval_batches(split, batch_size)]
+  totals = {k: float(np.sum([s[k] for s in jax.device_get(sums)])) for k in sums[0]}
+  return {"loss": totals["loss_sum"] / totals["count"], "accuracy": totals["correct"] / totals["count"]}
+
+
+def train_batches(split: input_pipeline.Split, batch_size: int, seed: int, epoch: int, start: int):
+  """Batches of an epoch from batch index `start` on, in an order fixed by (seed, epoch)."""
+  order = np.random.default_rng([seed, epoch]).permutation(len(split))
+  for i in range(start, len(split) // batch_size):
+    idx = order[i * batch_size : (i + 1) * batch_size]
+    yield {"image": split.images[idx], "label": split.labels[idx]}
+
+
+# ----------------------------------------------------------------------------
+# Workdir: config, metrics, checkpoints
+
+
+def _atomic_write(path: str, text: str) -> None:
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Refuses to resume a workdir whose run was made with another config."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      saved = _flatten(json.load(f))
+  except (OSError, json.JSONDecodeError) as e:
+    raise CheckpointError(
+      f"{path} cannot be read ({e}); move it away or use a new --workdir to start fresh"
+    ) from None
+  now = _flatten(json.loads(config.to_json_best_effort()))
+  changed = [
+    f"{k}: {saved.get(k, '<absent>')!r} (saved) vs {now.get(k, '<absent>')!r} (now)"
+    for k in sorted(set(saved) | set(now))
+    if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES
+  ]
+  if changed:
+    raise CheckpointError(
+      f"{workdir} holds checkpoints of a run with another config:\n  "
+      + "\n  ".join(changed)
+      + f"\nUse a new --workdir, or delete {workdir} to start fresh."
+    )
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      flat.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      flat[f"{prefix}{k}"] = json.loads(json.dumps(v))  # tuples and lists compare equal
+  return flat
+
+
+def _read_metrics(path: str, last_step: int) -> list[dict[str, Any]]:
+  """The records of metrics.jsonl up to `last_step`, rewriting the file to match.
+
+  Records written after the restored checkpoint, and a torn last line left by
+  a crash, are dropped, so a resumed run appends no step twice.
+  """
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    lines = f.read().splitlines(keepends=True)
+  records = []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      break  # A torn last line.
+    if not line.endswith("\n") or record.get("step", math.inf) > last_step:
+      break
+    records.append(record)
+  if len(records) != len(lines):
+    logging.info("Dropping %d record(s) of %s past step %d", len(lines) - len(records), path, last_step)
+    _atomic_write(path, "".join(json.dumps(r) + "\n" for r in records))
+  return records
+
+
+class _MetricsWriter:
+  """Appends records to metrics.jsonl (one write a line) and to TensorBoard."""
+
+  def __init__(self, workdir: str):
+    from tensorboardX import SummaryWriter
+
+    self._path = os.path.join(workdir, "metrics.jsonl")
+    self._tensorboard = SummaryWriter(workdir)
+
+  def write(self, record: dict[str, Any]) -> None:
+    with open(self._path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    for key, value in record.items():
+      if key not in ("step", "kind") and isinstance(value, float | int):
+        split, _, name = key.partition("_")
+        tag = f"{split}/{name}" if split in ("train", "validation", "test") else key
+        self._tensorboard.add_scalar(tag, value, record["step"])
+    self._tensorboard.flush()
+
+  def close(self) -> None:
+    self._tensorboard.close()
+
+
+def _checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+    os.path.join(workdir, "checkpoints"),
+    options=ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=True, enable_async_checkpointing=False
+    ),
+  )
+
+
+def _restore(manager: ocp.CheckpointManager, state: TrainState, loop: dict[str, Any]):
+  step = manager.latest_step()
+  if step is None:
+    return state, loop
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  try:
+    restored = manager.restore(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), loop=ocp.args.JsonRestore()),
+    )
+  except Exception as e:  # Orbax raises many kinds for a bad or foreign checkpoint.
+    directory = os.path.join(os.fspath(manager.directory), str(step))
+    raise CheckpointError(
+      f"checkpoint {directory} cannot be restored into this model "
+      f"({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}). "
+      f"Use a new --workdir, or delete {manager.directory} to start fresh."
+    ) from None
+  logging.info("Resumed from checkpoint at step %d", step)
+  return restored.state, dict(restored.loop)
+
+
+def _save(manager: ocp.CheckpointManager, state: TrainState, loop: dict[str, Any]) -> None:
+  step = int(state.step)
+  if manager.latest_step() == step:
+    return
+  manager.save(
+    step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop))
+  )
+
+
+# ----------------------------------------------------------------------------
+# The loop
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+  """The run's result from its epoch records: the last, and the best by validation."""
+  epochs = [r for r in records if r.get("kind") == "epoch"]
+  if not epochs:
+    return {}
+  final = dict(epochs[-1])
+  best = epochs[-1]
+  if "validation_accuracy" in final:
+    best = max(epochs, key=lambda r: r["validation_accuracy"])  # max keeps the first of ties
+    final["best_validation_accuracy"] = best["validation_accuracy"]
+  final["best_epoch"] = best["epoch"]
+  final["test_accuracy_at_best_validation"] = best["test_accuracy"]
+  final.pop("kind")
+  return final
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains and evaluates the configured model, resuming from `workdir`.
+
+  Returns:
+    The last epoch's metrics (`train_*`, `validation_*`, `test_*`), plus
+    `best_validation_accuracy`, `best_epoch`, `test_accuracy_at_best_validation`,
+    `num_params`, `wall_time_s` and `train_examples_per_sec`.
+  """
+  validate_config(config)
+  dataset = input_pipeline.load(config.data, config.seed)
+  model = models.create_model(config.model, dataset.input_shape, dataset.num_classes)
+  steps_per_epoch = len(dataset.train) // config.batch_size
+  if steps_per_epoch == 0:
+    raise ConfigError(
+      f"batch_size={config.batch_size} is larger than the {len(dataset.train)} training examples"
+    )
+  total_steps = steps_per_epoch * config.num_epochs
+  if config.max_steps >= 0:
+    total_steps = min(total_steps, config.max_steps)
+  tx = create_optimizer(config.optimizer, steps_per_epoch, total_steps)
+  state = create_train_state(jax.random.key(config.seed), model, dataset.input_shape, tx)
+  num_params = models.count_params(state.params)
+  logging.info(
+    "%s on %s: %s parameters; %d train, %d validation, %d test examples of shape %s",
+    config.model.name,
+    dataset.name,
+    f"{num_params:,}",
+    len(dataset.train),
+    len(dataset.validation),
+    len(dataset.test),
+    dataset.input_shape,
+  )
+
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  manager = _checkpoint_manager(workdir, config.checkpoint_keep)
+  loop = {"epoch_loss_sum": 0.0, "epoch_correct": 0.0, "epoch_steps": 0, "wall_time_s": 0.0}
+  if manager.latest_step() is not None:
+    _check_resumable(workdir, config)
+    state, loop = _restore(manager, state, loop)
+  _atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2) + "\n")
+  records = _read_metrics(os.path.join(workdir, "metrics.jsonl"), int(state.step))
+  step = int(state.step)
+  if step >= total_steps:
+    result = summarize(records)
+    logging.info("Run already finished at step %d: %s", step, _format(result))
+    return result | {"num_params": num_params}
+
+  writer = _MetricsWriter(workdir)
+  train_fn = jax.jit(train_step, donate_argnums=0, static_argnames="label_smoothing")
+  eval_fn = jax.jit(eval_step)
+  start_time = time.perf_counter() - loop["wall_time_s"]
+  pending = []  # Per-step metrics still on the device.
+  window_start, window_steps = time.perf_counter(), 0
+  epoch_train_time = 0.0
+
+  def flush_pending() -> list[float]:
+    """Adds the pending steps' metrics to the epoch's sums; returns their losses."""
+    losses = []
+    for m in jax.device_get(pending):
+      losses.append(float(m["loss"]))
+      loop["epoch_loss_sum"] += losses[-1]
+      loop["epoch_correct"] += float(m["correct"])
+      loop["epoch_steps"] += 1
+    pending.clear()
+    return losses
+
+  while step < total_steps:
+    epoch, index = divmod(step, steps_per_epoch)
+    epoch_start = time.perf_counter()
+    last_index = min(steps_per_epoch, index + total_steps - step)
+    for batch in train_batches(dataset.train, config.batch_size, config.seed, epoch, index):
+      state, metrics = train_fn(state, batch, label_smoothing=config.label_smoothing)
+      pending.append(metrics)
+      step += 1
+      window_steps += 1
+      if config.log_every_steps and step % config.log_every_steps == 0:
+        losses = flush_pending()
+        seconds = time.perf_counter() - window_start
+        rate = window_steps * config.batch_size / seconds
+        record = {
+          "kind": "train",
+          "step": step,
+          "epoch": step / steps_per_epoch,
+          "train_loss": float(np.mean(losses)) if losses else float("nan"),
+          "train_examples_per_sec": rate,
+        }
+        writer.write(record)
+        _log_progress(step, epoch, steps_per_epoch, total_steps, record, seconds / window_steps)
+        window_start, window_steps = time.perf_counter(), 0
+      if step == total_steps or step % steps_per_epoch == 0:
+        break
+      if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+        flush_pending()
+        _save(manager, state, loop | {"wall_time_s": time.perf_counter() - start_time})
+    flush_pending()
+    epoch_train_time = time.perf_counter() - epoch_start
+    steps_done = last_index - index
+    record = {
+      "kind": "epoch",
+      "step": step,
+      "epoch": epoch + 1 if step % steps_per_epoch == 0 else step / steps_per_epoch,
+      "train_loss": loop["epoch_loss_sum"] / loop["epoch_steps"],
+      "train_accuracy": loop["epoch_correct"] / (loop["epoch_steps"] * config.batch_size),
+      "train_examples_per_sec": steps_done * config.batch_size / epoch_train_time,
+    }
+    for name in ("validation", "test"):
+      split = getattr(dataset, name)
+      if len(split):
+        for key, value in evaluate(eval_fn, state, split, config.eval_batch_size).items():
+          record[f"{name}_{key}"] = value
+    record["wall_time_s"] = time.perf_counter() - start_time
+    writer.write(record)
+    records.append(record)
+    logging.info("epoch %s: %s", _format_epoch(record["epoch"]), _format(record))
+    loop = {"epoch_loss_sum": 0.0, "epoch_correct": 0.0, "epoch_steps": 0}
+    loop["wall_time_s"] = record["wall_time_s"]
+    _save(manager, state, loop)
+    window_start, window_steps = time.perf_counter(), 0
+
+  manager.wait_until_finished()
+  manager.close()
+  writer.close()
+  result = summarize(records)
+  logging.info("Finished at step %d: %s", step, _format(result))
+  return result | {"num_params": num_params}
+
+
+def _format_epoch(epoch: float) -> str:
+  return str(epoch) if isinstance(epoch, int) else f"{epoch:.2f}"
+
+
+def _format(record: Mapping[str, Any]) -> str:
+  parts = []
+  for key, value in record.items():
+    if key in ("kind", "epoch"):
+      continue
+    if isinstance(value, float):
+      value = f"{value:,.0f}" if "per_sec" in key else f"{value:.4f}"
+    parts.append(f"{key}={value}")
+  return " ".join(parts)
+
+
+def _log_progress(step, epoch, steps_per_epoch, total_steps, record, seconds_per_step):
+  in_epoch = step - epoch * steps_per_epoch
+  epoch_eta = (steps_per_epoch - in_epoch) * seconds_per_step
+  run_eta = (total_steps - step) * seconds_per_step
+  logging.info(
+    "epoch %d step %d/%d (%.0f%%): train_loss=%.4f, %s examples/s, ETA epoch %s, run %s",
+    epoch + 1,
+    in_epoch,
+    steps_per_epoch,
+    100 * in_epoch / steps_per_epoch,
+    record["train_loss"],
+    f"{record['train_examples_per_sec']:,.0f}",
+    _duration(epoch_eta),
+    _duration(run_eta),
+  )
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  if seconds < 60:
+    return f"{seconds}s"
+  if seconds < 3600:
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

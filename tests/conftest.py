@@ -1,0 +1,73 @@
+"""Shared fixtures: a small config on the embedded digits, and IDX folders."""
+
+import dataclasses
+import os
+
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # TensorFlow stays off any GPU.
+
+import jax
+import numpy as np
+import pytest
+
+from configs import mnist
+from convnet import input_pipeline
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture
+def config():
+  """The book's convnet on the embedded digits, small enough for a test."""
+  config = mnist.get_config()
+  config.data.source = "embedded"
+  config.data.tfds_data_dir = ""
+  config.data.idx_dir = ""
+  config.batch_size = 256
+  config.num_epochs = 1
+  config.log_every_steps = 5
+  return config
+
+
+@pytest.fixture(scope="session")
+def embedded():
+  """The embedded digits, each split in a fixed shuffled order (the file is sorted by label)."""
+  raw = input_pipeline.load_embedded()
+  rng = np.random.default_rng(0)
+  train, test = rng.permutation(len(raw.train_labels)), rng.permutation(len(raw.test_labels))
+  return dataclasses.replace(
+    raw,
+    train_images=raw.train_images[train],
+    train_labels=raw.train_labels[train],
+    test_images=raw.test_images[test],
+    test_labels=raw.test_labels[test],
+  )
+
+
+def write_idx_dir(directory, train_images, train_labels, test_images, test_labels, gz=True):
+  """Writes the four standard IDX files; returns their paths by role."""
+  os.makedirs(directory, exist_ok=True)
+  ext = ".gz" if gz else ""
+  paths = {}
+  arrays = {
+    "train_images": train_images,
+    "train_labels": train_labels,
+    "test_images": test_images,
+    "test_labels": test_labels,
+  }
+  for key, stem in input_pipeline.IDX_FILES.items():
+    paths[key] = os.path.join(directory, stem + ext)
+    input_pipeline.write_idx(paths[key], np.asarray(arrays[key]))
+  return paths
+
+
+@pytest.fixture
+def idx_dir(tmp_path, embedded):
+  """Real digits as IDX files: 300 train and 100 test images, labels 0..9."""
+  write_idx_dir(
+    tmp_path / "idx",
+    embedded.train_images[:300, ..., 0],
+    embedded.train_labels[:300].astype(np.uint8),
+    embedded.test_images[:100, ..., 0],
+    embedded.test_labels[:100].astype(np.uint8),
+  )
+  return tmp_path / "idx"
