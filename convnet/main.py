@@ -22,7 +22,9 @@ FLAGS = flags.FLAGS
 
 flags.DEFINE_string("workdir", None, "Directory for the config, metrics, events and checkpoints.")
 config_flags.DEFINE_config_file(
-  "config", None, "A config file (see configs/); override fields with --config.x=y.",
+  "config",
+  None,
+  "A config file (see configs/); override fields with --config.x=y.",
   lock_config=True,
 )
 flags.mark_flags_as_required(["config", "workdir"])

@@ -214,7 +214,9 @@ def conv_blocks(model_config: Mapping[str, Any], input_shape: Sequence[int]):
   n = len(features)
 
   def sizes(field, value):
-    return [_size_tuple(v, rank, f"{field}", minimum=1) for v in _per_block(value, n, field, _is_size)]
+    return [
+      _size_tuple(v, rank, f"{field}", minimum=1) for v in _per_block(value, n, field, _is_size)
+    ]
 
   def paddings(field, value):
     return [_padding(v, rank, field) for v in _per_block(value, n, field, _is_padding)]

@@ -52,7 +52,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(config[field] >= 1, field, config[field], "must be a positive int")
   for field in ("num_epochs", "log_every_steps", "checkpoint_every_steps"):
     _require(config[field] >= 0, field, config[field], "cannot be negative")
-  _require(config.max_steps >= -1, "max_steps", config.max_steps, "is -1 (no limit) or a step count")
+  _require(
+    config.max_steps >= -1, "max_steps", config.max_steps, "is -1 (no limit) or a step count"
+  )
   _require(config.checkpoint_keep >= 1, "checkpoint_keep", config.checkpoint_keep, "must be >= 1")
   _require(
     0.0 <= config.label_smoothing < 1.0, "label_smoothing", config.label_smoothing, "is in [0, 1)"
@@ -60,10 +62,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   opt = config.optimizer
   _require(opt.name in OPTIMIZERS, "optimizer.name", opt.name, f"is one of {', '.join(OPTIMIZERS)}")
   _require(
-    opt.schedule in SCHEDULES, "optimizer.schedule", opt.schedule, f"is one of {', '.join(SCHEDULES)}"
+    opt.schedule in SCHEDULES,
+    "optimizer.schedule",
+    opt.schedule,
+    f"is one of {', '.join(SCHEDULES)}",
   )
   _require(opt.learning_rate > 0, "optimizer.learning_rate", opt.learning_rate, "must be positive")
-  _require(opt.warmup_epochs >= 0, "optimizer.warmup_epochs", opt.warmup_epochs, "cannot be negative")
+  _require(
+    opt.warmup_epochs >= 0, "optimizer.warmup_epochs", opt.warmup_epochs, "cannot be negative"
+  )
   _require(0 <= opt.momentum < 1, "optimizer.momentum", opt.momentum, "is in [0, 1)")
   _require(0 < opt.rmsprop_decay < 1, "optimizer.rmsprop_decay", opt.rmsprop_decay, "is in (0, 1)")
   source = config.data.source
@@ -102,7 +109,9 @@ def create_optimizer(opt_config, steps_per_epoch: int, total_steps: int):
   """RMSprop (the book's), Adam or SGD with momentum, from optax."""
   learning_rate = create_learning_rate(opt_config, steps_per_epoch, total_steps)
   if opt_config.name == "rmsprop":
-    return optax.rmsprop(learning_rate, decay=opt_config.rmsprop_decay, momentum=opt_config.momentum)
+    return optax.rmsprop(
+      learning_rate, decay=opt_config.rmsprop_decay, momentum=opt_config.momentum
+    )
   if opt_config.name == "adam":
     return optax.adam(learning_rate)
   if opt_config.name == "sgd":
@@ -179,7 +188,10 @@ def evaluate(eval_fn, state: TrainState, split: input_pipeline.Split, batch_size
   """Mean loss and accuracy over every example of a split."""
   sums = [eval_fn(state, batch) for batch in eval_batches(split, batch_size)]
   totals = {k: float(np.sum([s[k] for s in jax.device_get(sums)])) for k in sums[0]}
-  return {"loss": totals["loss_sum"] / totals["count"], "accuracy": totals["correct"] / totals["count"]}
+  return {
+    "loss": totals["loss_sum"] / totals["count"],
+    "accuracy": totals["correct"] / totals["count"],
+  }
 
 
 def train_batches(split: input_pipeline.Split, batch_size: int, seed: int, epoch: int, start: int):
@@ -259,7 +271,9 @@ def _read_metrics(path: str, last_step: int) -> list[dict[str, Any]]:
       break
     records.append(record)
   if len(records) != len(lines):
-    logging.info("Dropping %d record(s) of %s past step %d", len(lines) - len(records), path, last_step)
+    logging.info(
+      "Dropping %d record(s) of %s past step %d", len(lines) - len(records), path, last_step
+    )
     _atomic_write(path, "".join(json.dumps(r) + "\n" for r in records))
   return records
 
@@ -304,7 +318,9 @@ def _restore(manager: ocp.CheckpointManager, state: TrainState, loop: dict[str, 
   try:
     restored = manager.restore(
       step,
-      args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), loop=ocp.args.JsonRestore()),
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), loop=ocp.args.JsonRestore()
+      ),
     )
   except Exception as e:  # Orbax raises many kinds for a bad or foreign checkpoint.
     directory = os.path.join(os.fspath(manager.directory), str(step))

@@ -93,7 +93,9 @@ def test_embedded_digits():
 @pytest.mark.parametrize("fraction", [1.0, -0.1, 0.9999999])
 def test_impossible_validation_fraction(idx_dir, fraction):
   with pytest.raises(ConfigError, match="data.validation_fraction"):
-    input_pipeline.load(_data_config(source="idx", idx_dir=str(idx_dir), validation_fraction=fraction), 0)
+    input_pipeline.load(
+      _data_config(source="idx", idx_dir=str(idx_dir), validation_fraction=fraction), 0
+    )
 
 
 def test_unknown_source():

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -155,7 +154,9 @@ def test_resume_with_another_config_is_refused(config, tmp_path):
   config.max_steps = 2
   train.train_and_evaluate(config, str(tmp_path))
   config.model.conv.activation = "tanh"
-  with pytest.raises(CheckpointError, match=r"model.conv.activation: 'relu' \(saved\) vs 'tanh' \(now\)"):
+  with pytest.raises(
+    CheckpointError, match=r"model.conv.activation: 'relu' \(saved\) vs 'tanh' \(now\)"
+  ):
     train.train_and_evaluate(config, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
 
@@ -238,6 +239,10 @@ def test_main_reports_a_bad_config_in_one_line(tmp_path):
   result = _main(tmp_path, "--config.model.conv.kernel_size=29")
   assert result.returncode == 1
   assert "Traceback" not in result.stderr
-  assert result.stderr.strip().splitlines()[-1].startswith(
-    "error: model.conv.kernel_size: block 0's 29x29 kernel does not fit its 28x28 input"
+  assert (
+    result.stderr.strip()
+    .splitlines()[-1]
+    .startswith(
+      "error: model.conv.kernel_size: block 0's 29x29 kernel does not fit its 28x28 input"
+    )
   )

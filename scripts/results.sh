@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Reproduces the README's results table: the book's convnet and its dense baseline on the
+# full Fashion-MNIST (IDX files) and the convnet on the embedded MNIST digits.
+#
+#   scripts/results.sh [RUNS_DIR]
+#
+# FASHION_MNIST_DIR points at the four Fashion-MNIST IDX files (Debian's package
+# dataset-fashion-mnist installs them in /usr/share/datasets/fashion-mnist).
+set -euo pipefail
+runs=${1:-runs}
+fashion=${FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}
+cd "$(dirname "$0")/.."
+
+run() {
+  local name=$1
+  shift
+  python -m convnet.main --workdir="$runs/$name" "$@"
+  python - "$runs/$name" <<'PY'
+import json, sys
+records = [json.loads(line) for line in open(f"{sys.argv[1]}/metrics.jsonl")]
+last = [r for r in records if r["kind"] == "epoch"][-1]
+print(f"{sys.argv[1]}: epochs={last['epoch']} test_accuracy={last['test_accuracy']:.4f} "
+      f"wall_time_s={last['wall_time_s']:.0f}")
+PY
+}
+
+run fashion_convnet --config=configs/fashion_mnist.py \
+  --config.data.source=idx --config.data.idx_dir="$fashion"
+run fashion_dense --config=configs/dense.py \
+  --config.data.source=idx --config.data.idx_dir="$fashion"
+run mnist_5k_convnet --config=configs/mnist.py --config.data.source=embedded
+run mnist_5k_dense --config=configs/dense.py --config.data.source=embedded
