@@ -44,8 +44,7 @@ def main(argv):
   logging.info("JAX devices: %s", jax.devices())
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except ConvnetError as e:
-    logging.error("%s", e)
+  except ConvnetError as e:  # A problem the message alone explains: no traceback.
     sys.exit(f"error: {e}")
 
 

@@ -416,7 +416,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   start_time = time.perf_counter() - loop["wall_time_s"]
   pending = []  # Per-step metrics still on the device.
   window_start, window_steps = time.perf_counter(), 0
-  epoch_train_time = 0.0
 
   def flush_pending() -> list[float]:
     """Adds the pending steps' metrics to the epoch's sums; returns their losses."""
