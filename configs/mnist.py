@@ -53,6 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.head = "flatten"  # or "global_avg", "global_max"
   config.model.dense_features = (64,)
   config.model.dense_activation = "relu"
+  config.model.implementation = "matmul"  # or "lax": same function, slower on CPU
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "rmsprop"  # "rmsprop", "adam" or "sgd"
@@ -63,6 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.rmsprop_decay = 0.9
 
   config.batch_size = 128
+  config.steps_per_call = 8  # train steps per dispatch to the device
   config.eval_batch_size = 1000
   config.num_epochs = 10
   config.max_steps = -1  # stop after this many steps; -1 for no limit

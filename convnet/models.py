@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from convnet import ops
 from convnet.errors import ConfigError
 
 # "VALID", "SAME", or explicit (low, high) amounts for each spatial dimension.
@@ -42,6 +43,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 POOLINGS = ("max", "avg", "none")
 HEADS = ("flatten", "global_avg", "global_max")
 MODELS = ("convnet", "dense")
+IMPLEMENTATIONS = ("matmul", "lax")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,20 +62,46 @@ class ConvBlockSpec:
 
 
 def pool(
-  x: jax.Array, pooling: str, window: tuple[int, ...], strides: tuple[int, ...], padding: Padding
+  x: jax.Array,
+  pooling: str,
+  window: tuple[int, ...],
+  strides: tuple[int, ...],
+  padding: Padding,
+  implementation: str = "matmul",
 ) -> jax.Array:
   """Max or average pooling over the spatial axes of a channels-last batch.
 
   Average pooling divides by the number of real (unpadded) inputs in each
-  window, as Keras, TensorFlow and TensorFlow.js do.
+  window, as Keras, TensorFlow and TensorFlow.js do. Max pooling's gradient
+  goes to the first maximum of each window, in both implementations.
   """
   if pooling == "none":
     return x
-  if pooling == "max":
-    return nn.max_pool(x, window, strides=strides, padding=padding)
-  if pooling == "avg":
+  if implementation == "lax":
+    if pooling == "max":
+      return nn.max_pool(x, window, strides=strides, padding=padding)
     return nn.avg_pool(x, window, strides=strides, padding=padding, count_include_pad=False)
-  raise ValueError(f"unknown pooling {pooling!r}")
+  if pooling == "max":
+    return ops.max_pool(x, window, strides, padding)
+  return ops.avg_pool(x, window, strides, padding)
+
+
+class MatmulConv(nn.Module):
+  """`nn.Conv`'s parameters and function, computed by `ops.conv` as one matmul."""
+
+  features: int
+  kernel_size: tuple[int, ...]
+  strides: tuple[int, ...]
+  padding: Padding
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (*self.kernel_size, x.shape[-1], self.features)
+    )
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    y = ops.conv(x, kernel, self.strides, self.padding)
+    return y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
 
 
 class ConvNet(nn.Module):
@@ -88,6 +116,9 @@ class ConvNet(nn.Module):
     num_classes: number of logits.
     head: "flatten", "global_avg" or "global_max".
     dense_activation: activation of the dense layers.
+    implementation: "matmul" (convs and pooling as slices and matmuls, see
+      `convnet.ops`; fastest on CPU) or "lax" (`nn.Conv` and `nn.max_pool`).
+      Both compute the same function with the same parameters.
   """
 
   blocks: tuple[ConvBlockSpec, ...]
@@ -95,21 +126,24 @@ class ConvNet(nn.Module):
   num_classes: int
   head: str = "flatten"
   dense_activation: str = "relu"
+  implementation: str = "matmul"
 
   @nn.compact
   def __call__(self, x_BSC: jax.Array) -> jax.Array:
     x = x_BSC  # batch, spatial dims..., channels
     for i, block in enumerate(self.blocks):
-      x = nn.Conv(
-        block.features,
-        block.kernel_size,
-        strides=block.strides,
-        padding=block.padding,
-        name=f"conv_{i}",
-      )(x)
+      conv = nn.Conv if self.implementation == "lax" else MatmulConv
+      x = conv(block.features, block.kernel_size, block.strides, block.padding, name=f"conv_{i}")(x)
       x = ACTIVATIONS[block.activation](x)
       self.sow("intermediates", f"activation_{i}", x)
-      x = pool(x, block.pooling, block.pool_window, block.pool_strides, block.pool_padding)
+      x = pool(
+        x,
+        block.pooling,
+        block.pool_window,
+        block.pool_strides,
+        block.pool_padding,
+        self.implementation,
+      )
       self.sow("intermediates", f"block_{i}", x)
     spatial_axes = tuple(range(1, x.ndim - 1))
     if self.head == "flatten":
@@ -162,7 +196,10 @@ def create_model(model_config: Mapping[str, Any], input_shape: Sequence[int], nu
   if name == "convnet":
     blocks = conv_blocks(model_config, input_shape)
     head = _choice(model_config["head"], HEADS, "model.head")
-    return ConvNet(blocks, dense_features, num_classes, head, activation)
+    implementation = _choice(
+      model_config["implementation"], IMPLEMENTATIONS, "model.implementation"
+    )
+    return ConvNet(blocks, dense_features, num_classes, head, activation, implementation)
   raise ConfigError(f"model.name={name!r} is not a model; choose one of {', '.join(MODELS)}")
 
 

@@ -48,7 +48,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   The model's shapes are checked later, against the data, by
   `models.create_model`.
   """
-  for field in ("batch_size", "eval_batch_size"):
+  for field in ("batch_size", "eval_batch_size", "steps_per_call"):
     _require(config[field] >= 1, field, config[field], "must be a positive int")
   for field in ("num_epochs", "log_every_steps", "checkpoint_every_steps"):
     _require(config[field] >= 0, field, config[field], "cannot be negative")
@@ -194,12 +194,44 @@ def evaluate(eval_fn, state: TrainState, split: input_pipeline.Split, batch_size
   }
 
 
-def train_batches(split: input_pipeline.Split, batch_size: int, seed: int, epoch: int, start: int):
-  """Batches of an epoch from batch index `start` on, in an order fixed by (seed, epoch)."""
-  order = np.random.default_rng([seed, epoch]).permutation(len(split))
-  for i in range(start, len(split) // batch_size):
-    idx = order[i * batch_size : (i + 1) * batch_size]
-    yield {"image": split.images[idx], "label": split.labels[idx]}
+def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The order of an epoch's training examples, fixed by (seed, epoch)."""
+  return np.random.default_rng([seed, epoch]).permutation(num_examples).astype(np.int32)
+
+
+def train_steps(
+  state: TrainState,
+  images: jax.Array,
+  labels: jax.Array,
+  order: jax.Array,
+  start: jax.Array,
+  count: jax.Array,
+  *,
+  steps_per_call: int,
+  batch_size: int,
+  label_smoothing: float = 0.0,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """`count` (at most `steps_per_call`) train steps in one call, on device-resident data.
+
+  Step i trains on the examples `order[(start + i) * batch_size:][:batch_size]`
+  of `images` and `labels`, which stay on the device for the whole run. One
+  compiled program serves every `count`: steps past it leave the state as it
+  is and report zeros. Returns the new state and per-step metrics of shape
+  (steps_per_call,).
+  """
+
+  def one_step(state, i):
+    def run(state):
+      idx = jax.lax.dynamic_slice_in_dim(order, (start + i) * batch_size, batch_size)
+      batch = {"image": jnp.take(images, idx, axis=0), "label": jnp.take(labels, idx, axis=0)}
+      return train_step(state, batch, label_smoothing)
+
+    def skip(state):
+      return state, {"loss": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.int32)}
+
+    return jax.lax.cond(i < count, run, skip, state)
+
+  return jax.lax.scan(one_step, state, jnp.arange(steps_per_call))
 
 
 # ----------------------------------------------------------------------------
@@ -411,32 +443,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return result | {"num_params": num_params}
 
   writer = _MetricsWriter(workdir)
-  train_fn = jax.jit(train_step, donate_argnums=0, static_argnames="label_smoothing")
+  steps_fn = jax.jit(
+    functools.partial(
+      train_steps,
+      steps_per_call=config.steps_per_call,
+      batch_size=config.batch_size,
+      label_smoothing=config.label_smoothing,
+    ),
+    donate_argnums=0,
+  )
   eval_fn = jax.jit(eval_step)
+  images, labels = jax.device_put((dataset.train.images, dataset.train.labels))
   start_time = time.perf_counter() - loop["wall_time_s"]
-  pending = []  # Per-step metrics still on the device.
+  pending = []  # (per-step metrics still on the device, number of valid steps)
   window_start, window_steps = time.perf_counter(), 0
 
   def flush_pending() -> list[float]:
     """Adds the pending steps' metrics to the epoch's sums; returns their losses."""
     losses = []
-    for m in jax.device_get(pending):
-      losses.append(float(m["loss"]))
-      loop["epoch_loss_sum"] += losses[-1]
-      loop["epoch_correct"] += float(m["correct"])
-      loop["epoch_steps"] += 1
+    for metrics, count in jax.device_get(pending):
+      for loss, correct in zip(metrics["loss"][:count], metrics["correct"][:count], strict=True):
+        losses.append(float(loss))
+        loop["epoch_loss_sum"] += losses[-1]
+        loop["epoch_correct"] += float(correct)
+        loop["epoch_steps"] += 1
     pending.clear()
     return losses
+
+  def next_stop(step: int, epoch_end: int) -> int:
+    """The next step that needs the host: a log line, a checkpoint or the epoch's end."""
+    stops = [epoch_end, step + config.steps_per_call]
+    for every in (config.log_every_steps, config.checkpoint_every_steps):
+      if every:
+        stops.append((step // every + 1) * every)
+    return min(stops)
 
   while step < total_steps:
     epoch, index = divmod(step, steps_per_epoch)
     epoch_start = time.perf_counter()
-    last_index = min(steps_per_epoch, index + total_steps - step)
-    for batch in train_batches(dataset.train, config.batch_size, config.seed, epoch, index):
-      state, metrics = train_fn(state, batch, label_smoothing=config.label_smoothing)
-      pending.append(metrics)
-      step += 1
-      window_steps += 1
+    epoch_end = min((epoch + 1) * steps_per_epoch, total_steps)
+    last_index = epoch_end - epoch * steps_per_epoch
+    order = jax.device_put(epoch_order(len(dataset.train), config.seed, epoch))
+    while step < epoch_end:
+      count = next_stop(step, epoch_end) - step
+      state, metrics = steps_fn(state, images, labels, order, step - epoch * steps_per_epoch, count)
+      pending.append((metrics, count))
+      step += count
+      window_steps += count
       if config.log_every_steps and step % config.log_every_steps == 0:
         losses = flush_pending()
         seconds = time.perf_counter() - window_start
@@ -451,7 +504,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.write(record)
         _log_progress(step, epoch, steps_per_epoch, total_steps, record, seconds / window_steps)
         window_start, window_steps = time.perf_counter(), 0
-      if step == total_steps or step % steps_per_epoch == 0:
+      if step == epoch_end:
         break
       if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
         flush_pending()

@@ -1,5 +1,6 @@
 """Training: steps, evaluation, the loop, resume, and `convnet.main` end to end."""
 
+import functools
 import json
 import os
 import subprocess
@@ -88,15 +89,51 @@ def test_evaluate_covers_every_example_once(config, embedded):
     assert metrics["accuracy"] == pytest.approx(expected_accuracy, abs=1e-6)
 
 
-def test_train_batches_cover_the_epoch_in_a_seeded_order():
-  labels = np.arange(103, dtype=np.int32)
-  split = input_pipeline.Split(np.zeros((103, 1, 1), np.float32), labels)
-  epoch0 = [b["label"] for b in train.train_batches(split, 10, seed=0, epoch=0, start=0)]
-  assert len(epoch0) == 10 and len(np.unique(np.concatenate(epoch0))) == 100
-  resumed = [b["label"] for b in train.train_batches(split, 10, seed=0, epoch=0, start=4)]
-  np.testing.assert_array_equal(np.concatenate(epoch0[4:]), np.concatenate(resumed))
-  epoch1 = next(train.train_batches(split, 10, seed=0, epoch=1, start=0))["label"]
-  assert not np.array_equal(epoch0[0], epoch1)
+def test_epoch_order_is_a_seeded_permutation():
+  a, b = train.epoch_order(103, seed=0, epoch=0), train.epoch_order(103, seed=0, epoch=0)
+  np.testing.assert_array_equal(a, b)
+  assert sorted(a.tolist()) == list(range(103))
+  assert not np.array_equal(a, train.epoch_order(103, seed=0, epoch=1))
+  assert not np.array_equal(a, train.epoch_order(103, seed=1, epoch=0))
+
+
+def test_fast_path_matches_the_plain_reference_step(config, embedded):
+  """The loop's path (matmul ops, device-resident data, several steps a call) against
+  a plain per-step jit of `nn.Conv`/`nn.max_pool` on host batches, as in Flax's examples."""
+  batch_size, num_steps = 32, 6
+  images = input_pipeline.scale(embedded.train_images[:256])
+  labels = embedded.train_labels[:256].astype(np.int32)
+  order = train.epoch_order(len(labels), seed=0, epoch=0)
+
+  config.model.implementation = "lax"
+  reference = _state(config)
+  step = jax.jit(train.train_step)
+  reference_losses = []
+  for i in range(num_steps):
+    idx = order[i * batch_size : (i + 1) * batch_size]
+    reference, metrics = step(reference, {"image": images[idx], "label": labels[idx]})
+    reference_losses.append(float(metrics["loss"]))
+
+  config.model.implementation = "matmul"
+  fast = _state(config)
+  steps = jax.jit(
+    functools.partial(train.train_steps, steps_per_call=4, batch_size=batch_size),
+    donate_argnums=0,
+  )
+  fast_losses = []
+  for start, count in ((0, 4), (4, 2)):  # the second call runs 2 of its 4 steps
+    fast, metrics = steps(fast, images, labels, order, start, count)
+    fast_losses += metrics["loss"][:count].tolist()
+    assert metrics["loss"][count:].tolist() == [0.0] * (4 - count)
+  assert int(fast.step) == num_steps
+  np.testing.assert_allclose(fast_losses, reference_losses, rtol=1e-5)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+    fast.params,
+    reference.params,
+  )
+  # The parameters moved: the comparison is not between two initial states.
+  assert not np.allclose(fast.params["conv_0"]["kernel"], _state(config).params["conv_0"]["kernel"])
 
 
 def _records(workdir):

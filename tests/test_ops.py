@@ -1,0 +1,126 @@
+"""The matmul implementation against `lax`: same values, same gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import mnist as mnist_config
+from convnet import models, ops
+
+CASES = [
+  # (spatial input, kernel, strides, padding)
+  ((28, 28), (3, 3), (1, 1), "VALID"),
+  ((13, 12), (3, 2), (2, 1), "SAME"),
+  ((13, 12), (5, 5), (3, 2), ((2, 1), (0, 3))),
+  ((29,), (5,), (2,), "SAME"),
+  ((29,), (1,), (1,), "VALID"),
+  ((7, 8, 9), (3, 3, 2), (1, 2, 1), ((1, 0), (0, 2), (1, 1))),
+]
+
+
+def _grads(fn, x, *args):
+  cotangent = jnp.asarray(np.random.default_rng(1).normal(size=jax.eval_shape(fn, x, *args).shape))
+  return jax.jit(jax.grad(lambda x, *a: jnp.sum(fn(x, *a) * cotangent), argnums=(0, 1)))(x, *args)
+
+
+@pytest.mark.parametrize("spatial,window,strides,padding", CASES)
+def test_conv_matches_lax(spatial, window, strides, padding):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(3, *spatial, 4)).astype(np.float32))
+  kernel = jnp.asarray(rng.normal(size=(*window, 4, 5)).astype(np.float32))
+  pads = ops.explicit_padding(spatial, window, strides, padding)
+
+  def reference(x, kernel):
+    dims = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, _channels_last(len(spatial)))
+    return jax.lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=dims)
+
+  ours = ops.conv(x, kernel, strides, padding)
+  np.testing.assert_allclose(ours, reference(x, kernel), rtol=1e-4, atol=1e-4)
+  for a, b in zip(
+    _grads(lambda x, k: ops.conv(x, k, strides, padding), x, kernel),
+    _grads(reference, x, kernel),
+    strict=True,
+  ):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def _channels_last(rank):
+  spatial = "DHW"[-rank:] if rank <= 3 else None
+  return (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
+
+
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+@pytest.mark.parametrize("spatial,window,strides,padding", CASES)
+def test_pooling_matches_lax(pooling, spatial, window, strides, padding):
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(3, *spatial, 4)).astype(np.float32))
+
+  def ours(x, _):
+    return models.pool(x, pooling, window, strides, padding, "matmul")
+
+  def reference(x, _):
+    return models.pool(x, pooling, window, strides, padding, "lax")
+
+  np.testing.assert_allclose(ours(x, 0.0), reference(x, 0.0), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    _grads(ours, x, 0.0)[0], _grads(reference, x, 0.0)[0], rtol=1e-5, atol=1e-5
+  )
+
+
+@pytest.mark.parametrize("window,strides", [((2, 2), (2, 2)), ((3, 3), (2, 2)), ((2, 2), (1, 1))])
+def test_max_pool_gradient_goes_to_the_first_of_tied_maxima(window, strides):
+  # ReLU outputs are full of ties at zero; both implementations must route them alike.
+  x = jnp.asarray(np.random.default_rng(3).integers(0, 2, size=(2, 9, 9, 3)).astype(np.float32))
+
+  def grad(implementation):
+    fn = lambda x: jnp.sum(models.pool(x, "max", window, strides, "VALID", implementation) * 1.5)
+    return jax.grad(fn)(x)
+
+  np.testing.assert_array_equal(grad("matmul"), grad("lax"))
+
+
+MODEL_CASES = [
+  ((28, 28, 1), {}),
+  ((28, 28, 1), {"conv.padding": "SAME", "pool.type": "avg", "pool.window": 3}),
+  (
+    (61, 2),
+    {
+      "conv.kernel_size": 5,
+      "conv.strides": 2,
+      "conv.padding": "SAME",
+      "pool.type": ("max", "avg", "none"),
+    },
+  ),
+  ((12, 13, 14, 2), {"conv.features": (4, 5), "pool.type": "max", "conv.padding": 1}),
+]
+
+
+@pytest.mark.parametrize("input_shape,overrides", MODEL_CASES)
+def test_convnet_implementations_agree(input_shape, overrides):
+  config = mnist_config.get_config().model
+  for key, value in overrides.items():
+    group, field = key.split(".")
+    config[group][field] = value
+  config.implementation = "lax"
+  reference = models.create_model(config, input_shape, 10)
+  config.implementation = "matmul"
+  matmul = models.create_model(config, input_shape, 10)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, *input_shape)).astype(np.float32))
+  params = jax.jit(reference.init)(jax.random.key(0), x)["params"]
+  same_init = jax.jit(matmul.init)(jax.random.key(0), x)["params"]
+  jax.tree.map(np.testing.assert_array_equal, params, same_init)
+
+  def loss(model):
+    return lambda p: jnp.sum(jax.nn.log_softmax(model.apply({"params": p}, x))[:, 3])
+
+  np.testing.assert_allclose(
+    jax.jit(matmul.apply)({"params": params}, x),
+    jax.jit(reference.apply)({"params": params}, x),
+    rtol=1e-5,
+    atol=1e-5,
+  )
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+    jax.jit(jax.grad(loss(matmul)))(params),
+    jax.jit(jax.grad(loss(reference)))(params),
+  )
