@@ -65,7 +65,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.batch_size = 128
   config.steps_per_call = 8  # train steps per dispatch to the device
-  config.eval_batch_size = 1000
+  config.microbatch_size = 64  # examples per forward/backward pass; 0: the whole batch
+  config.eval_batch_size = 1024
   config.num_epochs = 10
   config.max_steps = -1  # stop after this many steps; -1 for no limit
   config.label_smoothing = 0.0

@@ -52,6 +52,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(config[field] >= 1, field, config[field], "must be a positive int")
   for field in ("num_epochs", "log_every_steps", "checkpoint_every_steps"):
     _require(config[field] >= 0, field, config[field], "cannot be negative")
+  _require(config.microbatch_size >= 0, "microbatch_size", config.microbatch_size, "is 0 or more")
+  for field in ("batch_size", "eval_batch_size"):
+    if config.microbatch_size and config[field] > config.microbatch_size:
+      _require(
+        config[field] % config.microbatch_size == 0,
+        field,
+        config[field],
+        f"must be a multiple of microbatch_size={config.microbatch_size} (or set that to 0)",
+      )
   _require(
     config.max_steps >= -1, "max_steps", config.max_steps, "is -1 (no limit) or a step count"
   )
@@ -143,32 +152,67 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
   return optax.softmax_cross_entropy(logits, one_hot)
 
 
+def _split_batch(batch: Batch, microbatch_size: int) -> Batch:
+  """(batch, ...) arrays reshaped to (batch / microbatch_size, microbatch_size, ...)."""
+  return jax.tree.map(lambda x: x.reshape(-1, microbatch_size, *x.shape[1:]), batch)
+
+
 def train_step(
-  state: TrainState, batch: Batch, label_smoothing: float = 0.0
+  state: TrainState, batch: Batch, label_smoothing: float = 0.0, microbatch_size: int = 0
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step on a batch; returns the new state and the batch's metrics."""
+  """One optimizer step on a batch; returns the new state and the batch's metrics.
 
-  def loss_fn(params):
+  With `microbatch_size` (a divisor of the batch size), the gradient of the
+  batch's mean loss is summed over microbatches of that size, one after
+  another: the same step up to float rounding, and faster on a CPU, where a
+  small microbatch's activations stay in cache.
+  """
+  batch_size = batch["label"].shape[0]
+
+  def loss_fn(params, batch):
     logits = state.apply_fn({"params": params}, batch["image"])
-    return cross_entropy(logits, batch["label"], label_smoothing).mean(), logits
+    loss_sum = cross_entropy(logits, batch["label"], label_smoothing).sum()
+    correct = jnp.sum(jnp.argmax(logits, -1) == batch["label"])
+    return loss_sum / batch_size, correct
 
-  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if not microbatch_size or microbatch_size >= batch_size:
+    (loss, correct), grads = grad_fn(state.params, batch)
+  else:
+
+    def accumulate(totals, microbatch):
+      (loss, correct), grads = grad_fn(state.params, microbatch)
+      return jax.tree.map(jnp.add, totals, (loss, correct, grads)), None
+
+    zeros = (jnp.zeros(()), jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, state.params))
+    (loss, correct, grads), _ = jax.lax.scan(
+      accumulate, zeros, _split_batch(batch, microbatch_size)
+    )
   state = state.apply_gradients(grads=grads)
-  correct = jnp.sum(jnp.argmax(logits, -1) == batch["label"])
   return state, {"loss": loss, "correct": correct}
 
 
-def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
-  """Sums of loss and correct predictions over the examples where `mask` is 1."""
-  logits = state.apply_fn({"params": state.params}, batch["image"])
-  mask = batch["mask"]
-  loss = cross_entropy(logits, batch["label"])
-  correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-  return {
-    "loss_sum": jnp.sum(loss * mask),
-    "correct": jnp.sum(correct * mask),
-    "count": jnp.sum(mask),
-  }
+def eval_step(state: TrainState, batch: Batch, microbatch_size: int = 0) -> dict[str, jax.Array]:
+  """Sums of loss and correct predictions over the examples where `mask` is 1.
+
+  With `microbatch_size` (a divisor of the batch size), the batch runs in
+  microbatches of that size, one after another.
+  """
+
+  def sums(batch):
+    logits = state.apply_fn({"params": state.params}, batch["image"])
+    mask = batch["mask"]
+    loss = cross_entropy(logits, batch["label"])
+    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+    return {
+      "loss_sum": jnp.sum(loss * mask),
+      "correct": jnp.sum(correct * mask),
+      "count": jnp.sum(mask),
+    }
+
+  if not microbatch_size or microbatch_size >= batch["label"].shape[0]:
+    return sums(batch)
+  return jax.tree.map(lambda x: x.sum(0), jax.lax.map(sums, _split_batch(batch, microbatch_size)))
 
 
 def eval_batches(split: input_pipeline.Split, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
@@ -210,6 +254,7 @@ def train_steps(
   steps_per_call: int,
   batch_size: int,
   label_smoothing: float = 0.0,
+  microbatch_size: int = 0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """`count` (at most `steps_per_call`) train steps in one call, on device-resident data.
 
@@ -224,7 +269,7 @@ def train_steps(
     def run(state):
       idx = jax.lax.dynamic_slice_in_dim(order, (start + i) * batch_size, batch_size)
       batch = {"image": jnp.take(images, idx, axis=0), "label": jnp.take(labels, idx, axis=0)}
-      return train_step(state, batch, label_smoothing)
+      return train_step(state, batch, label_smoothing, microbatch_size)
 
     def skip(state):
       return state, {"loss": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.int32)}
@@ -449,10 +494,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       steps_per_call=config.steps_per_call,
       batch_size=config.batch_size,
       label_smoothing=config.label_smoothing,
+      microbatch_size=config.microbatch_size,
     ),
     donate_argnums=0,
   )
-  eval_fn = jax.jit(eval_step)
+  eval_fn = jax.jit(functools.partial(eval_step, microbatch_size=config.microbatch_size))
   images, labels = jax.device_put((dataset.train.images, dataset.train.labels))
   start_time = time.perf_counter() - loop["wall_time_s"]
   pending = []  # (per-step metrics still on the device, number of valid steps)

@@ -97,9 +97,11 @@ def test_epoch_order_is_a_seeded_permutation():
   assert not np.array_equal(a, train.epoch_order(103, seed=1, epoch=0))
 
 
-def test_fast_path_matches_the_plain_reference_step(config, embedded):
-  """The loop's path (matmul ops, device-resident data, several steps a call) against
-  a plain per-step jit of `nn.Conv`/`nn.max_pool` on host batches, as in Flax's examples."""
+@pytest.mark.parametrize("microbatch_size", [0, 8])
+def test_fast_path_matches_the_plain_reference_step(config, embedded, microbatch_size):
+  """The loop's path (matmul ops, device-resident data, several steps a call,
+  microbatches) against a plain per-step jit of `nn.Conv`/`nn.max_pool` on host
+  batches, as in Flax's examples."""
   batch_size, num_steps = 32, 6
   images = input_pipeline.scale(embedded.train_images[:256])
   labels = embedded.train_labels[:256].astype(np.int32)
@@ -117,7 +119,9 @@ def test_fast_path_matches_the_plain_reference_step(config, embedded):
   config.model.implementation = "matmul"
   fast = _state(config)
   steps = jax.jit(
-    functools.partial(train.train_steps, steps_per_call=4, batch_size=batch_size),
+    functools.partial(
+      train.train_steps, steps_per_call=4, batch_size=batch_size, microbatch_size=microbatch_size
+    ),
     donate_argnums=0,
   )
   fast_losses = []
@@ -134,6 +138,21 @@ def test_fast_path_matches_the_plain_reference_step(config, embedded):
   )
   # The parameters moved: the comparison is not between two initial states.
   assert not np.allclose(fast.params["conv_0"]["kernel"], _state(config).params["conv_0"]["kernel"])
+
+
+def test_eval_microbatches_give_the_same_sums(config, embedded):
+  state = _state(config)
+  n = 96
+  batch = {
+    "image": input_pipeline.scale(embedded.test_images[:n]),
+    "label": embedded.test_labels[:n].astype(np.int32),
+    "mask": (np.arange(n) < 90).astype(np.float32),
+  }
+  whole = jax.jit(train.eval_step)(state, batch)
+  split = jax.jit(functools.partial(train.eval_step, microbatch_size=32))(state, batch)
+  assert float(whole["count"]) == float(split["count"]) == 90
+  assert float(whole["correct"]) == float(split["correct"])
+  np.testing.assert_allclose(float(whole["loss_sum"]), float(split["loss_sum"]), rtol=1e-5)
 
 
 def _records(workdir):
@@ -211,7 +230,12 @@ def test_resume_with_another_config_is_refused(config, tmp_path):
     ("data.source", "web", "data.source='web'"),
     ("model.conv.strides", 0, "model.conv.strides=0"),
     ("model.pool.type", "median", "model.pool.type='median'"),
-    ("batch_size", 5000, "batch_size=5000 is larger than the 3400 training examples"),
+    ("batch_size", 5120, "batch_size=5120 is larger than the 3400 training examples"),
+    ("batch_size", 200, "batch_size=200: batch_size must be a multiple of microbatch_size=64"),
+    ("eval_batch_size", 1000, "eval_batch_size=1000: eval_batch_size must be a multiple"),
+    ("microbatch_size", -8, "microbatch_size=-8"),
+    ("steps_per_call", 0, "steps_per_call=0"),
+    ("model.implementation", "cudnn", "model.implementation='cudnn'"),
   ],
 )
 def test_bad_configs_stop_before_compiling(config, tmp_path, monkeypatch, field, value, message):

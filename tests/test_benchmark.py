@@ -1,0 +1,55 @@
+"""The benchmark's pieces, at sizes that run in seconds (no timing is asserted)."""
+
+import importlib.util
+
+import pytest
+
+from convnet import benchmark
+
+
+def test_frameworks_missing_here_are_skipped_and_named():
+  run, skipped = benchmark.available_frameworks(["project", "flax", "torch", "keras"])
+  assert run[:2] == ["project", "flax"]
+  torch_here = importlib.util.find_spec("torch") is not None
+  assert ("torch" in run) == torch_here and ("torch" in skipped) == (not torch_here)
+  assert sorted(run + skipped) == sorted(["project", "flax", "torch", "keras"])
+
+
+def test_flops_come_from_xla_and_match_the_layer_arithmetic():
+  flops = benchmark.step_flops(batch_size=8, eval_batch_size=8)
+  # Forward multiply-adds of the book's convnet, per example.
+  forward = 2 * (
+    26 * 26 * 16 * 9 * 1 + 11 * 11 * 32 * 9 * 16 + 3 * 3 * 32 * 9 * 32 + 288 * 64 + 64 * 10
+  )
+  assert forward == pytest.approx(1.5e6, rel=0.05)
+  assert flops["eval_flops_per_example"] == pytest.approx(forward, rel=0.1)
+  # Training is the forward pass and about twice as much again for the gradients.
+  assert 2.5 * forward < flops["train_flops_per_example"] < 3.5 * forward
+
+
+def test_throughput_of_the_project_path_in_a_worker():
+  options = {"steps_per_call": 2, "microbatch_size": 4}
+  results = benchmark.measure_throughput(["project"], 8, 1, 32, 16, options)
+  r = results["project"]
+  assert set(r) == {
+    "startup_s",
+    "first_step_s",
+    "peak_rss_mb",
+    "train_examples_per_sec",
+    "eval_examples_per_sec",
+  }
+  assert all(value > 0 for value in r.values())
+  table = benchmark.format_table(
+    {
+      "matmul_peak_gflops": 100.0,
+      "flops": {"train_flops_per_example": 4.5e6},
+      "throughput": {"8": results},
+    }
+  )
+  assert table.splitlines()[2].startswith("| 8 | project |")
+
+
+def test_seeds_at_once_and_one_after_another():
+  r = benchmark.measure_seeds(2, 8, 4, {"steps_per_call": 2, "microbatch_size": 4})
+  assert r["vmap_microbatch_size"] == 2
+  assert r["vmap_examples_per_sec"] > 0 and r["sequential_examples_per_sec"] > 0
