@@ -353,11 +353,6 @@ def step_flops(batch_size: int, eval_batch_size: int) -> dict[str, float]:
   state = train.create_train_state(jax.random.key(0), model, INPUT_SHAPE, tx)
   images, labels = _random_data(max(batch_size, eval_batch_size))
 
-  def flops(fn, *args):
-    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost["flops"])
-
   batch = {"image": images[:batch_size], "label": labels[:batch_size]}
   eval_batch = {
     "image": images[:eval_batch_size],
@@ -365,8 +360,9 @@ def step_flops(batch_size: int, eval_batch_size: int) -> dict[str, float]:
     "mask": images[:eval_batch_size, 0, 0, 0] * 0 + 1,
   }
   return {
-    "train_flops_per_example": flops(train.train_step, state, batch) / batch_size,
-    "eval_flops_per_example": flops(train.eval_step, state, eval_batch) / eval_batch_size,
+    "train_flops_per_example": train.compiled_flops(train.train_step, state, batch) / batch_size,
+    "eval_flops_per_example": train.compiled_flops(train.eval_step, state, eval_batch)
+    / eval_batch_size,
   }
 
 

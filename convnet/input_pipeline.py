@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import importlib.resources
+import math
 import os
 import socket
 import zlib
@@ -30,6 +31,7 @@ from absl import logging
 from convnet.errors import ConfigError, DataError
 
 SOURCES = ("tfds", "idx", "embedded")
+FEATURES = ("pixels", "pca", "top_variance")
 
 # The IDX format: a zero word's low bytes give the element type and rank.
 _IDX_DTYPES = {
@@ -105,7 +107,10 @@ def load(data_config: Mapping[str, Any], seed: int) -> Dataset:
     raw = load_embedded()
   else:
     raise ConfigError(f"data.source={source!r} is not a source; choose one of {', '.join(SOURCES)}")
-  return _finish(raw, data_config["validation_fraction"], seed)
+  dataset = _finish(raw, data_config["validation_fraction"], seed)
+  return select_features(
+    dataset, data_config.get("features", "pixels"), data_config.get("num_features", 0)
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +149,52 @@ def _finish(raw: RawData, validation_fraction: float, seed: int) -> Dataset:
     test=split(raw.test_images, raw.test_labels),
     num_classes=raw.num_classes,
     class_names=raw.class_names,
+  )
+
+
+def select_features(dataset: Dataset, features: str, num_features: int) -> Dataset:
+  """The dataset's images as they are, or reduced to `num_features` numbers an example.
+
+  The dense side of the book's curse-of-dimensionality note:
+  - "pixels": the images as they are;
+  - "pca": the first `num_features` principal components;
+  - "top_variance": the `num_features` pixels that vary most (feature selection).
+  Both reductions are fitted on the training split alone and applied to every
+  split; an example becomes a vector of shape (num_features,).
+  """
+  if features not in FEATURES:
+    raise ConfigError(f"data.features={features!r} is not one of {', '.join(FEATURES)}")
+  if features == "pixels":
+    return dataset
+  size = math.prod(dataset.input_shape)
+  if not 1 <= num_features <= size:
+    raise ConfigError(
+      f"data.num_features={num_features!r} must be in [1, {size}] for data.features={features!r}"
+    )
+  train = dataset.train.images.reshape(len(dataset.train), -1)
+  if features == "pca":
+    mean = train.mean(0)
+    centred = (train - mean).astype(np.float64)
+    _, vectors = np.linalg.eigh(centred.T @ centred)  # eigenvalues ascending
+    components = vectors[:, ::-1][:, :num_features].astype(np.float32)
+
+    def transform(images):
+      return (images.reshape(len(images), size) - mean) @ components
+  else:
+    # A stable sort keeps the lower pixel index first among equal variances.
+    keep = np.sort(np.argsort(-train.var(0), kind="stable")[:num_features])
+
+    def transform(images):
+      return images.reshape(len(images), size)[:, keep]
+
+  def reduce(split: Split) -> Split:
+    return Split(np.ascontiguousarray(transform(split.images), np.float32), split.labels)
+
+  return dataclasses.replace(
+    dataset,
+    train=reduce(dataset.train),
+    validation=reduce(dataset.validation),
+    test=reduce(dataset.test),
   )
 
 

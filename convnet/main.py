@@ -8,7 +8,6 @@ This is the only file that defines flags. Rerunning a command on the same
 workdir resumes from its last checkpoint.
 """
 
-import logging as python_logging
 import sys
 
 import jax
@@ -30,17 +29,10 @@ config_flags.DEFINE_config_file(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _LibraryInfoFilter(python_logging.Filter):
-  """Keeps the libraries' INFO chatter (Orbax logs every file of a save) out of the log."""
-
-  def filter(self, record: python_logging.LogRecord) -> bool:
-    return record.levelno >= python_logging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+  train.quiet_library_logs()
   logging.info("JAX devices: %s", jax.devices())
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging as python_logging
 import math
 import os
 import time
@@ -68,6 +69,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(
     0.0 <= config.label_smoothing < 1.0, "label_smoothing", config.label_smoothing, "is in [0, 1)"
   )
+  _require(config.l1_penalty >= 0, "l1_penalty", config.l1_penalty, "cannot be negative")
+  if config.data.features != "pixels":
+    _require(
+      config.model.name == "dense",
+      "model.name",
+      config.model.name,
+      f"must be 'dense' with data.features={config.data.features!r}, which gives flat vectors",
+    )
   opt = config.optimizer
   _require(opt.name in OPTIMIZERS, "optimizer.name", opt.name, f"is one of {', '.join(OPTIMIZERS)}")
   _require(
@@ -157,15 +166,27 @@ def _split_batch(batch: Batch, microbatch_size: int) -> Batch:
   return jax.tree.map(lambda x: x.reshape(-1, microbatch_size, *x.shape[1:]), batch)
 
 
+def l1_norm(params) -> jax.Array:
+  """Sum of the absolute values of every kernel (weights, not biases)."""
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  return sum(jnp.abs(x).sum() for path, x in leaves if path[-1].key == "kernel")
+
+
 def train_step(
-  state: TrainState, batch: Batch, label_smoothing: float = 0.0, microbatch_size: int = 0
+  state: TrainState,
+  batch: Batch,
+  label_smoothing: float = 0.0,
+  microbatch_size: int = 0,
+  l1_penalty: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a batch; returns the new state and the batch's metrics.
 
-  With `microbatch_size` (a divisor of the batch size), the gradient of the
-  batch's mean loss is summed over microbatches of that size, one after
-  another: the same step up to float rounding, and faster on a CPU, where a
-  small microbatch's activations stay in cache.
+  The loss is the batch's mean cross-entropy, plus `l1_penalty` times the
+  kernels' L1 norm when that is set; the reported loss is the cross-entropy.
+  With `microbatch_size` (a divisor of the batch size), the gradient is summed
+  over microbatches of that size, one after another: the same step up to float
+  rounding, and faster on a CPU, where a small microbatch's activations stay in
+  cache.
   """
   batch_size = batch["label"].shape[0]
 
@@ -188,6 +209,8 @@ def train_step(
     (loss, correct, grads), _ = jax.lax.scan(
       accumulate, zeros, _split_batch(batch, microbatch_size)
     )
+  if l1_penalty:
+    grads = jax.tree.map(jnp.add, grads, jax.grad(lambda p: l1_penalty * l1_norm(p))(state.params))
   state = state.apply_gradients(grads=grads)
   return state, {"loss": loss, "correct": correct}
 
@@ -213,6 +236,30 @@ def eval_step(state: TrainState, batch: Batch, microbatch_size: int = 0) -> dict
   if not microbatch_size or microbatch_size >= batch["label"].shape[0]:
     return sums(batch)
   return jax.tree.map(lambda x: x.sum(0), jax.lax.map(sums, _split_batch(batch, microbatch_size)))
+
+
+def compiled_flops(fn, *args) -> float:
+  """FLOPs of `fn(*args)` from XLA's cost analysis of the compiled program.
+
+  XLA counts the body of a loop once, so give it a step without microbatches.
+  """
+  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost  # a list in older jax versions
+  return float(cost["flops"])
+
+
+def train_flops_per_example(
+  config: ml_collections.ConfigDict, state: TrainState, input_shape: tuple[int, ...]
+) -> float:
+  """XLA's FLOP count of one train step at `config.batch_size`, per example."""
+  batch = {
+    "image": jax.ShapeDtypeStruct((config.batch_size, *input_shape), jnp.float32),
+    "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32),
+  }
+  step = functools.partial(
+    train_step, label_smoothing=config.label_smoothing, l1_penalty=config.l1_penalty
+  )
+  return compiled_flops(step, state, batch) / config.batch_size
 
 
 def eval_batches(split: input_pipeline.Split, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
@@ -255,6 +302,7 @@ def train_steps(
   batch_size: int,
   label_smoothing: float = 0.0,
   microbatch_size: int = 0,
+  l1_penalty: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """`count` (at most `steps_per_call`) train steps in one call, on device-resident data.
 
@@ -269,7 +317,7 @@ def train_steps(
     def run(state):
       idx = jax.lax.dynamic_slice_in_dim(order, (start + i) * batch_size, batch_size)
       batch = {"image": jnp.take(images, idx, axis=0), "label": jnp.take(labels, idx, axis=0)}
-      return train_step(state, batch, label_smoothing, microbatch_size)
+      return train_step(state, batch, label_smoothing, microbatch_size, l1_penalty)
 
     def skip(state):
       return state, {"loss": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.int32)}
@@ -445,7 +493,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Returns:
     The last epoch's metrics (`train_*`, `validation_*`, `test_*`), plus
     `best_validation_accuracy`, `best_epoch`, `test_accuracy_at_best_validation`,
-    `num_params`, `wall_time_s` and `train_examples_per_sec`.
+    `num_params`, `train_flops_per_example` (XLA's count for the compiled step),
+    `wall_time_s` and `train_examples_per_sec`.
   """
   validate_config(config)
   dataset = input_pipeline.load(config.data, config.seed)
@@ -461,11 +510,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tx = create_optimizer(config.optimizer, steps_per_epoch, total_steps)
   state = create_train_state(jax.random.key(config.seed), model, dataset.input_shape, tx)
   num_params = models.count_params(state.params)
+  flops = train_flops_per_example(config, state, dataset.input_shape)
   logging.info(
-    "%s on %s: %s parameters; %d train, %d validation, %d test examples of shape %s",
+    "%s on %s: %s parameters, %.2f MFLOP per training example; "
+    "%d train, %d validation, %d test examples of shape %s",
     config.model.name,
     dataset.name,
     f"{num_params:,}",
+    flops / 1e6,
     len(dataset.train),
     len(dataset.validation),
     len(dataset.test),
@@ -485,7 +537,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if step >= total_steps:
     result = summarize(records)
     logging.info("Run already finished at step %d: %s", step, _format(result))
-    return result | {"num_params": num_params}
+    return result | {"num_params": num_params, "train_flops_per_example": flops}
 
   writer = _MetricsWriter(workdir)
   steps_fn = jax.jit(
@@ -495,6 +547,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       batch_size=config.batch_size,
       label_smoothing=config.label_smoothing,
       microbatch_size=config.microbatch_size,
+      l1_penalty=config.l1_penalty,
     ),
     donate_argnums=0,
   )
@@ -585,7 +638,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer.close()
   result = summarize(records)
   logging.info("Finished at step %d: %s", step, _format(result))
-  return result | {"num_params": num_params}
+  return result | {"num_params": num_params, "train_flops_per_example": flops}
+
+
+class _LibraryInfoFilter(python_logging.Filter):
+  """Keeps the libraries' INFO chatter (Orbax logs every file of a save) out of the log."""
+
+  def filter(self, record: python_logging.LogRecord) -> bool:
+    return record.levelno >= python_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def quiet_library_logs() -> None:
+  """Drops Orbax's INFO lines from absl's log, for the command-line entry points."""
+  logging.get_absl_handler().addFilter(_LibraryInfoFilter())
 
 
 def _format_epoch(epoch: float) -> str:

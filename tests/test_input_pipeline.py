@@ -282,3 +282,55 @@ def test_unknown_tfds_name(tmp_path):
   config = _data_config(source="tfds", name="no_such_dataset_anywhere", tfds_data_dir=str(tmp_path))
   with pytest.raises(DataError, match="data.name='no_such_dataset_anywhere' is not a TFDS dataset"):
     input_pipeline.load(config, seed=0)
+
+
+def _dataset(train_images, test_images):
+  def split(images):
+    return input_pipeline.Split(images.astype(np.float32), np.zeros(len(images), np.int32))
+
+  return input_pipeline.Dataset(
+    "toy", split(train_images), split(train_images[:0]), split(test_images), 10, ()
+  )
+
+
+def test_top_variance_keeps_the_pixels_that_vary_most():
+  rng = np.random.default_rng(0)
+  scales = np.zeros((4, 4, 1))
+  scales[1, 2], scales[3, 0], scales[0, 3] = 3.0, 2.0, 1.0  # three pixels vary, by these amounts
+  images = (rng.normal(size=(500, 4, 4, 1)) * scales).astype(np.float32)
+  reduced = input_pipeline.select_features(_dataset(images, images[:7]), "top_variance", 2)
+  # Flat pixel indices 6 (1, 2) and 12 (3, 0), in pixel order.
+  np.testing.assert_array_equal(reduced.train.images, images.reshape(500, 16)[:, [6, 12]])
+  np.testing.assert_array_equal(reduced.test.images, images[:7].reshape(7, 16)[:, [6, 12]])
+
+
+def test_pca_projects_on_the_directions_of_largest_variance():
+  rng = np.random.default_rng(0)
+  direction = np.array([3.0, 4.0, 0.0, 0.0]) / 5  # most of the variance lies along this
+  train = np.outer(rng.normal(size=1000) * 5, direction) + rng.normal(size=(1000, 4)) * 0.1
+  data = _dataset(train.reshape(1000, 2, 2, 1), train[:5].reshape(5, 2, 2, 1))
+  one = input_pipeline.select_features(data, "pca", 1)
+  assert one.train.images.shape == (1000, 1) and one.test.images.shape == (5, 1)
+  centred = train - train.mean(0)
+  np.testing.assert_allclose(np.abs(one.train.images[:, 0]), np.abs(centred @ direction), atol=0.1)
+  full = input_pipeline.select_features(data, "pca", 4)  # a rotation: distances are kept
+  np.testing.assert_allclose(
+    np.linalg.norm(full.test.images[0] - full.test.images[1]),
+    np.linalg.norm(train[0] - train[1]),
+    rtol=1e-4,
+  )
+  variances = full.train.images.var(0)
+  assert np.all(np.diff(variances) <= 1e-6)  # components by decreasing variance
+
+
+@pytest.mark.parametrize(
+  "features, num_features, message",
+  [
+    ("pca", 0, r"data.num_features=0 must be in \[1, 784\]"),
+    ("top_variance", 785, r"data.num_features=785 must be in \[1, 784\]"),
+    ("wavelets", 5, "data.features='wavelets' is not one of pixels, pca, top_variance"),
+  ],
+)
+def test_bad_feature_settings_name_the_field(features, num_features, message):
+  with pytest.raises(ConfigError, match=message):
+    input_pipeline.load(_data_config(features=features, num_features=num_features), 0)

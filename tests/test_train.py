@@ -9,6 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from convnet import input_pipeline, models, train
 from convnet.errors import CheckpointError, ConfigError
@@ -307,3 +308,25 @@ def test_main_reports_a_bad_config_in_one_line(tmp_path):
       "error: model.conv.kernel_size: block 0's 29x29 kernel does not fit its 28x28 input"
     )
   )
+
+
+def test_l1_penalty_pulls_every_kernel_weight_by_the_same_step(config, embedded):
+  """With SGD, the L1 term moves each kernel weight by lr * penalty * sign(w), biases not at all."""
+  config.optimizer.name = "sgd"
+  config.optimizer.learning_rate = 0.1
+  batch = _batch(embedded)
+  plain, _ = train.train_step(_state(config), batch)
+  penalised, _ = train.train_step(_state(config), batch, l1_penalty=0.01)
+  start = traverse_util.flatten_dict(_state(config).params)
+  plain, penalised = (traverse_util.flatten_dict(s.params) for s in (plain, penalised))
+  for key, weight in start.items():
+    expected = -0.1 * 0.01 * np.sign(weight) if key[-1] == "kernel" else 0.0
+    np.testing.assert_allclose(penalised[key] - plain[key], expected, atol=1e-6, err_msg=str(key))
+  assert sum(key[-1] == "kernel" for key in start) == 5  # three convs and two dense layers
+
+
+def test_convnet_on_reduced_features_is_refused(config):
+  config.data.features = "pca"
+  config.data.num_features = 20
+  with pytest.raises(ConfigError, match="model.name='convnet'.*must be 'dense'"):
+    train.validate_config(config)

@@ -1,0 +1,311 @@
+r"""Tables and plots of a sweep's records: mean, spread and 95% intervals over seeds.
+
+  python -m convnet.report DIR [--out=DIR]
+
+Reads `DIR/records/*.json`, written by `convnet.sweep`, and writes:
+- `report.md` and `report.csv`: one row per setting (the cells that differ
+  only by seed), in sweep order: mean ± standard deviation and a 95%
+  confidence interval of the mean (Student's t over seeds) of the best
+  validation accuracy and of the test accuracy at that epoch; parameters,
+  FLOPs per training example, wall time and examples/s;
+- `accuracy.png`: validation and test accuracy against the swept setting;
+- `params.png`, when the sweep has more than one model: test accuracy against
+  parameter count, one series per model (convnet against dense).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from absl import app, flags
+from scipy import stats
+
+from convnet.errors import ConvnetError, DataError
+
+METRICS = {
+  "validation": "best_validation_accuracy",
+  "test": "test_accuracy_at_best_validation",
+}
+
+
+# ----------------------------------------------------------------------------
+# Records and statistics
+
+
+def load_records(sweep_dir: str) -> list[dict[str, Any]]:
+  """The sweep's records, in sweep order."""
+  folder = os.path.join(sweep_dir, "records")
+  if not os.path.isdir(folder):
+    raise DataError(f"{folder} does not exist: is {sweep_dir} a sweep directory?")
+  records = []
+  for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+    try:
+      with open(path) as f:
+        records.append(json.load(f))
+    except (OSError, json.JSONDecodeError) as e:
+      raise DataError(f"sweep record {path} cannot be read: {e}") from None
+  if not records:
+    raise DataError(f"{folder} holds no records yet")
+  return sorted(records, key=lambda r: r["index"])
+
+
+def interval(values: Sequence[float]) -> dict[str, float]:
+  """Mean, sample standard deviation and the 95% confidence interval of the mean.
+
+  With one value, the spread and the interval are NaN: one seed says nothing
+  about the spread.
+  """
+  values = np.asarray(values, np.float64)
+  n, mean = len(values), float(values.mean())
+  if n < 2:
+    return {"mean": mean, "std": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+  std = float(values.std(ddof=1))
+  half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+  return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def _mean(records: Sequence[Mapping[str, Any]], key: str) -> float:
+  values = [r[key] for r in records if r.get(key) is not None]
+  return float(np.mean(values)) if values else math.nan
+
+
+def varying_fields(records: Sequence[Mapping[str, Any]]) -> list[str]:
+  """The override fields, seed aside, whose value is not the same in every record."""
+  fields = []
+  for record in records:
+    for field in record["overrides"]:
+      if field != "seed" and field not in fields:
+        fields.append(field)
+  missing = object()
+  return [
+    f
+    for f in fields
+    if len({json.dumps(r["overrides"].get(f, missing), default=str) for r in records}) > 1
+  ]
+
+
+def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+  """One row per setting, in the order of each setting's first cell."""
+  settings: dict[str, list[Mapping[str, Any]]] = {}
+  for record in sorted(records, key=lambda r: r["index"]):
+    settings.setdefault(record["setting"], []).append(record)
+  fields = varying_fields(records)
+  rows = []
+  for setting, cells in settings.items():
+    done = [r for r in cells if r["status"] == "done"]
+    first = cells[0]
+    row = {
+      "setting": setting,
+      "label": short_label(first["overrides"], fields) or setting,
+      "model": first["config"]["model"]["name"],
+      **{f: first["overrides"].get(f) for f in fields},
+      "seeds": len(done),
+      "not_finished": len(cells) - len(done),
+      "num_params": _mean(done, "num_params"),
+      "flops_per_example": _mean(done, "flops_per_example"),
+      "wall_time_s": _mean(done, "wall_time_s"),
+      "train_examples_per_sec": _mean(done, "train_examples_per_sec"),
+      "vmap_group_size": max((r.get("vmap_group_size", 1) for r in done), default=1),
+    }
+    for name, key in METRICS.items():
+      stats_ = (
+        interval([r[key] for r in done])
+        if done
+        else dict.fromkeys(("mean", "std", "ci_low", "ci_high"), math.nan)
+      )
+      row |= {f"{name}_{k}": v for k, v in stats_.items()}
+    rows.append(row)
+  return rows
+
+
+def _format_value(value: Any) -> str:
+  """(16, 32) as `16,32`; ((2, 2), (1, 1)) as `2x2,1x1`."""
+  if isinstance(value, list | tuple):
+    return ",".join(
+      "x".join(str(v) for v in item) if isinstance(item, list | tuple) else str(item)
+      for item in value
+    )
+  return str(value)
+
+
+def short_label(overrides: Mapping[str, Any], fields: Sequence[str]) -> str:
+  """`kernel_size=5`: the varying fields by their last name."""
+  parts = []
+  for field in fields:
+    if field in overrides:
+      parts.append(f"{field.split('.')[-1]}={_format_value(overrides[field])}")
+  return " ".join(parts)
+
+
+# ----------------------------------------------------------------------------
+# Writing
+
+
+def _percent(row: Mapping[str, Any], name: str) -> tuple[str, str]:
+  mean, std = row[f"{name}_mean"], row[f"{name}_std"]
+  if math.isnan(mean):
+    return "–", "–"
+  spread = "–" if math.isnan(std) else f"{100 * std:.2f}"
+  ci = (
+    "–"
+    if math.isnan(row[f"{name}_ci_low"])
+    else f"[{100 * row[f'{name}_ci_low']:.2f}, {100 * row[f'{name}_ci_high']:.2f}]"
+  )
+  return f"{100 * mean:.2f} ± {spread}", ci
+
+
+def markdown(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]]) -> str:
+  """The table of settings, then the cells that did not finish."""
+  lines = [
+    "| setting | model | parameters | MFLOP/example | seeds | validation % (mean ± std) "
+    "| validation 95% CI | test % (mean ± std) | test 95% CI | wall time (s) |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for row in rows:
+    validation, validation_ci = _percent(row, "validation")
+    test, test_ci = _percent(row, "test")
+    params = "–" if math.isnan(row["num_params"]) else f"{row['num_params']:,.0f}"
+    flops = "–" if math.isnan(row["flops_per_example"]) else f"{row['flops_per_example'] / 1e6:.2f}"
+    wall = "–" if math.isnan(row["wall_time_s"]) else f"{row['wall_time_s']:.1f}"
+    seeds = str(row["seeds"]) + (f" ({row['not_finished']} failed)" if row["not_finished"] else "")
+    lines.append(
+      f"| {row['label']} | {row['model']} | {params} | {flops} | {seeds} | {validation} "
+      f"| {validation_ci} | {test} | {test_ci} | {wall} |"
+    )
+  failed = [r for r in records if r["status"] != "done"]
+  if failed:
+    lines += ["", "Cells that did not finish:", ""]
+    for r in failed:
+      error = (r.get("error") or "").splitlines()[0] if r.get("error") else ""
+      lines.append(f"- `{r['cell']}`: {r['status']}: {error}")
+  return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str) -> None:
+  columns = list(rows[0])
+  for row in rows[1:]:
+    columns += [c for c in row if c not in columns]
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, columns)
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()})
+
+
+def _errors(rows, name):
+  means = np.array([r[f"{name}_mean"] for r in rows]) * 100
+  low = np.array([r[f"{name}_ci_low"] for r in rows]) * 100
+  high = np.array([r[f"{name}_ci_high"] for r in rows]) * 100
+  return means, np.nan_to_num(np.stack([means - low, high - means]))
+
+
+def plot_accuracy(rows: Sequence[Mapping[str, Any]], fields: Sequence[str], path: str) -> None:
+  """Validation and test accuracy against the swept setting, with 95% intervals."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  numeric = len(fields) == 1 and all(
+    isinstance(r[fields[0]], int | float) and not isinstance(r[fields[0]], bool) for r in rows
+  )
+  fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.5))
+  if numeric:
+    x = np.array([float(r[fields[0]]) for r in rows])
+    ax.set_xlabel(fields[0])
+    if np.all(x > 0) and x.max() / x.min() >= 100:
+      ax.set_xscale("log")
+  else:
+    x = np.arange(len(rows), dtype=float)
+    ax.set_xticks(x, [r["label"] for r in rows], rotation=25 if len(rows) > 3 else 0, ha="right")
+    ax.set_xlabel("setting")
+  for offset, name in ((-0.06, "validation"), (0.06, "test")):
+    means, errors = _errors(rows, name)
+    shift = 0 if numeric else offset
+    ax.errorbar(x + shift, means, yerr=errors, fmt="o-" if numeric else "o", capsize=4, label=name)
+  ax.set_ylabel("accuracy (%), mean and 95% CI over seeds")
+  ax.set_title("Accuracy by setting")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_params(rows: Sequence[Mapping[str, Any]], path: str) -> None:
+  """Test accuracy against parameter count, one series per model."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  for model in dict.fromkeys(r["model"] for r in rows):
+    mine = sorted((r for r in rows if r["model"] == model), key=lambda r: r["num_params"])
+    means, errors = _errors(mine, "test")
+    ax.errorbar(
+      [r["num_params"] for r in mine], means, yerr=errors, fmt="o-", capsize=4, label=model
+    )
+  ax.set_xscale("log")
+  ax.set_xlabel("parameters")
+  ax.set_ylabel("test accuracy (%), mean and 95% CI over seeds")
+  ax.set_title("Accuracy against parameter count")
+  ax.grid(alpha=0.3, which="both")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write_report(records: Sequence[Mapping[str, Any]], out_dir: str) -> list[str]:
+  """Writes the table, the CSV and the plots; returns their paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  rows = summarize(records)
+  paths = {name: os.path.join(out_dir, name) for name in ("report.md", "report.csv")}
+  with open(paths["report.md"], "w") as f:
+    f.write(markdown(rows, records))
+  write_csv(rows, paths["report.csv"])
+  finished = [r for r in rows if r["seeds"]]
+  if finished:
+    paths["accuracy.png"] = os.path.join(out_dir, "accuracy.png")
+    plot_accuracy(finished, varying_fields(records), paths["accuracy.png"])
+    if len({r["model"] for r in finished}) > 1:
+      paths["params.png"] = os.path.join(out_dir, "params.png")
+      plot_params(finished, paths["params.png"])
+  return list(paths.values())
+
+
+# ----------------------------------------------------------------------------
+# Command line
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  flags.DEFINE_string("out", None, "Where to write the report; default: the sweep directory.")
+
+
+def main(argv):
+  if len(argv) != 2:
+    raise app.UsageError("Usage: python -m convnet.report SWEEP_DIR [--out=DIR]")
+  try:
+    records = load_records(argv[1])
+    paths = write_report(records, FLAGS.out or argv[1])
+  except ConvnetError as e:
+    sys.exit(f"error: {e}")
+  with open(paths[0]) as f:
+    print(f.read())
+  print("Wrote " + ", ".join(paths))
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,378 @@
+r"""Runs a sweep: one training run per cell, each in a workdir of its own, one record per cell.
+
+  python -m convnet.sweep --sweep=configs/sweeps/kernel_size.py --workdir=DIR \
+      [--sweep.data.source=embedded] [--shard=0/4] [--vmap_seeds]
+  python -m convnet.report DIR
+
+A sweep file (see `configs/sweeps/`) has `get_config()`, the base config, and
+`sweep()`, which yields override dicts such as
+`{"model.conv.kernel_size": 5, "seed": 2}`: one cell each. `--sweep.FIELD=V`
+changes the base config for every cell, as `--config.FIELD=V` does for
+`convnet.main`.
+
+The sweep directory gets `cells/<cell>/`, the workdir of each cell's run, and
+`records/<cell>.json`, written atomically once the cell ends: its overrides and
+full config, parameter count, XLA's FLOPs per training example, best
+validation accuracy and the test accuracy there, wall time and examples/s, or
+the error that stopped it. Running the command again skips the cells whose
+record matches their config, resumes an interrupted cell from its checkpoint,
+and retries failed ones. `--shard=i/n` runs cells i, i+n, i+2n, ...: n
+processes with the same sweep and workdir, on one machine or many sharing a
+filesystem, run every cell once between them. With `--vmap_seeds`, cells that
+differ only by seed train together in one `jax.vmap` program, in
+`groups/<setting>/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import itertools
+import json
+import os
+import re
+import sys
+import time
+import traceback
+import types
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from convnet import seeds as seeds_lib
+from convnet import train
+from convnet.errors import ConfigError, ConvnetError
+
+Overrides = dict[str, Any]
+
+
+# ----------------------------------------------------------------------------
+# Writing sweeps
+
+
+def axis(field: str, values: Iterable[Any]) -> list[Overrides]:
+  """One override dict for each value of one config field."""
+  return [{field: value} for value in values]
+
+
+def product(*axes: Sequence[Overrides]) -> list[Overrides]:
+  """Every combination of the axes' override dicts; the last axis varies fastest."""
+  return [_merge(combo) for combo in itertools.product(*axes)]
+
+
+def zipped(*axes: Sequence[Overrides]) -> list[Overrides]:
+  """The axes' i-th override dicts merged, for each i; the axes must have one length."""
+  lengths = {len(a) for a in axes}
+  if len(lengths) > 1:
+    raise ConfigError(f"zipped axes have different lengths: {sorted(lengths)}")
+  return [_merge(combo) for combo in zip(*axes, strict=True)]
+
+
+def _merge(parts: Iterable[Overrides]) -> Overrides:
+  merged = {}
+  for part in parts:
+    clash = set(merged) & set(part)
+    if clash:
+      raise ConfigError(f"the same field is set twice in one cell: {', '.join(sorted(clash))}")
+    merged.update(part)
+  return merged
+
+
+# ----------------------------------------------------------------------------
+# Cells
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One run of a sweep: its place in the sweep, its name and its overrides."""
+
+  index: int
+  name: str
+  overrides: Overrides
+
+  @property
+  def setting(self) -> str:
+    """The cell's name without its seed: cells with one setting are seeds of one run."""
+    return cell_name({k: v for k, v in self.overrides.items() if k != "seed"}) or "base"
+
+
+def _format_value(value: Any) -> str:
+  if isinstance(value, list | tuple):
+    return "_".join(_format_value(v) for v in value)
+  return str(value)
+
+
+def cell_name(overrides: Mapping[str, Any]) -> str:
+  """A name for a directory: `field=value` pairs, joined by commas."""
+  name = ",".join(f"{k}={_format_value(v)}" for k, v in overrides.items())
+  name = re.sub(r"[^A-Za-z0-9._=,+-]", "", name)
+  if len(name) > 150:  # Keeps paths short; the hash keeps names apart.
+    name = name[:130] + "-" + hashlib.sha1(name.encode()).hexdigest()[:12]
+  return name
+
+
+def expand(sweep_fn: Callable[[], Iterable[Mapping[str, Any]]]) -> list[Cell]:
+  """The cells of a sweep function, in its order; rejects repeated and malformed cells."""
+  cells, names = [], {}
+  for index, overrides in enumerate(sweep_fn()):
+    if not isinstance(overrides, Mapping) or not all(isinstance(k, str) for k in overrides):
+      raise ConfigError(f"sweep cell {index} is {overrides!r}, not a dict of field names")
+    overrides = {k: _plain(v) for k, v in overrides.items()}
+    name = cell_name(overrides) or "base"
+    if name in names:
+      raise ConfigError(f"sweep cells {names[name]} and {index} are the same cell: {name}")
+    names[name] = index
+    cells.append(Cell(index, name, overrides))
+  if not cells:
+    raise ConfigError("the sweep yields no cells")
+  return cells
+
+
+def _plain(value: Any) -> Any:
+  """Lists become tuples, as config fields hold them."""
+  if isinstance(value, list | tuple):
+    return tuple(_plain(v) for v in value)
+  return value
+
+
+def apply_overrides(
+  base: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
+  """A copy of `base` with dotted fields set; an unknown field or a wrong type is a ConfigError."""
+  config = base.copy_and_resolve_references()
+  with config.unlocked():
+    for field, value in overrides.items():
+      *parents, leaf = field.split(".")
+      node = config
+      for i, part in enumerate(parents):
+        if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+          raise ConfigError(f"sweep field {field!r}: {'.'.join(parents[: i + 1])} is not a group")
+        node = node[part]
+      if leaf not in node:
+        raise ConfigError(f"sweep field {field!r} is not a field of the config")
+      try:
+        setattr(node, leaf, value)
+      except (TypeError, ValueError) as e:
+        raise ConfigError(f"sweep field {field!r} cannot be {value!r}: {e}") from None
+  return config
+
+
+def load_sweep_module(path: str) -> types.ModuleType:
+  """A sweep file as a module, with its `get_config` and `sweep` functions."""
+  if not os.path.isfile(path):
+    raise ConfigError(f"sweep file {path} does not exist")
+  name = "_sweep_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for function in ("get_config", "sweep"):
+    if not callable(getattr(module, function, None)):
+      raise ConfigError(f"sweep file {path} has no {function}() function")
+  return module
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+  """'i/n' as (i, n), with 0 <= i < n."""
+  match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+  if not match or not int(match[1]) < int(match[2]):
+    raise ConfigError(f"--shard={text!r} must be i/n with 0 <= i < n, e.g. 0/4")
+  return int(match[1]), int(match[2])
+
+
+# ----------------------------------------------------------------------------
+# Running
+
+
+def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  return json.loads(config.to_json_best_effort())
+
+
+def record_path(sweep_dir: str, cell: Cell) -> str:
+  return os.path.join(sweep_dir, "records", f"{cell.name}.json")
+
+
+def read_record(sweep_dir: str, cell: Cell) -> dict[str, Any] | None:
+  """The cell's record, or None when it has none or a torn one."""
+  try:
+    with open(record_path(sweep_dir, cell)) as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError):
+    return None
+
+
+def is_finished(sweep_dir: str, cell: Cell, config: ml_collections.ConfigDict) -> bool:
+  """Whether the cell has a finished record made with this very config."""
+  record = read_record(sweep_dir, cell)
+  return bool(record) and record["status"] == "done" and record["config"] == _config_json(config)
+
+
+def _write_record(sweep_dir: str, cell: Cell, config, workdir: str, result: Mapping[str, Any]):
+  record = {
+    "cell": cell.name,
+    "index": cell.index,
+    "setting": cell.setting,
+    "overrides": cell.overrides,
+    "config": _config_json(config),
+    "workdir": os.path.relpath(workdir, sweep_dir),
+    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    **result,
+  }
+  os.makedirs(os.path.join(sweep_dir, "records"), exist_ok=True)
+  train._atomic_write(record_path(sweep_dir, cell), json.dumps(record, indent=1) + "\n")
+  return record
+
+
+def _result_fields(result: Mapping[str, Any]) -> dict[str, Any]:
+  keys = (
+    "num_params",
+    "train_flops_per_example",
+    "best_validation_accuracy",
+    "best_epoch",
+    "test_accuracy_at_best_validation",
+    "validation_accuracy",
+    "test_accuracy",
+    "train_loss",
+    "epoch",
+    "wall_time_s",
+    "train_examples_per_sec",
+    "vmap_group_size",
+  )
+  fields = {k: result[k] for k in keys if k in result}
+  fields["flops_per_example"] = fields.pop("train_flops_per_example", None)
+  return {"status": "done", "vmap_group_size": 1} | fields
+
+
+def _failure(error: BaseException) -> dict[str, Any]:
+  return {
+    "status": "failed",
+    "error": f"{type(error).__name__}: {error}",
+    "traceback": "".join(traceback.format_exception(error)),
+  }
+
+
+def _groups(cells: Sequence[Cell], vmap_seeds: bool) -> list[list[Cell]]:
+  """Cells to train together: one each, or every seed of a setting with `vmap_seeds`."""
+  if not vmap_seeds:
+    return [[c] for c in cells]
+  groups: dict[str, list[Cell]] = {}
+  for cell in cells:
+    groups.setdefault(cell.setting, []).append(cell)
+  return list(groups.values())
+
+
+def run_sweep(
+  base: ml_collections.ConfigDict,
+  cells: Sequence[Cell],
+  sweep_dir: str,
+  shard: tuple[int, int] = (0, 1),
+  vmap_seeds: bool = False,
+) -> list[dict[str, Any]]:
+  """Runs this shard's unfinished cells; returns the records it wrote.
+
+  Every cell's config is built (and a bad override rejected) before the first
+  one trains. A cell that raises is recorded as failed, and the sweep goes on.
+  """
+  configs = {cell.name: apply_overrides(base, cell.overrides) for cell in cells}
+  for cell in cells:
+    train.validate_config(configs[cell.name])
+  index, count = shard
+  groups = _groups(cells, vmap_seeds)[index::count]
+  todo = [g for g in groups if not all(is_finished(sweep_dir, c, configs[c.name]) for c in g)]
+  num_cells = sum(len(g) for g in groups)
+  logging.info(
+    "Sweep shard %d/%d: %d of %d cells, %d left",
+    index,
+    count,
+    num_cells,
+    len(cells),
+    sum(len(g) for g in todo),
+  )
+  written, start = [], time.perf_counter()
+  for i, group in enumerate(todo):
+    if i:
+      eta = (time.perf_counter() - start) / i * (len(todo) - i)
+      eta_text = train._duration(eta)
+    else:
+      eta_text = "after the first cell"
+    logging.info(
+      "Run %d/%d of this shard: %s (%d cells finished before, ETA %s)",
+      i + 1,
+      len(todo),
+      ", ".join(c.name for c in group),
+      num_cells - sum(len(g) for g in todo),
+      eta_text,
+    )
+    if len(group) == 1:
+      cell = group[0]
+      workdir = os.path.join(sweep_dir, "cells", cell.name)
+      try:
+        result = _result_fields(train.train_and_evaluate(configs[cell.name], workdir))
+      except Exception as e:  # Recorded; the sweep goes on.
+        logging.error("Cell %s failed: %s: %s", cell.name, type(e).__name__, e)
+        result = _failure(e)
+      written.append(_write_record(sweep_dir, cell, configs[cell.name], workdir, result))
+      continue
+    group_dir = os.path.join(sweep_dir, "groups", group[0].setting)
+    seeds = [configs[c.name].seed for c in group]
+    try:
+      trained = seeds_lib.train_seeds(configs[group[0].name], seeds, group_dir)
+      results = [_result_fields(r) | {"vmap_group_size": len(group)} for r in trained]
+    except Exception as e:  # Recorded for every seed of the group; the sweep goes on.
+      logging.error("Group %s failed: %s: %s", group[0].setting, type(e).__name__, e)
+      results = [_failure(e)] * len(group)
+    for cell, seed, result in zip(group, seeds, results, strict=True):
+      workdir = os.path.join(group_dir, f"seed_{seed}")
+      written.append(_write_record(sweep_dir, cell, configs[cell.name], workdir, result))
+  failed = [r["cell"] for r in written if r["status"] != "done"]
+  logging.info(
+    "Sweep shard %d/%d done in %s: %d cells run, %d failed%s",
+    index,
+    count,
+    train._duration(time.perf_counter() - start),
+    len(written),
+    len(failed),
+    f" ({', '.join(failed)})" if failed else "",
+  )
+  return written
+
+
+# ----------------------------------------------------------------------------
+# Command line
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """The command's flags; defined only when it runs, since sweep files import this module."""
+  config_flags.DEFINE_config_file(
+    "sweep", None, "A sweep file (see configs/sweeps/); --sweep.x=y changes every cell's config."
+  )
+  flags.DEFINE_string("workdir", None, "The sweep's directory: cell workdirs and records.")
+  flags.DEFINE_string("shard", "0/1", "i/n: run cells i, i+n, i+2n, ... of the sweep.")
+  flags.DEFINE_bool("vmap_seeds", False, "Train the seeds of each setting in one vmapped program.")
+  flags.mark_flags_as_required(["sweep", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  train.quiet_library_logs()
+  try:
+    sweep_path = config_flags.get_config_filename(FLAGS["sweep"])
+    cells = expand(load_sweep_module(sweep_path).sweep)
+    records = run_sweep(
+      FLAGS.sweep, cells, FLAGS.workdir, parse_shard(FLAGS.shard), FLAGS.vmap_seeds
+    )
+  except ConvnetError as e:
+    sys.exit(f"error: {e}")
+  if any(r["status"] != "done" for r in records):
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,143 @@
+"""The sweep report: statistics over seeds, the table, the CSV and the plots."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from convnet import report
+from convnet.errors import DataError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+T_975_2 = 4.302652729911275  # Student's t, 97.5th percentile, 2 degrees of freedom (a table value)
+
+
+def _record(index, overrides, validation=None, test=None, model="convnet", params=1000, **extra):
+  setting = ",".join(f"{k}={v}" for k, v in overrides.items() if k != "seed") or "base"
+  record = {
+    "cell": f"{setting},seed={overrides.get('seed', 0)}",
+    "index": index,
+    "setting": setting,
+    "overrides": overrides,
+    "config": {"model": {"name": model}},
+    "status": "done",
+    "num_params": params,
+    "flops_per_example": 2e6,
+    "best_validation_accuracy": validation,
+    "test_accuracy_at_best_validation": test,
+    "wall_time_s": 10.0,
+    "train_examples_per_sec": 100.0,
+  }
+  return record | extra
+
+
+def _write(tmp_path, records):
+  os.makedirs(tmp_path / "records", exist_ok=True)
+  for r in records:
+    with open(tmp_path / "records" / f"{r['cell']}.json", "w") as f:
+      json.dump(r, f)
+  return str(tmp_path)
+
+
+def _kernel_records():
+  k = "model.conv.kernel_size"
+  return [
+    # Written out of order: the report follows the sweep's index.
+    _record(3, {k: 5, "seed": 0}, 0.80, 0.81),
+    _record(0, {k: 3, "seed": 0}, 0.90, 0.91),
+    _record(1, {k: 3, "seed": 1}, 0.92, 0.93),
+    _record(2, {k: 3, "seed": 2}, 0.94, 0.95),
+    _record(4, {k: 5, "seed": 1}, status="failed", error="FloatingPointError: nan\ntrace"),
+  ]
+
+
+def test_statistics_over_seeds():
+  rows = report.summarize(_kernel_records())
+  assert [r["label"] for r in rows] == ["kernel_size=3", "kernel_size=5"]
+  three, five = rows
+  assert three["seeds"] == 3 and three["not_finished"] == 0
+  assert three["validation_mean"] == pytest.approx(0.92)
+  assert three["validation_std"] == pytest.approx(0.02)
+  half = T_975_2 * 0.02 / math.sqrt(3)
+  assert three["validation_ci_low"] == pytest.approx(0.92 - half)
+  assert three["validation_ci_high"] == pytest.approx(0.92 + half)
+  assert three["test_mean"] == pytest.approx(0.93)
+  # The failed cell is counted, and left out of the statistics.
+  assert five["seeds"] == 1 and five["not_finished"] == 1
+  assert five["test_mean"] == pytest.approx(0.81)
+  assert math.isnan(five["test_std"]) and math.isnan(five["test_ci_low"])
+  assert three["model.conv.kernel_size"] == 3
+
+
+def test_files_table_and_plots(tmp_path):
+  records = _kernel_records()
+  paths = report.write_report(records, str(tmp_path))
+  assert sorted(os.path.basename(p) for p in paths) == ["accuracy.png", "report.csv", "report.md"]
+  table = open(tmp_path / "report.md").read()
+  assert "| kernel_size=3 | convnet | 1,000 | 2.00 | 3 | 92.00 ± 2.00 |" in table
+  assert f"[{100 * (0.93 - T_975_2 * 0.02 / 3**0.5):.2f}, " in table
+  assert "| kernel_size=5 | convnet | 1,000 | 2.00 | 1 (1 failed) | 80.00 ± – | – |" in table
+  assert "FloatingPointError: nan" in table and "trace" not in table
+  with open(tmp_path / "report.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["setting"] for r in rows] == ["model.conv.kernel_size=3", "model.conv.kernel_size=5"]
+  assert float(rows[0]["test_std"]) == pytest.approx(0.02)
+  assert float(rows[0]["test_ci_high"]) == pytest.approx(0.93 + T_975_2 * 0.02 / 3**0.5)
+  image = matplotlib.image.imread(tmp_path / "accuracy.png")
+  assert image.shape[0] >= 400 and image.shape[1] >= 600
+  assert image[..., :3].std() > 0.05  # not blank
+
+
+def test_params_plot_only_with_two_models(tmp_path):
+  records = [
+    _record(i, {"model.name": m, "seed": s}, 0.9, 0.9 + 0.01 * s, model=m, params=p)
+    for i, (m, p, s) in enumerate(
+      (m, p, s) for m, p in (("convnet", 33194), ("dense", 33400)) for s in range(2)
+    )
+  ]
+  paths = report.write_report(records, str(tmp_path / "both"))
+  assert "params.png" in [os.path.basename(p) for p in paths]
+  image = matplotlib.image.imread(tmp_path / "both" / "params.png")
+  assert image[..., :3].std() > 0.05
+  paths = report.write_report(records[:2], str(tmp_path / "one"))
+  assert "params.png" not in [os.path.basename(p) for p in paths]
+
+
+def test_bad_sweep_directories_are_named(tmp_path):
+  with pytest.raises(DataError, match=f"{tmp_path}/records does not exist"):
+    report.load_records(str(tmp_path))
+  os.makedirs(tmp_path / "records")
+  with pytest.raises(DataError, match="holds no records"):
+    report.load_records(str(tmp_path))
+  (tmp_path / "records" / "torn.json").write_text('{"cell": ')
+  with pytest.raises(DataError, match="torn.json cannot be read"):
+    report.load_records(str(tmp_path))
+
+
+def test_command_line(tmp_path):
+  sweep_dir = _write(tmp_path, _kernel_records())
+  done = subprocess.run(
+    [sys.executable, "-m", "convnet.report", sweep_dir],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+  )
+  assert done.returncode == 0, done.stderr
+  assert "| kernel_size=3 | convnet |" in done.stdout
+  assert os.path.exists(os.path.join(sweep_dir, "accuracy.png"))
+  missing = subprocess.run(
+    [sys.executable, "-m", "convnet.report", str(tmp_path / "nowhere")],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+  )
+  assert missing.returncode == 1
+  assert missing.stderr.strip().splitlines()[-1].startswith("error: ")
+  assert "Traceback" not in missing.stderr
+  assert np.isfinite(report.interval([0.5, 0.7])["ci_high"])

@@ -1,0 +1,270 @@
+"""The sweep runner: expansion, the shipped sweeps, skipping, resuming, sharding, vmapped seeds."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from convnet import models, seeds, sweep, train
+from convnet.errors import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SWEEPS = sorted(glob.glob(os.path.join(REPO, "configs", "sweeps", "*.py")))
+
+
+def test_axis_product_and_zip():
+  kernels = sweep.axis("model.conv.kernel_size", [3, 5])
+  assert sweep.product(kernels, sweep.axis("seed", range(2))) == [
+    {"model.conv.kernel_size": 3, "seed": 0},
+    {"model.conv.kernel_size": 3, "seed": 1},
+    {"model.conv.kernel_size": 5, "seed": 0},
+    {"model.conv.kernel_size": 5, "seed": 1},
+  ]
+  assert sweep.zipped(kernels, sweep.axis("model.conv.strides", [1, 2])) == [
+    {"model.conv.kernel_size": 3, "model.conv.strides": 1},
+    {"model.conv.kernel_size": 5, "model.conv.strides": 2},
+  ]
+  with pytest.raises(ConfigError, match="different lengths"):
+    sweep.zipped(kernels, sweep.axis("seed", range(3)))
+  with pytest.raises(ConfigError, match="set twice.*seed"):
+    sweep.product(sweep.axis("seed", [0]), sweep.axis("seed", [1]))
+
+
+def test_expand_names_cells_and_rejects_repeats():
+  cells = sweep.expand(
+    lambda: [{"model.pool.type": ("max", "none"), "seed": 0}, {"model.pool.type": "avg", "seed": 1}]
+  )
+  assert [c.name for c in cells] == [
+    "model.pool.type=max_none,seed=0",
+    "model.pool.type=avg,seed=1",
+  ]
+  assert [c.setting for c in cells] == ["model.pool.type=max_none", "model.pool.type=avg"]
+  assert [c.index for c in cells] == [0, 1]
+  with pytest.raises(ConfigError, match="cells 0 and 1 are the same cell"):
+    sweep.expand(lambda: [{"seed": 0}, {"seed": 0}])
+  with pytest.raises(ConfigError, match="no cells"):
+    sweep.expand(lambda: [])
+  with pytest.raises(ConfigError, match="not a dict"):
+    sweep.expand(lambda: [("seed", 0)])
+
+
+def test_apply_overrides_names_a_bad_field(config):
+  changed = sweep.apply_overrides(config, {"model.conv.kernel_size": 5, "optimizer.name": "adam"})
+  assert changed.model.conv.kernel_size == 5 and changed.optimizer.name == "adam"
+  assert config.model.conv.kernel_size == 3  # the base is not changed
+  with pytest.raises(ConfigError, match="'model.conv.kernel_sise' is not a field"):
+    sweep.apply_overrides(config, {"model.conv.kernel_sise": 5})
+  with pytest.raises(ConfigError, match="'optimizer.name' cannot be 3"):
+    sweep.apply_overrides(config, {"optimizer.name": 3})
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=os.path.basename)
+def test_shipped_sweeps_build_every_cell(path):
+  """Each shipped sweep has 3+ seeds a setting, and every cell's model builds on 28x28x1."""
+  module = sweep.load_sweep_module(path)
+  base = module.get_config()
+  cells = sweep.expand(module.sweep)
+  by_setting = {}
+  for cell in cells:
+    config = sweep.apply_overrides(base, cell.overrides)
+    train.validate_config(config)
+    models.create_model(config.model, (28, 28, 1), 10)
+    by_setting.setdefault(cell.setting, set()).add(config.seed)
+  assert len(by_setting) >= 2
+  assert all(len(s) >= 3 for s in by_setting.values()), by_setting
+
+
+def test_convnet_vs_dense_budgets_match():
+  path = os.path.join(REPO, "configs", "sweeps", "convnet_vs_dense.py")
+  module = sweep.load_sweep_module(path)
+  base = module.get_config()
+  counts = {}
+  for cell in sweep.expand(module.sweep):
+    config = sweep.apply_overrides(base, cell.overrides)
+    model = models.create_model(config.model, (28, 28, 1), 10)
+    params = train.init_params(model, jax.random.key(0), (28, 28, 1))
+    counts[cell.setting] = (config.model.name, models.count_params(params))
+  pairs = list(counts.values())
+  assert [p[1] for p in pairs[2:4]] == [33194, 33400]  # the book's pair
+  for convnet, dense in zip(pairs[::2], pairs[1::2], strict=True):
+    assert (convnet[0], dense[0]) == ("convnet", "dense")
+    assert abs(convnet[1] - dense[1]) / convnet[1] < 0.03
+
+
+def test_parse_shard():
+  assert sweep.parse_shard("2/5") == (2, 5)
+  for bad in ("5/5", "1", "-1/2", "a/b"):
+    with pytest.raises(ConfigError, match="--shard"):
+      sweep.parse_shard(bad)
+
+
+def _cells(n_settings=3, n_seeds=2):
+  return sweep.expand(
+    lambda: sweep.product(
+      sweep.axis("optimizer.learning_rate", [1e-3 * (i + 1) for i in range(n_settings)]),
+      sweep.axis("seed", range(n_seeds)),
+    )
+  )
+
+
+def _fake_result(config, workdir):
+  os.makedirs(workdir, exist_ok=True)
+  return {
+    "num_params": 1,
+    "train_flops_per_example": 2.0,
+    "best_validation_accuracy": config.optimizer.learning_rate,
+    "test_accuracy_at_best_validation": config.seed / 10,
+    "wall_time_s": 0.1,
+  }
+
+
+@pytest.mark.parametrize("vmap_seeds", [False, True])
+def test_shards_cover_every_cell_once(config, tmp_path, monkeypatch, vmap_seeds):
+  calls = []
+
+  def fake_train(config, workdir):
+    calls.append(workdir)
+    return _fake_result(config, workdir)
+
+  def fake_seeds(config, seed_list, workdir):
+    calls.append(workdir)
+    return [_fake_result(seeds.seed_config(config, s), workdir) for s in seed_list]
+
+  monkeypatch.setattr(train, "train_and_evaluate", fake_train)
+  monkeypatch.setattr(seeds, "train_seeds", fake_seeds)
+  cells = _cells(n_settings=5, n_seeds=3)
+  written = [
+    sweep.run_sweep(config, cells, str(tmp_path), (i, 3), vmap_seeds=vmap_seeds) for i in range(3)
+  ]
+  names = [r["cell"] for shard in written for r in shard]
+  assert sorted(names) == sorted(c.name for c in cells)  # each cell once, by one shard
+  assert all(written)  # every shard had work
+  assert len(os.listdir(tmp_path / "records")) == len(cells)
+  assert len(calls) == (5 if vmap_seeds else 15)
+  for cell in cells:
+    record = sweep.read_record(str(tmp_path), cell)
+    assert record["overrides"] == cell.overrides and record["status"] == "done"
+    assert record["config"]["seed"] == cell.overrides["seed"]
+    assert record["test_accuracy_at_best_validation"] == cell.overrides["seed"] / 10
+    assert record["vmap_group_size"] == (3 if vmap_seeds else 1)
+
+
+def test_finished_cells_are_skipped_and_a_crash_is_recorded(config, tmp_path, monkeypatch):
+  calls = []
+
+  def flaky_train(config, workdir):
+    calls.append(os.path.basename(workdir))
+    if config.optimizer.learning_rate == 2e-3 and config.seed == 1:
+      raise FloatingPointError("boom")
+    return _fake_result(config, workdir)
+
+  monkeypatch.setattr(train, "train_and_evaluate", flaky_train)
+  cells = _cells()
+  first = sweep.run_sweep(config, cells, str(tmp_path))
+  assert len(calls) == 6
+  failed = [r for r in first if r["status"] == "failed"]
+  assert [r["cell"] for r in failed] == ["optimizer.learning_rate=0.002,seed=1"]
+  assert "FloatingPointError: boom" in failed[0]["error"]
+  assert sum(r["status"] == "done" for r in first) == 5  # the sweep went on past the crash
+
+  calls.clear()
+  done = {c.name: os.path.getmtime(sweep.record_path(str(tmp_path), c)) for c in cells}
+  second = sweep.run_sweep(config, cells, str(tmp_path))  # only the failed cell again
+  assert calls == ["optimizer.learning_rate=0.002,seed=1"]
+  assert [r["status"] for r in second] == ["failed"]
+  for cell in cells:
+    if cell.name != calls[0]:
+      assert os.path.getmtime(sweep.record_path(str(tmp_path), cell)) == done[cell.name]
+
+  calls.clear()
+  changed = config.copy_and_resolve_references()
+  changed.num_epochs = 2  # another config: the cells run again, to the new epoch count
+  sweep.run_sweep(changed, cells[:2], str(tmp_path))
+  assert len(calls) == 2
+
+
+def test_vmapped_seeds_match_separate_runs(config, tmp_path):
+  config.max_steps = 6
+  config.steps_per_call = 4
+  config.microbatch_size = 128
+  results = seeds.train_seeds(config, [0, 3], str(tmp_path / "group"))
+  for seed, together in zip([0, 3], results, strict=True):
+    alone = train.train_and_evaluate(seeds.seed_config(config, seed), str(tmp_path / f"s{seed}"))
+    for key in ("train_loss", "validation_loss", "test_loss"):
+      np.testing.assert_allclose(together[key], alone[key], rtol=1e-4, err_msg=key)
+    for key in ("train_accuracy", "validation_accuracy", "test_accuracy", "num_params"):
+      assert together[key] == pytest.approx(alone[key], abs=2e-3), key
+    assert together["vmap_group_size"] == 2
+  assert results[0]["test_loss"] != results[1]["test_loss"]  # two seeds, two models
+  again = seeds.train_seeds(config, [0, 3], str(tmp_path / "group"))  # finished: read back
+  assert [r["test_loss"] for r in again] == [r["test_loss"] for r in results]
+
+
+SWEEP_FILE = textwrap.dedent(
+  """
+  from configs import mnist
+  from convnet.sweep import axis
+
+
+  def get_config():
+    config = mnist.get_config()
+    config.data.source = "embedded"
+    config.batch_size = 256
+    config.num_epochs = 3
+    config.checkpoint_every_steps = 3
+    config.log_every_steps = 0
+    return config
+
+
+  def sweep():
+    return axis("seed", [0, 1])
+  """
+)
+
+
+def _sweep_command(sweep_file, workdir):
+  return [sys.executable, "-m", "convnet.sweep", f"--sweep={sweep_file}", f"--workdir={workdir}"]
+
+
+def test_sweep_killed_mid_cell_resumes_with_no_record_lost_or_repeated(tmp_path):
+  sweep_file = tmp_path / "two_seeds.py"
+  sweep_file.write_text(SWEEP_FILE)
+  workdir = tmp_path / "sweep"
+  first_cell = workdir / "cells" / "seed=0"
+  env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+  proc = subprocess.Popen(
+    _sweep_command(sweep_file, workdir), cwd=REPO, env=env, stderr=subprocess.DEVNULL
+  )
+  deadline = time.time() + 240
+  while time.time() < deadline:  # until the first cell has a checkpoint mid-run
+    checkpoints = first_cell / "checkpoints"
+    steps = [int(p) for p in os.listdir(checkpoints) if p.isdigit()] if checkpoints.exists() else []
+    if steps and max(steps) >= 6:
+      break
+    assert proc.poll() is None, "the sweep ended before it could be killed"
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (workdir / "records" / "seed=0.json").exists(), "killed too late: the cell finished"
+
+  rerun = subprocess.run(
+    _sweep_command(sweep_file, workdir), cwd=REPO, env=env, capture_output=True, text=True
+  )
+  assert rerun.returncode == 0, rerun.stderr[-2000:]
+  assert "Resumed from checkpoint at step" in rerun.stderr
+  assert sorted(os.listdir(workdir / "records")) == ["seed=0.json", "seed=1.json"]
+  for name in ("seed=0", "seed=1"):
+    with open(workdir / "records" / f"{name}.json") as f:
+      assert json.load(f)["status"] == "done"
+    with open(workdir / "cells" / name / "metrics.jsonl") as f:
+      steps = [json.loads(line)["step"] for line in f]
+    assert steps == sorted(set(steps)), f"{name}: a step is missing or repeated: {steps}"
+    assert len(steps) == 3  # one record an epoch, none lost
