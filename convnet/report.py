@@ -180,6 +180,12 @@ def markdown(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, A
       f"| {row['label']} | {row['model']} | {params} | {flops} | {seeds} | {validation} "
       f"| {validation_ci} | {test} | {test_ci} | {wall} |"
     )
+  if any(row["vmap_group_size"] > 1 for row in rows):
+    lines += [
+      "",
+      "Seeds trained together by one vmapped program share its wall time: the column "
+      "gives the whole group's.",
+    ]
   failed = [r for r in records if r["status"] != "done"]
   if failed:
     lines += ["", "Cells that did not finish:", ""]
@@ -207,7 +213,23 @@ def _errors(rows, name):
   return means, np.nan_to_num(np.stack([means - low, high - means]))
 
 
-def plot_accuracy(rows: Sequence[Mapping[str, Any]], fields: Sequence[str], path: str) -> None:
+def describe(records: Sequence[Mapping[str, Any]], sweep_dir: str) -> str:
+  """`pooling on embedded MNIST`: the sweep's folder name and its data, for titles."""
+  data = records[0]["config"].get("data", {})
+  source = data.get("source")
+  if source == "embedded":
+    dataset = "embedded MNIST (5,000 digits)"
+  elif source == "idx":
+    dataset = os.path.basename(os.path.normpath(data.get("idx_dir", ""))) or "IDX files"
+  else:
+    dataset = data.get("name", "")
+  name = os.path.basename(os.path.normpath(sweep_dir))
+  return f"{name} on {dataset}" if dataset else name
+
+
+def plot_accuracy(
+  rows: Sequence[Mapping[str, Any]], fields: Sequence[str], path: str, title: str = ""
+) -> None:
   """Validation and test accuracy against the swept setting, with 95% intervals."""
   import matplotlib
 
@@ -232,7 +254,7 @@ def plot_accuracy(rows: Sequence[Mapping[str, Any]], fields: Sequence[str], path
     shift = 0 if numeric else offset
     ax.errorbar(x + shift, means, yerr=errors, fmt="o-" if numeric else "o", capsize=4, label=name)
   ax.set_ylabel("accuracy (%), mean and 95% CI over seeds")
-  ax.set_title("Accuracy by setting")
+  ax.set_title(f"Accuracy by setting\n{title}" if title else "Accuracy by setting", fontsize=10)
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
@@ -240,7 +262,7 @@ def plot_accuracy(rows: Sequence[Mapping[str, Any]], fields: Sequence[str], path
   plt.close(fig)
 
 
-def plot_params(rows: Sequence[Mapping[str, Any]], path: str) -> None:
+def plot_params(rows: Sequence[Mapping[str, Any]], path: str, title: str = "") -> None:
   """Test accuracy against parameter count, one series per model."""
   import matplotlib
 
@@ -257,7 +279,10 @@ def plot_params(rows: Sequence[Mapping[str, Any]], path: str) -> None:
   ax.set_xscale("log")
   ax.set_xlabel("parameters")
   ax.set_ylabel("test accuracy (%), mean and 95% CI over seeds")
-  ax.set_title("Accuracy against parameter count")
+  ax.set_title(
+    f"Accuracy against parameters\n{title}" if title else "Accuracy against parameters",
+    fontsize=10,
+  )
   ax.grid(alpha=0.3, which="both")
   ax.legend()
   fig.tight_layout()
@@ -265,7 +290,7 @@ def plot_params(rows: Sequence[Mapping[str, Any]], path: str) -> None:
   plt.close(fig)
 
 
-def write_report(records: Sequence[Mapping[str, Any]], out_dir: str) -> list[str]:
+def write_report(records: Sequence[Mapping[str, Any]], out_dir: str, title: str = "") -> list[str]:
   """Writes the table, the CSV and the plots; returns their paths."""
   os.makedirs(out_dir, exist_ok=True)
   rows = summarize(records)
@@ -276,10 +301,10 @@ def write_report(records: Sequence[Mapping[str, Any]], out_dir: str) -> list[str
   finished = [r for r in rows if r["seeds"]]
   if finished:
     paths["accuracy.png"] = os.path.join(out_dir, "accuracy.png")
-    plot_accuracy(finished, varying_fields(records), paths["accuracy.png"])
+    plot_accuracy(finished, varying_fields(records), paths["accuracy.png"], title)
     if len({r["model"] for r in finished}) > 1:
       paths["params.png"] = os.path.join(out_dir, "params.png")
-      plot_params(finished, paths["params.png"])
+      plot_params(finished, paths["params.png"], title)
   return list(paths.values())
 
 
@@ -298,7 +323,7 @@ def main(argv):
     raise app.UsageError("Usage: python -m convnet.report SWEEP_DIR [--out=DIR]")
   try:
     records = load_records(argv[1])
-    paths = write_report(records, FLAGS.out or argv[1])
+    paths = write_report(records, FLAGS.out or argv[1], describe(records, argv[1]))
   except ConvnetError as e:
     sys.exit(f"error: {e}")
   with open(paths[0]) as f:

@@ -39,12 +39,14 @@ def _stack(trees):
   return jax.tree.map(lambda *xs: np.stack(xs), *trees)
 
 
-def _evaluate(eval_fn, state, splits, batch_size: int, shared: bool) -> list[dict[str, float]]:
-  """Mean loss and accuracy of each seed's model, on its own split or on one shared split."""
+def _evaluate(eval_fn, state, splits, batch_size: int) -> list[dict[str, float]]:
+  """Mean loss and accuracy of each seed's model on its own split.
+
+  Even the test split is each seed's own: reduced inputs (`data.features`) are
+  fitted on each seed's training split.
+  """
   batches = [train.eval_batches(split, batch_size) for split in splits]
-  sums = [
-    eval_fn(state, batch[0] if shared else _stack(batch)) for batch in zip(*batches, strict=True)
-  ]
+  sums = [eval_fn(state, _stack(batch)) for batch in zip(*batches, strict=True)]
   totals = {
     k: np.sum([s[k] for s in jax.device_get(sums)], axis=0, dtype=np.float64) for k in sums[0]
   }
@@ -130,8 +132,7 @@ def train_seeds(
     donate_argnums=0,
   )
   eval_step = functools.partial(train.eval_step, microbatch_size=config.microbatch_size)
-  eval_own = jax.jit(jax.vmap(eval_step))
-  eval_shared = jax.jit(jax.vmap(eval_step, in_axes=(0, None)))
+  eval_fn = jax.jit(jax.vmap(eval_step))
   images = jax.device_put(np.stack([d.train.images for d in datasets]))
   labels = jax.device_put(np.stack([d.train.labels for d in datasets]))
   writers = [train._MetricsWriter(d) for d in seed_dirs]
@@ -154,10 +155,10 @@ def train_seeds(
     done = epoch_end - step
     step = epoch_end
     evals = {}
-    for name, fn, shared in (("validation", eval_own, False), ("test", eval_shared, True)):
+    for name in ("validation", "test"):
       splits = [getattr(d, name) for d in datasets]
       if len(splits[0]):
-        evals[name] = _evaluate(fn, state, splits, config.eval_batch_size, shared)
+        evals[name] = _evaluate(eval_fn, state, splits, config.eval_batch_size)
     wall_time = time.perf_counter() - start_time
     for i, writer in enumerate(writers):
       record = {

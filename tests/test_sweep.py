@@ -90,7 +90,7 @@ def test_convnet_vs_dense_budgets_match():
   for cell in sweep.expand(module.sweep):
     config = sweep.apply_overrides(base, cell.overrides)
     model = models.create_model(config.model, (28, 28, 1), 10)
-    params = train.init_params(model, jax.random.key(0), (28, 28, 1))
+    params = jax.eval_shape(train.init_params, model, jax.random.key(0), (28, 28, 1))
     counts[cell.setting] = (config.model.name, models.count_params(params))
   pairs = list(counts.values())
   assert [p[1] for p in pairs[2:4]] == [33194, 33400]  # the book's pair
@@ -191,10 +191,15 @@ def test_finished_cells_are_skipped_and_a_crash_is_recorded(config, tmp_path, mo
   assert len(calls) == 2
 
 
-def test_vmapped_seeds_match_separate_runs(config, tmp_path):
+@pytest.mark.parametrize("features", ["pixels", "pca"])
+def test_vmapped_seeds_match_separate_runs(config, tmp_path, features):
   config.max_steps = 6
   config.steps_per_call = 4
   config.microbatch_size = 128
+  if features == "pca":  # fitted on each seed's own training split
+    config.model.name = "dense"
+    config.data.features = "pca"
+    config.data.num_features = 30
   results = seeds.train_seeds(config, [0, 3], str(tmp_path / "group"))
   for seed, together in zip([0, 3], results, strict=True):
     alone = train.train_and_evaluate(seeds.seed_config(config, seed), str(tmp_path / f"s{seed}"))
