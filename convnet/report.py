@@ -34,6 +34,8 @@ METRICS = {
   "validation": "best_validation_accuracy",
   "test": "test_accuracy_at_best_validation",
 }
+# Fields every record has, whatever its status; the rest depend on the status.
+RECORD_FIELDS = ("cell", "index", "setting", "overrides", "config", "status")
 
 
 # ----------------------------------------------------------------------------
@@ -49,9 +51,15 @@ def load_records(sweep_dir: str) -> list[dict[str, Any]]:
   for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
     try:
       with open(path) as f:
-        records.append(json.load(f))
-    except (OSError, json.JSONDecodeError) as e:
+        record = json.load(f)
+    except (OSError, ValueError) as e:  # ValueError: bad JSON and bytes that are not UTF-8.
       raise DataError(f"sweep record {path} cannot be read: {e}") from None
+    missing = (
+      [k for k in RECORD_FIELDS if k not in record] if isinstance(record, dict) else RECORD_FIELDS
+    )
+    if missing:
+      raise DataError(f"sweep record {path} is not a record: it lacks {', '.join(missing)}")
+    records.append(record)
   if not records:
     raise DataError(f"{folder} holds no records yet")
   return sorted(records, key=lambda r: r["index"])
@@ -227,6 +235,15 @@ def describe(records: Sequence[Mapping[str, Any]], sweep_dir: str) -> str:
   return f"{name} on {dataset}" if dataset else name
 
 
+def numeric_axis(rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> str | None:
+  """The field to plot on a numeric x axis: the one varying field, if all its values are numbers."""
+  if len(fields) != 1:
+    return None
+  values = [row.get(fields[0]) for row in rows]
+  numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+  return fields[0] if numbers else None
+
+
 def plot_accuracy(
   rows: Sequence[Mapping[str, Any]], fields: Sequence[str], path: str, title: str = ""
 ) -> None:
@@ -236,13 +253,11 @@ def plot_accuracy(
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  numeric = len(fields) == 1 and all(
-    isinstance(r[fields[0]], int | float) and not isinstance(r[fields[0]], bool) for r in rows
-  )
+  numeric = numeric_axis(rows, fields)
   fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.5))
   if numeric:
-    x = np.array([float(r[fields[0]]) for r in rows])
-    ax.set_xlabel(fields[0])
+    x = np.array([float(r[numeric]) for r in rows])
+    ax.set_xlabel(numeric)
     if np.all(x > 0) and x.max() / x.min() >= 100:
       ax.set_xscale("log")
   else:

@@ -8,14 +8,15 @@ import subprocess
 import sys
 
 import matplotlib.image
-import numpy as np
 import pytest
 
 from convnet import report
 from convnet.errors import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-T_975_2 = 4.302652729911275  # Student's t, 97.5th percentile, 2 degrees of freedom (a table value)
+# Student's t, 97.5th percentile, with 2 and 1 degrees of freedom (table values).
+T_975_2 = 4.302652729911275
+T_975_1 = 12.706204736174705
 
 
 def _record(index, overrides, validation=None, test=None, model="convnet", params=1000, **extra):
@@ -75,6 +76,31 @@ def test_statistics_over_seeds():
   assert three["model.conv.kernel_size"] == 3
 
 
+def test_two_seeds_interval():
+  two = report.interval([0.5, 0.7])
+  half = T_975_1 * math.sqrt(0.02) / math.sqrt(2)  # sample variance of 0.5 and 0.7 is 0.02
+  assert two["mean"] == pytest.approx(0.6)
+  assert (two["ci_low"], two["ci_high"]) == pytest.approx((0.6 - half, 0.6 + half))
+
+
+def test_list_overrides_give_short_labels_and_a_categorical_axis():
+  features, pool = "model.conv.features", "model.pool.type"
+  records = [
+    _record(0, {features: [16], pool: ["max"], "seed": 0}, 0.9, 0.9),
+    _record(1, {features: [16, 32], pool: ["max", "max"], "seed": 0}, 0.95, 0.95),
+  ]
+  rows = report.summarize(records)
+  assert [r["label"] for r in rows] == ["features=16 type=max", "features=16,32 type=max,max"]
+  assert report.numeric_axis(rows, report.varying_fields(records)) is None
+  assert report.short_label({"model.conv.strides": [[2, 2], [1, 1]]}, ["model.conv.strides"]) == (
+    "strides=2x2,1x1"
+  )
+  rate = "optimizer.learning_rate"
+  records = [_record(i, {rate: lr, "seed": 0}, 0.9, 0.9) for i, lr in enumerate((1e-3, 1e-2))]
+  rows = report.summarize(records)
+  assert report.numeric_axis(rows, report.varying_fields(records)) == rate
+
+
 def test_files_table_and_plots(tmp_path):
   records = _kernel_records()
   paths = report.write_report(records, str(tmp_path))
@@ -118,6 +144,15 @@ def test_bad_sweep_directories_are_named(tmp_path):
   (tmp_path / "records" / "torn.json").write_text('{"cell": ')
   with pytest.raises(DataError, match="torn.json cannot be read"):
     report.load_records(str(tmp_path))
+  (tmp_path / "records" / "torn.json").write_bytes(b"\xff\xfe\x00garbage")
+  with pytest.raises(DataError, match="torn.json cannot be read"):
+    report.load_records(str(tmp_path))
+  (tmp_path / "records" / "torn.json").write_text('{"cell": "a", "index": 0}')
+  with pytest.raises(DataError, match="torn.json is not a record: it lacks setting, overrides"):
+    report.load_records(str(tmp_path))
+  (tmp_path / "records" / "torn.json").write_text("[1, 2]")
+  with pytest.raises(DataError, match="torn.json is not a record"):
+    report.load_records(str(tmp_path))
 
 
 def test_command_line(tmp_path):
@@ -130,14 +165,10 @@ def test_command_line(tmp_path):
   )
   assert done.returncode == 0, done.stderr
   assert "| kernel_size=3 | convnet |" in done.stdout
+  assert "Wrote " in done.stdout and os.path.join(sweep_dir, "report.csv") in done.stdout
   assert os.path.exists(os.path.join(sweep_dir, "accuracy.png"))
-  missing = subprocess.run(
-    [sys.executable, "-m", "convnet.report", str(tmp_path / "nowhere")],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-  )
-  assert missing.returncode == 1
-  assert missing.stderr.strip().splitlines()[-1].startswith("error: ")
-  assert "Traceback" not in missing.stderr
-  assert np.isfinite(report.interval([0.5, 0.7])["ci_high"])
+  # A user's mistake ends in one line: sys.exit with a message, which Python prints without a
+  # traceback (in-process, since a second interpreter would double this test's time).
+  nowhere = str(tmp_path / "nowhere")
+  with pytest.raises(SystemExit, match=f"^error: {nowhere}/records does not exist"):
+    report.main(["report", nowhere])
