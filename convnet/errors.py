@@ -15,3 +15,19 @@ class DataError(ConvnetError):
 
 class CheckpointError(ConvnetError):
   """A checkpoint or workdir that cannot be resumed; the message says how to start fresh."""
+
+
+class DivergedError(ConvnetError):
+  """The loss or the parameters stopped being finite; the last good checkpoint is kept."""
+
+
+class WorkdirInUseError(ConvnetError):
+  """Another live process is writing to the same workdir."""
+
+
+class RunInterrupted(ConvnetError):
+  """SIGTERM or SIGINT stopped the run after it saved a checkpoint."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.signum = signum

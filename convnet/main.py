@@ -14,8 +14,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from convnet import train
-from convnet.errors import ConvnetError
+from convnet import cli, train
+from convnet.errors import ConvnetError, RunInterrupted
 
 FLAGS = flags.FLAGS
 
@@ -32,13 +32,16 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  train.quiet_library_logs()
+  cli.quiet_library_logs()
   logging.info("JAX devices: %s", jax.devices())
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except RunInterrupted as e:  # Saved: the conventional exit status of a signalled process.
+    logging.warning("%s", e)
+    sys.exit(128 + e.signum)
   except ConvnetError as e:  # A problem the message alone explains: no traceback.
     sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -356,7 +356,8 @@ def _size_tuple(value, rank: int, field: str, minimum: int) -> tuple[int, ...]:
   if len(size) != rank:
     raise ConfigError(
       f"{field}={value!r} has {len(size)} axes, but the data has {rank} spatial "
-      f"ax{'is' if rank == 1 else 'es'}"
+      f"ax{'is' if rank == 1 else 'es'} (a tuple of ints is one size; for one size per block "
+      f"write a tuple of sizes, e.g. {((2,) * rank, (1,) * rank)!r})"
     )
   if min(size) < minimum:
     raise ConfigError(f"{field}={value!r}: every entry must be at least {minimum}")

@@ -183,7 +183,9 @@ def markdown(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, A
     params = "–" if math.isnan(row["num_params"]) else f"{row['num_params']:,.0f}"
     flops = "–" if math.isnan(row["flops_per_example"]) else f"{row['flops_per_example'] / 1e6:.2f}"
     wall = "–" if math.isnan(row["wall_time_s"]) else f"{row['wall_time_s']:.1f}"
-    seeds = str(row["seeds"]) + (f" ({row['not_finished']} failed)" if row["not_finished"] else "")
+    seeds = str(row["seeds"]) + (
+      f" ({row['not_finished']} did not finish)" if row["not_finished"] else ""
+    )
     lines.append(
       f"| {row['label']} | {row['model']} | {params} | {flops} | {seeds} | {validation} "
       f"| {validation_ci} | {test} | {test_ci} | {wall} |"

@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from convnet import input_pipeline, models, train
-from convnet.errors import ConfigError
+from convnet.errors import ConfigError, DivergedError
 
 
 def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
@@ -72,8 +72,15 @@ def train_seeds(
   seeds = [int(s) for s in seeds]
   if len(set(seeds)) != len(seeds) or not seeds:
     raise ConfigError(f"seeds={seeds} must be distinct, and at least one")
+  train.validate_config(config)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  with train.workdir_lock(workdir):
+    return _train_seeds(config, seeds, workdir)
+
+
+def _train_seeds(config: ml_collections.ConfigDict, seeds: list[int], workdir: str):
   configs = [seed_config(config, s) for s in seeds]
-  train.validate_config(configs[0])
   datasets = [input_pipeline.load(c.data, c.seed) for c in configs]
   data = datasets[0]
   model = models.create_model(config.model, data.input_shape, data.num_classes)
@@ -94,7 +101,6 @@ def train_seeds(
     "%d seeds of %s at once, %s parameters each", len(seeds), config.model.name, num_params
   )
 
-  workdir = os.path.abspath(workdir)
   seed_dirs = [os.path.join(workdir, f"seed_{s}") for s in seeds]
   manager = train._checkpoint_manager(workdir, config.checkpoint_keep)
   loop = {"wall_time_s": 0.0}
@@ -150,6 +156,13 @@ def train_seeds(
       state, metrics = steps_fn(state, images, labels, orders, start, count)
       pending.append((metrics, count))
     losses = np.concatenate([m["loss"][:, :n] for m, n in jax.device_get(pending)], axis=1)
+    if not np.isfinite(losses).all():
+      seed_index, step_index = np.argwhere(~np.isfinite(losses))[0]
+      raise DivergedError(
+        f"seed {seeds[seed_index]}: the training loss became {losses[seed_index, step_index]} "
+        f"at step {step + step_index + 1}. The last good checkpoint in {workdir}/checkpoints is "
+        f"kept. Try a lower optimizer.learning_rate (now {config.optimizer.learning_rate})."
+      )
     correct = np.concatenate([m["correct"][:, :n] for m, n in jax.device_get(pending)], axis=1)
     seconds = time.perf_counter() - epoch_start
     done = epoch_end - step
@@ -181,6 +194,11 @@ def train_seeds(
       " ".join(f"{r[-1].get('test_accuracy', float('nan')):.4f}" for r in records),
       f"{done * config.batch_size / seconds:,.0f}",
     )
+    if not all(bool(np.isfinite(x).all()) for x in jax.device_get(jax.tree.leaves(state.params))):
+      raise DivergedError(
+        f"the parameters stopped being finite by step {step}; nothing was saved, and the "
+        f"checkpoint in {workdir}/checkpoints is kept. Try a lower optimizer.learning_rate."
+      )
     manager.save(
       step,
       args=ocp.args.Composite(

@@ -43,9 +43,15 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from convnet import cli, train
 from convnet import seeds as seeds_lib
-from convnet import train
-from convnet.errors import ConfigError, ConvnetError
+from convnet.errors import (
+  ConfigError,
+  ConvnetError,
+  DivergedError,
+  RunInterrupted,
+  WorkdirInUseError,
+)
 
 Overrides = dict[str, Any]
 
@@ -246,9 +252,9 @@ def _result_fields(result: Mapping[str, Any]) -> dict[str, Any]:
   return {"status": "done", "vmap_group_size": 1} | fields
 
 
-def _failure(error: BaseException) -> dict[str, Any]:
+def _failure(error: BaseException, status: str = "failed") -> dict[str, Any]:
   return {
-    "status": "failed",
+    "status": status,
     "error": f"{type(error).__name__}: {error}",
     "traceback": "".join(traceback.format_exception(error)),
   }
@@ -311,6 +317,14 @@ def run_sweep(
       workdir = os.path.join(sweep_dir, "cells", cell.name)
       try:
         result = _result_fields(train.train_and_evaluate(configs[cell.name], workdir))
+      except RunInterrupted:  # Saved by the cell: the sweep stops, and a rerun resumes it.
+        raise
+      except WorkdirInUseError as e:  # Another process runs this cell: its record is theirs.
+        logging.warning("Skipping cell %s: %s", cell.name, e)
+        continue
+      except DivergedError as e:  # Recorded; the sweep goes on.
+        logging.error("Cell %s diverged: %s", cell.name, e)
+        result = _failure(e, "diverged")
       except Exception as e:  # Recorded; the sweep goes on.
         logging.error("Cell %s failed: %s: %s", cell.name, type(e).__name__, e)
         result = _failure(e)
@@ -321,6 +335,12 @@ def run_sweep(
     try:
       trained = seeds_lib.train_seeds(configs[group[0].name], seeds, group_dir)
       results = [_result_fields(r) | {"vmap_group_size": len(group)} for r in trained]
+    except WorkdirInUseError as e:  # Another process runs this group: its records are theirs.
+      logging.warning("Skipping group %s: %s", group[0].setting, e)
+      continue
+    except DivergedError as e:  # Recorded for every seed of the group; the sweep goes on.
+      logging.error("Group %s diverged: %s", group[0].setting, e)
+      results = [_failure(e, "diverged")] * len(group)
     except Exception as e:  # Recorded for every seed of the group; the sweep goes on.
       logging.error("Group %s failed: %s: %s", group[0].setting, type(e).__name__, e)
       results = [_failure(e)] * len(group)
@@ -360,13 +380,16 @@ def _define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  train.quiet_library_logs()
+  cli.quiet_library_logs()
   try:
     sweep_path = config_flags.get_config_filename(FLAGS["sweep"])
     cells = expand(load_sweep_module(sweep_path).sweep)
     records = run_sweep(
       FLAGS.sweep, cells, FLAGS.workdir, parse_shard(FLAGS.shard), FLAGS.vmap_seeds
     )
+  except RunInterrupted as e:
+    logging.warning("%s; rerun the sweep's command to go on", e)
+    sys.exit(128 + e.signum)
   except ConvnetError as e:
     sys.exit(f"error: {e}")
   if any(r["status"] != "done" for r in records):
@@ -375,4 +398,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

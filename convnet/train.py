@@ -9,11 +9,15 @@ the last checkpoint, and a finished run reports its result and returns.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
-import logging as python_logging
 import math
 import os
+import signal
+import socket
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -28,7 +32,13 @@ from absl import logging
 from flax.training import train_state
 
 from convnet import input_pipeline, models
-from convnet.errors import CheckpointError, ConfigError
+from convnet.errors import (
+  CheckpointError,
+  ConfigError,
+  DivergedError,
+  RunInterrupted,
+  WorkdirInUseError,
+)
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
@@ -459,9 +469,15 @@ def _restore(manager: ocp.CheckpointManager, state: TrainState, loop: dict[str, 
 
 
 def _save(manager: ocp.CheckpointManager, state: TrainState, loop: dict[str, Any]) -> None:
+  """Saves the state, unless this step is saved already; non-finite parameters never are."""
   step = int(state.step)
   if manager.latest_step() == step:
     return
+  if not all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(state.params)):
+    raise DivergedError(
+      f"the parameters stopped being finite by step {step}; nothing was saved, and the "
+      f"checkpoint of step {manager.latest_step()} is kept. Try a lower optimizer.learning_rate."
+    )
   manager.save(
     step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop))
   )
@@ -469,6 +485,72 @@ def _save(manager: ocp.CheckpointManager, state: TrainState, loop: dict[str, Any
 
 # ----------------------------------------------------------------------------
 # The loop
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str) -> Iterator[None]:
+  """Holds `workdir/.lock` while a run writes there; another run on it stops at once.
+
+  The lock is an `fcntl.flock`, which the system drops when its process ends,
+  however it ends: a lock left by a dead process never blocks.
+  """
+  path = os.path.join(workdir, ".lock")
+  with open(path, "a+") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or "another process"
+      raise WorkdirInUseError(
+        f"{workdir} is in use by {holder}; wait for that run to end, or use another --workdir"
+      ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(
+      f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    )
+    f.flush()
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[dict[str, int]]:
+  """Turns SIGTERM and SIGINT into a request to stop, which the loop reads between calls.
+
+  Yields a dict whose "signal" is 0, or the number of the first signal
+  received. Only the main thread can set handlers; elsewhere signals keep
+  their handlers and the dict stays 0.
+  """
+  stop = {"signal": 0}
+  if threading.current_thread() is not threading.main_thread():
+    yield stop
+    return
+
+  def request(signum, frame):
+    del frame
+    if stop["signal"]:  # A second signal: stop now, without saving.
+      raise KeyboardInterrupt
+    logging.warning("%s received: saving a checkpoint, then stopping", signal.Signals(signum).name)
+    stop["signal"] = signum
+
+  previous = {s: signal.signal(s, request) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield stop
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+
+
+def _diverged_message(config, workdir: str, step: int, loss: float) -> str:
+  return (
+    f"the training loss became {loss} at step {step + 1}. The last good checkpoint in "
+    f"{workdir}/checkpoints is kept. Try a lower optimizer.learning_rate (now "
+    f"{config.optimizer.learning_rate}), a warmup (optimizer.schedule='warmup_cosine'), or "
+    "another seed."
+  )
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -490,6 +572,10 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains and evaluates the configured model, resuming from `workdir`.
 
+  Holds `workdir`'s lock while it runs. SIGTERM or SIGINT make it save a
+  checkpoint and raise `RunInterrupted`; a loss or parameters that stop being
+  finite raise `DivergedError` before anything is saved.
+
   Returns:
     The last epoch's metrics (`train_*`, `validation_*`, `test_*`), plus
     `best_validation_accuracy`, `best_epoch`, `test_accuracy_at_best_validation`,
@@ -497,6 +583,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     `wall_time_s` and `train_examples_per_sec`.
   """
   validate_config(config)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  with workdir_lock(workdir), stop_signals() as stop:
+    return _train_and_evaluate(config, workdir, stop)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stop: dict[str, int]):
   dataset = input_pipeline.load(config.data, config.seed)
   model = models.create_model(config.model, dataset.input_shape, dataset.num_classes)
   steps_per_epoch = len(dataset.train) // config.batch_size
@@ -524,8 +617,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     dataset.input_shape,
   )
 
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
   manager = _checkpoint_manager(workdir, config.checkpoint_keep)
   loop = {"epoch_loss_sum": 0.0, "epoch_correct": 0.0, "epoch_steps": 0, "wall_time_s": 0.0}
   if manager.latest_step() is not None:
@@ -560,8 +651,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   def flush_pending() -> list[float]:
     """Adds the pending steps' metrics to the epoch's sums; returns their losses."""
     losses = []
+    first_step = int(state.step) - sum(count for _, count in pending)
     for metrics, count in jax.device_get(pending):
       for loss, correct in zip(metrics["loss"][:count], metrics["correct"][:count], strict=True):
+        if not math.isfinite(loss):
+          raise DivergedError(_diverged_message(config, workdir, first_step + len(losses), loss))
         losses.append(float(loss))
         loop["epoch_loss_sum"] += losses[-1]
         loop["epoch_correct"] += float(correct)
@@ -577,6 +671,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         stops.append((step // every + 1) * every)
     return min(stops)
 
+  def check_stop() -> None:
+    """Saves a checkpoint and stops, after SIGTERM or SIGINT."""
+    if stop["signal"]:
+      flush_pending()
+      _save(manager, state, loop | {"wall_time_s": time.perf_counter() - start_time})
+      manager.wait_until_finished()
+      name = signal.Signals(stop["signal"]).name
+      raise RunInterrupted(
+        f"{name} at step {int(state.step)}: checkpoint saved in {workdir}; "
+        "run the same command again to resume",
+        stop["signal"],
+      )
+
   while step < total_steps:
     epoch, index = divmod(step, steps_per_epoch)
     epoch_start = time.perf_counter()
@@ -584,6 +691,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     last_index = epoch_end - epoch * steps_per_epoch
     order = jax.device_put(epoch_order(len(dataset.train), config.seed, epoch))
     while step < epoch_end:
+      check_stop()
       count = next_stop(step, epoch_end) - step
       state, metrics = steps_fn(state, images, labels, order, step - epoch * steps_per_epoch, count)
       pending.append((metrics, count))
@@ -639,18 +747,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   result = summarize(records)
   logging.info("Finished at step %d: %s", step, _format(result))
   return result | {"num_params": num_params, "train_flops_per_example": flops}
-
-
-class _LibraryInfoFilter(python_logging.Filter):
-  """Keeps the libraries' INFO chatter (Orbax logs every file of a save) out of the log."""
-
-  def filter(self, record: python_logging.LogRecord) -> bool:
-    return record.levelno >= python_logging.WARNING or "/orbax/" not in record.pathname
-
-
-def quiet_library_logs() -> None:
-  """Drops Orbax's INFO lines from absl's log, for the command-line entry points."""
-  logging.get_absl_handler().addFilter(_LibraryInfoFilter())
 
 
 def _format_epoch(epoch: float) -> str:

@@ -108,7 +108,9 @@ def test_files_table_and_plots(tmp_path):
   table = open(tmp_path / "report.md").read()
   assert "| kernel_size=3 | convnet | 1,000 | 2.00 | 3 | 92.00 ± 2.00 |" in table
   assert f"[{100 * (0.93 - T_975_2 * 0.02 / 3**0.5):.2f}, " in table
-  assert "| kernel_size=5 | convnet | 1,000 | 2.00 | 1 (1 failed) | 80.00 ± – | – |" in table
+  assert (
+    "| kernel_size=5 | convnet | 1,000 | 2.00 | 1 (1 did not finish) | 80.00 ± – | – |" in table
+  )
   assert "FloatingPointError: nan" in table and "trace" not in table
   with open(tmp_path / "report.csv") as f:
     rows = list(csv.DictReader(f))
