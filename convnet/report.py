@@ -134,6 +134,50 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
   return rows
 
 
+def difference_interval(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+  """mean(a) - mean(b), with Welch's 95% confidence interval (unequal variances)."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  difference = float(a.mean() - b.mean())
+  if len(a) < 2 or len(b) < 2:
+    return {"difference": difference, "ci_low": math.nan, "ci_high": math.nan}
+  va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+  se = math.sqrt(va + vb)
+  if se == 0:
+    return {"difference": difference, "ci_low": difference, "ci_high": difference}
+  dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+  half = float(stats.t.ppf(0.975, dof)) * se
+  return {"difference": difference, "ci_low": difference - half, "ci_high": difference + half}
+
+
+def matched_pairs(
+  records: Sequence[Mapping[str, Any]], tolerance: float = 0.05
+) -> list[dict[str, Any]]:
+  """Convnet against dense at matched parameter counts (within `tolerance`), on test accuracy.
+
+  Each convnet setting is paired with the dense setting of the nearest
+  parameter count, if that is within `tolerance` of it.
+  """
+  rows = [r for r in summarize(records) if r["seeds"]]
+  done = [r for r in records if r["status"] == "done"]
+
+  def accuracies(row):
+    return [r[METRICS["test"]] for r in done if r["setting"] == row["setting"]]
+
+  dense = [r for r in rows if r["model"] == "dense"]
+  pairs = []
+  for convnet in (r for r in rows if r["model"] == "convnet"):
+    if not dense:
+      break
+    match = min(dense, key=lambda d: abs(d["num_params"] - convnet["num_params"]))
+    if abs(match["num_params"] - convnet["num_params"]) > tolerance * convnet["num_params"]:
+      continue
+    pairs.append(
+      {"convnet": convnet, "dense": match}
+      | difference_interval(accuracies(convnet), accuracies(match))
+    )
+  return pairs
+
+
 def _format_value(value: Any) -> str:
   """(16, 32) as `16,32`; ((2, 2), (1, 1)) as `2x2,1x1`."""
   if isinstance(value, list | tuple):
@@ -190,6 +234,25 @@ def markdown(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, A
       f"| {row['label']} | {row['model']} | {params} | {flops} | {seeds} | {validation} "
       f"| {validation_ci} | {test} | {test_ci} | {wall} |"
     )
+  pairs = matched_pairs(records)
+  if pairs:
+    lines += [
+      "",
+      "Convnet minus dense at matched parameter counts, test accuracy (percentage points), "
+      "with Welch's 95% interval:",
+      "",
+      "| convnet | dense | parameters (convnet / dense) | difference | 95% CI |",
+      "|---|---|---|---|---|",
+    ]
+    for p in pairs:
+      ci = (
+        "–" if math.isnan(p["ci_low"]) else f"[{100 * p['ci_low']:+.2f}, {100 * p['ci_high']:+.2f}]"
+      )
+      lines.append(
+        f"| {p['convnet']['label']} | {p['dense']['label']} | "
+        f"{p['convnet']['num_params']:,.0f} / {p['dense']['num_params']:,.0f} | "
+        f"{100 * p['difference']:+.2f} | {ci} |"
+      )
   if any(row["vmap_group_size"] > 1 for row in rows):
     lines += [
       "",

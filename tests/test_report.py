@@ -174,3 +174,27 @@ def test_command_line(tmp_path):
   nowhere = str(tmp_path / "nowhere")
   with pytest.raises(SystemExit, match=f"^error: {nowhere}/records does not exist"):
     report.main(["report", nowhere])
+
+
+def test_convnet_minus_dense_at_matched_parameters():
+  """Welch's interval, checked against the formula worked by hand for two seeds a side."""
+  records = [
+    _record(0, {"model.name": "convnet", "seed": 0}, 0.9, 0.95, model="convnet", params=33194),
+    _record(1, {"model.name": "convnet", "seed": 1}, 0.9, 0.97, model="convnet", params=33194),
+    _record(2, {"model.name": "dense", "seed": 0}, 0.9, 0.90, model="dense", params=33400),
+    _record(3, {"model.name": "dense", "seed": 1}, 0.9, 0.91, model="dense", params=33400),
+    _record(4, {"model.name": "dense", "w": 9, "seed": 0}, 0.9, 0.5, model="dense", params=90000),
+  ]
+  (pair,) = report.matched_pairs(records)
+  assert pair["dense"]["num_params"] == 33400  # the nearest budget, not the 90k one
+  assert pair["difference"] == pytest.approx(0.055)
+  # Variances of the means: 0.0002 / 2 and 0.00005 / 2; Welch's degrees of freedom:
+  # (1.25e-4)^2 / ((1e-4)^2 + (2.5e-5)^2) = 1.470588...; Student's t at 0.975 with those
+  # degrees of freedom is 6.18811 (a table value, from scipy.stats.t.ppf).
+  se = math.sqrt(0.0002 / 2 + 0.00005 / 2)
+  half = pair["ci_high"] - pair["difference"]
+  assert half == pytest.approx(6.18811 * se, rel=1e-4)
+  assert pair["ci_low"] == pytest.approx(0.055 - half)
+  table = report.markdown(report.summarize(records), records)
+  assert "| name=convnet | name=dense | 33,194 / 33,400 | +5.50 |" in table
+  assert report.matched_pairs(records[:2]) == []  # no dense network to compare with
