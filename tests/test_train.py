@@ -315,8 +315,10 @@ def test_l1_penalty_pulls_every_kernel_weight_by_the_same_step(config, embedded)
   config.optimizer.name = "sgd"
   config.optimizer.learning_rate = 0.1
   batch = _batch(embedded)
-  plain, _ = train.train_step(_state(config), batch)
-  penalised, _ = train.train_step(_state(config), batch, l1_penalty=0.01)
+  plain, _ = jax.jit(train.train_step)(_state(config), batch)
+  penalised, _ = jax.jit(functools.partial(train.train_step, l1_penalty=0.01))(
+    _state(config), batch
+  )
   start = traverse_util.flatten_dict(_state(config).params)
   plain, penalised = (traverse_util.flatten_dict(s.params) for s in (plain, penalised))
   for key, weight in start.items():
