@@ -297,7 +297,9 @@ def describe(records: Sequence[Mapping[str, Any]], sweep_dir: str) -> str:
   else:
     dataset = data.get("name", "")
   name = os.path.basename(os.path.normpath(sweep_dir))
-  return f"{name} on {dataset}" if dataset else name
+  epochs = records[0]["config"].get("num_epochs")
+  epochs = f", {epochs} epochs" if epochs else ""
+  return f"{name} on {dataset}{epochs}" if dataset else f"{name}{epochs}"
 
 
 def numeric_axis(rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> str | None:

