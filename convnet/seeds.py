@@ -84,14 +84,7 @@ def _train_seeds(config: ml_collections.ConfigDict, seeds: list[int], workdir: s
   datasets = [input_pipeline.load(c.data, c.seed) for c in configs]
   data = datasets[0]
   model = models.create_model(config.model, data.input_shape, data.num_classes)
-  steps_per_epoch = len(data.train) // config.batch_size
-  if steps_per_epoch == 0:
-    raise ConfigError(
-      f"batch_size={config.batch_size} is larger than the {len(data.train)} training examples"
-    )
-  total_steps = steps_per_epoch * config.num_epochs
-  if config.max_steps >= 0:
-    total_steps = min(total_steps, config.max_steps)
+  steps_per_epoch, total_steps = train.step_counts(config, len(data.train))
   tx = train.create_optimizer(config.optimizer, steps_per_epoch, total_steps)
   states = [train.create_train_state(jax.random.key(s), model, data.input_shape, tx) for s in seeds]
   num_params = models.count_params(states[0].params)

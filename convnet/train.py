@@ -589,17 +589,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return _train_and_evaluate(config, workdir, stop)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stop: dict[str, int]):
-  dataset = input_pipeline.load(config.data, config.seed)
-  model = models.create_model(config.model, dataset.input_shape, dataset.num_classes)
-  steps_per_epoch = len(dataset.train) // config.batch_size
+def step_counts(config: ml_collections.ConfigDict, num_train: int) -> tuple[int, int]:
+  """Steps per epoch (whole batches only) and the run's total, `max_steps` included."""
+  steps_per_epoch = num_train // config.batch_size
   if steps_per_epoch == 0:
     raise ConfigError(
-      f"batch_size={config.batch_size} is larger than the {len(dataset.train)} training examples"
+      f"batch_size={config.batch_size} is larger than the {num_train} training examples"
     )
   total_steps = steps_per_epoch * config.num_epochs
   if config.max_steps >= 0:
     total_steps = min(total_steps, config.max_steps)
+  return steps_per_epoch, total_steps
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stop: dict[str, int]):
+  dataset = input_pipeline.load(config.data, config.seed)
+  model = models.create_model(config.model, dataset.input_shape, dataset.num_classes)
+  steps_per_epoch, total_steps = step_counts(config, len(dataset.train))
   tx = create_optimizer(config.optimizer, steps_per_epoch, total_steps)
   state = create_train_state(jax.random.key(config.seed), model, dataset.input_shape, tx)
   num_params = models.count_params(state.params)
