@@ -20,7 +20,6 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 
 from convnet import input_pipeline, models, train
@@ -148,15 +147,15 @@ def _train_seeds(config: ml_collections.ConfigDict, seeds: list[int], workdir: s
       start = first - epoch * steps_per_epoch
       state, metrics = steps_fn(state, images, labels, orders, start, count)
       pending.append((metrics, count))
-    losses = np.concatenate([m["loss"][:, :n] for m, n in jax.device_get(pending)], axis=1)
+    pending = jax.device_get(pending)
+    losses = np.concatenate([m["loss"][:, :n] for m, n in pending], axis=1)
     if not np.isfinite(losses).all():
       seed_index, step_index = np.argwhere(~np.isfinite(losses))[0]
-      raise DivergedError(
-        f"seed {seeds[seed_index]}: the training loss became {losses[seed_index, step_index]} "
-        f"at step {step + step_index + 1}. The last good checkpoint in {workdir}/checkpoints is "
-        f"kept. Try a lower optimizer.learning_rate (now {config.optimizer.learning_rate})."
+      message = train._diverged_message(
+        config, workdir, step + step_index, losses[seed_index, step_index]
       )
-    correct = np.concatenate([m["correct"][:, :n] for m, n in jax.device_get(pending)], axis=1)
+      raise DivergedError(f"seed {seeds[seed_index]}: {message}")
+    correct = np.concatenate([m["correct"][:, :n] for m, n in pending], axis=1)
     seconds = time.perf_counter() - epoch_start
     done = epoch_end - step
     step = epoch_end
@@ -187,17 +186,7 @@ def _train_seeds(config: ml_collections.ConfigDict, seeds: list[int], workdir: s
       " ".join(f"{r[-1].get('test_accuracy', float('nan')):.4f}" for r in records),
       f"{done * config.batch_size / seconds:,.0f}",
     )
-    if not all(bool(np.isfinite(x).all()) for x in jax.device_get(jax.tree.leaves(state.params))):
-      raise DivergedError(
-        f"the parameters stopped being finite by step {step}; nothing was saved, and the "
-        f"checkpoint in {workdir}/checkpoints is kept. Try a lower optimizer.learning_rate."
-      )
-    manager.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave({"wall_time_s": wall_time})
-      ),
-    )
+    train._save(manager, state, {"wall_time_s": wall_time})
   manager.wait_until_finished()
   manager.close()
   for writer in writers:

@@ -469,8 +469,11 @@ def _restore(manager: ocp.CheckpointManager, state: TrainState, loop: dict[str, 
 
 
 def _save(manager: ocp.CheckpointManager, state: TrainState, loop: dict[str, Any]) -> None:
-  """Saves the state, unless this step is saved already; non-finite parameters never are."""
-  step = int(state.step)
+  """Saves the state, unless this step is saved already; non-finite parameters never are.
+
+  `state` may be stacked along a leading axis (seeds trained together), all at one step.
+  """
+  step = int(np.ravel(state.step)[0])
   if manager.latest_step() == step:
     return
   if not all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(state.params)):
