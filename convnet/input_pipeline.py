@@ -49,7 +49,24 @@ IDX_FILES = {
   "test_labels": "t10k-labels-idx1-ubyte",
 }
 EMBEDDED_TEST_PER_CLASS = 100
+EMBEDDED_INPUT_SHAPE = (28, 28, 1)
+EMBEDDED_NUM_CLASSES = 10
 TFDS_IDX_DATASETS = ("mnist", "fashion_mnist", "kmnist")
+# Class names for IDX files of a dataset that `data.name` names (IDX files hold only numbers).
+IDX_CLASS_NAMES = {
+  "fashion_mnist": (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+  ),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +120,9 @@ def load(data_config: Mapping[str, Any], seed: int) -> Dataset:
         "files) or the environment variable CONVNET_IDX_DIR"
       )
     raw = load_idx_dir(data_config["idx_dir"])
+    names = IDX_CLASS_NAMES.get(data_config["name"], ())
+    if len(names) == raw.num_classes:
+      raw = dataclasses.replace(raw, class_names=names)
   elif source == "embedded":
     raw = load_embedded()
   else:
@@ -111,6 +131,41 @@ def load(data_config: Mapping[str, Any], seed: int) -> Dataset:
   return select_features(
     dataset, data_config.get("features", "pixels"), data_config.get("num_features", 0)
   )
+
+
+def input_spec(data_config: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
+  """The shape of one example as `load` gives it, and the number of classes, without the data.
+
+  Nothing is downloaded or read whole: a TFDS dataset's shapes come from its
+  builder's info (defined in code, or the prepared dataset's metadata), IDX
+  files' from their headers (and the training labels, which set the number of
+  classes as in `load_idx_dir`), and the embedded digits' are known. With
+  `data.features` "pca" or "top_variance", an example is a vector of
+  `data.num_features` numbers.
+
+  Raises:
+    ConfigError: for an unknown source or feature setting.
+    DataError: when the shape cannot be known: missing or bad files, an unknown
+      TFDS dataset, or one whose images vary in size.
+  """
+  source = data_config["source"]
+  if source == "tfds":
+    shape, num_classes = _tfds_spec(data_config["name"], data_config["tfds_data_dir"] or None)
+  elif source == "idx":
+    if not data_config["idx_dir"]:
+      raise ConfigError(
+        "data.idx_dir is empty: set --config.data.idx_dir=DIR (a folder with the four IDX "
+        "files) or the environment variable CONVNET_IDX_DIR"
+      )
+    shape, num_classes = _idx_spec(data_config["idx_dir"])
+  elif source == "embedded":
+    shape, num_classes = EMBEDDED_INPUT_SHAPE, EMBEDDED_NUM_CLASSES
+  else:
+    raise ConfigError(f"data.source={source!r} is not a source; choose one of {', '.join(SOURCES)}")
+  features = data_config.get("features", "pixels")
+  num_features = data_config.get("num_features", 0)
+  _check_features(features, num_features, math.prod(shape))
+  return (shape if features == "pixels" else (num_features,)), num_classes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,15 +217,10 @@ def select_features(dataset: Dataset, features: str, num_features: int) -> Datas
   Both reductions are fitted on the training split alone and applied to every
   split; an example becomes a vector of shape (num_features,).
   """
-  if features not in FEATURES:
-    raise ConfigError(f"data.features={features!r} is not one of {', '.join(FEATURES)}")
+  size = math.prod(dataset.input_shape)
+  _check_features(features, num_features, size)
   if features == "pixels":
     return dataset
-  size = math.prod(dataset.input_shape)
-  if not 1 <= num_features <= size:
-    raise ConfigError(
-      f"data.num_features={num_features!r} must be in [1, {size}] for data.features={features!r}"
-    )
   train = dataset.train.images.reshape(len(dataset.train), -1)
   if features == "pca":
     mean = train.mean(0)
@@ -196,6 +246,16 @@ def select_features(dataset: Dataset, features: str, num_features: int) -> Datas
     validation=reduce(dataset.validation),
     test=reduce(dataset.test),
   )
+
+
+def _check_features(features: str, num_features: int, size: int) -> None:
+  """Rejects an unknown `data.features`, or a `data.num_features` outside [1, pixels]."""
+  if features not in FEATURES:
+    raise ConfigError(f"data.features={features!r} is not one of {', '.join(FEATURES)}")
+  if features != "pixels" and not 1 <= num_features <= size:
+    raise ConfigError(
+      f"data.num_features={num_features!r} must be in [1, {size}] for data.features={features!r}"
+    )
 
 
 def scale(images: np.ndarray) -> np.ndarray:
@@ -251,19 +311,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
       data = gzip.decompress(data)
     except (EOFError, OSError, zlib.error) as e:
       raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
-  if len(data) < 4:
-    raise DataError(f"{path}: too short for an IDX file ({len(data)} bytes)")
-  zero, type_code, rank = int.from_bytes(data[:2], "big"), data[2], data[3]
-  if zero != 0 or type_code not in _IDX_DTYPES or rank == 0:
-    raise DataError(
-      f"{path}: wrong magic number 0x{int.from_bytes(data[:4], 'big'):08x}; an IDX file "
-      f"starts with 0x0000, a type code (0x08 for unsigned bytes) and its number of dimensions"
-    )
-  header = 4 + 4 * rank
-  if len(data) < header:
-    raise DataError(f"{path}: truncated header")
-  shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank))
-  dtype = _IDX_DTYPES[type_code]
+  dtype, shape = _parse_idx_header(data, path)
+  header = 4 + 4 * len(shape)
   expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
   found = len(data) - header
   if found < expected:
@@ -274,6 +323,54 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
   if found > expected:
     raise DataError(f"{path}: {found - expected} unexpected bytes after the data of shape {shape}")
   return np.frombuffer(data, dtype, count=expected // dtype.itemsize, offset=header).reshape(shape)
+
+
+def _parse_idx_header(data: bytes, path: str) -> tuple[np.dtype, tuple[int, ...]]:
+  """The element type and shape that an IDX file's first bytes declare."""
+  if len(data) < 4:
+    raise DataError(f"{path}: too short for an IDX file ({len(data)} bytes)")
+  zero, type_code, rank = int.from_bytes(data[:2], "big"), data[2], data[3]
+  if zero != 0 or type_code not in _IDX_DTYPES or rank == 0:
+    raise DataError(
+      f"{path}: wrong magic number 0x{int.from_bytes(data[:4], 'big'):08x}; an IDX file "
+      f"starts with 0x0000, a type code (0x08 for unsigned bytes) and its number of dimensions"
+    )
+  if len(data) < 4 + 4 * rank:
+    raise DataError(f"{path}: truncated header")
+  shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank))
+  return _IDX_DTYPES[type_code], shape
+
+
+def read_idx_header(path: str | os.PathLike) -> tuple[np.dtype, tuple[int, ...]]:
+  """The element type and shape of an IDX file (gzipped or not), from its header alone."""
+  path = os.fspath(path)
+  try:
+    with open(path, "rb") as f:
+      gzipped = f.read(2) == b"\x1f\x8b"
+    with (gzip.open if gzipped else open)(path, "rb") as f:
+      data = f.read(4)
+      if len(data) == 4:
+        data += f.read(4 * data[3])
+  except FileNotFoundError:
+    raise DataError(f"{path}: no such file") from None
+  except (EOFError, OSError, zlib.error) as e:
+    raise DataError(f"{path}: cannot read ({e})") from None
+  return _parse_idx_header(data, path)
+
+
+def _idx_spec(idx_dir: str | os.PathLike) -> tuple[tuple[int, ...], int]:
+  """Input shape and number of classes of an IDX folder, as `load_idx_dir` would give them."""
+  paths = find_idx_files(idx_dir)
+  dtype, shape = read_idx_header(paths["train_images"])
+  if len(shape) not in (3, 4) or dtype != np.uint8:
+    raise DataError(
+      f"{paths['train_images']}: expected unsigned-byte images of rank 3 (count, height, "
+      f"width) or 4 (count, height, width, channels), found {dtype} of shape {shape}"
+    )
+  labels = read_idx(paths["train_labels"])
+  if labels.ndim != 1 or len(labels) == 0:
+    raise DataError(f"{paths['train_labels']}: expected a non-empty rank-1 label file")
+  return (*shape[1:3], shape[3] if len(shape) == 4 else 1), int(labels.max()) + 1
 
 
 def find_idx_files(idx_dir: str | os.PathLike) -> dict[str, str]:
@@ -374,7 +471,7 @@ def load_embedded(path: str | None = None) -> RawData:
   pixels, labels = table[:, :-1], table[:, -1]
   if pixels.min() < 0 or pixels.max() > 255:
     raise DataError(f"{path}: pixel values outside 0..255")
-  images = pixels.astype(np.uint8).reshape(-1, 28, 28, 1)
+  images = pixels.astype(np.uint8).reshape(-1, *EMBEDDED_INPUT_SHAPE)
   rng = np.random.default_rng(0)
   test = np.zeros(len(labels), bool)
   for digit in np.unique(labels):
@@ -386,8 +483,8 @@ def load_embedded(path: str | None = None) -> RawData:
     train_labels=labels[~test],
     test_images=images[test],
     test_labels=labels[test],
-    num_classes=10,
-    class_names=tuple(str(i) for i in range(10)),
+    num_classes=EMBEDDED_NUM_CLASSES,
+    class_names=tuple(str(i) for i in range(EMBEDDED_NUM_CLASSES)),
   )
   return _check_data(raw, {k: path for k in IDX_FILES})
 
@@ -451,10 +548,7 @@ def load_tfds(
       _download(tfds, name, data_dir)
     builder = tfds.builder(name, data_dir=data_dir)
   info = builder.info
-  image_key, label_key = info.supervised_keys or ("image", "label")
-  image_feature, label_feature = info.features[image_key], info.features[label_key]
-  if image_feature.np_dtype != np.uint8 or len(image_feature.shape) < 2:
-    raise DataError(f"TFDS {name!r}: {image_key!r} is not a uint8 image feature")
+  image_key, label_key, label_feature = _tfds_features(info, name)
   for split in (train_split, test_split):
     if split not in info.splits:
       raise DataError(
@@ -473,6 +567,34 @@ def load_tfds(
   )
   where = f"TFDS {name!r} in {builder.data_dir}"
   return _check_data(raw, {k: where for k in IDX_FILES})
+
+
+def _tfds_features(info, name: str):
+  """The image and label keys of a TFDS image-classification dataset, and its label feature."""
+  image_key, label_key = info.supervised_keys or ("image", "label")
+  image_feature, label_feature = info.features[image_key], info.features[label_key]
+  if image_feature.np_dtype != np.uint8 or len(image_feature.shape) < 2:
+    raise DataError(f"TFDS {name!r}: {image_key!r} is not a uint8 image feature")
+  return image_key, label_key, label_feature
+
+
+def _tfds_spec(name: str, data_dir: str | None) -> tuple[tuple[int, ...], int]:
+  """Input shape and number of classes of a TFDS dataset, from its builder's info alone."""
+  # Builder info needs no TensorFlow: TFDS alone is imported, and nothing can take a GPU.
+  import tensorflow_datasets as tfds
+
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DataError(f"data.name={name!r} is not a TFDS dataset") from None
+  image_key, _, label_feature = _tfds_features(builder.info, name)
+  shape = tuple(builder.info.features[image_key].shape)
+  if None in shape:
+    raise DataError(
+      f"data.name={name!r}: TFDS gives images of varying shape {shape}, so the model's input "
+      f"shape cannot be known; choose a dataset whose images share one shape"
+    )
+  return shape, label_feature.num_classes
 
 
 def _download(tfds, name: str, data_dir: str | None):

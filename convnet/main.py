@@ -14,7 +14,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from convnet import cli, train
+from convnet import cli, summary, train
 from convnet.errors import ConvnetError, RunInterrupted
 
 FLAGS = flags.FLAGS
@@ -35,6 +35,7 @@ def main(argv):
   cli.quiet_library_logs()
   logging.info("JAX devices: %s", jax.devices())
   try:
+    logging.info("The model, layer by layer:\n%s", summary.summary_text(FLAGS.config, xla=False))
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except RunInterrupted as e:  # Saved: the conventional exit status of a signalled process.
     logging.warning("%s", e)

@@ -53,6 +53,15 @@ def test_idx_dir_loads_with_validation_split(idx_dir):
   assert dataset.train.labels.dtype == np.int32
 
 
+def test_idx_files_take_class_names_from_the_dataset_name(idx_dir):
+  digits = input_pipeline.load(_data_config(source="idx", idx_dir=str(idx_dir)), seed=0)
+  assert digits.class_names == tuple("0123456789")
+  config = _data_config(source="idx", idx_dir=str(idx_dir), name="fashion_mnist")
+  fashion = input_pipeline.load(config, seed=0)
+  assert fashion.class_names[0] == "T-shirt/top" and fashion.class_names[9] == "Ankle boot"
+  np.testing.assert_array_equal(fashion.test.labels, digits.test.labels)
+
+
 def test_uncompressed_idx_files(tmp_path, embedded):
   write_idx_dir(
     tmp_path,

@@ -288,6 +288,7 @@ def test_main_end_to_end_and_rerun_resumes(tmp_path):
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
   assert [r["step"] for r in _records(tmp_path)] == [2, 4, 4]
   assert "33,194 parameters" in first.stderr
+  assert "conv_2   conv 32@3x3, stride 1x1, VALID, relu  (None, 3, 3, 32)" in first.stderr
   assert "ETA epoch" in first.stderr
 
   second = _main(tmp_path, "--config.max_steps=6")
