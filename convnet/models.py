@@ -109,6 +109,8 @@ class ConvNet(nn.Module):
 
   Applied with `mutable=["intermediates"]`, it also returns every block's
   feature maps: `activation_{i}` after the activation, `block_{i}` after pooling.
+  Given `perturbations` (zeros shaped like `activation_{i}`), gradients with
+  respect to them are gradients with respect to those feature maps.
 
   Attributes:
     blocks: one `ConvBlockSpec` per conv block.
@@ -135,6 +137,9 @@ class ConvNet(nn.Module):
       conv = nn.Conv if self.implementation == "lax" else MatmulConv
       x = conv(block.features, block.kernel_size, block.strides, block.padding, name=f"conv_{i}")(x)
       x = ACTIVATIONS[block.activation](x)
+      # Adds the `perturbations` given to `apply` (none in training): gradients with respect to
+      # them are gradients with respect to the feature maps, as Grad-CAM needs.
+      x = self.perturb(f"activation_{i}", x)
       self.sow("intermediates", f"activation_{i}", x)
       x = pool(
         x,

@@ -186,7 +186,7 @@ def _train_seeds(config: ml_collections.ConfigDict, seeds: list[int], workdir: s
       " ".join(f"{r[-1].get('test_accuracy', float('nan')):.4f}" for r in records),
       f"{done * config.batch_size / seconds:,.0f}",
     )
-    train._save(manager, state, {"wall_time_s": wall_time})
+    train._save(manager, state, {"wall_time_s": wall_time, "seeds": seeds})
   manager.wait_until_finished()
   manager.close()
   for writer in writers:
