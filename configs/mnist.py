@@ -68,6 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 128
   config.steps_per_call = 8  # train steps per dispatch to the device
   config.microbatch_size = 64  # examples per forward/backward pass; 0: the whole batch
+  config.mesh_shape = -1  # devices the batches are split across; -1: all of them
   config.eval_batch_size = 1024
   config.num_epochs = 10
   config.max_steps = -1  # stop after this many steps; -1 for no limit

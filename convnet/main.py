@@ -6,6 +6,10 @@
 
 This is the only file that defines flags. Rerunning a command on the same
 workdir resumes from its last checkpoint.
+
+Across hosts, every process runs the same command, with `--distributed` where
+SLURM, Open MPI or a TPU pod tells JAX who is who, or else with
+`--coordinator_address`, `--num_processes` and `--process_id`.
 """
 
 import sys
@@ -14,7 +18,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from convnet import cli, summary, train
+from convnet import cli, parallel, summary, train
 from convnet.errors import ConvnetError, RunInterrupted
 
 FLAGS = flags.FLAGS
@@ -26,6 +30,12 @@ config_flags.DEFINE_config_file(
   "A config file (see configs/); override fields with --config.x=y.",
   lock_config=True,
 )
+flags.DEFINE_bool(
+  "distributed", False, "Join a multi-host run (jax.distributed.initialize); implied by the next."
+)
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, in a multi-host run.")
+flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run, from 0.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -33,7 +43,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   cli.quiet_library_logs()
-  logging.info("JAX devices: %s", jax.devices())
+  explicit = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if FLAGS.distributed or any(v is not None for v in explicit):
+    parallel.initialize_distributed(*explicit)
+  logging.info("JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
+               jax.process_count())  # fmt: skip
   try:
     logging.info("The model, layer by layer:\n%s", summary.summary_text(FLAGS.config, xla=False))
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -31,7 +31,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax.training import train_state
 
-from convnet import input_pipeline, models
+from convnet import input_pipeline, models, parallel
 from convnet.errors import (
   CheckpointError,
   ConfigError,
@@ -43,7 +43,13 @@ from convnet.errors import (
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 # Config fields that may change between a run and its resumption.
-RESUMABLE_CHANGES = ("num_epochs", "max_steps", "log_every_steps", "checkpoint_every_steps")
+RESUMABLE_CHANGES = (
+  "num_epochs",
+  "max_steps",
+  "log_every_steps",
+  "checkpoint_every_steps",
+  "mesh_shape",
+)
 
 TrainState = train_state.TrainState
 Batch = Mapping[str, jax.Array]
@@ -64,6 +70,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for field in ("num_epochs", "log_every_steps", "checkpoint_every_steps"):
     _require(config[field] >= 0, field, config[field], "cannot be negative")
   _require(config.microbatch_size >= 0, "microbatch_size", config.microbatch_size, "is 0 or more")
+  _require(
+    config.mesh_shape == -1 or config.mesh_shape >= 1,
+    "mesh_shape",
+    config.mesh_shape,
+    "is -1 (all devices) or a number of devices",
+  )
   for field in ("batch_size", "eval_batch_size"):
     if config.microbatch_size and config[field] > config.microbatch_size:
       _require(
@@ -171,9 +183,31 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
   return optax.softmax_cross_entropy(logits, one_hot)
 
 
-def _split_batch(batch: Batch, microbatch_size: int) -> Batch:
-  """(batch, ...) arrays reshaped to (batch / microbatch_size, microbatch_size, ...)."""
-  return jax.tree.map(lambda x: x.reshape(-1, microbatch_size, *x.shape[1:]), batch)
+def _split_batch(batch: Batch, microbatch_size: int, sharding=None) -> Batch:
+  """(batch, ...) arrays as (batch / microbatch_size, microbatch_size, ...).
+
+  With a batch `sharding` over n devices, each holding a contiguous slice of
+  the batch, microbatch k is every device's k-th contiguous chunk of
+  microbatch_size / n examples, so each microbatch is split across the devices
+  as the batch is, and no example moves. On one device, microbatch k is
+  examples k * microbatch_size to (k + 1) * microbatch_size - 1.
+  """
+  devices = 1 if sharding is None else sharding.mesh.size
+
+  def split(x):
+    x = x.reshape(devices, -1, microbatch_size // devices, *x.shape[1:]).swapaxes(0, 1)
+    x = x.reshape(x.shape[0], microbatch_size, *x.shape[3:])
+    if sharding is not None:
+      spec = jax.sharding.PartitionSpec(None, *sharding.spec)
+      x = jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(sharding.mesh, spec))
+    return x
+
+  return jax.tree.map(split, batch)
+
+
+def _constrain(batch: Batch, sharding) -> Batch:
+  """The batch split across devices as `sharding` says; as it is, without one."""
+  return batch if sharding is None else jax.lax.with_sharding_constraint(batch, sharding)
 
 
 def l1_norm(params) -> jax.Array:
@@ -188,6 +222,7 @@ def train_step(
   label_smoothing: float = 0.0,
   microbatch_size: int = 0,
   l1_penalty: float = 0.0,
+  batch_sharding: jax.sharding.NamedSharding | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a batch; returns the new state and the batch's metrics.
 
@@ -196,9 +231,12 @@ def train_step(
   With `microbatch_size` (a divisor of the batch size), the gradient is summed
   over microbatches of that size, one after another: the same step up to float
   rounding, and faster on a CPU, where a small microbatch's activations stay in
-  cache.
+  cache. With `batch_sharding` (see `convnet.parallel`), each device computes
+  on its slice of the batch (and of every microbatch), and XLA sums the
+  gradients across devices.
   """
   batch_size = batch["label"].shape[0]
+  batch = _constrain(batch, batch_sharding)
 
   def loss_fn(params, batch):
     logits = state.apply_fn({"params": params}, batch["image"])
@@ -217,7 +255,7 @@ def train_step(
 
     zeros = (jnp.zeros(()), jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, state.params))
     (loss, correct, grads), _ = jax.lax.scan(
-      accumulate, zeros, _split_batch(batch, microbatch_size)
+      accumulate, zeros, _split_batch(batch, microbatch_size, batch_sharding)
     )
   if l1_penalty:
     grads = jax.tree.map(jnp.add, grads, jax.grad(lambda p: l1_penalty * l1_norm(p))(state.params))
@@ -225,12 +263,19 @@ def train_step(
   return state, {"loss": loss, "correct": correct}
 
 
-def eval_step(state: TrainState, batch: Batch, microbatch_size: int = 0) -> dict[str, jax.Array]:
+def eval_step(
+  state: TrainState,
+  batch: Batch,
+  microbatch_size: int = 0,
+  batch_sharding: jax.sharding.NamedSharding | None = None,
+) -> dict[str, jax.Array]:
   """Sums of loss and correct predictions over the examples where `mask` is 1.
 
   With `microbatch_size` (a divisor of the batch size), the batch runs in
-  microbatches of that size, one after another.
+  microbatches of that size, one after another; with `batch_sharding`, split
+  across devices.
   """
+  batch = _constrain(batch, batch_sharding)
 
   def sums(batch):
     logits = state.apply_fn({"params": state.params}, batch["image"])
@@ -245,7 +290,8 @@ def eval_step(state: TrainState, batch: Batch, microbatch_size: int = 0) -> dict
 
   if not microbatch_size or microbatch_size >= batch["label"].shape[0]:
     return sums(batch)
-  return jax.tree.map(lambda x: x.sum(0), jax.lax.map(sums, _split_batch(batch, microbatch_size)))
+  microbatches = _split_batch(batch, microbatch_size, batch_sharding)
+  return jax.tree.map(lambda x: x.sum(0), jax.lax.map(sums, microbatches))
 
 
 def compiled_flops(fn, *args) -> float:
@@ -285,9 +331,17 @@ def eval_batches(split: input_pipeline.Split, batch_size: int) -> Iterator[dict[
     yield {"image": images, "label": labels, "mask": mask}
 
 
-def evaluate(eval_fn, state: TrainState, split: input_pipeline.Split, batch_size: int):
-  """Mean loss and accuracy over every example of a split."""
-  sums = [eval_fn(state, batch) for batch in eval_batches(split, batch_size)]
+def evaluate(
+  eval_fn, state: TrainState, split: input_pipeline.Split, batch_size: int, sharding=None
+):
+  """Mean loss and accuracy over every example of a split, each counted once.
+
+  With `sharding`, each batch is put on the devices split by it.
+  """
+  batches = eval_batches(split, batch_size)
+  if sharding is not None:
+    batches = (parallel.put(batch, sharding) for batch in batches)
+  sums = [eval_fn(state, batch) for batch in batches]
   totals = {k: float(np.sum([s[k] for s in jax.device_get(sums)])) for k in sums[0]}
   return {
     "loss": totals["loss_sum"] / totals["count"],
@@ -313,11 +367,14 @@ def train_steps(
   label_smoothing: float = 0.0,
   microbatch_size: int = 0,
   l1_penalty: float = 0.0,
+  batch_sharding: jax.sharding.NamedSharding | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """`count` (at most `steps_per_call`) train steps in one call, on device-resident data.
 
   Step i trains on the examples `order[(start + i) * batch_size:][:batch_size]`
-  of `images` and `labels`, which stay on the device for the whole run. One
+  of `images` and `labels`, which stay on the device for the whole run. On a
+  mesh, they and the state are replicated, and with `batch_sharding` each
+  device gathers and computes on its own slice of every batch. One
   compiled program serves every `count`: steps past it leave the state as it
   is and report zeros. Returns the new state and per-step metrics of shape
   (steps_per_call,).
@@ -327,7 +384,7 @@ def train_steps(
     def run(state):
       idx = jax.lax.dynamic_slice_in_dim(order, (start + i) * batch_size, batch_size)
       batch = {"image": jnp.take(images, idx, axis=0), "label": jnp.take(labels, idx, axis=0)}
-      return train_step(state, batch, label_smoothing, microbatch_size, l1_penalty)
+      return train_step(state, batch, label_smoothing, microbatch_size, l1_penalty, batch_sharding)
 
     def skip(state):
       return state, {"loss": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.int32)}
@@ -386,11 +443,12 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   return flat
 
 
-def _read_metrics(path: str, last_step: int) -> list[dict[str, Any]]:
+def _read_metrics(path: str, last_step: int, rewrite: bool = True) -> list[dict[str, Any]]:
   """The records of metrics.jsonl up to `last_step`, rewriting the file to match.
 
   Records written after the restored checkpoint, and a torn last line left by
-  a crash, are dropped, so a resumed run appends no step twice.
+  a crash, are dropped, so a resumed run appends no step twice. Without
+  `rewrite` (the processes other than 0 of a multi-host run), the file is only read.
   """
   if not os.path.exists(path):
     return []
@@ -405,7 +463,7 @@ def _read_metrics(path: str, last_step: int) -> list[dict[str, Any]]:
     if not line.endswith("\n") or record.get("step", math.inf) > last_step:
       break
     records.append(record)
-  if len(records) != len(lines):
+  if len(records) != len(lines) and rewrite:
     logging.info(
       "Dropping %d record(s) of %s past step %d", len(lines) - len(records), path, last_step
     )
@@ -414,15 +472,20 @@ def _read_metrics(path: str, last_step: int) -> list[dict[str, Any]]:
 
 
 class _MetricsWriter:
-  """Appends records to metrics.jsonl (one write a line) and to TensorBoard."""
+  """Appends records to metrics.jsonl (one write a line) and to TensorBoard.
 
-  def __init__(self, workdir: str):
+  A writer that is not `enabled` (in processes other than 0) writes nothing.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True):
     from tensorboardX import SummaryWriter
 
     self._path = os.path.join(workdir, "metrics.jsonl")
-    self._tensorboard = SummaryWriter(workdir)
+    self._tensorboard = SummaryWriter(workdir) if enabled else None
 
   def write(self, record: dict[str, Any]) -> None:
+    if self._tensorboard is None:
+      return
     with open(self._path, "a") as f:
       f.write(json.dumps(record) + "\n")
     for key, value in record.items():
@@ -433,7 +496,8 @@ class _MetricsWriter:
     self._tensorboard.flush()
 
   def close(self) -> None:
-    self._tensorboard.close()
+    if self._tensorboard is not None:
+      self._tensorboard.close()
 
 
 def _checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
@@ -588,7 +652,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   validate_config(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  with workdir_lock(workdir), stop_signals() as stop:
+  # In a multi-host run, process 0 holds the lock for them all.
+  lock = workdir_lock(workdir) if parallel.is_main_process() else contextlib.nullcontext()
+  with lock, stop_signals() as stop:
     return _train_and_evaluate(config, workdir, stop)
 
 
@@ -606,6 +672,8 @@ def step_counts(config: ml_collections.ConfigDict, num_train: int) -> tuple[int,
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stop: dict[str, int]):
+  mesh = parallel.create_mesh(config.mesh_shape)
+  parallel.check_batch_sizes(config, mesh.size)
   dataset = input_pipeline.load(config.data, config.seed)
   model = models.create_model(config.model, dataset.input_shape, dataset.num_classes)
   steps_per_epoch, total_steps = step_counts(config, len(dataset.train))
@@ -615,7 +683,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stop: d
   flops = train_flops_per_example(config, state, dataset.input_shape)
   logging.info(
     "%s on %s: %s parameters, %.2f MFLOP per training example; "
-    "%d train, %d validation, %d test examples of shape %s",
+    "%d train, %d validation, %d test examples of shape %s; data parallel over %d device(s) "
+    "in %d process(es)",
     config.model.name,
     dataset.name,
     f"{num_params:,}",
@@ -624,22 +693,30 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stop: d
     len(dataset.validation),
     len(dataset.test),
     dataset.input_shape,
+    mesh.size,
+    jax.process_count(),
   )
+  batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+  state = parallel.put(state, replicated)
 
   manager = _checkpoint_manager(workdir, config.checkpoint_keep)
   loop = {"epoch_loss_sum": 0.0, "epoch_correct": 0.0, "epoch_steps": 0, "wall_time_s": 0.0}
   if manager.latest_step() is not None:
     _check_resumable(workdir, config)
     state, loop = _restore(manager, state, loop)
-  _atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2) + "\n")
-  records = _read_metrics(os.path.join(workdir, "metrics.jsonl"), int(state.step))
+  if parallel.is_main_process():
+    config_json = config.to_json_best_effort(indent=2) + "\n"
+    _atomic_write(os.path.join(workdir, "config.json"), config_json)
+  records = _read_metrics(
+    os.path.join(workdir, "metrics.jsonl"), int(state.step), rewrite=parallel.is_main_process()
+  )
   step = int(state.step)
   if step >= total_steps:
     result = summarize(records)
     logging.info("Run already finished at step %d: %s", step, _format(result))
     return result | {"num_params": num_params, "train_flops_per_example": flops}
 
-  writer = _MetricsWriter(workdir)
+  writer = _MetricsWriter(workdir, enabled=parallel.is_main_process())
   steps_fn = jax.jit(
     functools.partial(
       train_steps,
@@ -648,11 +725,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stop: d
       label_smoothing=config.label_smoothing,
       microbatch_size=config.microbatch_size,
       l1_penalty=config.l1_penalty,
+      batch_sharding=batch_sharding,
     ),
+    out_shardings=replicated,
     donate_argnums=0,
   )
-  eval_fn = jax.jit(functools.partial(eval_step, microbatch_size=config.microbatch_size))
-  images, labels = jax.device_put((dataset.train.images, dataset.train.labels))
+  eval_fn = jax.jit(
+    functools.partial(
+      eval_step, microbatch_size=config.microbatch_size, batch_sharding=batch_sharding
+    ),
+    out_shardings=replicated,
+  )
+  images, labels = parallel.put((dataset.train.images, dataset.train.labels), replicated)
   start_time = time.perf_counter() - loop["wall_time_s"]
   pending = []  # (per-step metrics still on the device, number of valid steps)
   window_start, window_steps = time.perf_counter(), 0
@@ -698,7 +782,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stop: d
     epoch_start = time.perf_counter()
     epoch_end = min((epoch + 1) * steps_per_epoch, total_steps)
     last_index = epoch_end - epoch * steps_per_epoch
-    order = jax.device_put(epoch_order(len(dataset.train), config.seed, epoch))
+    order = parallel.put(epoch_order(len(dataset.train), config.seed, epoch), replicated)
     while step < epoch_end:
       check_stop()
       count = next_stop(step, epoch_end) - step
@@ -739,7 +823,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stop: d
     for name in ("validation", "test"):
       split = getattr(dataset, name)
       if len(split):
-        for key, value in evaluate(eval_fn, state, split, config.eval_batch_size).items():
+        metrics = evaluate(eval_fn, state, split, config.eval_batch_size, batch_sharding)
+        for key, value in metrics.items():
           record[f"{name}_{key}"] = value
     record["wall_time_s"] = time.perf_counter() - start_time
     writer.write(record)
