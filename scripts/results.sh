@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces the README's results table: the book's convnet and its dense baseline on the
-# full Fashion-MNIST (IDX files) and the convnet on the embedded MNIST digits.
+# full Fashion-MNIST (IDX files) and on the embedded MNIST digits, and MNIST-1D's CNN and MLP,
+# plain and shuffled.
 #
 #   scripts/results.sh [RUNS_DIR]
 #
@@ -30,3 +31,7 @@ run fashion_dense --config=configs/dense.py \
   --config.data.source=idx --config.data.idx_dir="$fashion"
 run mnist_5k_convnet --config=configs/mnist.py --config.data.source=embedded
 run mnist_5k_dense --config=configs/dense.py --config.data.source=embedded
+run mnist1d_convnet --config=configs/mnist1d.py
+run mnist1d_convnet_shuffled --config=configs/mnist1d.py --config.data.name=mnist1d_shuffled
+run mnist1d_mlp --config=configs/mnist1d_dense.py
+run mnist1d_mlp_shuffled --config=configs/mnist1d_dense.py --config.data.name=mnist1d_shuffled

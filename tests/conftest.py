@@ -15,6 +15,18 @@ from convnet import input_pipeline
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
+def model_config(base=mnist, **overrides):
+  """The `model` part of a config file (the book's convnet by default), with dotted overrides."""
+  config = base.get_config().model
+  for key, value in overrides.items():
+    node = config
+    *path, leaf = key.split(".")
+    for part in path:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
 @pytest.fixture
 def config():
   """The book's convnet on the embedded digits, small enough for a test."""

@@ -99,6 +99,69 @@ def test_embedded_digits():
   np.testing.assert_array_equal(dataset.test.images, again.test.images)
 
 
+@pytest.fixture(scope="module")
+def mnist1d():
+  """MNIST-1D and its shuffled control, generated once for the module."""
+  return {shuffled: input_pipeline.load_mnist1d(shuffled) for shuffled in (False, True)}
+
+
+def test_mnist1d_shapes_and_splits(mnist1d):
+  raw = mnist1d[False]
+  assert raw.train_images.shape == (4000, 40, 1) and raw.test_images.shape == (1000, 40, 1)
+  assert raw.train_images.dtype == np.float32 and raw.num_classes == 10
+  assert set(np.unique(raw.test_labels)) == set(range(10))
+  everything = np.concatenate([raw.train_images, raw.test_images])
+  np.testing.assert_allclose([everything.mean(), everything.std()], [0, 1], atol=1e-3)
+  config = _data_config(source="mnist1d", name="mnist1d")
+  dataset = input_pipeline.load(config, seed=0)
+  assert dataset.input_shape == (40, 1) == input_pipeline.input_spec(config)[0]
+  assert (len(dataset.train), len(dataset.validation), len(dataset.test)) == (3400, 600, 1000)
+  np.testing.assert_array_equal(dataset.test.images, raw.test_images)  # floats kept as they are
+
+
+def test_mnist1d_is_the_same_every_time_and_leaves_global_generators_alone(mnist1d):
+  import random
+
+  np.random.seed(123)
+  random.seed(123)
+  expected = (np.random.random(), random.random())
+  np.random.seed(123)
+  random.seed(123)
+  again = input_pipeline.load_mnist1d()
+  assert (np.random.random(), random.random()) == expected
+  np.testing.assert_array_equal(again.train_images, mnist1d[False].train_images)
+  np.testing.assert_array_equal(again.test_labels, mnist1d[False].test_labels)
+  a, b, c = (
+    input_pipeline.load(_data_config(source="mnist1d", name="mnist1d"), seed) for seed in (0, 0, 1)
+  )
+  np.testing.assert_array_equal(a.validation.images, b.validation.images)
+  assert not np.array_equal(a.validation.labels, c.validation.labels)
+
+
+def test_mnist1d_shuffled_permutes_positions_the_same_way_everywhere(mnist1d):
+  plain, shuffled = mnist1d[False], mnist1d[True]
+  np.testing.assert_array_equal(plain.train_labels, shuffled.train_labels)
+  assert not np.allclose(plain.train_images, shuffled.train_images)
+  # One permutation of the 40 positions maps every plain sequence, train and test, onto its
+  # shuffled one: find it from the first sequence and check it on all the others.
+  first_plain, first_shuffled = plain.train_images[0, :, 0], shuffled.train_images[0, :, 0]
+  permutation = [int(np.argmin(np.abs(first_plain - v))) for v in first_shuffled]
+  assert sorted(permutation) == list(range(40))
+  for split in ("train", "test"):
+    np.testing.assert_allclose(
+      getattr(plain, f"{split}_images")[:, permutation],
+      getattr(shuffled, f"{split}_images"),
+      atol=1e-6,
+    )
+
+
+def test_mnist1d_names_its_variants():
+  with pytest.raises(ConfigError, match="data.name='mnist'.*mnist1d_shuffled"):
+    input_pipeline.load(_data_config(source="mnist1d", name="mnist"), 0)
+  with pytest.raises(ConfigError, match="data.name='mnist'"):
+    input_pipeline.input_spec(_data_config(source="mnist1d", name="mnist"))
+
+
 @pytest.mark.parametrize("fraction", [1.0, -0.1, 0.9999999])
 def test_impossible_validation_fraction(idx_dir, fraction):
   with pytest.raises(ConfigError, match="data.validation_fraction"):

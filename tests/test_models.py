@@ -11,8 +11,11 @@ import pytest
 
 from configs import dense as dense_config
 from configs import mnist as mnist_config
+from configs import mnist1d as mnist1d_config
+from configs import mnist1d_dense as mnist1d_dense_config
 from convnet import models
 from convnet.errors import ConfigError
+from tests.conftest import model_config
 
 
 def _init(model, input_shape):
@@ -33,6 +36,22 @@ def test_book_parameter_counts():
   assert models.count_params(_param_shapes(dense, (28, 28, 1))) == 33_400
 
 
+def test_mnist1d_models_match_the_reference_sizes():
+  # The MNIST-1D authors' reference CNN (three stride-2 convs of 25 channels, then logits) and
+  # MLP (two hidden layers of 100). Update only if those configs change on purpose.
+  convnet = models.create_model(mnist1d_config.get_config().model, (40, 1), 10)
+  mlp = models.create_model(mnist1d_dense_config.get_config().model, (40, 1), 10)
+  params = _param_shapes(convnet, (40, 1))
+  assert {name: layer["kernel"].shape for name, layer in params.items()} == {
+    "conv_0": (5, 1, 25),
+    "conv_1": (3, 25, 25),
+    "conv_2": (3, 25, 25),
+    "logits": (5 * 25, 10),
+  }
+  assert models.count_params(params) == 5_210
+  assert models.count_params(_param_shapes(mlp, (40, 1))) == 15_210
+
+
 def test_book_convnet_layers():
   model = models.create_model(mnist_config.get_config().model, (28, 28, 1), 10)
   params = _param_shapes(model, (28, 28, 1))
@@ -44,17 +63,6 @@ def test_book_convnet_layers():
     "dense_0": (3 * 3 * 32, 64),
     "logits": (64, 10),
   }
-
-
-def _model_config(**overrides):
-  config = mnist_config.get_config().model
-  for key, value in overrides.items():
-    node = config
-    *path, leaf = key.split(".")
-    for part in path:
-      node = node[part]
-    node[leaf] = value
-  return config
 
 
 def _expected_length(n, window, stride, padding):
@@ -87,7 +95,7 @@ SHAPE_CASES = [
 @pytest.mark.parametrize("spatial,k,s,pad,pool,w,ps,ppad", SHAPE_CASES)
 def test_output_shapes_match_formula(spatial, k, s, pad, pool, w, ps, ppad):
   rank = len(spatial)
-  config = _model_config(
+  config = model_config(
     **{
       "conv.features": (4, 5),
       "conv.kernel_size": k,
@@ -120,7 +128,7 @@ def test_output_shapes_match_formula(spatial, k, s, pad, pool, w, ps, ppad):
 
 
 def test_per_block_settings_and_explicit_padding():
-  config = _model_config(
+  config = model_config(
     **{
       "conv.kernel_size": ((5, 5), 3, (1, 3)),
       "conv.padding": ("SAME", ((1, 2), (0, 0)), "VALID"),
@@ -142,13 +150,13 @@ def test_per_block_settings_and_explicit_padding():
 
 
 def test_padding_string_from_command_line():
-  config = _model_config(**{"conv.padding": "((1, 1), (2, 0))"})
+  config = model_config(**{"conv.padding": "((1, 1), (2, 0))"})
   assert models.conv_blocks(config, (28, 28, 1))[0].padding == ((1, 1), (2, 0))
 
 
 @pytest.mark.parametrize("head", ["global_avg", "global_max"])
 def test_global_pooling_heads(head):
-  config = _model_config(head=head)
+  config = model_config(head=head)
   params = _param_shapes(models.create_model(config, (28, 28, 1), 10), (28, 28, 1))
   assert params["dense_0"]["kernel"].shape == (32, 64)
 
@@ -191,7 +199,7 @@ BLOCK_CASES = [
 @pytest.mark.parametrize("spatial,k,s,pad,pool,w,ps,ppad", BLOCK_CASES)
 def test_conv_block_matches_tensorflow(spatial, k, s, pad, pool, w, ps, ppad):
   rank = len(spatial)
-  config = _model_config(
+  config = model_config(
     **{
       "conv.features": (6,),
       "conv.kernel_size": k,
@@ -272,7 +280,7 @@ def test_dense_net_matches_numpy():
   ],
 )
 def test_bad_model_configs_name_the_field(overrides, input_shape, message):
-  config = _model_config(**overrides)
+  config = model_config(**overrides)
   if message is None:
     models.create_model(config, input_shape, 10)
     return

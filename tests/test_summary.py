@@ -22,42 +22,29 @@ from configs import dense as dense_config
 from configs import mnist as mnist_config
 from convnet import input_pipeline, models, summary
 from convnet.errors import ConfigError, DataError
-from tests.conftest import write_idx_dir
+from tests.conftest import model_config, write_idx_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _model_config(base=mnist_config, **overrides):
-  config = base.get_config().model
-  for key, value in overrides.items():
-    node = config
-    *path, leaf = key.split(".")
-    for part in path:
-      node = node[part]
-    node[leaf] = value
-  return config
-
-
 # (model config, input shape): the book's models and variants of every kind of layer.
 CONFIGS = {
-  "book": (_model_config(), (28, 28, 1)),
-  "dense": (_model_config(dense_config), (28, 28, 1)),
+  "book": (model_config(), (28, 28, 1)),
+  "dense": (model_config(dense_config), (28, 28, 1)),
   "stride_same": (
-    _model_config(**{"conv.strides": 2, "conv.padding": "SAME", "pool.type": "none"}),
+    model_config(**{"conv.strides": 2, "conv.padding": "SAME", "pool.type": "none"}),
     (28, 28, 1),
   ),
   "avg_same_pool": (
-    _model_config(
-      **{"pool.type": ("avg", "avg", "none"), "pool.window": 3, "pool.padding": "SAME"}
-    ),
+    model_config(**{"pool.type": ("avg", "avg", "none"), "pool.window": 3, "pool.padding": "SAME"}),
     (28, 28, 1),
   ),
   "explicit_padding": (
-    _model_config(**{"conv.kernel_size": 5, "conv.padding": "((1, 2), (0, 1))"}),
+    model_config(**{"conv.kernel_size": 5, "conv.padding": "((1, 2), (0, 1))"}),
     (28, 28, 1),
   ),
   "1d": (
-    _model_config(
+    model_config(
       **{
         "conv.kernel_size": 4,
         "conv.strides": ((3,), (1,), (1,)),
@@ -69,7 +56,7 @@ CONFIGS = {
     (29, 3),
   ),
   "3d_global_avg_gelu": (
-    _model_config(
+    model_config(
       **{
         "conv.features": (4, 8),
         "conv.kernel_size": (3, 1, 2),
@@ -83,7 +70,7 @@ CONFIGS = {
     (9, 10, 11, 2),
   ),
   "global_max_mixed_activations": (
-    _model_config(
+    model_config(
       **{
         "conv.activation": ("elu", "selu", "swish"),
         "head": "global_max",
@@ -197,11 +184,11 @@ def _extent(mask):
   ],
 )
 def test_receptive_fields_are_the_gradients_support(overrides, input_shape):
-  model_config = _model_config(
+  model = model_config(
     **{"conv.activation": "linear", "pool.type": ("avg", "avg", "none"), **overrides}
   )
-  rows = {r.name: r for r in summary.layer_rows(model_config, input_shape, 10)}
-  support = {k: np.asarray(v) for k, v in _gradient_support(model_config, input_shape).items()}
+  rows = {r.name: r for r in summary.layer_rows(model, input_shape, 10)}
+  support = {k: np.asarray(v) for k, v in _gradient_support(model, input_shape).items()}
   for key, mask in support.items():
     name, index = key
     if name == "logits":
@@ -280,9 +267,9 @@ def test_flops_equal_xla_as_written(name, implementation):
 
 def test_lax_flops_equal_the_compiled_count():
   """With relu, XLA's optimiser leaves the lax program's count as written."""
-  model_config = _model_config(implementation="lax")
-  total = summary.totals(summary.layer_rows(model_config, (28, 28, 1), 10))
-  counts = summary.xla_counts(model_config, (28, 28, 1), 10)
+  model = model_config(implementation="lax")
+  total = summary.totals(summary.layer_rows(model, (28, 28, 1), 10))
+  counts = summary.xla_counts(model, (28, 28, 1), 10)
   assert total["flops"] == counts["flops_compiled"] == 1_554_458
 
 
@@ -299,9 +286,9 @@ def test_activation_costs_are_xlas(activation):
 
 def test_bad_model_config_names_the_field():
   with pytest.raises(ConfigError, match="model.conv.kernel_size: block 2's 7x7 kernel"):
-    summary.layer_rows(_model_config(**{"conv.kernel_size": 7}), (28, 28, 1), 10)
+    summary.layer_rows(model_config(**{"conv.kernel_size": 7}), (28, 28, 1), 10)
   with pytest.raises(ConfigError, match="model.pool.type='sum' is not one of"):
-    summary.layer_rows(_model_config(**{"pool.type": "sum"}), (28, 28, 1), 10)
+    summary.layer_rows(model_config(**{"pool.type": "sum"}), (28, 28, 1), 10)
 
 
 # ----------------------------------------------------------------------------
