@@ -40,7 +40,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
 
-from convnet import cli, input_pipeline, models, report, train
+from convnet import cli, input_pipeline, models, ops, report, train
 from convnet.errors import CheckpointError, ConvnetError
 
 DPI = 100
@@ -245,21 +245,15 @@ def feature_centres(blocks, input_spatial: Sequence[int], block: int) -> list[np
     if i < block and spec.pooling != "none":
       stages.append((spec.pool_window, spec.pool_strides, spec.pool_padding))
     for window, strides, padding in stages:
-      out = models._apply_window(spatial, window, strides, padding)
-      low = np.array([_low_padding(n, o, w, s, padding, a) for a, (n, o, w, s) in
-                      enumerate(zip(spatial, out, window, strides, strict=True))])  # fmt: skip
+      pads = ops.explicit_padding(spatial, window, strides, padding)
+      low = np.array([low for low, _ in pads])
       start = start + ((np.array(window) - 1) / 2 - low) * jump
       jump = jump * np.array(strides)
-      spatial = out
+      spatial = tuple(
+        models.output_length(n, w, st, pad)
+        for n, w, st, pad in zip(spatial, window, strides, pads, strict=True)
+      )
   return [start[a] + jump[a] * np.arange(n) for a, n in enumerate(spatial)]
-
-
-def _low_padding(n: int, out: int, window: int, stride: int, padding, axis: int) -> int:
-  if padding == "VALID":
-    return 0
-  if padding == "SAME":  # XLA puts the smaller half of the padding before.
-    return max((out - 1) * stride + window - n, 0) // 2
-  return padding[axis][0]
 
 
 def grad_cam(
@@ -637,10 +631,9 @@ def write_figures(
   if is_convnet:
     block = grad_cam_block % len(run.model.blocks)
     cams = grad_cam(run.model, run.params, images, predictions[picks], block)
-    size = "x".join(
-      map(str, feature_maps(run.model, run.params, images[:1])[f"activation_{block}"].shape[1:-1])
-    )
-    cam_label = f"Grad-CAM, conv_{block} ({size})"
+    shapes = models.feature_map_shapes(run.model.blocks, run.dataset.input_shape)
+    size = next(shape for i, stage, shape in shapes if i == block and stage == "conv")
+    cam_label = f"Grad-CAM, conv_{block} ({'x'.join(map(str, size))})"
   sample = np.arange(min(SALIENCY_SAMPLE, len(test)))
   on_foreground, foreground = foreground_share(
     test.images[sample], saliency(run.model, run.params, test.images[sample], predictions[sample])
