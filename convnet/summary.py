@@ -78,6 +78,9 @@ class Row:
       None from the head on, where each output combines every position.
     jump: input pixels between adjacent outputs along each spatial axis; None
       from the head on.
+    field_start: the input position where the first output's receptive field
+      begins along each spatial axis (negative where padding comes first);
+      None from the head on.
     input_seen: from the head on, the number of input positions along each
       spatial axis that some output of the last conv block sees: the whole
       input, unless VALID windows leave its last rows out (the book's convnet
@@ -94,6 +97,7 @@ class Row:
   transcendentals: int = 0
   receptive_field: tuple[int, ...] | None = None
   jump: tuple[int, ...] | None = None
+  field_start: tuple[int, ...] | None = None
   input_seen: tuple[int, ...] | None = None
 
   @property
@@ -127,11 +131,25 @@ def layer_rows(
   Raises:
     ConfigError: naming the field, when the model cannot work on this input.
   """
-  model = models.create_model(model_config, input_shape, num_classes)
+  return model_rows(models.create_model(model_config, input_shape, num_classes), input_shape)
+
+
+def model_rows(model, input_shape: Sequence[int]) -> list[Row]:
+  """The table's rows for a `models.ConvNet` or `models.DenseNet` on this input shape."""
+  num_classes = model.num_classes
   input_shape = tuple(input_shape)
   spatial, channels = input_shape[:-1], input_shape[-1]
   rank = len(spatial)
-  rows = [Row("input", "input", input_shape, receptive_field=(1,) * rank, jump=(1,) * rank)]
+  rows = [
+    Row(
+      "input",
+      "input",
+      input_shape,
+      receptive_field=(1,) * rank,
+      jump=(1,) * rank,
+      field_start=(0,) * rank,
+    )
+  ]
   if isinstance(model, models.DenseNet):
     rows.append(Row("flatten", "flatten", (math.prod(input_shape),), input_seen=spatial))
     return rows + _dense_rows(model.dense_features, model.dense_activation, num_classes, rows[-1])
@@ -173,6 +191,7 @@ def layer_rows(
         transcendentals=outputs * act_transcendentals,
         receptive_field=size,
         jump=jump,
+        field_start=start,
       )
       channels = block.features
     else:
@@ -186,6 +205,7 @@ def layer_rows(
         flops=comparisons,
         receptive_field=size,
         jump=jump,
+        field_start=start,
       )
     rows.append(row)
     jump_in = jump

@@ -40,7 +40,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
 
-from convnet import cli, input_pipeline, models, ops, report, train
+from convnet import cli, input_pipeline, models, report, summary, train
 from convnet.errors import CheckpointError, ConvnetError
 
 DPI = 100
@@ -82,17 +82,8 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def read_records(workdir: str) -> list[dict[str, Any]]:
-  """The records of `workdir/metrics.jsonl`; a torn last line is skipped."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  records = []
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        try:
-          records.append(json.loads(line))
-        except json.JSONDecodeError:
-          break
-  return records
+  """The records of `workdir/metrics.jsonl`, up to a torn last line; the file is not changed."""
+  return train._read_metrics(os.path.join(workdir, "metrics.jsonl"), math.inf, rewrite=False)
 
 
 def _checkpoint_dir(workdir: str) -> tuple[str, int | None]:
@@ -231,29 +222,19 @@ def feature_map_gradients(model, params, images, classes, name: str):
   return maps[name], np.asarray(grads[name])
 
 
-def feature_centres(blocks, input_spatial: Sequence[int], block: int) -> list[np.ndarray]:
+def feature_centres(model, input_shape: Sequence[int], block: int) -> list[np.ndarray]:
   """Input coordinates of the centre of each position of `block`'s conv output, per axis.
 
-  A window of size k, stride s and low padding p moves the first centre by
-  ((k - 1) / 2 - p) input-jumps and multiplies the jump by s; pooling before
-  `block` does the same.
+  Output o's receptive field begins at `field_start + o * jump` and spans
+  `receptive_field` inputs (see `convnet.summary`).
   """
-  spatial = tuple(input_spatial)
-  start, jump = np.zeros(len(spatial)), np.ones(len(spatial))
-  for i, spec in enumerate(blocks[: block + 1]):
-    stages = [(spec.kernel_size, spec.strides, spec.padding)]
-    if i < block and spec.pooling != "none":
-      stages.append((spec.pool_window, spec.pool_strides, spec.pool_padding))
-    for window, strides, padding in stages:
-      pads = ops.explicit_padding(spatial, window, strides, padding)
-      low = np.array([low for low, _ in pads])
-      start = start + ((np.array(window) - 1) / 2 - low) * jump
-      jump = jump * np.array(strides)
-      spatial = tuple(
-        models.output_length(n, w, st, pad)
-        for n, w, st, pad in zip(spatial, window, strides, pads, strict=True)
-      )
-  return [start[a] + jump[a] * np.arange(n) for a, n in enumerate(spatial)]
+  row = next(r for r in summary.model_rows(model, input_shape) if r.name == f"conv_{block}")
+  return [
+    start + (size - 1) / 2 + jump * np.arange(n)
+    for start, size, jump, n in zip(
+      row.field_start, row.receptive_field, row.jump, row.output_shape[:-1], strict=True
+    )
+  ]
 
 
 def grad_cam(
@@ -275,7 +256,7 @@ def grad_cam(
   spatial_axes = tuple(range(1, maps.ndim - 1))
   weights = grads.mean(axis=spatial_axes, keepdims=True)
   cams = np.maximum((weights * maps).sum(-1), 0.0)
-  centres = feature_centres(model.blocks, images.shape[1:-1], block)
+  centres = feature_centres(model, images.shape[1:], block)
   for axis, (points, n) in enumerate(zip(centres, images.shape[1:-1], strict=True)):
     cams = np.apply_along_axis(
       lambda c, p=points, n=n: np.interp(np.arange(n), p, c), axis + 1, cams

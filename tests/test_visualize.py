@@ -212,20 +212,20 @@ def test_grad_cam_is_on_the_input_grid_and_scaled_to_one(model_and_images):
 
 def test_feature_centres_follow_the_receptive_fields():
   config = _config()
-  blocks = models.conv_blocks(config.model, (28, 28, 1))
+  model = models.create_model(config.model, (28, 28, 1), 10)
   # VALID 3x3 conv: output i is centred on input i + 1. A 2/2 pool then a 3x3 conv: output k
   # sees pool outputs k..k+2, centred on pool output k + 1, itself centred on conv outputs
   # 2k + 2 and 2k + 3, so on input 2k + 3.5; one more pool and conv: 4k + 8.5.
-  np.testing.assert_allclose(visualize.feature_centres(blocks, (28, 28), 0)[0], np.arange(26) + 1)
+  np.testing.assert_allclose(visualize.feature_centres(model, (28, 28, 1), 0)[0], np.arange(26) + 1)
   np.testing.assert_allclose(
-    visualize.feature_centres(blocks, (28, 28), 1)[1], 2 * np.arange(11) + 3.5
+    visualize.feature_centres(model, (28, 28, 1), 1)[1], 2 * np.arange(11) + 3.5
   )
-  np.testing.assert_allclose(visualize.feature_centres(blocks, (28, 28), 2)[0], [8.5, 12.5, 16.5])
+  np.testing.assert_allclose(visualize.feature_centres(model, (28, 28, 1), 2)[0], [8.5, 12.5, 16.5])
   config.model.conv.padding = "SAME"
-  blocks = models.conv_blocks(config.model, (28, 28, 1))
-  np.testing.assert_allclose(visualize.feature_centres(blocks, (28, 28), 0)[0], np.arange(28))
+  model = models.create_model(config.model, (28, 28, 1), 10)
+  np.testing.assert_allclose(visualize.feature_centres(model, (28, 28, 1), 0)[0], np.arange(28))
   np.testing.assert_allclose(
-    visualize.feature_centres(blocks, (28, 28), 2)[0], 4 * np.arange(7) + 1.5
+    visualize.feature_centres(model, (28, 28, 1), 2)[0], 4 * np.arange(7) + 1.5
   )
 
 
