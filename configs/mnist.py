@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()
-  config.data.source = "tfds"  # "tfds", "idx" or "embedded"
+  config.data.source = "tfds"  # "tfds", "idx", "embedded", "mnist1d", "spoken_digits", "shapes3d"
   config.data.name = "mnist"  # the TFDS dataset
   config.data.tfds_data_dir = os.environ.get("TFDS_DATA_DIR", "")  # "": TFDS's default
   config.data.tfds_manual_dir = ""  # IDX files to prepare `name` from, with no download
