@@ -155,19 +155,25 @@ def matched_pairs(
   """Convnet against dense at matched parameter counts (within `tolerance`), on test accuracy.
 
   Each convnet setting is paired with the dense setting of the nearest
-  parameter count, if that is within `tolerance` of it.
+  parameter count, if that is within `tolerance` of it, among the dense
+  settings that share its other fields (the data, the optimizer: every varying
+  field outside `model.`).
   """
   rows = [r for r in summarize(records) if r["seeds"]]
   done = [r for r in records if r["status"] == "done"]
+  shared = [f for f in varying_fields(records) if not f.startswith("model.")]
 
   def accuracies(row):
     return [r[METRICS["test"]] for r in done if r["setting"] == row["setting"]]
 
-  dense = [r for r in rows if r["model"] == "dense"]
+  def context(row):
+    return json.dumps([row.get(f) for f in shared], default=str)
+
   pairs = []
   for convnet in (r for r in rows if r["model"] == "convnet"):
+    dense = [r for r in rows if r["model"] == "dense" and context(r) == context(convnet)]
     if not dense:
-      break
+      continue
     match = min(dense, key=lambda d: abs(d["num_params"] - convnet["num_params"]))
     if abs(match["num_params"] - convnet["num_params"]) > tolerance * convnet["num_params"]:
       continue
@@ -189,12 +195,27 @@ def _format_value(value: Any) -> str:
 
 
 def short_label(overrides: Mapping[str, Any], fields: Sequence[str]) -> str:
-  """`kernel_size=5`: the varying fields by their last name."""
+  """`kernel_size=5`: the varying fields by their last name, or more of it where that is shared.
+
+  With `data.name` and `model.name` both varying: `data.name=x model.name=convnet`.
+  """
   parts = []
   for field in fields:
     if field in overrides:
-      parts.append(f"{field.split('.')[-1]}={_format_value(overrides[field])}")
+      parts.append(f"{_short_name(field, fields)}={_format_value(overrides[field])}")
   return " ".join(parts)
+
+
+def _short_name(field: str, fields: Sequence[str]) -> str:
+  """The shortest dotted suffix of `field` that no other of `fields` ends with."""
+  names = field.split(".")
+  for k in range(1, len(names) + 1):
+    suffix = ".".join(names[-k:])
+    if not any(
+      other != field and (other == suffix or other.endswith("." + suffix)) for other in fields
+    ):
+      return suffix
+  return field
 
 
 # ----------------------------------------------------------------------------

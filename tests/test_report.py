@@ -198,3 +198,36 @@ def test_convnet_minus_dense_at_matched_parameters():
   table = report.markdown(report.summarize(records), records)
   assert "| name=convnet | name=dense | 33,194 / 33,400 | +5.50 |" in table
   assert report.matched_pairs(records[:2]) == []  # no dense network to compare with
+
+
+def test_convnet_and_dense_are_paired_on_the_same_data_and_labels_tell_names_apart():
+  def record(index, data, model, seed, test, params):
+    overrides = {"data.name": data, "model.name": model, "seed": seed}
+    return _record(index, overrides, 0.9, test, model=model, params=params)
+
+  records = [
+    record(0, "clean", "convnet", 0, 0.90, 1000),
+    record(1, "clean", "convnet", 1, 0.92, 1000),
+    record(2, "clean", "dense", 0, 0.80, 1010),
+    record(3, "clean", "dense", 1, 0.82, 1010),
+    record(4, "noisy", "convnet", 0, 0.60, 1000),
+    record(5, "noisy", "convnet", 1, 0.62, 1000),
+    record(6, "noisy", "dense", 0, 0.70, 1002),  # nearer in size to the convnets than clean's
+    record(7, "noisy", "dense", 1, 0.72, 1002),
+  ]
+  pairs = report.matched_pairs(records)
+  labels = [(p["convnet"]["label"], p["dense"]["label"]) for p in pairs]
+  assert labels == [
+    ("data.name=clean model.name=convnet", "data.name=clean model.name=dense"),
+    ("data.name=noisy model.name=convnet", "data.name=noisy model.name=dense"),
+  ]
+  assert [p["difference"] for p in pairs] == pytest.approx([0.10, -0.10])
+  # Without dense runs on the noisy data, its convnets go unpaired.
+  assert len(report.matched_pairs(records[:6])) == 1
+
+
+def test_short_names_grow_only_where_last_names_clash():
+  fields = ["data.name", "model.name", "model.conv.kernel_size", "optimizer.learning_rate"]
+  names = [report._short_name(f, fields) for f in fields]
+  assert names == ["data.name", "model.name", "kernel_size", "learning_rate"]
+  assert report._short_name("a.b.c", ["a.b.c", "x.b.c"]) == "a.b.c"
