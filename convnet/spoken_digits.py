@@ -136,7 +136,7 @@ def cache_root() -> str:
   """Where generated datasets are kept: $CONVNET_CACHE_DIR, else the user's cache folder."""
   root = os.environ.get("CONVNET_CACHE_DIR")
   if root:
-    return root
+    return os.path.expanduser(root)
   base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
   return os.path.join(base, "convnet")
 
@@ -394,7 +394,14 @@ def load(params: Params, root: str | None = None) -> tuple[dict[str, np.ndarray]
   folder = cache_dir(params, version, root)
   path = os.path.join(folder, CACHE_FILE)
   if not os.path.exists(path):
-    _write(folder, generate(params), fingerprint(params, version))
+    try:
+      os.makedirs(folder, exist_ok=True)  # before a minute of synthesis, not after
+      _write(folder, generate(params), fingerprint(params, version))
+    except OSError as e:
+      raise DataError(
+        f"{folder}: cannot write the spoken-digit cache ({e.strerror or e}); set "
+        f"CONVNET_CACHE_DIR to a writable folder"
+      ) from None
   return _read(path), path
 
 
@@ -424,7 +431,6 @@ def _find_cached(params: Params, root: str) -> str:
 
 def _write(folder: str, arrays: dict[str, np.ndarray], record: dict) -> None:
   """Writes the cache files under temporary names, then renames them into place."""
-  os.makedirs(folder, exist_ok=True)
   for name, write in (
     (CACHE_FILE, lambda f: np.savez(f, **arrays)),
     ("params.json", lambda f: f.write((json.dumps(record, indent=2) + "\n").encode())),
@@ -482,7 +488,7 @@ def plot(arrays: dict[str, np.ndarray], path: str) -> None:
     ax.set_ylabel("mel band", fontsize=8)
     ax.tick_params(labelsize=7)
   fig.colorbar(image, ax=axes, shrink=0.8, label="standardised log-mel power")
-  fig.savefig(path, dpi=80)
+  fig.savefig(path, dpi=64)
   plt.close(fig)
 
 

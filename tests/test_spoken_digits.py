@@ -214,6 +214,23 @@ def test_a_damaged_cache_is_named_and_left_alone(presets):
   assert path.read_bytes() == damaged
 
 
+def test_an_unwritable_cache_is_named_before_any_synthesis(monkeypatch, tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a folder")
+  monkeypatch.setenv("CONVNET_CACHE_DIR", str(blocker))
+  monkeypatch.setattr(spoken_digits, "PRESETS", {"spoken_digits": SMALL})
+
+  def no_synthesis(*args):
+    raise AssertionError("synthesised before the cache folder was made")
+
+  monkeypatch.setattr(spoken_digits, "synthesise", no_synthesis)
+  with pytest.raises(
+    DataError, match=f"{blocker}/spoken_digits-v1-.*cannot write.*CONVNET_CACHE_DIR"
+  ):
+    input_pipeline.load(_data_config(), seed=0)
+  assert blocker.read_text() == "not a folder"
+
+
 def test_unknown_name_is_a_config_error():
   with pytest.raises(ConfigError, match="data.name='mnist'.*spoken_digits_noisy"):
     input_pipeline.load(_data_config(name="mnist"), seed=0)
