@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from convnet import models, seeds, sweep, train
+from convnet import input_pipeline, models, seeds, sweep, train
 from convnet.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,7 +68,7 @@ def test_apply_overrides_names_a_bad_field(config):
 
 @pytest.mark.parametrize("path", SWEEPS, ids=os.path.basename)
 def test_shipped_sweeps_build_every_cell(path):
-  """Each shipped sweep has 3+ seeds a setting, and every cell's model builds on 28x28x1."""
+  """Each shipped sweep has 3+ seeds a setting, and every cell's model builds on its data."""
   module = sweep.load_sweep_module(path)
   base = module.get_config()
   cells = sweep.expand(module.sweep)
@@ -76,7 +76,7 @@ def test_shipped_sweeps_build_every_cell(path):
   for cell in cells:
     config = sweep.apply_overrides(base, cell.overrides)
     train.validate_config(config)
-    models.create_model(config.model, (28, 28, 1), 10)
+    models.create_model(config.model, *input_pipeline.input_spec(config.data))
     by_setting.setdefault(cell.setting, set()).add(config.seed)
   assert len(by_setting) >= 2
   assert all(len(s) >= 3 for s in by_setting.values()), by_setting
@@ -273,3 +273,18 @@ def test_sweep_killed_mid_cell_resumes_with_no_record_lost_or_repeated(tmp_path)
       steps = [json.loads(line)["step"] for line in f]
     assert steps == sorted(set(steps)), f"{name}: a step is missing or repeated: {steps}"
     assert len(steps) == 3  # one record an epoch, none lost
+
+
+@pytest.mark.parametrize("name", ["spoken_digits", "shapes3d"])
+def test_spoken_digits_and_shapes3d_sweeps_compare_equal_budgets(name):
+  module = sweep.load_sweep_module(os.path.join(REPO, "configs", "sweeps", f"{name}.py"))
+  base = module.get_config()
+  counts = {}
+  for cell in sweep.expand(module.sweep):
+    config = sweep.apply_overrides(base, cell.overrides)
+    shape, num_classes = input_pipeline.input_spec(config.data)
+    model = models.create_model(config.model, shape, num_classes)
+    params = jax.eval_shape(train.init_params, model, jax.random.key(0), shape)
+    counts[config.model.name] = models.count_params(params)
+  convnet, dense = counts["convnet"], counts["dense"]
+  assert abs(convnet - dense) / convnet < 0.05, counts
