@@ -1,0 +1,18 @@
+r"""The dense baseline on Shapes3D, with about as many parameters as configs/shapes3d.py.
+
+Flatten the 16x16x16 volume, dense 8 relu, dense 10. Data and training as
+configs/shapes3d.py.
+
+  python -m convnet.main --config=configs/shapes3d_dense.py --workdir=runs/shapes3d_dense
+"""
+
+import ml_collections
+
+from configs import shapes3d
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = shapes3d.get_config()
+  config.model.name = "dense"
+  config.model.dense_features = (8,)
+  return config
