@@ -106,6 +106,9 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
   for record in sorted(records, key=lambda r: r["index"]):
     settings.setdefault(record["setting"], []).append(record)
   fields = varying_fields(records)
+  # What a convnet and a dense network must share to be compared: the varying fields outside
+  # `model.` (the data, the optimizer).
+  shared = [f for f in fields if not f.startswith("model.")]
   rows = []
   for setting, cells in settings.items():
     done = [r for r in cells if r["status"] == "done"]
@@ -113,6 +116,7 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     row = {
       "setting": setting,
       "label": short_label(first["overrides"], fields) or setting,
+      "context": short_label(first["overrides"], shared, fields),
       "model": first["config"]["model"]["name"],
       **{f: first["overrides"].get(f) for f in fields},
       "seeds": len(done),
@@ -161,17 +165,13 @@ def matched_pairs(
   """
   rows = [r for r in summarize(records) if r["seeds"]]
   done = [r for r in records if r["status"] == "done"]
-  shared = [f for f in varying_fields(records) if not f.startswith("model.")]
 
   def accuracies(row):
     return [r[METRICS["test"]] for r in done if r["setting"] == row["setting"]]
 
-  def context(row):
-    return json.dumps([row.get(f) for f in shared], default=str)
-
   pairs = []
   for convnet in (r for r in rows if r["model"] == "convnet"):
-    dense = [r for r in rows if r["model"] == "dense" and context(r) == context(convnet)]
+    dense = [r for r in rows if r["model"] == "dense" and r["context"] == convnet["context"]]
     if not dense:
       continue
     match = min(dense, key=lambda d: abs(d["num_params"] - convnet["num_params"]))
@@ -194,15 +194,19 @@ def _format_value(value: Any) -> str:
   return str(value)
 
 
-def short_label(overrides: Mapping[str, Any], fields: Sequence[str]) -> str:
-  """`kernel_size=5`: the varying fields by their last name, or more of it where that is shared.
+def short_label(
+  overrides: Mapping[str, Any], fields: Sequence[str], names_among: Sequence[str] = ()
+) -> str:
+  """`kernel_size=5`: `fields` by their last name, or more of it where that is shared.
 
-  With `data.name` and `model.name` both varying: `data.name=x model.name=convnet`.
+  With `data.name` and `model.name` both among `names_among` (by default,
+  `fields`): `data.name=x model.name=convnet`.
   """
   parts = []
   for field in fields:
     if field in overrides:
-      parts.append(f"{_short_name(field, fields)}={_format_value(overrides[field])}")
+      name = _short_name(field, names_among or fields)
+      parts.append(f"{name}={_format_value(overrides[field])}")
   return " ".join(parts)
 
 
@@ -366,18 +370,20 @@ def plot_accuracy(
 
 
 def plot_params(rows: Sequence[Mapping[str, Any]], path: str, title: str = "") -> None:
-  """Test accuracy against parameter count, one series per model."""
+  """Test accuracy against parameter count, one series per model (and per data, optimizer...)."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   fig, ax = plt.subplots(figsize=(6.5, 4.5))
-  for model in dict.fromkeys(r["model"] for r in rows):
-    mine = sorted((r for r in rows if r["model"] == model), key=lambda r: r["num_params"])
+  for series in dict.fromkeys((r["model"], r.get("context", "")) for r in rows):
+    mine = [r for r in rows if (r["model"], r.get("context", "")) == series]
+    mine.sort(key=lambda r: r["num_params"])
     means, errors = _errors(mine, "test")
+    label = ", ".join(part for part in series if part)
     ax.errorbar(
-      [r["num_params"] for r in mine], means, yerr=errors, fmt="o-", capsize=4, label=model
+      [r["num_params"] for r in mine], means, yerr=errors, fmt="o-", capsize=4, label=label
     )
   ax.set_xscale("log")
   ax.set_xlabel("parameters")

@@ -222,6 +222,14 @@ def test_convnet_and_dense_are_paired_on_the_same_data_and_labels_tell_names_apa
     ("data.name=noisy model.name=convnet", "data.name=noisy model.name=dense"),
   ]
   assert [p["difference"] for p in pairs] == pytest.approx([0.10, -0.10])
+  # The same context names the plot's series: one per model and data.
+  contexts = [(r["model"], r["context"]) for r in report.summarize(records)]
+  assert contexts == [
+    ("convnet", "data.name=clean"),
+    ("dense", "data.name=clean"),
+    ("convnet", "data.name=noisy"),
+    ("dense", "data.name=noisy"),
+  ]
   # Without dense runs on the noisy data, its convnets go unpaired.
   assert len(report.matched_pairs(records[:6])) == 1
 
