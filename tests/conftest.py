@@ -27,6 +27,20 @@ def model_config(base=mnist, **overrides):
   return config
 
 
+def train_briefly(config, workdir):
+  """Two epochs of `config` in batches of 8: a whole run end to end, on small data."""
+  from convnet import train
+
+  config.batch_size = 8
+  config.microbatch_size = 0
+  config.num_epochs = 2
+  config.log_every_steps = 1
+  result = train.train_and_evaluate(config, str(workdir))
+  assert result["epoch"] == 2 and np.isfinite(result["test_loss"])
+  assert 0.0 <= result["test_accuracy"] <= 1.0
+  return result
+
+
 @pytest.fixture
 def config():
   """The book's convnet on the embedded digits, small enough for a test."""
