@@ -258,7 +258,9 @@ def spectrogram(clip: np.ndarray, rng: np.random.Generator, params: Params, orig
   """One synthesised clip (at ESPEAK_RATE) as the dataset's (mels, frames) spectrogram."""
   voiced = trim(clip)
   voiced = signal.resample_poly(voiced, SAMPLE_RATE, ESPEAK_RATE).astype(np.float32)
-  if not 0 < len(voiced) <= CLIP_SAMPLES:
+  if len(voiced) == 0:
+    raise DataError(f"{origin}: espeak-ng wrote only silence")
+  if len(voiced) > CLIP_SAMPLES:
     raise DataError(
       f"{origin}: the word lasts {len(voiced) / SAMPLE_RATE:.2f} s, which does not fit the "
       f"window of {CLIP_SAMPLES / SAMPLE_RATE:.2f} s; choose faster speeds"

@@ -153,10 +153,14 @@ def test_log_mel_puts_a_tone_in_its_band(hz):
   assert spec.max() - spec.min() == pytest.approx(spoken_digits.TOP_DB, abs=1e-3)
 
 
-def test_a_word_longer_than_the_window_is_an_error():
+def test_a_word_too_long_for_the_window_or_silent_is_an_error():
   long = np.ones(int(1.2 * spoken_digits.ESPEAK_RATE), np.float32)
   with pytest.raises(DataError, match="lasts 1.20 s.*window of 1.04 s"):
     spoken_digits.spectrogram(long, np.random.default_rng(0), SMALL, "the clip")
+  with pytest.raises(DataError, match="the clip: espeak-ng wrote only silence"):
+    spoken_digits.spectrogram(
+      np.zeros(100, np.float32), np.random.default_rng(0), SMALL, "the clip"
+    )
 
 
 def test_a_bad_wav_stream_is_an_error():
