@@ -41,30 +41,42 @@ _CHUNK = 250  # examples voxelised at once: about 100 MB of sample points
 
 def _inside(kind: int, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
   """Whether points, in the shape's own unit coordinates, lie inside a shape of `kind`."""
-  rho = np.sqrt(x**2 + y**2)
-  r = np.sqrt(rho**2 + z**2)
-  box = np.maximum(np.maximum(np.abs(x), np.abs(y)), np.abs(z))
-  height = np.abs(z) <= 0.9
+
+  def rho():  # distance from the z axis
+    return np.sqrt(x**2 + y**2)
+
+  def r():  # distance from the centre
+    return np.sqrt(rho() ** 2 + z**2)
+
+  def box():  # the largest coordinate: a cube's "radius"
+    return np.maximum(np.maximum(np.abs(x), np.abs(y)), np.abs(z))
+
+  def height():
+    return np.abs(z) <= 0.9
+
   if kind == 0:  # ball
-    return r <= 1.0
+    return r() <= 1.0
   if kind == 1:  # cube
-    return box <= 0.8
+    return box() <= 0.8
   if kind == 2:  # cylinder
-    return (rho <= 0.8) & height
+    return (rho() <= 0.8) & height()
   if kind == 3:  # cone, apex up
-    return (rho <= 0.5 * (0.9 - z)) & height
+    return (rho() <= 0.5 * (0.9 - z)) & height()
   if kind == 4:  # torus
-    return (rho - 0.65) ** 2 + z**2 <= 0.3**2
+    return (rho() - 0.65) ** 2 + z**2 <= 0.3**2
   if kind == 5:  # square pyramid, apex up
-    return (np.maximum(np.abs(x), np.abs(y)) <= 0.5 * (0.9 - z)) & height
+    return (np.maximum(np.abs(x), np.abs(y)) <= 0.5 * (0.9 - z)) & height()
   if kind == 6:  # octahedron
     return np.abs(x) + np.abs(y) + np.abs(z) <= 1.1
   if kind == 7:  # spherical shell
-    return (r <= 1.0) & (r >= 0.6)
+    distance = r()
+    return (distance <= 1.0) & (distance >= 0.6)
   if kind == 8:  # hollow box
-    return (box <= 0.8) & (box >= 0.45)
+    extent = box()
+    return (extent <= 0.8) & (extent >= 0.45)
   if kind == 9:  # tube
-    return (rho <= 0.8) & (rho >= 0.45) & height
+    radius = rho()
+    return (radius <= 0.8) & (radius >= 0.45) & height()
   raise ValueError(f"no shape of kind {kind}")
 
 
