@@ -126,12 +126,7 @@ def load(data_config: Mapping[str, Any], seed: int) -> Dataset:
       test_split=data_config["test_split"],
     )
   elif source == "idx":
-    if not data_config["idx_dir"]:
-      raise ConfigError(
-        "data.idx_dir is empty: set --config.data.idx_dir=DIR (a folder with the four IDX "
-        "files) or the environment variable CONVNET_IDX_DIR"
-      )
-    raw = load_idx_dir(data_config["idx_dir"])
+    raw = load_idx_dir(_idx_dir(data_config))
     names = IDX_CLASS_NAMES.get(data_config["name"], ())
     if len(names) == raw.num_classes:
       raw = dataclasses.replace(raw, class_names=names)
@@ -170,12 +165,7 @@ def input_spec(data_config: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
   if source == "tfds":
     shape, num_classes = _tfds_spec(data_config["name"], data_config["tfds_data_dir"] or None)
   elif source == "idx":
-    if not data_config["idx_dir"]:
-      raise ConfigError(
-        "data.idx_dir is empty: set --config.data.idx_dir=DIR (a folder with the four IDX "
-        "files) or the environment variable CONVNET_IDX_DIR"
-      )
-    shape, num_classes = _idx_spec(data_config["idx_dir"])
+    shape, num_classes = _idx_spec(_idx_dir(data_config))
   elif source == "embedded":
     shape, num_classes = EMBEDDED_INPUT_SHAPE, EMBEDDED_NUM_CLASSES
   elif source == "mnist1d":
@@ -404,6 +394,16 @@ def _idx_spec(idx_dir: str | os.PathLike) -> tuple[tuple[int, ...], int]:
   if labels.ndim != 1 or len(labels) == 0:
     raise DataError(f"{paths['train_labels']}: expected a non-empty rank-1 label file")
   return (*shape[1:3], shape[3] if len(shape) == 4 else 1), int(labels.max()) + 1
+
+
+def _idx_dir(data_config: Mapping[str, Any]) -> str:
+  """`data.idx_dir`, which the "idx" source needs set."""
+  if not data_config["idx_dir"]:
+    raise ConfigError(
+      "data.idx_dir is empty: set --config.data.idx_dir=DIR (a folder with the four IDX "
+      "files) or the environment variable CONVNET_IDX_DIR"
+    )
+  return data_config["idx_dir"]
 
 
 def find_idx_files(idx_dir: str | os.PathLike) -> dict[str, str]:
