@@ -38,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.num_features = 0  # components or pixels kept by "pca" and "top_variance"
 
   # One value for every block, or a tuple with one value per block (see
-  # models.conv_blocks). Sizes are ints or tuples with one entry per spatial axis.
+  # model_config.conv_blocks). Sizes are ints or tuples with one entry per spatial axis.
   config.model = ml_collections.ConfigDict(type_safe=False)
   config.model.name = "convnet"  # or "dense"
   config.model.conv = ml_collections.ConfigDict(type_safe=False)

@@ -2,7 +2,7 @@ r"""A 3D convnet on Shapes3D: ten kinds of solid voxelised in 16x16x16 grids.
 
 conv 16@3x3x3 relu, max-pool 2/2, conv 32@3x3x3 relu, max-pool 2/2, flatten,
 dense 64 relu, dense 10: the book's convnet with one more spatial axis. Data
-generated on the spot (convnet/shapes3d.py): 5,000 training volumes, 15% of
+generated on the spot (convnet/sources/shapes3d.py): 5,000 training volumes, 15% of
 them held out for validation, and 1,000 test volumes.
 
   python -m convnet.main --config=configs/shapes3d.py --workdir=runs/shapes3d

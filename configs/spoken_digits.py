@@ -1,7 +1,7 @@
 r"""The book's convnet on spoken digits: log-mel spectrograms of 40 mel bands by 64 frames.
 
 The layers of configs/mnist.py on (40, 64, 1) spectrograms of the ten digit
-words spoken by espeak-ng (see convnet/spoken_digits.py): 162,218 parameters,
+words spoken by espeak-ng (see convnet/sources/spoken_digits.py): 162,218 parameters,
 most of them in the dense layer after the flatten. Test voices are never heard
 in training. The dataset is generated on first use (about a minute; it needs
 Debian's espeak-ng) and cached by its parameters.

@@ -14,7 +14,7 @@ come from XLA's cost analysis of the compiled train and eval steps; the
 fraction of peak compares them with a float32 matmul measured here.
 
 Frameworks:
-  project  this project's training path: `train.train_steps` over
+  project  this project's training path: `steps.train_steps` over
            device-resident data, `steps_per_call` steps a call, matmul ops
   flax     a plain Flax loop as in Flax's examples: one jitted step a call,
            `nn.Conv` and `nn.max_pool`, batches from host memory
@@ -91,14 +91,15 @@ class _JaxRunner:
     import jax
     import numpy as np
 
-    from convnet import models, train
+    from convnet import epochs, models, optim
+    from convnet import steps as steps_lib
 
-    self.jax, self.train_lib = jax, train
+    self.jax, self.epochs = jax, epochs
     implementation = "matmul" if framework == "project" else "lax"
     config = _book_config(implementation)
     model = models.create_model(config.model, INPUT_SHAPE, NUM_CLASSES)
-    tx = train.create_optimizer(config.optimizer, 1, 1)
-    self.state = train.create_train_state(jax.random.key(0), model, INPUT_SHAPE, tx)
+    tx = optim.create_optimizer(config.optimizer, 1, 1)
+    self.state = steps_lib.create_train_state(jax.random.key(0), model, INPUT_SHAPE, tx)
     self.images, self.labels = _random_data(num_examples)
     self.batch_size, self.steps_per_call = batch_size, options["steps_per_call"]
     microbatch_size = (
@@ -111,7 +112,7 @@ class _JaxRunner:
       self.order = jax.device_put(np.arange(num_examples, dtype=np.int32))
       self.step_fn = jax.jit(
         functools.partial(
-          train.train_steps,
+          steps_lib.train_steps,
           steps_per_call=self.steps_per_call,
           batch_size=batch_size,
           microbatch_size=microbatch_size,
@@ -119,10 +120,10 @@ class _JaxRunner:
         donate_argnums=0,
       )
       self.eval_fn = jax.jit(
-        functools.partial(train.eval_step, microbatch_size=options["microbatch_size"])
+        functools.partial(steps_lib.eval_step, microbatch_size=options["microbatch_size"])
       )
     else:
-      self.step_fn = jax.jit(train.train_step)
+      self.step_fn = jax.jit(steps_lib.train_step)
       self.eval_fn = jax.jit(lambda state, x: state.apply_fn({"params": state.params}, x))
 
   def train(self, num_steps: int) -> None:
@@ -150,7 +151,7 @@ class _JaxRunner:
       from convnet import input_pipeline
 
       split = input_pipeline.Split(self.images, self.labels)
-      self.train_lib.evaluate(self.eval_fn, self.state, split, batch_size)
+      self.epochs.evaluate(self.eval_fn, self.state, split, batch_size)
     else:
       for start in range(0, len(self.labels) - batch_size + 1, batch_size):
         out = self.eval_fn(self.state, self.images[start : start + batch_size])
@@ -332,7 +333,7 @@ def measure_throughput(frameworks, batch_size, rounds, examples, eval_batch_size
     r["train_examples_per_sec"] = steps * batch_size / statistics.median(r.pop("train_s"))
     eval_examples = num_examples // eval_batch_size * eval_batch_size
     if framework == "project":
-      eval_examples = num_examples  # `train.evaluate` covers every example
+      eval_examples = num_examples  # `epochs.evaluate` covers every example
     r["eval_examples_per_sec"] = eval_examples / statistics.median(r.pop("eval_s"))
   return results
 
@@ -345,12 +346,13 @@ def step_flops(batch_size: int, eval_batch_size: int) -> dict[str, float]:
   """FLOPs per example of the book's train and eval steps, from XLA's cost analysis."""
   import jax
 
-  from convnet import models, train
+  from convnet import models, optim
+  from convnet import steps as steps_lib
 
   config = _book_config("lax")
   model = models.create_model(config.model, INPUT_SHAPE, NUM_CLASSES)
-  tx = train.create_optimizer(config.optimizer, 1, 1)
-  state = train.create_train_state(jax.random.key(0), model, INPUT_SHAPE, tx)
+  tx = optim.create_optimizer(config.optimizer, 1, 1)
+  state = steps_lib.create_train_state(jax.random.key(0), model, INPUT_SHAPE, tx)
   images, labels = _random_data(max(batch_size, eval_batch_size))
 
   batch = {"image": images[:batch_size], "label": labels[:batch_size]}
@@ -360,8 +362,9 @@ def step_flops(batch_size: int, eval_batch_size: int) -> dict[str, float]:
     "mask": images[:eval_batch_size, 0, 0, 0] * 0 + 1,
   }
   return {
-    "train_flops_per_example": train.compiled_flops(train.train_step, state, batch) / batch_size,
-    "eval_flops_per_example": train.compiled_flops(train.eval_step, state, eval_batch)
+    "train_flops_per_example": steps_lib.compiled_flops(steps_lib.train_step, state, batch)
+    / batch_size,
+    "eval_flops_per_example": steps_lib.compiled_flops(steps_lib.eval_step, state, eval_batch)
     / eval_batch_size,
   }
 
@@ -387,19 +390,20 @@ def measure_seeds(num_seeds: int, batch_size: int, steps: int, options: dict, ro
   import jax
   import numpy as np
 
-  from convnet import models, train
+  from convnet import epochs, models, optim
+  from convnet import steps as steps_lib
 
   config = _book_config()
   model = models.create_model(config.model, INPUT_SHAPE, NUM_CLASSES)
-  tx = train.create_optimizer(config.optimizer, 1, 1)
+  tx = optim.create_optimizer(config.optimizer, 1, 1)
   images, labels = jax.device_put(_random_data(steps * batch_size))
-  orders = np.stack([train.epoch_order(steps * batch_size, s, 0) for s in range(num_seeds)])
+  orders = np.stack([epochs.epoch_order(steps * batch_size, s, 0) for s in range(num_seeds)])
   steps_per_call, microbatch_size = options["steps_per_call"], options["microbatch_size"]
   # The vmapped program trains every seed on each microbatch at once: it gets
   # microbatches `num_seeds` times smaller, so that its working set stays the same.
   vmap_microbatch_size = max(microbatch_size // num_seeds, 1) if microbatch_size else 0
   steps_fn = functools.partial(
-    train.train_steps, steps_per_call=steps_per_call, batch_size=batch_size
+    steps_lib.train_steps, steps_per_call=steps_per_call, batch_size=batch_size
   )
   single = jax.jit(functools.partial(steps_fn, microbatch_size=microbatch_size), donate_argnums=0)
   batched = jax.jit(
@@ -412,7 +416,8 @@ def measure_seeds(num_seeds: int, batch_size: int, steps: int, options: dict, ro
 
   def states():
     return [
-      train.create_train_state(jax.random.key(s), model, INPUT_SHAPE, tx) for s in range(num_seeds)
+      steps_lib.create_train_state(jax.random.key(s), model, INPUT_SHAPE, tx)
+      for s in range(num_seeds)
     ]
 
   def run(fn, state, order):
@@ -458,8 +463,9 @@ def time_to_accuracy(framework: str, idx_dir: str, target: float, max_epochs: in
   import numpy as np
 
   from convnet import input_pipeline
+  from convnet.sources import idx
 
-  raw = input_pipeline.load_idx_dir(idx_dir, num_classes=NUM_CLASSES)
+  raw = idx.load_idx_dir(idx_dir, num_classes=NUM_CLASSES)
   x_train, y_train = input_pipeline.scale(raw.train_images), raw.train_labels.astype(np.int32)
   x_test, y_test = input_pipeline.scale(raw.test_images), raw.test_labels.astype(np.int32)
   batch_size, steps_per_epoch = 128, len(y_train) // 128
@@ -467,32 +473,35 @@ def time_to_accuracy(framework: str, idx_dir: str, target: float, max_epochs: in
   if framework == "project":
     import jax
 
-    from convnet import models, train
+    from convnet import epochs, models, optim
+    from convnet import steps as steps_lib
 
     config = _book_config()
     model = models.create_model(config.model, INPUT_SHAPE, NUM_CLASSES)
-    tx = train.create_optimizer(config.optimizer, steps_per_epoch, steps_per_epoch * max_epochs)
-    state = train.create_train_state(jax.random.key(0), model, INPUT_SHAPE, tx)
+    tx = optim.create_optimizer(config.optimizer, steps_per_epoch, steps_per_epoch * max_epochs)
+    state = steps_lib.create_train_state(jax.random.key(0), model, INPUT_SHAPE, tx)
     per_call = config.steps_per_call
     steps_fn = jax.jit(
       functools.partial(
-        train.train_steps,
+        steps_lib.train_steps,
         steps_per_call=per_call,
         batch_size=batch_size,
         microbatch_size=config.microbatch_size,
       ),
       donate_argnums=0,
     )
-    eval_fn = jax.jit(functools.partial(train.eval_step, microbatch_size=config.microbatch_size))
+    eval_fn = jax.jit(
+      functools.partial(steps_lib.eval_step, microbatch_size=config.microbatch_size)
+    )
     images, labels = jax.device_put((x_train, y_train))
     test = input_pipeline.Split(x_test, y_test)
     start = time.perf_counter()
     for epoch in range(max_epochs):
-      order = jax.device_put(train.epoch_order(len(y_train), 0, epoch))
+      order = jax.device_put(epochs.epoch_order(len(y_train), 0, epoch))
       for first in range(0, steps_per_epoch, per_call):
         count = min(per_call, steps_per_epoch - first)
         state, _ = steps_fn(state, images, labels, order, first, count)
-      accuracy = train.evaluate(eval_fn, state, test, config.eval_batch_size)["accuracy"]
+      accuracy = epochs.evaluate(eval_fn, state, test, config.eval_batch_size)["accuracy"]
       history.append((time.perf_counter() - start, accuracy))
       if accuracy >= target:
         break

@@ -6,7 +6,7 @@ import logging as python_logging
 import re
 import sys
 
-from absl import flags, logging
+from absl import app, flags, logging
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -25,6 +25,18 @@ def parse_flags(argv: list[str]) -> list[str]:
     culprit = next((a for a in overrides if f".{key}" in a.split("=")[0]), " ".join(overrides))
     hint = re.search(r"Did you mean [^?]*\?", text)
     sys.exit(f"error: {culprit}: the config has no field {key!r}{f'. {hint[0]}' if hint else ''}")
+
+
+def start(argv: list[str], quiet: bool = True) -> None:
+  """What every entry point's `main` does first: refuse stray arguments, quiet Orbax's INFO.
+
+  Raises:
+    app.UsageError: `argv` holds more than the program's name.
+  """
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  if quiet:
+    quiet_library_logs()
 
 
 class _LibraryInfoFilter(python_logging.Filter):

@@ -4,8 +4,11 @@
   python -m convnet.main --config=configs/mnist.py --workdir=/tmp/k5 \\
       --config.model.conv.kernel_size=5
 
-This is the only file that defines flags. Rerunning a command on the same
-workdir resumes from its last checkpoint.
+Flags belong to the entry points: this one and `convnet.benchmark` define
+theirs at import, since they only ever run as programs; `convnet.sweep`,
+`report`, `summary` and `visualize`, which research scripts also import,
+define theirs when they run. Library modules define none. Rerunning a command on the
+same workdir resumes from its last checkpoint.
 
 Across hosts, every process runs the same command, with `--distributed` where
 SLURM, Open MPI or a TPU pod tells JAX who is who, or else with
@@ -40,9 +43,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  cli.quiet_library_logs()
+  cli.start(argv)
   explicit = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if FLAGS.distributed or any(v is not None for v in explicit):
     parallel.initialize_distributed(*explicit)

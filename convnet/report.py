@@ -28,6 +28,7 @@ import numpy as np
 from absl import app, flags
 from scipy import stats
 
+from convnet import formatting, sources
 from convnet.errors import ConvnetError, DataError
 
 METRICS = {
@@ -184,16 +185,6 @@ def matched_pairs(
   return pairs
 
 
-def _format_value(value: Any) -> str:
-  """(16, 32) as `16,32`; ((2, 2), (1, 1)) as `2x2,1x1`."""
-  if isinstance(value, list | tuple):
-    return ",".join(
-      "x".join(str(v) for v in item) if isinstance(item, list | tuple) else str(item)
-      for item in value
-    )
-  return str(value)
-
-
 def short_label(
   overrides: Mapping[str, Any], fields: Sequence[str], names_among: Sequence[str] = ()
 ) -> str:
@@ -205,12 +196,12 @@ def short_label(
   parts = []
   for field in fields:
     if field in overrides:
-      name = _short_name(field, names_among or fields)
-      parts.append(f"{name}={_format_value(overrides[field])}")
+      name = short_name(field, names_among or fields)
+      parts.append(f"{name}={formatting.setting_value(overrides[field])}")
   return " ".join(parts)
 
 
-def _short_name(field: str, fields: Sequence[str]) -> str:
+def short_name(field: str, fields: Sequence[str]) -> str:
   """The shortest dotted suffix of `field` that no other of `fields` ends with."""
   names = field.split(".")
   for k in range(1, len(names) + 1):
@@ -312,15 +303,9 @@ def _errors(rows, name):
 
 
 def describe(records: Sequence[Mapping[str, Any]], sweep_dir: str) -> str:
-  """`pooling on embedded MNIST`: the sweep's folder name and its data, for titles."""
-  data = records[0]["config"].get("data", {})
-  source = data.get("source")
-  if source == "embedded":
-    dataset = "embedded MNIST (5,000 digits)"
-  elif source == "idx":
-    dataset = os.path.basename(os.path.normpath(data.get("idx_dir", ""))) or "IDX files"
-  else:
-    dataset = data.get("name", "")
+  """`pooling on embedded MNIST (5,000 digits), 10 epochs`: the sweep's folder, data and epochs,
+  for titles."""
+  dataset = sources.title(records[0]["config"].get("data", {}), sizes=True)
   name = os.path.basename(os.path.normpath(sweep_dir))
   epochs = records[0]["config"].get("num_epochs")
   epochs = f", {epochs} epochs" if epochs else ""

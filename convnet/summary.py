@@ -44,8 +44,9 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from convnet import cli, input_pipeline, models, ops, train
+from convnet import cli, config_checks, formatting, input_pipeline, models, ops, sources, steps
 from convnet.errors import ConvnetError
+from convnet.model_config import feature_map_shapes
 
 # (FLOPs, transcendentals) per output of each activation, as XLA's cost analysis counts the
 # program as written; `tests/test_summary.py` measures them again.
@@ -158,7 +159,7 @@ def model_rows(model, input_shape: Sequence[int]) -> list[Row]:
     stages.append(("conv", i, block, block.kernel_size, block.strides, block.padding))
     if block.pooling != "none":
       stages.append(("pool", i, block, block.pool_window, block.pool_strides, block.pool_padding))
-  shapes = [out for _, _, out in models.feature_map_shapes(model.blocks, input_shape)]
+  shapes = [out for _, _, out in feature_map_shapes(model.blocks, input_shape)]
   fields = receptive_fields([(window, strides) for _, _, _, window, strides, _ in stages], rank)
   # Per axis: where the first output's receptive field starts, in input pixels (padding makes it
   # negative), and which offsets from there it sees (a stride wider than its window leaves gaps).
@@ -182,8 +183,7 @@ def model_rows(model, input_shape: Sequence[int]) -> list[Row]:
       outputs = positions * block.features
       row = Row(
         f"conv_{i}",
-        f"conv {block.features}@{_fmt(window)}, stride {_fmt(strides)}, "
-        f"{_fmt_padding(padding)}, {block.activation}",
+        f"conv {block.features}@{_window(window, strides, padding)}, {block.activation}",
         (*out, block.features),
         weights=math.prod(window) * channels * block.features,
         biases=block.features,
@@ -200,7 +200,7 @@ def model_rows(model, input_shape: Sequence[int]) -> list[Row]:
         comparisons += positions * channels
       row = Row(
         f"pool_{i}",
-        f"{block.pooling}-pool {_fmt(window)}, stride {_fmt(strides)}, {_fmt_padding(padding)}",
+        f"{block.pooling}-pool {_window(window, strides, padding)}",
         (*out, channels),
         flops=comparisons,
         receptive_field=size,
@@ -264,14 +264,11 @@ def _conv_taps(spatial, out, window, strides, pads, implementation: str) -> int:
   return taps
 
 
-def _fmt(values: Sequence[int]) -> str:
-  return "x".join(str(v) for v in values)
-
-
-def _fmt_padding(padding) -> str:
-  if isinstance(padding, str):
-    return padding
-  return "pad " + ",".join(f"({low},{high})" for low, high in padding)
+def _window(window, strides, padding) -> str:
+  """`3x3, stride 1x1, VALID` or `3x3, stride 1x1, pad (1,1),(1,1)`."""
+  if not isinstance(padding, str):
+    padding = "pad " + ",".join(f"({low},{high})" for low, high in padding)
+  return f"{formatting.shape(window)}, stride {formatting.shape(strides)}, {padding}"
 
 
 def totals(rows: Sequence[Row]) -> dict[str, int]:
@@ -292,11 +289,11 @@ def format_table(rows: Sequence[Row], title: str = "") -> str:
   body = []
   for row in rows:
     if row.receptive_field is not None:
-      field, jump = _fmt(row.receptive_field) or "-", _fmt(row.jump) or "-"
+      field, jump = formatting.shape(row.receptive_field) or "-", formatting.shape(row.jump) or "-"
     elif row.input_seen == spatial:
       field, jump = "whole input", "-"
     else:
-      field, jump = f"{_fmt(row.input_seen)} of {_fmt(spatial)} seen", "-"
+      field, jump = f"{formatting.shape(row.input_seen)} of {formatting.shape(spatial)} seen", "-"
     body.append(
       (
         row.name,
@@ -351,7 +348,7 @@ def xla_counts(
     `flops_lowered`, `transcendentals_lowered`: XLA's cost analysis of the
       forward pass as written (lowered, before optimisation);
     `flops_compiled` (unless `compiled` is False, which saves two
-      compilations): from `train.compiled_flops`, the optimised program. Its
+      compilations): from `steps.compiled_flops`, the optimised program. Its
       fusions may recompute a producer's elementwise work in each consumer (a
       block's bias, activation and pooling in each window slice of the next
       matmul conv), and simplification may remove ops.
@@ -370,7 +367,7 @@ def xla_counts(
     "transcendentals_lowered": two.get("transcendentals", 0.0) - one.get("transcendentals", 0.0),
   }
   if compiled:
-    compiled_one, compiled_two = (train.compiled_flops(forward, params, x) for x in batches)
+    compiled_one, compiled_two = (steps.compiled_flops(forward, params, x) for x in batches)
     counts["flops_compiled"] = compiled_two - compiled_one
   return counts
 
@@ -394,12 +391,10 @@ def summary_text(config: ml_collections.ConfigDict, xla: bool = True) -> str:
   Raises:
     ConvnetError: for a config that cannot work, naming the field.
   """
-  train.validate_config(config)
+  config_checks.validate(config)
   input_shape, num_classes = input_pipeline.input_spec(config.data)
   rows = layer_rows(config.model, input_shape, num_classes)
-  data = {"embedded": "embedded MNIST", "idx": config.data.idx_dir}.get(
-    config.data.source, config.data.name
-  )
+  data = sources.title(config.data)
   model = config.model.name + (
     f" ({config.model.implementation} implementation)" if config.model.name == "convnet" else ""
   )
@@ -421,7 +416,7 @@ def summary_text(config: ml_collections.ConfigDict, xla: bool = True) -> str:
       f"({_agreement(total['transcendentals'], counts['transcendentals_lowered'])})"
     )
   lines.append(
-    f"  compiled program (train.compiled_flops): {counts['flops_compiled']:,.0f} FLOPs "
+    f"  compiled program (steps.compiled_flops): {counts['flops_compiled']:,.0f} FLOPs "
     f"({_agreement(total['flops'], counts['flops_compiled'])})"
   )
   extra = counts["flops_compiled"] - counts["flops_lowered"]
@@ -451,8 +446,7 @@ def _define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  cli.start(argv, quiet=False)
   try:
     print(summary_text(FLAGS.config))
   except ConvnetError as e:

@@ -43,8 +43,9 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from convnet import cli, train
+from convnet import cli, config_checks, formatting, train
 from convnet import seeds as seeds_lib
+from convnet import workdir as workdir_lib
 from convnet.errors import (
   ConfigError,
   ConvnetError,
@@ -106,15 +107,9 @@ class Cell:
     return cell_name({k: v for k, v in self.overrides.items() if k != "seed"}) or "base"
 
 
-def _format_value(value: Any) -> str:
-  if isinstance(value, list | tuple):
-    return "_".join(_format_value(v) for v in value)
-  return str(value)
-
-
 def cell_name(overrides: Mapping[str, Any]) -> str:
   """A name for a directory: `field=value` pairs, joined by commas."""
-  name = ",".join(f"{k}={_format_value(v)}" for k, v in overrides.items())
+  name = ",".join(f"{k}={formatting.setting_value(v, ('_',))}" for k, v in overrides.items())
   name = re.sub(r"[^A-Za-z0-9._=,+-]", "", name)
   if len(name) > 150:  # Keeps paths short; the hash keeps names apart.
     name = name[:130] + "-" + hashlib.sha1(name.encode()).hexdigest()[:12]
@@ -228,7 +223,7 @@ def _write_record(sweep_dir: str, cell: Cell, config, workdir: str, result: Mapp
     **result,
   }
   os.makedirs(os.path.join(sweep_dir, "records"), exist_ok=True)
-  train._atomic_write(record_path(sweep_dir, cell), json.dumps(record, indent=1) + "\n")
+  workdir_lib.atomic_write(record_path(sweep_dir, cell), json.dumps(record, indent=1) + "\n")
   return record
 
 
@@ -284,7 +279,7 @@ def run_sweep(
   """
   configs = {cell.name: apply_overrides(base, cell.overrides) for cell in cells}
   for cell in cells:
-    train.validate_config(configs[cell.name])
+    config_checks.validate(configs[cell.name])
   index, count = shard
   groups = _groups(cells, vmap_seeds)[index::count]
   todo = [g for g in groups if not all(is_finished(sweep_dir, c, configs[c.name]) for c in g)]
@@ -301,7 +296,7 @@ def run_sweep(
   for i, group in enumerate(todo):
     if i:
       eta = (time.perf_counter() - start) / i * (len(todo) - i)
-      eta_text = train._duration(eta)
+      eta_text = formatting.duration(eta)
     else:
       eta_text = "after the first cell"
     logging.info(
@@ -352,7 +347,7 @@ def run_sweep(
     "Sweep shard %d/%d done in %s: %d cells run, %d failed%s",
     index,
     count,
-    train._duration(time.perf_counter() - start),
+    formatting.duration(time.perf_counter() - start),
     len(written),
     len(failed),
     f" ({', '.join(failed)})" if failed else "",
@@ -378,9 +373,7 @@ def _define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  cli.quiet_library_logs()
+  cli.start(argv)
   try:
     sweep_path = config_flags.get_config_filename(FLAGS["sweep"])
     cells = expand(load_sweep_module(sweep_path).sweep)

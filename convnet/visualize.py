@@ -18,29 +18,36 @@ Loads the run's config and latest checkpoint, and writes PNG figures to
 A workdir of seeds trained together (`convnet.seeds`, `convnet.sweep
 --vmap_seeds`) is one `seed_<s>/` folder; its weights come from the group's
 stacked checkpoint. A sweep directory gets the report's table and plots,
-drawn by `convnet.report`.
+drawn by `convnet.report`. What the figures show is computed by
+`convnet.interpret`; the run is read with `convnet.workdir`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import math
 import os
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import app, flags, logging
 
-from convnet import cli, input_pipeline, models, report, summary, train
+from convnet import (
+  cli,
+  formatting,
+  input_pipeline,
+  interpret,
+  model_config,
+  models,
+  report,
+  sources,
+  steps,
+)
+from convnet import workdir as workdir_lib
 from convnet.errors import CheckpointError, ConvnetError
 
 DPI = 100
@@ -66,238 +73,28 @@ class Run:
   records: list[dict[str, Any]]
 
 
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run saved in `workdir/config.json`."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise CheckpointError(
-      f"{workdir} has no config.json: it is not the workdir of a run of convnet.main, "
-      "convnet.seeds or convnet.sweep"
-    )
-  try:
-    with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f), type_safe=False)
-  except (OSError, json.JSONDecodeError) as e:
-    raise CheckpointError(f"{path} cannot be read: {e}") from None
-
-
-def read_records(workdir: str) -> list[dict[str, Any]]:
-  """The records of `workdir/metrics.jsonl`, up to a torn last line; the file is not changed."""
-  return train._read_metrics(os.path.join(workdir, "metrics.jsonl"), math.inf, rewrite=False)
-
-
-def _checkpoint_dir(workdir: str) -> tuple[str, int | None]:
-  """The checkpoints of a run; for one seed of a group, the group's and the seed."""
-  own = os.path.join(workdir, "checkpoints")
-  if os.path.isdir(own):
-    return own, None
-  seed = re.fullmatch(r"seed_(-?\d+)", os.path.basename(os.path.normpath(workdir)))
-  group = os.path.join(os.path.dirname(os.path.normpath(workdir)), "checkpoints")
-  if seed and os.path.isdir(group):
-    return group, int(seed[1])
-  raise CheckpointError(f"{workdir} has no checkpoints/ (nor its group's): train it first")
-
-
-def _group_seeds(group_dir: str, loop: Mapping[str, Any]) -> list[int]:
-  """The seeds of a group in the order they are stacked."""
-  if "seeds" in loop:
-    return [int(s) for s in loop["seeds"]]
-  # Groups saved before the order was recorded stacked their seeds in sweep order, ascending.
-  names = [re.fullmatch(r"seed_(-?\d+)", n) for n in os.listdir(group_dir)]
-  return sorted(int(m[1]) for m in names if m)
-
-
-def restore_params(workdir: str) -> tuple[Any, int]:
-  """The parameters and step of a workdir's latest checkpoint."""
-  directory, seed = _checkpoint_dir(workdir)
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
-  step = manager.latest_step()
-  if step is None:
-    raise CheckpointError(f"{directory} holds no checkpoint: train the run first")
-  try:
-    restored = manager.restore(
-      step,
-      args=ocp.args.Composite(state=ocp.args.StandardRestore(), loop=ocp.args.JsonRestore()),
-    )
-  except Exception as e:  # Orbax raises many kinds for a bad checkpoint.
-    raise CheckpointError(
-      f"checkpoint {os.path.join(directory, str(step))} cannot be read "
-      f"({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''})"
-    ) from None
-  finally:
-    manager.close()
-  params = restored.state["params"]
-  if seed is not None:
-    seeds = _group_seeds(os.path.dirname(directory), restored.loop)
-    if seed not in seeds:
-      raise CheckpointError(f"seed {seed} is not one of the seeds {seeds} saved in {directory}")
-    params = jax.tree.map(lambda x: x[seeds.index(seed)], params)
-  return params, step
-
-
 def load_run(workdir: str) -> Run:
-  """Reads a run's config, data, checkpoint and metrics from its workdir."""
+  """Reads a run's config, data, checkpoint and metrics from its workdir.
+
+  `workdir` is a `convnet.main` workdir, or one `seed_<s>/` of a group.
+
+  Raises:
+    CheckpointError: `workdir` is not a directory, has no config or checkpoint,
+      or its checkpoint does not fit the model its config describes.
+  """
   if not os.path.isdir(workdir):
     raise CheckpointError(f"--workdir={workdir} is not a directory")
-  config = read_config(workdir)
-  params, step = restore_params(workdir)
+  config = workdir_lib.read_config(workdir)
+  params, step = workdir_lib.restore_params(workdir)
   dataset = input_pipeline.load(config.data, config.seed)
   model = models.create_model(config.model, dataset.input_shape, dataset.num_classes)
-  expected = jax.eval_shape(train.init_params, model, jax.random.key(0), dataset.input_shape)
+  expected = jax.eval_shape(steps.init_params, model, jax.random.key(0), dataset.input_shape)
   shapes = jax.tree.map(np.shape, params)
   if shapes != jax.tree.map(lambda x: x.shape, expected):
     raise CheckpointError(
       f"the checkpoint in {workdir} does not fit the model its config.json describes"
     )
-  return Run(workdir, config, dataset, model, params, step, read_records(workdir))
-
-
-# ----------------------------------------------------------------------------
-# What the network computes
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _logits(model, params, images):
-  return model.apply({"params": params}, images)
-
-
-def predict(model, params, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-  """Softmax probabilities for every image, in batches of one compiled shape."""
-  split = input_pipeline.Split(images, np.zeros(len(images), np.int32))
-  probs = [
-    jax.nn.softmax(_logits(model, params, batch["image"]))[: int(batch["mask"].sum())]
-    for batch in train.eval_batches(split, min(batch_size, len(images)))
-  ]
-  return np.asarray(jnp.concatenate(probs))
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _feature_maps(model, params, images):
-  _, state = model.apply({"params": params}, images, mutable=["intermediates"])
-  return {k: v[0] for k, v in state["intermediates"].items() if k.startswith("activation_")}
-
-
-def feature_maps(model, params, images: np.ndarray) -> dict[str, np.ndarray]:
-  """Every conv block's feature maps after its activation: `activation_{i}` -> (N, ..., C)."""
-  maps = jax.device_get(_feature_maps(model, params, jnp.asarray(images)))
-  return {k: np.asarray(maps[k]) for k in sorted(maps, key=lambda k: int(k.split("_")[1]))}
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _input_gradients(model, params, images, classes):
-  def logit(image, k):
-    return model.apply({"params": params}, image[None])[0, k]
-
-  return jax.vmap(jax.grad(logit))(images, classes)
-
-
-def saliency(model, params, images: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
-  """d logit[class] / d image for each image; `classes` defaults to the predicted ones.
-
-  Returns an array of the images' shape.
-  """
-  images = jnp.asarray(images)
-  if classes is None:
-    classes = jnp.argmax(_logits(model, params, images), -1)
-  return np.asarray(_input_gradients(model, params, images, jnp.asarray(classes)))
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _feature_map_gradients(model, params, images, classes, zeros):
-  def logit(image, zeros, k):
-    perturbations = {key: value[None] for key, value in zeros.items()}
-    return model.apply({"params": params, "perturbations": perturbations}, image[None])[0, k]
-
-  return jax.vmap(jax.grad(logit, argnums=1))(images, zeros, classes)
-
-
-def feature_map_gradients(model, params, images, classes, name: str):
-  """The feature maps `name` and d logit[class] / d feature maps, each (N, ..., C).
-
-  The gradients are taken through the model's `perturbations` (see `models.ConvNet`).
-  """
-  maps = feature_maps(model, params, images)
-  zeros = {key: jnp.zeros_like(value) for key, value in maps.items()}
-  grads = _feature_map_gradients(model, params, jnp.asarray(images), jnp.asarray(classes), zeros)
-  return maps[name], np.asarray(grads[name])
-
-
-def feature_centres(model, input_shape: Sequence[int], block: int) -> list[np.ndarray]:
-  """Input coordinates of the centre of each position of `block`'s conv output, per axis.
-
-  Output o's receptive field begins at `field_start + o * jump` and spans
-  `receptive_field` inputs (see `convnet.summary`).
-  """
-  row = next(r for r in summary.model_rows(model, input_shape) if r.name == f"conv_{block}")
-  return [
-    start + (size - 1) / 2 + jump * np.arange(n)
-    for start, size, jump, n in zip(
-      row.field_start, row.receptive_field, row.jump, row.output_shape[:-1], strict=True
-    )
-  ]
-
-
-def grad_cam(
-  model, params, images: np.ndarray, classes: np.ndarray | None = None, block: int = -1
-) -> np.ndarray:
-  """Grad-CAM on a conv block (the last by default), on the input's grid: (N, *spatial).
-
-  Each channel of the block's feature maps is weighted by the mean gradient of
-  the class's logit over its positions; the positive part of the weighted sum
-  is where the evidence for that class lies. Each position is placed at the
-  centre of its receptive field and interpolated linearly between centres;
-  each map is scaled to a maximum of 1.
-  """
-  images = np.asarray(images)
-  if classes is None:
-    classes = predict(model, params, images).argmax(-1)
-  block = block % len(model.blocks)
-  maps, grads = feature_map_gradients(model, params, images, classes, f"activation_{block}")
-  spatial_axes = tuple(range(1, maps.ndim - 1))
-  weights = grads.mean(axis=spatial_axes, keepdims=True)
-  cams = np.maximum((weights * maps).sum(-1), 0.0)
-  centres = feature_centres(model, images.shape[1:], block)
-  for axis, (points, n) in enumerate(zip(centres, images.shape[1:-1], strict=True)):
-    cams = np.apply_along_axis(
-      lambda c, p=points, n=n: np.interp(np.arange(n), p, c), axis + 1, cams
-    )
-  peak = cams.reshape(len(cams), -1).max(-1).reshape((-1,) + (1,) * len(spatial_axes))
-  return np.where(peak > 0, cams / np.where(peak > 0, peak, 1.0), 0.0)
-
-
-def foreground_share(images: np.ndarray, saliency_maps: np.ndarray, threshold: float = 0.1):
-  """Each image's share of |saliency| on its foreground (pixels above `threshold`: a digit's
-  strokes, a garment), and the foreground's share of its pixels.
-
-  Were the gradient spread evenly over the image, the two would be equal.
-  """
-  foreground = np.abs(images).max(-1) > threshold
-  magnitude = np.abs(saliency_maps).max(-1)
-  axes = tuple(range(1, foreground.ndim))
-  on_foreground = (magnitude * foreground).sum(axes) / np.maximum(magnitude.sum(axes), 1e-30)
-  return on_foreground, foreground.mean(axes)
-
-
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
-  """counts[true, predicted]."""
-  counts = np.zeros((num_classes, num_classes), np.int64)
-  np.add.at(counts, (labels, predictions), 1)
-  return counts
-
-
-def confident_mistakes(probs: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-  """Indices of up to k misclassified examples, most confident first."""
-  predictions = probs.argmax(-1)
-  wrong = np.flatnonzero(predictions != labels)
-  confidence = probs[wrong, predictions[wrong]]
-  return wrong[np.argsort(-confidence, kind="stable")[:k]]
-
-
-def first_of_each_class(labels: np.ndarray, num_classes: int) -> np.ndarray:
-  """The index of the first example of every class present, in class order."""
-  return np.array(
-    [np.flatnonzero(labels == k)[0] for k in range(num_classes) if (labels == k).any()]
-  )
+  return Run(workdir, config, dataset, model, params, step, workdir_lib.read_metrics(workdir))
 
 
 # ----------------------------------------------------------------------------
@@ -314,11 +111,10 @@ def _pyplot():
 
 
 def _save(fig, path: str) -> str:
-  """Saves at the figure's own size (no tight bounding box), atomically."""
-  tmp = f"{path}.tmp.{os.getpid()}.png"
-  fig.savefig(tmp, dpi=DPI)
+  """Saves a PNG at the figure's own size (no tight bounding box), atomically; closes it."""
+  with workdir_lib.atomic_open(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=DPI)
   _pyplot().close(fig)
-  os.replace(tmp, path)
   return path
 
 
@@ -397,7 +193,7 @@ def plot_filters(params: Mapping[str, Any], input_shape: Sequence[int], path: st
   if "conv_0" in params:
     kernel = np.asarray(params["conv_0"]["kernel"])  # (*window, in, out)
     tiles = np.moveaxis(kernel, -1, 0)
-    what = f"conv_0: {tiles.shape[0]} kernels of {'x'.join(map(str, kernel.shape[:-2]))}"
+    what = f"conv_0: {tiles.shape[0]} kernels of {formatting.shape(kernel.shape[:-2])}"
     if kernel.shape[-2] != 1 and not (kernel.shape[-2] == 3 and kernel.ndim == 4):
       tiles = tiles.sum(-1, keepdims=True)
       what += f", summed over {kernel.shape[-2]} input channels"
@@ -450,10 +246,10 @@ def plot_feature_maps(
       else:
         ax.axis("off")
     index = name.split("_")[1]
-    size = "x".join(map(str, fmap.shape[:-1]))
+    size = formatting.shape(fmap.shape[:-1])
     section.suptitle(
       f"conv_{index} + {block.activation}: {fmap.shape[-1]} maps of {size} "
-      f"(kernel {'x'.join(map(str, block.kernel_size))})",
+      f"(kernel {formatting.shape(block.kernel_size)})",
       fontsize=9,
     )
   return _save(fig, path)
@@ -477,7 +273,7 @@ def plot_saliency(
   rows = 2 if cams is None else 3
   fig, axes = plt.subplots(rows, n, figsize=(1.4 * n + 0.6, 1.55 * rows + 0.7), squeeze=False)
   magnitude = np.abs(saliency_maps).max(-1)
-  on_foreground, _ = foreground_share(images, saliency_maps)
+  on_foreground, _ = interpret.foreground_share(images, saliency_maps)
   for i in range(n):
     _show(axes[0, i], _example(images[i]))
     axes[0, i].set_title(
@@ -572,8 +368,7 @@ def plot_mistakes(
 
 def describe(run: Run) -> str:
   """`convnet on fashion_mnist, step 4,680`: a short title for the figures."""
-  data = run.config.data
-  dataset = "embedded MNIST" if data.source == "embedded" else run.dataset.name
+  dataset = sources.title(run.config.data)
   return f"{run.config.model.name} on {dataset}, step {run.step:,}"
 
 
@@ -598,26 +393,27 @@ def write_figures(
   is_convnet = isinstance(run.model, models.ConvNet)
   if is_convnet:
     picks = np.arange(min(num_images, len(test)))
-    maps = feature_maps(run.model, run.params, test.images[picks])
+    maps = interpret.feature_maps(run.model, run.params, test.images[picks])
     for n in picks:
       path = os.path.join(out, f"feature_maps_{n}.png")
       label = f"test image {n}: {names[test.labels[n]]}"
       one = {k: v[n] for k, v in maps.items()}
       paths.append(plot_feature_maps(test.images[n], one, run.model.blocks, path, label))
-  probs = predict(run.model, run.params, test.images)
+  probs = interpret.predict(run.model, run.params, test.images)
   predictions = probs.argmax(-1)
-  picks = first_of_each_class(test.labels, run.dataset.num_classes)
+  picks = interpret.first_of_each_class(test.labels, run.dataset.num_classes)
   images = test.images[picks]
   cams, cam_label = None, ""
   if is_convnet:
     block = grad_cam_block % len(run.model.blocks)
-    cams = grad_cam(run.model, run.params, images, predictions[picks], block)
-    shapes = models.feature_map_shapes(run.model.blocks, run.dataset.input_shape)
+    cams = interpret.grad_cam(run.model, run.params, images, predictions[picks], block)
+    shapes = model_config.feature_map_shapes(run.model.blocks, run.dataset.input_shape)
     size = next(shape for i, stage, shape in shapes if i == block and stage == "conv")
-    cam_label = f"Grad-CAM, conv_{block} ({'x'.join(map(str, size))})"
+    cam_label = f"Grad-CAM, conv_{block} ({formatting.shape(size)})"
   sample = np.arange(min(SALIENCY_SAMPLE, len(test)))
-  on_foreground, foreground = foreground_share(
-    test.images[sample], saliency(run.model, run.params, test.images[sample], predictions[sample])
+  on_foreground, foreground = interpret.foreground_share(
+    test.images[sample],
+    interpret.saliency(run.model, run.params, test.images[sample], predictions[sample]),
   )
   note = (
     f"over {len(sample):,} test images, {100 * on_foreground.mean():.0f}% of |gradient| lies on "
@@ -627,7 +423,7 @@ def write_figures(
   paths.append(
     plot_saliency(
       images,
-      saliency(run.model, run.params, images, predictions[picks]),
+      interpret.saliency(run.model, run.params, images, predictions[picks]),
       cams,
       test.labels[picks],
       predictions[picks],
@@ -638,9 +434,9 @@ def write_figures(
       note,
     )
   )
-  counts = confusion_matrix(test.labels, predictions, run.dataset.num_classes)
+  counts = interpret.confusion_matrix(test.labels, predictions, run.dataset.num_classes)
   paths.append(plot_confusion(counts, names, os.path.join(out, "confusion.png"), title))
-  wrong = confident_mistakes(probs, test.labels, NUM_MISTAKES)
+  wrong = interpret.confident_mistakes(probs, test.labels, NUM_MISTAKES)
   paths.append(
     plot_mistakes(
       test.images[wrong],
@@ -669,9 +465,7 @@ def _define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  cli.quiet_library_logs()
+  cli.start(argv)
   try:
     paths = write_figures(FLAGS.workdir, FLAGS.out, FLAGS.num_images, FLAGS.grad_cam_block)
   except ConvnetError as e:

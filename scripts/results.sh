@@ -8,7 +8,7 @@
 #
 # FASHION_MNIST_DIR points at the four Fashion-MNIST IDX files (Debian's package
 # dataset-fashion-mnist installs them in /usr/share/datasets/fashion-mnist). The spoken digits
-# are generated with espeak-ng on first use and cached (see convnet/spoken_digits.py).
+# are generated with espeak-ng on first use and cached (see convnet/sources/spoken_digits.py).
 set -euo pipefail
 runs=${1:-runs}
 fashion=${FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}

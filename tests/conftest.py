@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import tempfile
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # TensorFlow stays off any GPU.
 
@@ -10,9 +11,21 @@ import numpy as np
 import pytest
 
 from configs import mnist
-from convnet import input_pipeline
+from convnet.sources import embedded as embedded_source
+from convnet.sources import idx
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# The suite trains the same small configs many times, in this process and in subprocesses:
+# XLA's compiled programs are kept on disk for the session, so that each compiles once.
+# The cache folder is new for every session, so no test sees a program of another version.
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix="convnet-tests-xla-")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _COMPILATION_CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def model_config(base=mnist, **overrides):
@@ -57,7 +70,7 @@ def config():
 @pytest.fixture(scope="session")
 def embedded():
   """The embedded digits, each split in a fixed shuffled order (the file is sorted by label)."""
-  raw = input_pipeline.load_embedded()
+  raw = embedded_source.load_embedded()
   rng = np.random.default_rng(0)
   train, test = rng.permutation(len(raw.train_labels)), rng.permutation(len(raw.test_labels))
   return dataclasses.replace(
@@ -80,9 +93,9 @@ def write_idx_dir(directory, train_images, train_labels, test_images, test_label
     "test_images": test_images,
     "test_labels": test_labels,
   }
-  for key, stem in input_pipeline.IDX_FILES.items():
+  for key, stem in idx.IDX_FILES.items():
     paths[key] = os.path.join(directory, stem + ext)
-    input_pipeline.write_idx(paths[key], np.asarray(arrays[key]))
+    idx.write_idx(paths[key], np.asarray(arrays[key]))
   return paths
 
 

@@ -1,4 +1,4 @@
-"""Data sources: IDX files, the embedded digits, TFDS prepared offline, and splits."""
+"""Data sources (IDX files, the embedded digits, MNIST-1D, TFDS prepared offline) and splits."""
 
 import gzip
 import os
@@ -8,6 +8,10 @@ import pytest
 
 from convnet import input_pipeline
 from convnet.errors import ConfigError, DataError
+from convnet.sources import embedded as embedded_source
+from convnet.sources import idx
+from convnet.sources import mnist1d as mnist1d_source
+from convnet.sources import tfds as tfds_source
 from tests.conftest import write_idx_dir
 
 
@@ -30,14 +34,14 @@ def _data_config(**overrides):
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32])
 def test_idx_round_trip(tmp_path, name, dtype):
   array = (np.arange(2 * 3 * 4) * 7 % 200).astype(dtype).reshape(2, 3, 4)
-  input_pipeline.write_idx(tmp_path / name, array)
-  read = input_pipeline.read_idx(tmp_path / name)
+  idx.write_idx(tmp_path / name, array)
+  read = idx.read_idx(tmp_path / name)
   assert read.shape == (2, 3, 4)
   np.testing.assert_array_equal(read, array)
 
 
 def test_idx_header_is_the_standard_one(tmp_path):
-  input_pipeline.write_idx(tmp_path / "labels", np.array([3, 1, 4], np.uint8))
+  idx.write_idx(tmp_path / "labels", np.array([3, 1, 4], np.uint8))
   data = (tmp_path / "labels").read_bytes()
   assert data == bytes([0, 0, 8, 1, 0, 0, 0, 3, 3, 1, 4])
 
@@ -71,7 +75,7 @@ def test_uncompressed_idx_files(tmp_path, embedded):
     embedded.test_labels[:10].astype(np.uint8),
     gz=False,
   )
-  raw = input_pipeline.load_idx_dir(tmp_path)
+  raw = idx.load_idx_dir(tmp_path)
   np.testing.assert_array_equal(raw.train_images, embedded.train_images[:20])
 
 
@@ -83,7 +87,7 @@ def test_validation_split_is_deterministic_by_seed(idx_dir):
   assert not np.array_equal(a.validation.images, c.validation.images)
   np.testing.assert_array_equal(a.test.images, c.test.images)  # the test split never moves
   # Validation and training images come from disjoint rows of the training file.
-  raw = input_pipeline.load_idx_dir(idx_dir)
+  raw = idx.load_idx_dir(idx_dir)
   rows = {img.tobytes(): i for i, img in enumerate(input_pipeline.scale(raw.train_images))}
   train_rows = {rows[img.tobytes()] for img in a.train.images}
   val_rows = {rows[img.tobytes()] for img in a.validation.images}
@@ -102,7 +106,7 @@ def test_embedded_digits():
 @pytest.fixture(scope="module")
 def mnist1d():
   """MNIST-1D and its shuffled control, generated once for the module."""
-  return {shuffled: input_pipeline.load_mnist1d(shuffled) for shuffled in (False, True)}
+  return {shuffled: mnist1d_source.load_mnist1d(shuffled) for shuffled in (False, True)}
 
 
 def test_mnist1d_shapes_and_splits(mnist1d):
@@ -127,7 +131,7 @@ def test_mnist1d_is_the_same_every_time_and_leaves_global_generators_alone(mnist
   expected = (np.random.random(), random.random())
   np.random.seed(123)
   random.seed(123)
-  again = input_pipeline.load_mnist1d()
+  again = mnist1d_source.load_mnist1d()
   assert (np.random.random(), random.random()) == expected
   np.testing.assert_array_equal(again.train_images, mnist1d[False].train_images)
   np.testing.assert_array_equal(again.test_labels, mnist1d[False].test_labels)
@@ -187,12 +191,12 @@ def test_idx_source_needs_a_folder():
 def test_missing_file(idx_dir):
   os.remove(idx_dir / "t10k-labels-idx1-ubyte.gz")
   with pytest.raises(DataError, match="missing t10k-labels-idx1-ubyte"):
-    input_pipeline.load_idx_dir(idx_dir)
+    idx.load_idx_dir(idx_dir)
 
 
 def test_missing_folder(tmp_path):
   with pytest.raises(DataError, match="no such folder"):
-    input_pipeline.load_idx_dir(tmp_path / "nowhere")
+    idx.load_idx_dir(tmp_path / "nowhere")
 
 
 def test_wrong_magic_number(idx_dir):
@@ -201,7 +205,7 @@ def test_wrong_magic_number(idx_dir):
   data[0:4] = b"\x89PNG"
   path.write_bytes(gzip.compress(bytes(data)))
   with pytest.raises(DataError, match=f"{path}: wrong magic number 0x89504e47"):
-    input_pipeline.load_idx_dir(idx_dir)
+    idx.load_idx_dir(idx_dir)
 
 
 def test_truncated_data(idx_dir):
@@ -209,21 +213,21 @@ def test_truncated_data(idx_dir):
   data = gzip.decompress(path.read_bytes())
   path.write_bytes(gzip.compress(data[:-100]))
   with pytest.raises(DataError, match=f"{path}: truncated: .* 235200 bytes .* holds 235100"):
-    input_pipeline.load_idx_dir(idx_dir)
+    idx.load_idx_dir(idx_dir)
 
 
 def test_truncated_gzip_stream(idx_dir):
   path = idx_dir / "train-images-idx3-ubyte.gz"
   path.write_bytes(path.read_bytes()[:5000])
   with pytest.raises(DataError, match=f"{path}: corrupt or truncated gzip"):
-    input_pipeline.load_idx_dir(idx_dir)
+    idx.load_idx_dir(idx_dir)
 
 
 def test_trailing_bytes(idx_dir):
   path = idx_dir / "t10k-labels-idx1-ubyte.gz"
   path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes()) + b"\x00\x01"))
   with pytest.raises(DataError, match=f"{path}: 2 unexpected bytes"):
-    input_pipeline.load_idx_dir(idx_dir)
+    idx.load_idx_dir(idx_dir)
 
 
 def test_label_count_mismatch(tmp_path, embedded):
@@ -235,7 +239,7 @@ def test_label_count_mismatch(tmp_path, embedded):
     embedded.test_labels[:10].astype(np.uint8),
   )
   with pytest.raises(DataError, match="holds 30 images but .*train-labels.* holds 29 labels"):
-    input_pipeline.load_idx_dir(tmp_path)
+    idx.load_idx_dir(tmp_path)
   assert os.path.exists(paths["train_labels"])
 
 
@@ -250,7 +254,7 @@ def test_test_label_out_of_range(tmp_path, embedded):
     labels,
   )
   with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: label 12 is out of range for 10"):
-    input_pipeline.load_idx_dir(tmp_path, num_classes=10)
+    idx.load_idx_dir(tmp_path, num_classes=10)
 
 
 def test_empty_dataset(tmp_path):
@@ -262,7 +266,7 @@ def test_empty_dataset(tmp_path):
     np.zeros((0,), np.uint8),
   )
   with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz: the train split is empty"):
-    input_pipeline.load_idx_dir(tmp_path)
+    idx.load_idx_dir(tmp_path)
 
 
 def test_images_of_wrong_rank(tmp_path, embedded):
@@ -274,14 +278,14 @@ def test_images_of_wrong_rank(tmp_path, embedded):
     np.zeros((5,), np.uint8),
   )
   with pytest.raises(DataError, match="train-images-idx3-ubyte.gz: expected images of rank 3"):
-    input_pipeline.load_idx_dir(tmp_path)
+    idx.load_idx_dir(tmp_path)
 
 
 def test_bad_embedded_file(tmp_path):
   path = tmp_path / "digits.csv"
   path.write_text("1,2,3\n4,5,6\n")
   with pytest.raises(DataError, match=f"{path}: expected rows of 784 pixels"):
-    input_pipeline.load_embedded(str(path))
+    embedded_source.load_embedded(str(path))
 
 
 # ----------------------------------------------------------------------------
@@ -300,7 +304,7 @@ def _sorted_rows(images, labels):
 
 
 def test_tfds_prepared_from_local_idx_files_reads_by_name(tmp_path, idx_dir, monkeypatch):
-  monkeypatch.setattr(input_pipeline, "network_reachable", _no_network)
+  monkeypatch.setattr(tfds_source, "network_reachable", _no_network)
   data_dir = str(tmp_path / "tfds")
   config = _data_config(
     source="tfds", name="mnist", tfds_data_dir=data_dir, tfds_manual_dir=str(idx_dir)
@@ -313,8 +317,8 @@ def test_tfds_prepared_from_local_idx_files_reads_by_name(tmp_path, idx_dir, mon
   # The prepared dataset is TFDS's own `mnist`, read by name with no manual_dir.
   source = tfds.data_source("mnist", data_dir=data_dir, download=False)
   assert len(source["train"]) == 300 and len(source["test"]) == 100
-  raw = input_pipeline.load_tfds("mnist", data_dir=data_dir)
-  expected = input_pipeline.load_idx_dir(idx_dir)
+  raw = tfds_source.load_tfds("mnist", data_dir=data_dir)
+  expected = idx.load_idx_dir(idx_dir)
   assert _sorted_rows(raw.test_images, raw.test_labels) == _sorted_rows(
     expected.test_images, expected.test_labels
   )
@@ -327,18 +331,18 @@ def test_tfds_preparation_rejects_bad_idx_files(tmp_path, idx_dir):
   path = idx_dir / "train-labels-idx1-ubyte.gz"
   path.write_bytes(path.read_bytes()[:-20])
   with pytest.raises(DataError, match=str(path)):
-    input_pipeline.prepare_tfds_from_idx("fashion_mnist", str(idx_dir), str(tmp_path / "tfds"))
+    tfds_source.prepare_tfds_from_idx("fashion_mnist", str(idx_dir), str(tmp_path / "tfds"))
   assert not os.path.exists(tmp_path / "tfds" / "fashion_mnist" / "3.0.1")
 
 
 def test_tfds_preparation_only_for_the_mnist_family(tmp_path, idx_dir):
   with pytest.raises(DataError, match="TFDS 'cifar10' cannot be prepared from IDX files"):
-    input_pipeline.prepare_tfds_from_idx("cifar10", str(idx_dir), str(tmp_path))
+    tfds_source.prepare_tfds_from_idx("cifar10", str(idx_dir), str(tmp_path))
 
 
 def test_tfds_offline_names_the_offline_sources(tmp_path, monkeypatch):
   monkeypatch.setattr(
-    input_pipeline, "network_reachable", lambda *a, **k: "no network: cannot reach the host"
+    tfds_source, "network_reachable", lambda *a, **k: "no network: cannot reach the host"
   )
   config = _data_config(source="tfds", name="kmnist", tfds_data_dir=str(tmp_path))
   with pytest.raises(DataError) as error:

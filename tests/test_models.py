@@ -15,6 +15,7 @@ from configs import mnist1d as mnist1d_config
 from configs import mnist1d_dense as mnist1d_dense_config
 from convnet import models
 from convnet.errors import ConfigError
+from convnet.model_config import conv_blocks, feature_map_shapes
 from tests.conftest import model_config
 
 
@@ -136,11 +137,11 @@ def test_per_block_settings_and_explicit_padding():
       "pool.type": ("avg", "none", "max"),
     }
   )
-  blocks = models.conv_blocks(config, (28, 28, 1))
+  blocks = conv_blocks(config, (28, 28, 1))
   assert [b.kernel_size for b in blocks] == [(5, 5), (3, 3), (1, 3)]
   assert blocks[1].padding == ((1, 2), (0, 0))
   assert [b.pooling for b in blocks] == ["avg", "none", "max"]
-  assert list(models.feature_map_shapes(blocks, (28, 28, 1))) == [
+  assert list(feature_map_shapes(blocks, (28, 28, 1))) == [
     (0, "conv", (28, 28)),
     (0, "pool", (14, 14)),
     (1, "conv", (15, 12)),
@@ -151,7 +152,7 @@ def test_per_block_settings_and_explicit_padding():
 
 def test_padding_string_from_command_line():
   config = model_config(**{"conv.padding": "((1, 1), (2, 0))"})
-  assert models.conv_blocks(config, (28, 28, 1))[0].padding == ((1, 1), (2, 0))
+  assert conv_blocks(config, (28, 28, 1))[0].padding == ((1, 1), (2, 0))
 
 
 @pytest.mark.parametrize("head", ["global_avg", "global_max"])

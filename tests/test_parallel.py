@@ -68,6 +68,7 @@ def _result(process):
   return json.loads(line[len("RESULT ") :])
 
 
+@pytest.mark.slow
 def test_eight_devices_train_as_one_with_the_same_global_batch(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=REPO)
   process = subprocess.run(
@@ -103,6 +104,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one(tmp_path):
   """Two processes on loopback, one CPU device each, against one process on one device."""
   overrides = [

@@ -10,6 +10,7 @@
 8. determinism across processes.
 """
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -25,8 +26,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from convnet import input_pipeline, sweep, train
-from convnet.errors import CheckpointError, DataError, DivergedError, WorkdirInUseError
+from convnet import epochs, sweep, train
+from convnet import seeds as seeds_lib
+from convnet.errors import (
+  CheckpointError,
+  DataError,
+  DivergedError,
+  RunInterrupted,
+  WorkdirInUseError,
+)
+from convnet.sources import embedded as embedded_source
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = ("wall_time_s", "train_examples_per_sec")
@@ -131,6 +140,7 @@ def straight(tmp_path_factory):
 # 1. Exact resume.
 
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_point_then_rerun_is_the_same_run_bitwise(straight, tmp_path):
   workdir = tmp_path / "killed"
   proc = subprocess.Popen(
@@ -152,6 +162,7 @@ def test_sigkill_at_a_random_point_then_rerun_is_the_same_run_bitwise(straight, 
   _assert_same_tree(params, _final_params(straight)[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_sigint_save_a_checkpoint_before_exiting(straight, tmp_path, signum):
   workdir = tmp_path / "signalled"
@@ -177,17 +188,61 @@ def test_sigterm_and_sigint_save_a_checkpoint_before_exiting(straight, tmp_path,
   _assert_same_tree(_final_params(workdir)[1], _final_params(straight)[1])
 
 
+class _StopAt(dict):
+  """A stop request (SIGTERM) that the loop finds from its `at`-th look on."""
+
+  def __init__(self, at):
+    super().__init__(signal=0)
+    self.looks, self.at = 0, at
+
+  def __getitem__(self, key):
+    self.looks += 1
+    return signal.SIGTERM if self.looks >= self.at else 0
+
+
+@pytest.mark.parametrize("seeds", [None, [3, 1]], ids=["single", "group"])
+def test_a_stop_request_saves_mid_epoch_and_the_rerun_is_the_same_run(
+  config, tmp_path, monkeypatch, seeds
+):
+  """A single run and a vmapped group stop alike: checkpoint, RunInterrupted, exact resume."""
+  config.num_epochs, config.steps_per_call = 2, 4
+  config.log_every_steps = config.checkpoint_every_steps = 0
+
+  def run(workdir):
+    if seeds is None:
+      return [train.train_and_evaluate(config, str(workdir))]
+    return seeds_lib.train_seeds(config, seeds, str(workdir))
+
+  straight = run(tmp_path / "straight")
+  # The loop looks before each call of 4 steps: the third look is at step 8, mid-epoch 1 of 13.
+  monkeypatch.setattr(epochs, "stop_signals", lambda: contextlib.nullcontext(_StopAt(3)))
+  with pytest.raises(RunInterrupted, match="SIGTERM at step 8: checkpoint saved"):
+    run(tmp_path / "stopped")
+  assert _checkpoint_steps(tmp_path / "stopped") == [8]
+  monkeypatch.undo()
+  resumed = run(tmp_path / "stopped")
+  for a, b in zip(resumed, straight, strict=True):
+    assert {k: v for k, v in a.items() if k not in TIMING} == {
+      k: v for k, v in b.items() if k not in TIMING
+    }
+  members = [""] if seeds is None else [f"seed_{s}" for s in seeds]
+  for member in members:
+    assert _metrics(tmp_path / "stopped" / member) == _metrics(tmp_path / "straight" / member)
+  _assert_same_tree(_final_params(tmp_path / "stopped")[1], _final_params(tmp_path / "straight")[1])
+
+
 # 3. One writer per workdir.
 
 HOLD_LOCK = """
 import sys, time
-from convnet import train
-with train.workdir_lock(sys.argv[1]):
+from convnet import workdir as workdir_lib
+with workdir_lib.lock(sys.argv[1]):
   print("locked", flush=True)
   time.sleep(120)
 """
 
 
+@pytest.mark.slow
 def test_a_busy_workdir_is_refused_and_a_dead_holder_does_not_block(config, tmp_path):
   workdir = tmp_path / "run"
   workdir.mkdir()
@@ -209,6 +264,7 @@ def test_a_busy_workdir_is_refused_and_a_dead_holder_does_not_block(config, tmp_
   assert result["step"] == 2
 
 
+@pytest.mark.slow
 def test_a_sweep_leaves_a_cell_that_another_process_runs_to_it(config, tmp_path):
   config.model.name = "dense"
   config.max_steps = 2
@@ -334,7 +390,7 @@ def test_bad_embedded_files_are_named(tmp_path, name, content, message):
   elif content is not None:
     path.write_text(content)
   with pytest.raises(DataError, match=f"{path}.*{message}|{message}.*{path}"):
-    input_pipeline.load_embedded(str(path))
+    embedded_source.load_embedded(str(path))
 
 
 # 7. Bad checkpoints.
@@ -372,6 +428,7 @@ def test_a_checkpoint_of_another_model_is_reported_and_left_as_it_is(config, tmp
 # 8. Determinism across processes.
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_same_metrics_in_another_process(straight, config, tmp_path):
   """The module's subprocess run against this process's own run of the same config."""
   result = train.train_and_evaluate(_configure(config), str(tmp_path))

@@ -234,8 +234,19 @@ def test_convnet_and_dense_are_paired_on_the_same_data_and_labels_tell_names_apa
   assert len(report.matched_pairs(records[:6])) == 1
 
 
+def test_titles_name_the_sweep_its_data_and_its_epochs():
+  # The titles of the committed results/*/accuracy.png; update only with those figures.
+  def title(data, sweep_dir="runs/padding"):
+    return report.describe([{"config": {"data": data, "num_epochs": 10}}], sweep_dir)
+
+  assert title({"source": "embedded"}) == "padding on embedded MNIST (5,000 digits), 10 epochs"
+  idx = {"source": "idx", "idx_dir": "/usr/share/datasets/fashion-mnist/"}
+  assert title(idx) == "padding on fashion-mnist, 10 epochs"
+  assert title({"source": "mnist1d", "name": "mnist1d"}) == "padding on mnist1d, 10 epochs"
+
+
 def test_short_names_grow_only_where_last_names_clash():
   fields = ["data.name", "model.name", "model.conv.kernel_size", "optimizer.learning_rate"]
-  names = [report._short_name(f, fields) for f in fields]
+  names = [report.short_name(f, fields) for f in fields]
   assert names == ["data.name", "model.name", "kernel_size", "learning_rate"]
-  assert report._short_name("a.b.c", ["a.b.c", "x.b.c"]) == "a.b.c"
+  assert report.short_name("a.b.c", ["a.b.c", "x.b.c"]) == "a.b.c"

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from convnet import input_pipeline, shapes3d
+from convnet import input_pipeline
 from convnet.errors import ConfigError
+from convnet.sources import shapes3d
 from tests.conftest import train_briefly
 
 IDENTITY = np.eye(3)[None]
@@ -103,6 +104,7 @@ def test_load_and_input_spec(monkeypatch):
     input_pipeline.load({**config, "name": "mnist"}, seed=0)
 
 
+@pytest.mark.slow
 def test_the_3d_convnet_and_dense_configs_train(monkeypatch, tmp_path):
   from configs import shapes3d as convnet_config
   from configs import shapes3d_dense as dense_config

@@ -6,8 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from convnet import input_pipeline, spoken_digits
+from convnet import input_pipeline
 from convnet.errors import ConfigError, DataError
+from convnet.sources import spoken_digits
 from tests.conftest import train_briefly
 
 # Five voices, one speed and pitch: 50 clips, generated in about a second. Training voices:
@@ -165,7 +166,7 @@ def test_a_word_too_long_for_the_window_or_silent_is_an_error():
 
 def test_a_bad_wav_stream_is_an_error():
   with pytest.raises(DataError, match="espeak-ng -v x: did not write a WAV stream"):
-    spoken_digits._read_wav(b"not a wav", "espeak-ng -v x")
+    spoken_digits.read_wav(b"not a wav", "espeak-ng -v x")
   clip = spoken_digits.synthesise("en-us", 170, 50, "one")
   assert clip.dtype == np.float32 and 0.1 < len(clip) / spoken_digits.ESPEAK_RATE < 1.5
 
@@ -243,6 +244,7 @@ def test_unknown_name_is_a_config_error():
     input_pipeline.input_spec(_data_config(name="mnist"))
 
 
+@pytest.mark.slow
 def test_the_convnet_and_dense_configs_train(presets, tmp_path):
   from configs import spoken_digits as convnet_config
   from configs import spoken_digits_dense as dense_config
@@ -260,7 +262,7 @@ def test_the_convnet_and_dense_configs_train(presets, tmp_path):
 def test_the_command_line_prints_the_cache_and_the_voices(presets, capsys):
   from absl import flags
 
-  spoken_digits._define_flags()
+  spoken_digits.define_flags()
   try:
     flags.FLAGS(["spoken_digits", "--name=spoken_digits"])
     spoken_digits.main(["spoken_digits"])

@@ -22,6 +22,7 @@ from configs import dense as dense_config
 from configs import mnist as mnist_config
 from convnet import input_pipeline, models, summary
 from convnet.errors import ConfigError, DataError
+from convnet.sources import idx
 from tests.conftest import model_config, write_idx_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -315,7 +316,7 @@ def test_command_line_prints_the_table():
   assert "Total parameters: 33,194 (33,040 weights, 154 biases)" in lines
   assert "Total forward FLOPs per example: 1,554,458" in lines
   assert "  program as written: 1,554,458 FLOPs (table: 1,554,458, equal)" in lines
-  assert any(line.startswith("  compiled program (train.compiled_flops): ") for line in lines)
+  assert any(line.startswith("  compiled program (steps.compiled_flops): ") for line in lines)
 
 
 def test_command_line_bad_override_is_one_line():
@@ -357,7 +358,7 @@ def test_input_spec_of_local_sources(embedded, idx_dir):
     embedded.train_images.shape[1:],
     embedded.num_classes,
   )
-  loaded = input_pipeline.load_idx_dir(idx_dir)
+  loaded = idx.load_idx_dir(idx_dir)
   assert input_pipeline.input_spec(_data_config(source="idx", idx_dir=str(idx_dir))) == (
     loaded.train_images.shape[1:],
     loaded.num_classes,

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from convnet import input_pipeline, models, seeds, sweep, train
+from convnet import config_checks, input_pipeline, models, seeds, steps, sweep, train
 from convnet.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,6 +48,10 @@ def test_expand_names_cells_and_rejects_repeats():
   ]
   assert [c.setting for c in cells] == ["model.pool.type=max_none", "model.pool.type=avg"]
   assert [c.index for c in cells] == [0, 1]
+  # Nested values join with "_" at every depth: the names of the committed sweeps' cells.
+  assert sweep.cell_name({"model.conv.strides": ((2, 2), (1, 1)), "seed": 0}) == (
+    "model.conv.strides=2_2_1_1,seed=0"
+  )
   with pytest.raises(ConfigError, match="cells 0 and 1 are the same cell"):
     sweep.expand(lambda: [{"seed": 0}, {"seed": 0}])
   with pytest.raises(ConfigError, match="no cells"):
@@ -75,7 +79,7 @@ def test_shipped_sweeps_build_every_cell(path):
   by_setting = {}
   for cell in cells:
     config = sweep.apply_overrides(base, cell.overrides)
-    train.validate_config(config)
+    config_checks.validate(config)
     models.create_model(config.model, *input_pipeline.input_spec(config.data))
     by_setting.setdefault(cell.setting, set()).add(config.seed)
   assert len(by_setting) >= 2
@@ -90,7 +94,7 @@ def test_convnet_vs_dense_budgets_match():
   for cell in sweep.expand(module.sweep):
     config = sweep.apply_overrides(base, cell.overrides)
     model = models.create_model(config.model, (28, 28, 1), 10)
-    params = jax.eval_shape(train.init_params, model, jax.random.key(0), (28, 28, 1))
+    params = jax.eval_shape(steps.init_params, model, jax.random.key(0), (28, 28, 1))
     counts[cell.setting] = (config.model.name, models.count_params(params))
   pairs = list(counts.values())
   assert [p[1] for p in pairs[2:4]] == [33194, 33400]  # the book's pair
@@ -239,6 +243,7 @@ def _sweep_command(sweep_file, workdir):
   return [sys.executable, "-m", "convnet.sweep", f"--sweep={sweep_file}", f"--workdir={workdir}"]
 
 
+@pytest.mark.slow
 def test_sweep_killed_mid_cell_resumes_with_no_record_lost_or_repeated(tmp_path):
   sweep_file = tmp_path / "two_seeds.py"
   sweep_file.write_text(SWEEP_FILE)
@@ -284,7 +289,7 @@ def test_spoken_digits_and_shapes3d_sweeps_compare_equal_budgets(name):
     config = sweep.apply_overrides(base, cell.overrides)
     shape, num_classes = input_pipeline.input_spec(config.data)
     model = models.create_model(config.model, shape, num_classes)
-    params = jax.eval_shape(train.init_params, model, jax.random.key(0), shape)
+    params = jax.eval_shape(steps.init_params, model, jax.random.key(0), shape)
     counts[config.model.name] = models.count_params(params)
   convnet, dense = counts["convnet"], counts["dense"]
   assert abs(convnet - dense) / convnet < 0.05, counts

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from convnet import input_pipeline, models, train
+from convnet import config_checks, epochs, input_pipeline, models, optim, train
+from convnet import steps as steps_lib
 from convnet.errors import CheckpointError, ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,8 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _state(config, input_shape=(28, 28, 1), seed=0):
   model = models.create_model(config.model, input_shape, 10)
-  tx = train.create_optimizer(config.optimizer, steps_per_epoch=10, total_steps=100)
-  return train.create_train_state(jax.random.key(seed), model, input_shape, tx)
+  tx = optim.create_optimizer(config.optimizer, steps_per_epoch=10, total_steps=100)
+  return steps_lib.create_train_state(jax.random.key(seed), model, input_shape, tx)
 
 
 def _batch(embedded, n=64):
@@ -30,13 +31,13 @@ def _batch(embedded, n=64):
 
 def _loss(state, batch):
   logits = state.apply_fn({"params": state.params}, batch["image"])
-  return float(train.cross_entropy(logits, batch["label"]).mean())
+  return float(steps_lib.cross_entropy(logits, batch["label"]).mean())
 
 
 def test_one_step_lowers_the_loss(config, embedded):
   state, batch = _state(config), _batch(embedded)
   before = _loss(state, batch)
-  state, metrics = jax.jit(train.train_step)(state, batch)
+  state, metrics = jax.jit(steps_lib.train_step)(state, batch)
   assert int(state.step) == 1
   np.testing.assert_allclose(float(metrics["loss"]), before, rtol=1e-5)
   assert _loss(state, batch) < before - 0.05
@@ -48,7 +49,7 @@ def test_one_step_lowers_the_loss(config, embedded):
 
 def test_same_seed_same_metrics_other_seed_other_metrics(config, embedded):
   batch = _batch(embedded)
-  step = jax.jit(train.train_step)
+  step = jax.jit(steps_lib.train_step)
 
   def run(seed):
     state, losses = _state(config, seed=seed), []
@@ -71,7 +72,7 @@ def test_other_optimizers_train(config, embedded, name, schedule):
   config.optimizer.learning_rate = 0.05 if name == "sgd" else 1e-3
   state, batch = _state(config), _batch(embedded)
   before = _loss(state, batch)
-  step = jax.jit(train.train_step)
+  step = jax.jit(steps_lib.train_step)
   for _ in range(15):  # through the warmup of 10 steps
     state, _ = step(state, batch)
   assert _loss(state, batch) < before - 0.1
@@ -82,20 +83,20 @@ def test_evaluate_covers_every_example_once(config, embedded):
   images = input_pipeline.scale(embedded.test_images[:250])
   split = input_pipeline.Split(images, embedded.test_labels[:250].astype(np.int32))
   logits = state.apply_fn({"params": state.params}, images)
-  expected_loss = float(train.cross_entropy(logits, split.labels).mean())
+  expected_loss = float(steps_lib.cross_entropy(logits, split.labels).mean())
   expected_accuracy = float(np.mean(np.argmax(logits, -1) == split.labels))
   for batch_size in (250, 100, 64, 1000):  # 250 = 2 x 100 + 50: the last batch is padded
-    metrics = train.evaluate(jax.jit(train.eval_step), state, split, batch_size)
+    metrics = epochs.evaluate(jax.jit(steps_lib.eval_step), state, split, batch_size)
     np.testing.assert_allclose(metrics["loss"], expected_loss, rtol=1e-5)
     assert metrics["accuracy"] == pytest.approx(expected_accuracy, abs=1e-6)
 
 
 def test_epoch_order_is_a_seeded_permutation():
-  a, b = train.epoch_order(103, seed=0, epoch=0), train.epoch_order(103, seed=0, epoch=0)
+  a, b = epochs.epoch_order(103, seed=0, epoch=0), epochs.epoch_order(103, seed=0, epoch=0)
   np.testing.assert_array_equal(a, b)
   assert sorted(a.tolist()) == list(range(103))
-  assert not np.array_equal(a, train.epoch_order(103, seed=0, epoch=1))
-  assert not np.array_equal(a, train.epoch_order(103, seed=1, epoch=0))
+  assert not np.array_equal(a, epochs.epoch_order(103, seed=0, epoch=1))
+  assert not np.array_equal(a, epochs.epoch_order(103, seed=1, epoch=0))
 
 
 @pytest.mark.parametrize("microbatch_size", [0, 8])
@@ -106,11 +107,11 @@ def test_fast_path_matches_the_plain_reference_step(config, embedded, microbatch
   batch_size, num_steps = 32, 6
   images = input_pipeline.scale(embedded.train_images[:256])
   labels = embedded.train_labels[:256].astype(np.int32)
-  order = train.epoch_order(len(labels), seed=0, epoch=0)
+  order = epochs.epoch_order(len(labels), seed=0, epoch=0)
 
   config.model.implementation = "lax"
   reference = _state(config)
-  step = jax.jit(train.train_step)
+  step = jax.jit(steps_lib.train_step)
   reference_losses = []
   for i in range(num_steps):
     idx = order[i * batch_size : (i + 1) * batch_size]
@@ -121,7 +122,10 @@ def test_fast_path_matches_the_plain_reference_step(config, embedded, microbatch
   fast = _state(config)
   steps = jax.jit(
     functools.partial(
-      train.train_steps, steps_per_call=4, batch_size=batch_size, microbatch_size=microbatch_size
+      steps_lib.train_steps,
+      steps_per_call=4,
+      batch_size=batch_size,
+      microbatch_size=microbatch_size,
     ),
     donate_argnums=0,
   )
@@ -149,8 +153,8 @@ def test_eval_microbatches_give_the_same_sums(config, embedded):
     "label": embedded.test_labels[:n].astype(np.int32),
     "mask": (np.arange(n) < 90).astype(np.float32),
   }
-  whole = jax.jit(train.eval_step)(state, batch)
-  split = jax.jit(functools.partial(train.eval_step, microbatch_size=32))(state, batch)
+  whole = jax.jit(steps_lib.eval_step)(state, batch)
+  split = jax.jit(functools.partial(steps_lib.eval_step, microbatch_size=32))(state, batch)
   assert float(whole["count"]) == float(split["count"]) == 90
   assert float(whole["correct"]) == float(split["correct"])
   np.testing.assert_allclose(float(whole["loss_sum"]), float(split["loss_sum"]), rtol=1e-5)
@@ -316,8 +320,8 @@ def test_l1_penalty_pulls_every_kernel_weight_by_the_same_step(config, embedded)
   config.optimizer.name = "sgd"
   config.optimizer.learning_rate = 0.1
   batch = _batch(embedded)
-  plain, _ = jax.jit(train.train_step)(_state(config), batch)
-  penalised, _ = jax.jit(functools.partial(train.train_step, l1_penalty=0.01))(
+  plain, _ = jax.jit(steps_lib.train_step)(_state(config), batch)
+  penalised, _ = jax.jit(functools.partial(steps_lib.train_step, l1_penalty=0.01))(
     _state(config), batch
   )
   start = traverse_util.flatten_dict(_state(config).params)
@@ -332,4 +336,4 @@ def test_convnet_on_reduced_features_is_refused(config):
   config.data.features = "pca"
   config.data.num_features = 20
   with pytest.raises(ConfigError, match="model.name='convnet'.*must be 'dense'"):
-    train.validate_config(config)
+    config_checks.validate(config)

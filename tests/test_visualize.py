@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from configs import mnist
-from convnet import input_pipeline, models, seeds, train, visualize
+from convnet import input_pipeline, interpret, models, seeds, steps, train, visualize
+from convnet import workdir as workdir_lib
 from convnet.errors import CheckpointError
+from convnet.sources import embedded
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONVNET_FIGURES = [
@@ -55,11 +57,11 @@ def model_and_images():
   and max-pool windows free of ties (a flat background gives equal values), where the function
   has no gradient for a finite difference to measure.
   """
-  raw = input_pipeline.load_embedded()
+  raw = embedded.load_embedded()
   images = input_pipeline.scale(raw.test_images[::250])
   images = images + np.random.default_rng(0).uniform(0, 0.02, images.shape).astype(np.float32)
   model = models.create_model(_config().model, (28, 28, 1), 10)
-  params = train.init_params(model, jax.random.key(0), (28, 28, 1))
+  params = steps.init_params(model, jax.random.key(0), (28, 28, 1))
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(1), len(leaves))
   noise = [0.05 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
@@ -118,14 +120,14 @@ def test_load_run_restores_the_last_checkpoint(convnet_run):
   steps_per_epoch = len(run.dataset.train) // 128
   assert [r["epoch"] for r in run.records if r["kind"] == "epoch"] == [1, 40 / steps_per_epoch]
   # The restored parameters give the test accuracy the run logged at its last step.
-  probs = visualize.predict(run.model, run.params, run.dataset.test.images)
+  probs = interpret.predict(run.model, run.params, run.dataset.test.images)
   accuracy = (probs.argmax(-1) == run.dataset.test.labels).mean()
   np.testing.assert_allclose(accuracy, run.records[-1]["test_accuracy"], atol=1e-6)
   np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
 
 
 def _test_loss(run):
-  probs = visualize.predict(run.model, run.params, run.dataset.test.images)
+  probs = interpret.predict(run.model, run.params, run.dataset.test.images)
   return -np.log(probs[np.arange(len(probs)), run.dataset.test.labels]).mean()
 
 
@@ -145,7 +147,7 @@ def test_one_seed_of_a_group_gets_its_own_weights(tmp_path):
     assert abs(runs[other].records[-1]["test_loss"] - logged) > 1e-3
   with pytest.raises(CheckpointError, match="seed 2 is not one of the seeds"):
     os.makedirs(tmp_path / "seed_2")
-    visualize.restore_params(str(tmp_path / "seed_2"))
+    workdir_lib.restore_params(str(tmp_path / "seed_2"))
 
 
 def _float64(tree):
@@ -154,12 +156,12 @@ def _float64(tree):
 
 def test_saliency_is_the_gradient_of_the_predicted_logit(model_and_images):
   model, params, images = model_and_images
-  grads = visualize.saliency(model, params, images)
+  grads = interpret.saliency(model, params, images)
   assert grads.shape == images.shape and grads.dtype == np.float32
   with jax.enable_x64(True):  # float64, so that a small step measures the slope, not rounding
     params, images = _float64(params), _float64(images)
-    grads = visualize.saliency(model, params, images)
-    classes = visualize.predict(model, params, images).argmax(-1)
+    grads = interpret.saliency(model, params, images)
+    classes = interpret.predict(model, params, images).argmax(-1)
     eps = 1e-5
     for i in range(len(images)):
       for pixel in [np.unravel_index(np.abs(grads[i]).argmax(), grads[i].shape), (14, 9, 0)]:
@@ -169,7 +171,7 @@ def test_saliency_is_the_gradient_of_the_predicted_logit(model_and_images):
         difference = float(up[0, classes[i]] - down[0, classes[i]]) / (2 * eps)
         np.testing.assert_allclose(grads[i][pixel], difference, rtol=1e-4, atol=1e-7)
       # Another class's logit has another gradient.
-      other = visualize.saliency(model, params, images[i : i + 1], (classes[i : i + 1] + 1) % 10)
+      other = interpret.saliency(model, params, images[i : i + 1], (classes[i : i + 1] + 1) % 10)
       assert np.abs(other[0] - grads[i]).max() > 1e-3
 
 
@@ -178,9 +180,9 @@ def test_feature_map_gradients_agree_with_a_finite_difference(model_and_images):
   classes = np.array([0, 3, 5, 7])
   with jax.enable_x64(True):
     params, images = _float64(params), _float64(images)
-    maps, grads = visualize.feature_map_gradients(model, params, images, classes, "activation_1")
+    maps, grads = interpret.feature_map_gradients(model, params, images, classes, "activation_1")
     assert maps.shape == grads.shape == (4, 11, 11, 32)
-    all_maps = visualize.feature_maps(model, params, images)
+    all_maps = interpret.feature_maps(model, params, images)
     eps = 1e-5
     for i in range(len(images)):
       # Among active units (ReLU's zeros tie in a max-pool window, where there is no gradient):
@@ -203,7 +205,7 @@ def test_feature_map_gradients_agree_with_a_finite_difference(model_and_images):
 
 def test_grad_cam_is_on_the_input_grid_and_scaled_to_one(model_and_images):
   model, params, images = model_and_images
-  cams = visualize.grad_cam(model, params, images)
+  cams = interpret.grad_cam(model, params, images)
   assert cams.shape == (4, 28, 28)
   assert cams.min() >= 0
   for cam in cams:
@@ -216,40 +218,40 @@ def test_feature_centres_follow_the_receptive_fields():
   # VALID 3x3 conv: output i is centred on input i + 1. A 2/2 pool then a 3x3 conv: output k
   # sees pool outputs k..k+2, centred on pool output k + 1, itself centred on conv outputs
   # 2k + 2 and 2k + 3, so on input 2k + 3.5; one more pool and conv: 4k + 8.5.
-  np.testing.assert_allclose(visualize.feature_centres(model, (28, 28, 1), 0)[0], np.arange(26) + 1)
+  np.testing.assert_allclose(interpret.feature_centres(model, (28, 28, 1), 0)[0], np.arange(26) + 1)
   np.testing.assert_allclose(
-    visualize.feature_centres(model, (28, 28, 1), 1)[1], 2 * np.arange(11) + 3.5
+    interpret.feature_centres(model, (28, 28, 1), 1)[1], 2 * np.arange(11) + 3.5
   )
-  np.testing.assert_allclose(visualize.feature_centres(model, (28, 28, 1), 2)[0], [8.5, 12.5, 16.5])
+  np.testing.assert_allclose(interpret.feature_centres(model, (28, 28, 1), 2)[0], [8.5, 12.5, 16.5])
   config.model.conv.padding = "SAME"
   model = models.create_model(config.model, (28, 28, 1), 10)
-  np.testing.assert_allclose(visualize.feature_centres(model, (28, 28, 1), 0)[0], np.arange(28))
+  np.testing.assert_allclose(interpret.feature_centres(model, (28, 28, 1), 0)[0], np.arange(28))
   np.testing.assert_allclose(
-    visualize.feature_centres(model, (28, 28, 1), 2)[0], 4 * np.arange(7) + 1.5
+    interpret.feature_centres(model, (28, 28, 1), 2)[0], 4 * np.arange(7) + 1.5
   )
 
 
 def test_confusion_matrix_mistakes_and_foreground_share():
   labels = np.array([0, 0, 1, 2, 2, 2])
   predictions = np.array([0, 1, 1, 2, 0, 2])
-  counts = visualize.confusion_matrix(labels, predictions, 3)
+  counts = interpret.confusion_matrix(labels, predictions, 3)
   np.testing.assert_array_equal(counts, [[1, 1, 0], [0, 1, 0], [1, 0, 2]])
   probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.7, 0.3], [0.45, 0.55]])
   np.testing.assert_array_equal(
-    visualize.confident_mistakes(probs, np.array([0, 0, 0, 1, 1]), 5), [1, 3, 2]
+    interpret.confident_mistakes(probs, np.array([0, 0, 0, 1, 1]), 5), [1, 3, 2]
   )
   np.testing.assert_array_equal(
-    visualize.confident_mistakes(probs, np.array([0, 0, 0, 1, 1]), 1), [1]
+    interpret.confident_mistakes(probs, np.array([0, 0, 0, 1, 1]), 1), [1]
   )
   np.testing.assert_array_equal(
-    visualize.first_of_each_class(np.array([2, 0, 2, 1, 0]), 3), [1, 3, 0]
+    interpret.first_of_each_class(np.array([2, 0, 2, 1, 0]), 3), [1, 3, 0]
   )
   image = np.zeros((1, 4, 4, 1))
   image[0, :2, :2] = 1.0  # a quarter of the pixels are foreground
   image[0, 3, 3] = 0.05  # too faint to count
   grads = np.ones((1, 4, 4, 1))
   grads[0, 0, 0] = -5.0
-  on_foreground, foreground = visualize.foreground_share(image, grads)
+  on_foreground, foreground = interpret.foreground_share(image, grads)
   np.testing.assert_allclose(on_foreground, [8 / 20])
   np.testing.assert_allclose(foreground, [0.25])
 

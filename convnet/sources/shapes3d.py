@@ -1,4 +1,4 @@
-"""Shapes3D: ten kinds of solid, voxelised in a 16x16x16 grid, for 3D convnets.
+"""The "shapes3d" source: ten kinds of solid, voxelised in a 16x16x16 grid, for 3D convnets.
 
 Each example is one shape (ball, cube, cylinder, cone, torus, pyramid,
 octahedron, spherical shell, hollow box, tube) at a random size, position and
@@ -8,13 +8,20 @@ shapes differ from their solid twins only inside: a model must see the volume,
 not a silhouette.
 
 Generated on the spot from a seed, in a few seconds, with no download: the
-training and test splits come from separate random streams of that seed.
+training and test splits come from separate random streams of that seed. As
+the "shapes3d" source (`data.name="shapes3d"`), 5,000 training and 1,000 test
+volumes from seed 0.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 from scipy.spatial.transform import Rotation
+
+from convnet import input_pipeline, sources
 
 SIZE = 16
 INPUT_SHAPE = (SIZE, SIZE, SIZE, 1)
@@ -37,6 +44,31 @@ SHIFT = 1.0  # the centre moves up to this many voxels along each axis
 NOISE = 0.1  # standard deviation of the Gaussian noise added to each voxel's occupancy
 SUBSAMPLES = 2  # samples a voxel along each axis
 _CHUNK = 250  # examples voxelised at once: about 100 MB of sample points
+
+
+def load(data_config: Mapping[str, Any]) -> input_pipeline.RawData:
+  """TRAIN_PER_CLASS and TEST_PER_CLASS volumes of each shape, generated from seed 0.
+
+  Volumes are float32 (N, 16, 16, 16, 1), labels int64 (N,) indexing CLASS_NAMES.
+
+  Raises:
+    ConfigError: `data.name` is not "shapes3d".
+  """
+  name = _check_name(data_config)
+  raw = input_pipeline.RawData(
+    name=name, num_classes=len(CLASS_NAMES), class_names=CLASS_NAMES, **make_dataset()
+  )
+  return input_pipeline.check_data(raw, "convnet.sources.shapes3d.make_dataset")
+
+
+def input_spec(data_config: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
+  """(16, 16, 16, 1) and 10 classes, once `data.name` is checked (a ConfigError if wrong)."""
+  _check_name(data_config)
+  return INPUT_SHAPE, len(CLASS_NAMES)
+
+
+def _check_name(data_config: Mapping[str, Any]) -> str:
+  return sources.check_name(data_config["name"], ("shapes3d",), "shapes3d", "a Shapes3D dataset")
 
 
 def _inside(kind: int, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:

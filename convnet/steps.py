@@ -1,0 +1,215 @@
+"""The pure steps: one optimizer step, one evaluation step, and many steps in one call.
+
+Nothing here does I/O: `train_step(state, batch)` and
+`eval_step(state, batch)` return their metrics, and the loop around them
+(`convnet.train`, `convnet.seeds`) logs, evaluates and saves. Every function
+runs unchanged on CPU, GPU and TPU, on one device or, with a batch sharding,
+on many (see `convnet.parallel`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax.training import train_state
+
+TrainState = train_state.TrainState
+Batch = Mapping[str, jax.Array]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def init_params(model, rng: jax.Array, input_shape: tuple[int, ...]):
+  """The model's parameters, initialised from `rng` (compiled once per model and shape)."""
+  return model.init(rng, jnp.zeros((1, *input_shape), jnp.float32))["params"]
+
+
+def create_train_state(rng: jax.Array, model, input_shape, tx) -> TrainState:
+  """A fresh `TrainState`: step 0, initial parameters and optimizer state."""
+  params = init_params(model, rng, tuple(input_shape))
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example softmax cross-entropy against one-hot labels."""
+  one_hot = jax.nn.one_hot(labels, logits.shape[-1])
+  if label_smoothing:
+    one_hot = optax.smooth_labels(one_hot, label_smoothing)
+  return optax.softmax_cross_entropy(logits, one_hot)
+
+
+def split_batch(batch: Batch, microbatch_size: int, sharding=None) -> Batch:
+  """(batch, ...) arrays as (batch / microbatch_size, microbatch_size, ...).
+
+  With a batch `sharding` over n devices, each holding a contiguous slice of
+  the batch, microbatch k is every device's k-th contiguous chunk of
+  microbatch_size / n examples, so each microbatch is split across the devices
+  as the batch is, and no example moves. On one device, microbatch k is
+  examples k * microbatch_size to (k + 1) * microbatch_size - 1.
+  """
+  devices = 1 if sharding is None else sharding.mesh.size
+
+  def split(x):
+    x = x.reshape(devices, -1, microbatch_size // devices, *x.shape[1:]).swapaxes(0, 1)
+    x = x.reshape(x.shape[0], microbatch_size, *x.shape[3:])
+    if sharding is not None:
+      spec = jax.sharding.PartitionSpec(None, *sharding.spec)
+      x = jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(sharding.mesh, spec))
+    return x
+
+  return jax.tree.map(split, batch)
+
+
+def constrain(batch: Batch, sharding) -> Batch:
+  """The batch split across devices as `sharding` says; as it is, without one."""
+  return batch if sharding is None else jax.lax.with_sharding_constraint(batch, sharding)
+
+
+def l1_norm(params) -> jax.Array:
+  """Sum of the absolute values of every kernel (weights, not biases)."""
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  return sum(jnp.abs(x).sum() for path, x in leaves if path[-1].key == "kernel")
+
+
+def train_step(
+  state: TrainState,
+  batch: Batch,
+  label_smoothing: float = 0.0,
+  microbatch_size: int = 0,
+  l1_penalty: float = 0.0,
+  batch_sharding: jax.sharding.NamedSharding | None = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on a batch; returns the new state and the batch's metrics.
+
+  The loss is the batch's mean cross-entropy, plus `l1_penalty` times the
+  kernels' L1 norm when that is set; the reported loss is the cross-entropy.
+  With `microbatch_size` (a divisor of the batch size), the gradient is summed
+  over microbatches of that size, one after another: the same step up to float
+  rounding, and faster on a CPU, where a small microbatch's activations stay in
+  cache. With `batch_sharding` (see `convnet.parallel`), each device computes
+  on its slice of the batch (and of every microbatch), and XLA sums the
+  gradients across devices.
+  """
+  batch_size = batch["label"].shape[0]
+  batch = constrain(batch, batch_sharding)
+
+  def loss_fn(params, batch):
+    logits = state.apply_fn({"params": params}, batch["image"])
+    loss_sum = cross_entropy(logits, batch["label"], label_smoothing).sum()
+    correct = jnp.sum(jnp.argmax(logits, -1) == batch["label"])
+    return loss_sum / batch_size, correct
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if not microbatch_size or microbatch_size >= batch_size:
+    (loss, correct), grads = grad_fn(state.params, batch)
+  else:
+
+    def accumulate(totals, microbatch):
+      (loss, correct), grads = grad_fn(state.params, microbatch)
+      return jax.tree.map(jnp.add, totals, (loss, correct, grads)), None
+
+    zeros = (jnp.zeros(()), jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, state.params))
+    (loss, correct, grads), _ = jax.lax.scan(
+      accumulate, zeros, split_batch(batch, microbatch_size, batch_sharding)
+    )
+  if l1_penalty:
+    grads = jax.tree.map(jnp.add, grads, jax.grad(lambda p: l1_penalty * l1_norm(p))(state.params))
+  state = state.apply_gradients(grads=grads)
+  return state, {"loss": loss, "correct": correct}
+
+
+def eval_step(
+  state: TrainState,
+  batch: Batch,
+  microbatch_size: int = 0,
+  batch_sharding: jax.sharding.NamedSharding | None = None,
+) -> dict[str, jax.Array]:
+  """Sums of loss and correct predictions over the examples where `mask` is 1.
+
+  With `microbatch_size` (a divisor of the batch size), the batch runs in
+  microbatches of that size, one after another; with `batch_sharding`, split
+  across devices.
+  """
+  batch = constrain(batch, batch_sharding)
+
+  def sums(batch):
+    logits = state.apply_fn({"params": state.params}, batch["image"])
+    mask = batch["mask"]
+    loss = cross_entropy(logits, batch["label"])
+    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+    return {
+      "loss_sum": jnp.sum(loss * mask),
+      "correct": jnp.sum(correct * mask),
+      "count": jnp.sum(mask),
+    }
+
+  if not microbatch_size or microbatch_size >= batch["label"].shape[0]:
+    return sums(batch)
+  microbatches = split_batch(batch, microbatch_size, batch_sharding)
+  return jax.tree.map(lambda x: x.sum(0), jax.lax.map(sums, microbatches))
+
+
+def compiled_flops(fn, *args) -> float:
+  """FLOPs of `fn(*args)` from XLA's cost analysis of the compiled program.
+
+  XLA counts the body of a loop once, so give it a step without microbatches.
+  """
+  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost  # a list in older jax versions
+  return float(cost["flops"])
+
+
+def train_flops_per_example(
+  config: ml_collections.ConfigDict, state: TrainState, input_shape: tuple[int, ...]
+) -> float:
+  """XLA's FLOP count of one train step at `config.batch_size`, per example."""
+  batch = {
+    "image": jax.ShapeDtypeStruct((config.batch_size, *input_shape), jnp.float32),
+    "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32),
+  }
+  step = functools.partial(
+    train_step, label_smoothing=config.label_smoothing, l1_penalty=config.l1_penalty
+  )
+  return compiled_flops(step, state, batch) / config.batch_size
+
+
+def train_steps(
+  state: TrainState,
+  images: jax.Array,
+  labels: jax.Array,
+  order: jax.Array,
+  start: jax.Array,
+  count: jax.Array,
+  *,
+  steps_per_call: int,
+  batch_size: int,
+  **step_options,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """`count` (at most `steps_per_call`) train steps in one call, on device-resident data.
+
+  Step i trains on the examples `order[(start + i) * batch_size:][:batch_size]`
+  of `images` and `labels`, which stay on the device for the whole run. On a
+  mesh, they and the state are replicated, and with `batch_sharding` each
+  device gathers and computes on its own slice of every batch. One
+  compiled program serves every `count`: steps past it leave the state as it
+  is and report zeros. Returns the new state and per-step metrics of shape
+  (steps_per_call,). `step_options` are `train_step`'s keyword arguments
+  (`label_smoothing`, `microbatch_size`, `l1_penalty`, `batch_sharding`).
+  """
+
+  def one_step(state, i):
+    def run(state):
+      idx = jax.lax.dynamic_slice_in_dim(order, (start + i) * batch_size, batch_size)
+      batch = {"image": jnp.take(images, idx, axis=0), "label": jnp.take(labels, idx, axis=0)}
+      return train_step(state, batch, **step_options)
+
+    def skip(state):
+      return state, {"loss": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.int32)}
+
+    return jax.lax.cond(i < count, run, skip, state)
+
+  return jax.lax.scan(one_step, state, jnp.arange(steps_per_call))
