@@ -2,7 +2,7 @@
 
 The sources themselves live in `convnet.sources`, one module each, chosen by
 `config.data.source` (`SOURCES`); each gives its train and test splits as
-`RawData`. `load` then, the same way for every source:
+`sources.RawData`. `load` then, the same way for every source:
 - splits a validation set off the training split, deterministically by the
   seed, and keeps the test split apart for the reported result;
 - scales uint8 pixels to float32 in [0, 1], and makes a source's own floats
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from convnet import sources
-from convnet.errors import ConfigError, DataError
+from convnet.errors import ConfigError
 
 # The names `data.source` takes; a view of the registry, so a source registered later is in it.
 SOURCES = sources.REGISTRY.keys()
@@ -64,25 +64,6 @@ class Dataset:
     return tuple(self.train.images.shape[1:])
 
 
-@dataclasses.dataclass(frozen=True)
-class RawData:
-  """What a source gives: its train and test splits, whole, and its classes.
-
-  Images have shape (N, *input_shape), channels last: uint8 pixels in 0..255
-  (TFDS, IDX files, the embedded digits), or float32 values that `load` keeps as
-  they are (MNIST-1D and spectrograms, standardised; voxel occupancies). Labels
-  are integers in [0, num_classes), shape (N,).
-  """
-
-  name: str
-  train_images: np.ndarray
-  train_labels: np.ndarray
-  test_images: np.ndarray
-  test_labels: np.ndarray
-  num_classes: int
-  class_names: tuple[str, ...]
-
-
 def load(data_config: Mapping[str, Any], seed: int) -> Dataset:
   """Reads the configured source and splits off validation data by `seed`.
 
@@ -120,7 +101,7 @@ def input_spec(data_config: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
   return (shape if features == "pixels" else (num_features,)), num_classes
 
 
-def _split_validation(raw: RawData, validation_fraction: float, seed: int) -> Dataset:
+def _split_validation(raw: sources.RawData, validation_fraction: float, seed: int) -> Dataset:
   """A random `validation_fraction` of the training split (by `seed`) as validation data."""
   if not 0.0 <= validation_fraction < 1.0:
     raise ConfigError(f"data.validation_fraction={validation_fraction!r} must be in [0, 1)")
@@ -206,38 +187,3 @@ def scale(images: np.ndarray) -> np.ndarray:
   if images.dtype != np.uint8:
     return images.astype(np.float32)
   return images.astype(np.float32) / np.float32(255)
-
-
-def check_data(raw: RawData, origin: str | Mapping[str, str]) -> RawData:
-  """`raw` if its splits are usable: not empty, as many labels as images, labels in range.
-
-  `origin` names where the data came from, for the messages: one string for
-  all of it, or a mapping from "train_images", "train_labels", "test_images"
-  and "test_labels" to the file each came from.
-
-  Raises:
-    DataError: naming the file or dataset at fault, with what is wrong.
-  """
-  if isinstance(origin, str):
-    origin = dict.fromkeys(("train_images", "train_labels", "test_images", "test_labels"), origin)
-  for split in ("train", "test"):
-    images, labels = getattr(raw, f"{split}_images"), getattr(raw, f"{split}_labels")
-    if len(labels) == 0 or len(images) == 0:
-      raise DataError(f"{origin[f'{split}_images']}: the {split} split is empty")
-    if len(images) != len(labels):
-      raise DataError(
-        f"{origin[f'{split}_images']} holds {len(images)} images but "
-        f"{origin[f'{split}_labels']} holds {len(labels)} labels"
-      )
-    if labels.min() < 0 or labels.max() >= raw.num_classes:
-      bad = labels[(labels < 0) | (labels >= raw.num_classes)][0]
-      raise DataError(
-        f"{origin[f'{split}_labels']}: label {bad} is out of range for "
-        f"{raw.num_classes} classes (0..{raw.num_classes - 1})"
-      )
-  if raw.train_images.shape[1:] != raw.test_images.shape[1:]:
-    raise DataError(
-      f"{origin['test_images']}: test images of shape {raw.test_images.shape[1:]} do not match "
-      f"the training images' {raw.train_images.shape[1:]} in {origin['train_images']}"
-    )
-  return raw

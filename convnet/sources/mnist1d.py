@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from convnet import input_pipeline, sources
+from convnet import sources
 from convnet.errors import DataError
 
 NAMES = ("mnist1d", "mnist1d_shuffled")
@@ -21,7 +21,7 @@ INPUT_SHAPE = (40, 1)
 NUM_CLASSES = 10
 
 
-def load(data_config: Mapping[str, Any]) -> input_pipeline.RawData:
+def load(data_config: Mapping[str, Any]) -> sources.RawData:
   """MNIST-1D, or its shuffled control, as `data.name` says (see `load_mnist1d`).
 
   Raises:
@@ -42,7 +42,7 @@ def _shuffled(data_config: Mapping[str, Any]) -> bool:
   return name == "mnist1d_shuffled"
 
 
-def load_mnist1d(shuffled: bool = False) -> input_pipeline.RawData:
+def load_mnist1d(shuffled: bool = False) -> sources.RawData:
   """MNIST-1D with the package's default arguments, leaving the global generators alone.
 
   Sequences are float32 (N, 40, 1), normalised to mean 0 and standard
@@ -67,7 +67,7 @@ def load_mnist1d(shuffled: bool = False) -> input_pipeline.RawData:
   finally:
     np.random.set_state(numpy_state)
     random.setstate(random_state)
-  raw = input_pipeline.RawData(
+  raw = sources.RawData(
     name="mnist1d_shuffled" if shuffled else "mnist1d",
     train_images=data["x"].astype(np.float32)[..., None],
     train_labels=data["y"].astype(np.int64),
@@ -76,4 +76,4 @@ def load_mnist1d(shuffled: bool = False) -> input_pipeline.RawData:
     num_classes=NUM_CLASSES,
     class_names=tuple(str(i) for i in range(NUM_CLASSES)),
   )
-  return input_pipeline.check_data(raw, "mnist1d.data.make_dataset")
+  return sources.check_data(raw, "mnist1d.data.make_dataset")

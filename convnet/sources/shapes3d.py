@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from convnet import input_pipeline, sources
+from convnet import sources
 
 SIZE = 16
 INPUT_SHAPE = (SIZE, SIZE, SIZE, 1)
@@ -46,7 +46,7 @@ SUBSAMPLES = 2  # samples a voxel along each axis
 _CHUNK = 250  # examples voxelised at once: about 100 MB of sample points
 
 
-def load(data_config: Mapping[str, Any]) -> input_pipeline.RawData:
+def load(data_config: Mapping[str, Any]) -> sources.RawData:
   """TRAIN_PER_CLASS and TEST_PER_CLASS volumes of each shape, generated from seed 0.
 
   Volumes are float32 (N, 16, 16, 16, 1), labels int64 (N,) indexing CLASS_NAMES.
@@ -55,10 +55,10 @@ def load(data_config: Mapping[str, Any]) -> input_pipeline.RawData:
     ConfigError: `data.name` is not "shapes3d".
   """
   name = _check_name(data_config)
-  raw = input_pipeline.RawData(
+  raw = sources.RawData(
     name=name, num_classes=len(CLASS_NAMES), class_names=CLASS_NAMES, **make_dataset()
   )
-  return input_pipeline.check_data(raw, "convnet.sources.shapes3d.make_dataset")
+  return sources.check_data(raw, "convnet.sources.shapes3d.make_dataset")
 
 
 def input_spec(data_config: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:

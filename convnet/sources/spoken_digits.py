@@ -45,7 +45,7 @@ import numpy as np
 from absl import app, flags
 from scipy import signal
 
-from convnet import cli, input_pipeline, sources
+from convnet import cli, sources
 from convnet.errors import ConfigError, ConvnetError, DataError
 from convnet.workdir import atomic_open, atomic_write
 
@@ -125,7 +125,7 @@ PRESETS = {
 INPUT_SHAPE = (NUM_MELS, NUM_FRAMES, 1)
 
 
-def load(data_config: Mapping[str, Any]) -> input_pipeline.RawData:
+def load(data_config: Mapping[str, Any]) -> sources.RawData:
   """The spectrograms of the preset `data.name`, from the cache (made on first use).
 
   Images are float32 (N, 40, 64, 1), standardised; labels int64 (N,), indexing
@@ -138,7 +138,7 @@ def load(data_config: Mapping[str, Any]) -> input_pipeline.RawData:
   """
   name = data_config["name"]
   arrays, path = load_arrays(params_for(name))
-  raw = input_pipeline.RawData(
+  raw = sources.RawData(
     name=name,
     train_images=arrays["train_images"],
     train_labels=arrays["train_labels"],
@@ -147,7 +147,7 @@ def load(data_config: Mapping[str, Any]) -> input_pipeline.RawData:
     num_classes=len(DIGIT_WORDS),
     class_names=DIGIT_WORDS,
   )
-  return input_pipeline.check_data(raw, path)
+  return sources.check_data(raw, path)
 
 
 def input_spec(data_config: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from convnet import input_pipeline
+from convnet import sources
 from convnet.errors import DataError
 from convnet.sources import idx
 
@@ -26,7 +26,7 @@ from convnet.sources import idx
 IDX_DATASETS = ("mnist", "fashion_mnist", "kmnist")
 
 
-def load(data_config: Mapping[str, Any]) -> input_pipeline.RawData:
+def load(data_config: Mapping[str, Any]) -> sources.RawData:
   """The TFDS dataset `data.name`'s splits `data.train_split` and `data.test_split`.
 
   See `load_tfds`; `data.tfds_data_dir` and `data.tfds_manual_dir` may be "".
@@ -104,7 +104,7 @@ def load_tfds(
   manual_dir: str | None = None,
   train_split: str = "train",
   test_split: str = "test",
-) -> input_pipeline.RawData:
+) -> sources.RawData:
   """Reads a TFDS image-classification dataset, preparing it first if needed.
 
   An unprepared dataset is prepared from the IDX files in `manual_dir` when
@@ -138,13 +138,13 @@ def load_tfds(
   for key, split in (("train", train_split), ("test", test_split)):
     images, labels = _read_split(tfds, builder, split, image_key, label_key)
     arrays[f"{key}_images"], arrays[f"{key}_labels"] = images, labels.astype(np.int64)
-  raw = input_pipeline.RawData(
+  raw = sources.RawData(
     name=name,
     num_classes=label_feature.num_classes,
     class_names=tuple(label_feature.names),
     **arrays,
   )
-  return input_pipeline.check_data(raw, f"TFDS {name!r} in {builder.data_dir}")
+  return sources.check_data(raw, f"TFDS {name!r} in {builder.data_dir}")
 
 
 def _features(info, name: str):
