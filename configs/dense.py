@@ -12,7 +12,7 @@ Debian's files), 86.55%, 4.8 s; 2 vCPUs, 2026-11-27.
 
 import ml_collections
 
-from configs import mnist
+from convnet.configs import mnist
 
 
 def get_config() -> ml_collections.ConfigDict:

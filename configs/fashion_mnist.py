@@ -15,7 +15,7 @@ Measured (see the README's results table): 89.90% test accuracy after 10 epochs,
 
 import ml_collections
 
-from configs import mnist
+from convnet.configs import mnist
 
 
 def get_config() -> ml_collections.ConfigDict:

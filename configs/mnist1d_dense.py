@@ -8,7 +8,7 @@ training as configs/mnist1d.py.
 
 import ml_collections
 
-from configs import mnist1d
+from convnet.configs import mnist1d
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -10,7 +10,7 @@ them held out for validation, and 1,000 test volumes.
 
 import ml_collections
 
-from configs import mnist
+from convnet.configs import mnist
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -8,7 +8,7 @@ configs/shapes3d.py.
 
 import ml_collections
 
-from configs import shapes3d
+from convnet.configs import shapes3d
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -16,7 +16,7 @@ With white noise mixed in (SNR 0 to 20 dB):
 
 import ml_collections
 
-from configs import mnist
+from convnet.configs import mnist
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -9,7 +9,7 @@ configs/spoken_digits.py.
 
 import ml_collections
 
-from configs import spoken_digits
+from convnet.configs import spoken_digits
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -43,22 +43,12 @@ import time
 
 from absl import app, flags
 
+from convnet import cli
+
 FRAMEWORKS = ("project", "flax", "torch", "keras")
 INPUT_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
 LEARNING_RATE, RMSPROP_DECAY = 1e-3, 0.9
-
-flags.DEFINE_list("batch_sizes", ["32", "128", "512"], "Training batch sizes.")
-flags.DEFINE_list("frameworks", list(FRAMEWORKS), "Frameworks to measure, where installed.")
-flags.DEFINE_integer("rounds", 5, "Timed rounds per framework and batch size.")
-flags.DEFINE_integer("examples", 8192, "Training examples per timed round.")
-flags.DEFINE_integer("eval_batch_size", 1024, "Batch size of the eval measurement.")
-flags.DEFINE_integer("steps_per_call", 8, "The project's train steps per call.")
-flags.DEFINE_integer("microbatch_size", 64, "The project's microbatch size; 0: whole batches.")
-flags.DEFINE_integer("seeds", 8, "Seeds for the vmap measurement; 0 to skip it.")
-flags.DEFINE_string("fashion_mnist_dir", "", "IDX folder for the time-to-90% run; empty: skip.")
-flags.DEFINE_integer("max_epochs", 30, "Epoch limit of the time-to-accuracy runs.")
-flags.DEFINE_string("out", "benchmark.json", "Where to write the results as JSON.")
 
 
 # ----------------------------------------------------------------------------
@@ -75,7 +65,7 @@ def _random_data(num_examples: int, seed: int = 0):
 
 
 def _book_config(implementation: str = "matmul"):
-  from configs import mnist
+  from convnet.configs import mnist
 
   config = mnist.get_config()
   config.model.implementation = implementation
@@ -571,15 +561,93 @@ def format_table(results: dict) -> str:
   return "\n".join(lines)
 
 
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines this command's flags, when it runs as a program (not in its worker processes)."""
+  flags.DEFINE_list(
+    "batch_sizes", ["32", "128", "512"], "Training batch sizes.", flag_values=flag_values
+  )
+  flags.register_validator(
+    "batch_sizes",
+    lambda sizes: all(s.isdigit() and int(s) > 0 for s in sizes),
+    "must be positive ints separated by commas, e.g. 32,128",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_list(
+    "frameworks",
+    list(FRAMEWORKS),
+    "Frameworks to measure, where installed.",
+    flag_values=flag_values,
+  )
+  flags.register_validator(
+    "frameworks",
+    lambda names: set(names) <= set(FRAMEWORKS),
+    f"must name some of {','.join(FRAMEWORKS)}",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "rounds",
+    5,
+    "Timed rounds per framework and batch size.",
+    lower_bound=1,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "examples",
+    8192,
+    "Training examples per timed round.",
+    lower_bound=1,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "eval_batch_size",
+    1024,
+    "Batch size of the eval measurement.",
+    lower_bound=1,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "steps_per_call",
+    8,
+    "The project's train steps per call.",
+    lower_bound=1,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "microbatch_size",
+    64,
+    "The project's microbatch size; 0: whole batches.",
+    lower_bound=0,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "seeds",
+    8,
+    "Seeds for the vmap measurement; 0 to skip it.",
+    lower_bound=0,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_string(
+    "fashion_mnist_dir",
+    "",
+    "IDX folder for the time-to-90% run; empty: skip.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "max_epochs",
+    30,
+    "Epoch limit of the time-to-accuracy runs.",
+    lower_bound=1,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_string(
+    "out", "benchmark.json", "Where to write the results as JSON.", flag_values=flag_values
+  )
+
+
 def main(argv):
-  del argv
+  cli.start(argv, quiet=False, compilation_cache=False)  # its timings include compiling
   FLAGS = flags.FLAGS
   frameworks, skipped = available_frameworks(FLAGS.frameworks)
-  unknown = [f for f in FLAGS.frameworks if f not in FRAMEWORKS]
-  if unknown:
-    raise app.UsageError(
-      f"--frameworks: unknown {', '.join(unknown)}; known: {', '.join(FRAMEWORKS)}"
-    )
   if skipped:
     print(f"skipped (not installed): {', '.join(skipped)}")
   batch_sizes = [int(b) for b in FLAGS.batch_sizes]
@@ -667,4 +735,5 @@ def _versions(frameworks) -> dict[str, str]:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  define_flags()
+  app.run(main, flags_parser=cli.parse_flags)

@@ -24,7 +24,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """
   for field in ("batch_size", "eval_batch_size", "steps_per_call"):
     _require(config[field] >= 1, field, config[field], "must be a positive int")
-  for field in ("num_epochs", "log_every_steps", "checkpoint_every_steps"):
+  for field in ("num_epochs", "log_every_steps", "checkpoint_every_steps", "profile_steps"):
     _require(config[field] >= 0, field, config[field], "cannot be negative")
   _require(config.microbatch_size >= 0, "microbatch_size", config.microbatch_size, "is 0 or more")
   _require(

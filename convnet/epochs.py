@@ -190,6 +190,37 @@ def stop_signals() -> Iterator[dict[str, int]]:
       signal.signal(s, handler)
 
 
+class Profiler:
+  """Traces `num_steps` training steps with `jax.profiler` into `folder`, once.
+
+  The trace starts at the second call of the steps, so that it shows training
+  rather than compiling, and stops at the first call that ends `num_steps`
+  steps later (or when the run ends). TensorBoard's profile tab and Perfetto
+  (`perfetto_trace.json.gz`) read it. With `num_steps` 0 it does nothing.
+  """
+
+  def __init__(self, num_steps: int, folder: str):
+    self.num_steps, self.folder = num_steps, folder
+    self.calls, self.stop_at = 0, None
+
+  def before_call(self, step: int) -> None:
+    self.calls += 1
+    if self.num_steps and self.calls == 2:
+      logging.info("Tracing %d steps from step %d into %s", self.num_steps, step, self.folder)
+      jax.profiler.start_trace(self.folder, create_perfetto_trace=True)
+      self.stop_at = step + self.num_steps
+
+  def after_call(self, step: int, state) -> None:
+    if self.stop_at is not None and step >= self.stop_at:
+      self.stop(state)
+
+  def stop(self, state) -> None:
+    if self.stop_at is not None:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      self.stop_at = None
+
+
 def interrupted(signum: int, step: int, workdir: str) -> RunInterrupted:
   """The error a run raises once it has saved its checkpoint after signal `signum`."""
   return RunInterrupted(

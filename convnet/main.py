@@ -2,13 +2,13 @@
 
   python -m convnet.main --config=configs/mnist.py --workdir=/tmp/mnist
   python -m convnet.main --config=configs/mnist.py --workdir=/tmp/k5 \\
-      --config.model.conv.kernel_size=5
+      --config.model.conv.kernel_size='((5, 5), 3, 3)'
 
-Flags belong to the entry points: this one and `convnet.benchmark` define
-theirs at import, since they only ever run as programs; `convnet.sweep`,
-`report`, `summary` and `visualize`, which research scripts also import,
-define theirs when they run. Library modules define none. Rerunning a command on the
-same workdir resumes from its last checkpoint.
+Flags belong to the entry points, and each defines its own in
+`define_flags()` when it runs as a program, never at import; library modules
+define none. JAX's own flags (`--jax_platforms=cpu`) are accepted too, and a
+mistake on the command line is one line (`convnet.cli`). Rerunning a command
+on the same workdir resumes from its last checkpoint.
 
 Across hosts, every process runs the same command, with `--distributed` where
 SLURM, Open MPI or a TPU pod tells JAX who is who, or else with
@@ -26,20 +26,41 @@ from convnet.errors import ConvnetError, RunInterrupted
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("workdir", None, "Directory for the config, metrics, events and checkpoints.")
-config_flags.DEFINE_config_file(
-  "config",
-  None,
-  "A config file (see configs/); override fields with --config.x=y.",
-  lock_config=True,
-)
-flags.DEFINE_bool(
-  "distributed", False, "Join a multi-host run (jax.distributed.initialize); implied by the next."
-)
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0, in a multi-host run.")
-flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host run.")
-flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run, from 0.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Defines this command's flags, when it runs as a program."""
+  config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "A config file (see configs/); override fields with --config.x=y.",
+    flag_values=flag_values,
+    lock_config=True,
+  )
+  flags.DEFINE_string(
+    "workdir",
+    None,
+    "Directory for the config, metrics, events and checkpoints.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Join a multi-host run (jax.distributed.initialize); implied by the next.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "host:port of process 0, in a multi-host run.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "num_processes", None, "Number of processes in a multi-host run.", flag_values=flag_values
+  )
+  flags.DEFINE_integer(
+    "process_id", None, "This process's index in a multi-host run, from 0.", flag_values=flag_values
+  )
+  flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
 
 
 def main(argv):
@@ -60,4 +81,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=cli.parse_flags)

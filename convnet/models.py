@@ -183,3 +183,25 @@ def create_model(model_config: Mapping[str, Any], input_shape: Sequence[int], nu
 def count_params(params) -> int:
   """Total number of scalars in a parameter pytree."""
   return sum(math.prod(p.shape) for p in jax.tree.leaves(params))
+
+
+def to_nnx(model: nn.Module, params: Mapping[str, Any], input_shape: Sequence[int]):
+  """A Linen `model` with its trained `params` as a Flax NNX module (`flax.nnx.bridge.ToNNX`).
+
+  The result is called as NNX modules are, `logits_BK = nnx_model(x_B...)`, and
+  computes what `model.apply({"params": params}, x)` computes; it can be a
+  submodule of NNX code, or be trained further with `nnx.Optimizer`.
+  `input_shape` is one example's shape (no batch axis), used once to build
+  the variables before the trained ones replace them.
+
+  For a trained run: `params, _ = workdir.restore_params(DIR)`, and `model`
+  from `create_model` with the run's config (see the README).
+  """
+  from flax import nnx
+  from flax.nnx.bridge import variables as bridge_variables
+
+  nnx_model = nnx.bridge.ToNNX(model, rngs=nnx.Rngs(0))
+  nnx_model.lazy_init(jnp.zeros((1, *input_shape), jnp.float32))
+  for name, value in bridge_variables.linen_vars_to_nnx_attrs({"params": params}).items():
+    setattr(nnx_model, name, value)
+  return nnx_model

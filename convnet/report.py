@@ -28,7 +28,7 @@ import numpy as np
 from absl import app, flags
 from scipy import stats
 
-from convnet import formatting, sources
+from convnet import cli, formatting, sources
 from convnet.errors import ConvnetError, DataError
 
 METRICS = {
@@ -408,13 +408,19 @@ def write_report(records: Sequence[Mapping[str, Any]], out_dir: str, title: str 
 FLAGS = flags.FLAGS
 
 
-def _define_flags() -> None:
-  flags.DEFINE_string("out", None, "Where to write the report; default: the sweep directory.")
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Defines this command's flags, when it runs as a program."""
+  flags.DEFINE_string(
+    "out", None, "Where to write the report; default: the sweep directory.", flag_values=flag_values
+  )
 
 
 def main(argv):
   if len(argv) != 2:
-    raise app.UsageError("Usage: python -m convnet.report SWEEP_DIR [--out=DIR]")
+    given = f"; got {' '.join(map(repr, argv[1:]))}" if len(argv) > 2 else ""
+    cli.usage_error(
+      f"give one sweep directory: python -m convnet.report SWEEP_DIR [--out=DIR]{given}"
+    )
   try:
     records = load_records(argv[1])
     paths = write_report(records, FLAGS.out or argv[1], describe(records, argv[1]))
@@ -426,5 +432,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
-  app.run(main)
+  define_flags()
+  app.run(main, flags_parser=cli.parse_flags)

@@ -14,6 +14,7 @@ again resumes from it.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,6 +63,7 @@ def train_seeds(
 
 
 def _set_up(config: ml_collections.ConfigDict, seeds: list[int], workdir: str) -> train.Run:
+  started_at = time.perf_counter()
   configs = [seed_config(config, s) for s in seeds]
   datasets = [input_pipeline.load(c.data, c.seed) for c in configs]
   data = datasets[0]
@@ -101,8 +103,8 @@ def _set_up(config: ml_collections.ConfigDict, seeds: list[int], workdir: str) -
     steps_fn=steps_fn,
     evaluate=evaluate,
     members=[
-      train.Member(f"seed {s}", workdir_lib.MetricsWriter(d), r)
-      for s, d, r in zip(seeds, seed_dirs, records, strict=True)
+      train.Member(f"seed {s}", workdir_lib.MetricsWriter(d, config=c), r)
+      for s, d, c, r in zip(seeds, seed_dirs, configs, records, strict=True)
     ],
     manager=manager,
     loop=loop | {"seeds": seeds},
@@ -113,4 +115,5 @@ def _set_up(config: ml_collections.ConfigDict, seeds: list[int], workdir: str) -
       "train_flops_per_example": flops,
       "vmap_group_size": len(seeds),
     },
+    started_at=started_at,
   )

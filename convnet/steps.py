@@ -154,11 +154,25 @@ def eval_step(
 
 
 def compiled_flops(fn, *args) -> float:
-  """FLOPs of `fn(*args)` from XLA's cost analysis of the compiled program.
+  """FLOPs of `fn(*args)` from XLA's cost analysis of the compiled (optimised) program.
 
   XLA counts the body of a loop once, so give it a step without microbatches.
+  Compiling costs as much as compiling the step itself (seconds on a CPU).
   """
-  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+  return _flops(jax.jit(fn).lower(*args).compile().cost_analysis())
+
+
+def lowered_flops(fn, *args) -> float:
+  """FLOPs of `fn(*args)` as written: XLA's cost analysis of the lowered program, uncompiled.
+
+  The count of the model's arithmetic, independent of the fusions a backend's
+  compiler makes (which recompute some elementwise work); it takes
+  milliseconds. XLA counts the body of a loop once.
+  """
+  return _flops(jax.jit(fn).lower(*args).cost_analysis())
+
+
+def _flops(cost) -> float:
   cost = cost[0] if isinstance(cost, list) else cost  # a list in older jax versions
   return float(cost["flops"])
 
@@ -166,7 +180,11 @@ def compiled_flops(fn, *args) -> float:
 def train_flops_per_example(
   config: ml_collections.ConfigDict, state: TrainState, input_shape: tuple[int, ...]
 ) -> float:
-  """XLA's FLOP count of one train step at `config.batch_size`, per example."""
+  """XLA's FLOP count of one train step as written (`lowered_flops`), per example.
+
+  The step is the plain one, without microbatches (whose loop XLA would count
+  once), at `config.batch_size`; `args` are shapes only, so nothing runs.
+  """
   batch = {
     "image": jax.ShapeDtypeStruct((config.batch_size, *input_shape), jnp.float32),
     "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32),
@@ -174,7 +192,7 @@ def train_flops_per_example(
   step = functools.partial(
     train_step, label_smoothing=config.label_smoothing, l1_penalty=config.l1_penalty
   )
-  return compiled_flops(step, state, batch) / config.batch_size
+  return lowered_flops(step, state, batch) / config.batch_size
 
 
 def train_steps(

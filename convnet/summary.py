@@ -1,6 +1,7 @@
 r"""A Keras-style table of a configured model, with FLOPs and receptive fields, and no training.
 
-  python -m convnet.summary --config=configs/mnist.py [--config.model.conv.kernel_size=5]
+  python -m convnet.summary --config=configs/mnist.py \
+      [--config.model.conv.kernel_size='((5, 5), 3, 3)']
 
 One row per layer: each conv (its activation folded in), each pooling, the
 flatten or global head, each dense layer and the logits, with the layer's Flax
@@ -435,14 +436,16 @@ def summary_text(config: ml_collections.ConfigDict, xla: bool = True) -> str:
 FLAGS = flags.FLAGS
 
 
-def _define_flags() -> None:
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Defines this command's flags, when it runs as a program."""
   config_flags.DEFINE_config_file(
     "config",
     None,
     "A config file (see configs/); override fields with --config.x=y.",
+    flag_values=flag_values,
     lock_config=True,
   )
-  flags.mark_flags_as_required(["config"])
+  flags.mark_flags_as_required(["config"], flag_values=flag_values)
 
 
 def main(argv):
@@ -454,5 +457,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(main, flags_parser=cli.parse_flags)

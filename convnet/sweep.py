@@ -206,9 +206,17 @@ def read_record(sweep_dir: str, cell: Cell) -> dict[str, Any] | None:
 
 
 def is_finished(sweep_dir: str, cell: Cell, config: ml_collections.ConfigDict) -> bool:
-  """Whether the cell has a finished record made with this very config."""
+  """Whether the cell has a finished record of this config, but for `workdir.RESULT_NEUTRAL`.
+
+  Log, checkpoint and profiling intervals don't count, nor does such a field
+  that a record of an older version lacks.
+  """
   record = read_record(sweep_dir, cell)
-  return bool(record) and record["status"] == "done" and record["config"] == _config_json(config)
+  return (
+    bool(record)
+    and record["status"] == "done"
+    and not workdir_lib.changed_fields(record["config"], config, workdir_lib.RESULT_NEUTRAL)
+  )
 
 
 def _write_record(sweep_dir: str, cell: Cell, config, workdir: str, result: Mapping[str, Any]):
@@ -361,22 +369,49 @@ def run_sweep(
 FLAGS = flags.FLAGS
 
 
-def _define_flags() -> None:
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   """The command's flags; defined only when it runs, since sweep files import this module."""
   config_flags.DEFINE_config_file(
-    "sweep", None, "A sweep file (see configs/sweeps/); --sweep.x=y changes every cell's config."
+    "sweep",
+    None,
+    "A sweep file (see configs/sweeps/); --sweep.x=y changes every cell's config.",
+    flag_values=flag_values,
   )
-  flags.DEFINE_string("workdir", None, "The sweep's directory: cell workdirs and records.")
-  flags.DEFINE_string("shard", "0/1", "i/n: run cells i, i+n, i+2n, ... of the sweep.")
-  flags.DEFINE_bool("vmap_seeds", False, "Train the seeds of each setting in one vmapped program.")
-  flags.mark_flags_as_required(["sweep", "workdir"])
+  flags.DEFINE_string(
+    "workdir", None, "The sweep's directory: cell workdirs and records.", flag_values=flag_values
+  )
+  flags.DEFINE_string(
+    "shard", "0/1", "i/n: run cells i, i+n, i+2n, ... of the sweep.", flag_values=flag_values
+  )
+  flags.DEFINE_bool(
+    "vmap_seeds",
+    False,
+    "Train the seeds of each setting in one vmapped program.",
+    flag_values=flag_values,
+  )
+  flags.mark_flags_as_required(["sweep", "workdir"], flag_values=flag_values)
+  flags.register_validator(
+    "shard",
+    _is_shard,
+    "must be i/n with 0 <= i < n, e.g. 0/4",
+    flag_values=flag_values,
+  )
+
+
+def _is_shard(text: str) -> bool:
+  try:
+    parse_shard(text)
+  except ConfigError:
+    return False
+  return True
 
 
 def main(argv):
   cli.start(argv)
   try:
     sweep_path = config_flags.get_config_filename(FLAGS["sweep"])
-    cells = expand(load_sweep_module(sweep_path).sweep)
+    with cli.errors_in_file(sweep_path, f"--sweep={sweep_path}"):
+      cells = expand(load_sweep_module(sweep_path).sweep)
     records = run_sweep(
       FLAGS.sweep, cells, FLAGS.workdir, parse_shard(FLAGS.shard), FLAGS.vmap_seeds
     )
@@ -390,5 +425,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(main, flags_parser=cli.parse_flags)

@@ -65,6 +65,7 @@ class Run:
   steps_per_epoch: int
   total_steps: int
   result: dict[str, Any]  # fields added to each member's result
+  started_at: float  # time.perf_counter() when the set-up began
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -75,7 +76,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Returns:
     The last epoch's metrics (`train_*`, `validation_*`, `test_*`), plus
     `best_validation_accuracy`, `best_epoch`, `test_accuracy_at_best_validation`,
-    `num_params`, `train_flops_per_example` (XLA's count for the compiled step),
+    `num_params`, `train_flops_per_example` (XLA's count of the step as written),
     `wall_time_s` and `train_examples_per_sec`.
 
   Raises:
@@ -153,6 +154,7 @@ def resume(
 
 
 def _set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  started_at = time.perf_counter()
   mesh = parallel.create_mesh(config.mesh_shape)
   parallel.check_batch_sizes(config, mesh.size)
   dataset = input_pipeline.load(config.data, config.seed)
@@ -199,12 +201,13 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
     orders=lambda e: parallel.put(epochs.epoch_order(len(labels), config.seed, e), replicated),
     steps_fn=steps_fn,
     evaluate=evaluate,
-    members=[Member("", workdir_lib.MetricsWriter(workdir, enabled=main), records)],
+    members=[Member("", workdir_lib.MetricsWriter(workdir, main, config), records)],
     manager=manager,
     loop=loop,
     steps_per_epoch=steps_per_epoch,
     total_steps=total_steps,
     result={"num_params": num_params, "train_flops_per_example": flops},
+    started_at=started_at,
   )
 
 
@@ -225,10 +228,12 @@ def fit(run: Run, stop: dict[str, int]) -> list[dict[str, Any]]:
     for key in ("loss_sum", "correct", "steps")
   }
   step = int(np.ravel(state.step)[0])
-  already_finished = step >= total_steps
+  first_step, already_finished = step, step >= total_steps
   start_time = time.perf_counter() - run.loop["wall_time_s"]
   pending = []  # (per-step metrics still on the device, number of valid steps)
   window_start, window_steps = time.perf_counter(), 0
+  profile_steps = config.profile_steps if parallel.is_main_process() else 0
+  profiler = epochs.Profiler(profile_steps, os.path.join(run.workdir, "profile"))
 
   def flush_pending() -> list[list[float]]:
     """Adds the pending steps' metrics to the epoch's sums; returns each member's losses."""
@@ -276,9 +281,13 @@ def fit(run: Run, stop: dict[str, int]) -> list[dict[str, Any]]:
         raise epochs.interrupted(stop["signal"], step, run.workdir)
       count = next_stop(step, epoch_end) - step
       start = step - epoch * steps_per_epoch
+      profiler.before_call(step)
       state, metrics = run.steps_fn(state, run.images, run.labels, order, start, count)
+      if step == first_step:  # data read, model built, steps compiled (or found in the cache)
+        logging.info("First steps began %.2f s into the run", time.perf_counter() - run.started_at)
       pending.append((metrics, count))
       step += count
+      profiler.after_call(step, state)
       window_steps += count
       if config.log_every_steps and step % config.log_every_steps == 0:
         losses = flush_pending()
@@ -317,13 +326,16 @@ def fit(run: Run, stop: dict[str, int]) -> list[dict[str, Any]]:
     save(wall_time_s)
     window_start, window_steps = time.perf_counter(), 0
 
+  profiler.stop(state)
   run.manager.wait_until_finished()
   run.manager.close()
   for member in members:
     member.writer.close()
   results = [epochs.summarize(member.records) | run.result for member in members]
   done = "Run already finished" if already_finished else "Finished"
-  logging.info("%s at step %d: %s", done, step, formatting.metrics_line(results[0]))
+  for member, result in zip(members, results, strict=True):
+    prefix = f"{member.name}: " if member.name else ""
+    logging.info("%s%s at step %d: %s", prefix, done, step, formatting.metrics_line(result))
   return results
 
 

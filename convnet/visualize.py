@@ -456,12 +456,31 @@ def write_figures(
 FLAGS = flags.FLAGS
 
 
-def _define_flags() -> None:
-  flags.DEFINE_string("workdir", None, "A run's workdir (or one seed_<s>/ of a group), or a sweep.")
-  flags.DEFINE_string("out", None, "Where to write the figures; default: WORKDIR/figures.")
-  flags.DEFINE_integer("num_images", 3, "Test images whose feature maps are drawn.")
-  flags.DEFINE_integer("grad_cam_block", -1, "The conv block Grad-CAM looks at; -1: the last.")
-  flags.mark_flags_as_required(["workdir"])
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Defines this command's flags, when it runs as a program."""
+  flags.DEFINE_string(
+    "workdir",
+    None,
+    "A run's workdir (or one seed_<s>/ of a group), or a sweep.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_string(
+    "out", None, "Where to write the figures; default: WORKDIR/figures.", flag_values=flag_values
+  )
+  flags.DEFINE_integer(
+    "num_images",
+    3,
+    "Test images whose feature maps are drawn.",
+    lower_bound=0,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "grad_cam_block",
+    -1,
+    "The conv block Grad-CAM looks at; -1: the last.",
+    flag_values=flag_values,
+  )
+  flags.mark_flags_as_required(["workdir"], flag_values=flag_values)
 
 
 def main(argv):
@@ -476,5 +495,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
-  app.run(main)
+  define_flags()
+  app.run(main, flags_parser=cli.parse_flags)

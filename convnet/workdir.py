@@ -40,14 +40,12 @@ from convnet.errors import CheckpointError, DivergedError, WorkdirInUseError
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
-# Config fields that may change between a run and its resumption.
-RESUMABLE_CHANGES = (
-  "num_epochs",
-  "max_steps",
-  "log_every_steps",
-  "checkpoint_every_steps",
-  "mesh_shape",
-)
+SEED_DIR = re.compile(r"seed_(-?\d+)")  # a seed's folder in a group trained together
+# Config fields that change what a run logs, saves or traces, and never its numbers.
+RESULT_NEUTRAL = ("log_every_steps", "checkpoint_every_steps", "profile_steps")
+# Config fields that may change between a run and its resumption: those, the run's length, and
+# the devices (which change results by float rounding only).
+RESUMABLE_CHANGES = (*RESULT_NEUTRAL, "num_epochs", "max_steps", "mesh_shape")
 
 
 # ----------------------------------------------------------------------------
@@ -65,6 +63,7 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
   folder, name = os.path.split(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
   try:
+    os.fchmod(fd, 0o666 & ~_umask())  # what open() gives a new file; mkstemp's is 0600
     with os.fdopen(fd, mode) as f:
       yield f
       f.flush()
@@ -74,6 +73,12 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
     with contextlib.suppress(FileNotFoundError):
       os.unlink(tmp)
     raise
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
 
 
 def atomic_write(path: str, text: str) -> None:
@@ -131,9 +136,13 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   """
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
+    if os.path.isdir(workdir) and any(SEED_DIR.fullmatch(n) for n in os.listdir(workdir)):
+      raise CheckpointError(
+        f"{workdir} holds a group of seeds trained together: name one of its seed_<s>/ folders"
+      )
     raise CheckpointError(
       f"{workdir} has no {CONFIG_FILE}: it is not the workdir of a run of convnet.main, "
-      "convnet.seeds or convnet.sweep"
+      "nor a seed_<s>/ folder of convnet.seeds or convnet.sweep"
     )
   try:
     with open(path) as f:
@@ -157,23 +166,37 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
     return
   try:
     with open(path) as f:
-      saved = flatten(json.load(f))
+      saved = json.load(f)
   except (OSError, json.JSONDecodeError) as e:
     raise CheckpointError(
       f"{path} cannot be read ({e}); move it away or use a new --workdir to start fresh"
     ) from None
-  now = flatten(json.loads(config.to_json_best_effort()))
-  changed = [
-    f"{k}: {saved.get(k, '<absent>')!r} (saved) vs {now.get(k, '<absent>')!r} (now)"
-    for k in sorted(set(saved) | set(now))
-    if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES
-  ]
+  changed = changed_fields(saved, config)
   if changed:
     raise CheckpointError(
       f"{workdir} holds checkpoints of a run with another config:\n  "
       + "\n  ".join(changed)
       + f"\nUse a new --workdir, or delete {workdir} to start fresh."
     )
+
+
+def changed_fields(
+  saved: Mapping[str, Any],
+  config: ml_collections.ConfigDict,
+  allowed: tuple[str, ...] = RESUMABLE_CHANGES,
+) -> list[str]:
+  """The fields where `config` differs from a `saved` config (as JSON), but for `allowed` ones.
+
+  Each as "field: saved value (saved) vs value now (now)"; a field one of the
+  two lacks reads "<absent>". [] when the two configs agree.
+  """
+  saved = flatten(saved)
+  now = flatten(json.loads(config.to_json_best_effort()))
+  return [
+    f"{k}: {saved.get(k, '<absent>')!r} (saved) vs {now.get(k, '<absent>')!r} (now)"
+    for k in sorted(set(saved) | set(now))
+    if saved.get(k) != now.get(k) and k not in allowed
+  ]
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -221,33 +244,73 @@ def read_metrics(workdir: str, last_step: float = math.inf, rewrite: bool = Fals
   return records
 
 
+# TensorBoard's scalars: each tag holds one statistic. Logged steps ("train" records) give the
+# mean over their logging window; epoch records give the whole epoch's means and evaluations.
+TAGS = {
+  "train": {"train_loss": "train/loss", "train_examples_per_sec": "train/examples_per_sec"},
+  "epoch": {
+    "train_loss": "epoch/train_loss",
+    "train_accuracy": "epoch/train_accuracy",
+    "train_examples_per_sec": "epoch/train_examples_per_sec",
+    "validation_loss": "validation/loss",
+    "validation_accuracy": "validation/accuracy",
+    "test_loss": "test/loss",
+    "test_accuracy": "test/accuracy",
+    "wall_time_s": "epoch/wall_time_s",
+  },
+}
+# The scalars that TensorBoard's HParams view shows beside each run's hyperparameters.
+HPARAMS_METRICS = ("validation/accuracy", "validation/loss", "test/accuracy", "test/loss")
+
+
+def hparams(config: ml_collections.ConfigDict) -> dict[str, float | int | str | bool]:
+  """The config as TensorBoard's HParams view takes it: dotted names, tuples as text."""
+  flat = flatten(json.loads(config.to_json_best_effort()))
+  return {
+    k: v if isinstance(v, bool | int | float | str) else json.dumps(v) for k, v in flat.items()
+  }
+
+
 class MetricsWriter:
   """Appends records to `workdir/metrics.jsonl` (one write a line) and to TensorBoard.
 
-  A record's numbers go to TensorBoard as scalars at its "step", tagged
-  `train/loss` for `train_loss` (likewise validation and test). A writer that
-  is not `enabled` (in processes other than 0) writes nothing.
+  A record's numbers go to TensorBoard as scalars at its "step", under the
+  tags of `TAGS` (one statistic a tag). With a `config`, the run's
+  hyperparameters go to TensorBoard's HParams view too (tensorboardX), with
+  validation and test accuracy and loss as its metrics, so that the runs of a
+  sweep can be compared there. A writer that is not `enabled` (in processes
+  other than 0) writes nothing.
   """
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(
+    self, workdir: str, enabled: bool = True, config: ml_collections.ConfigDict | None = None
+  ):
     self._workdir = workdir
     self._enabled = enabled
+    self._config = config
     self._tensorboard = None  # opened at the first record, so that a finished run adds no file
+
+  def _open(self):
+    from tensorboardX import SummaryWriter
+    from tensorboardX.summary import hparams as hparams_summaries
+
+    self._tensorboard = SummaryWriter(self._workdir)
+    if self._config is not None:
+      metrics = {tag: 0.0 for tag in HPARAMS_METRICS}
+      for summary in hparams_summaries(hparams(self._config), metrics):
+        self._tensorboard.file_writer.add_summary(summary)
 
   def write(self, record: Mapping[str, Any]) -> None:
     if not self._enabled:
       return
     if self._tensorboard is None:
-      from tensorboardX import SummaryWriter
-
-      self._tensorboard = SummaryWriter(self._workdir)
+      self._open()
     with open(os.path.join(self._workdir, METRICS_FILE), "a") as f:
       f.write(json.dumps(record) + "\n")
+    tags = TAGS.get(record.get("kind"), {})
     for key, value in record.items():
-      if key not in ("step", "kind") and isinstance(value, float | int):
-        split, _, name = key.partition("_")
-        tag = f"{split}/{name}" if split in ("train", "validation", "test") else key
-        self._tensorboard.add_scalar(tag, value, record["step"])
+      if key in tags and isinstance(value, float | int):
+        self._tensorboard.add_scalar(tags[key], value, record["step"])
     self._tensorboard.flush()
 
   def close(self) -> None:
@@ -283,6 +346,40 @@ def _restore_step(manager: ocp.CheckpointManager, step: int, state_args, what: s
     ) from None
 
 
+def _check_fits(manager: ocp.CheckpointManager, step: int, abstract) -> None:
+  """Refuses a checkpoint whose arrays differ from `abstract`'s, before any is read.
+
+  Orbax reads a checkpoint's arrays concurrently: when one of them does not
+  fit, the restore raises while the other reads are still in flight, and those
+  print "Exception ignored in <coroutine ...>" or "Event loop is closed"
+  tracebacks later, as Python exits, after the run's one-line error. The
+  checkpoint's metadata says every array's shape without reading any.
+  """
+  directory = manager.directory / str(step)
+  try:
+    metadata = ocp.StandardCheckpointHandler().metadata(directory / "state")
+    saved = ocp.tree.to_flat_dict(metadata.tree)
+  except Exception:  # Unreadable metadata: the restore itself names the problem.
+    return
+  wanted = ocp.tree.to_flat_dict(abstract)
+  problems = []
+  for key in sorted(set(saved) | set(wanted), key=lambda k: (k[0] != "params", k)):
+    name = ".".join(key)
+    if key not in saved:
+      problems.append(f"{name} is not in the checkpoint")
+    elif key not in wanted:
+      problems.append(f"{name} is in the checkpoint, not in this model")
+    elif np.shape(saved[key]) != np.shape(wanted[key]):
+      problems.append(
+        f"{name} has shape {np.shape(saved[key])} there, {np.shape(wanted[key])} here"
+      )
+  if problems:
+    more = f", and {len(problems) - 1} more" if len(problems) > 1 else ""
+    raise CheckpointError(
+      f"checkpoint {directory} cannot be restored into this model ({problems[0]}{more})"
+    )
+
+
 def restore(manager: ocp.CheckpointManager, state, loop: dict[str, Any]):
   """The latest checkpoint's (state, loop), shaped like `state`; or both as given, if none.
 
@@ -295,6 +392,7 @@ def restore(manager: ocp.CheckpointManager, state, loop: dict[str, Any]):
     return state, loop
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   try:
+    _check_fits(manager, step, abstract)
     restored = _restore_step(
       manager, step, ocp.args.StandardRestore(abstract), "restored into this model"
     )
@@ -326,9 +424,6 @@ def save(manager: ocp.CheckpointManager, state, loop: dict[str, Any]) -> None:
   manager.save(
     step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop))
   )
-
-
-SEED_DIR = re.compile(r"seed_(-?\d+)")
 
 
 def seed_dir(group_dir: str, seed: int) -> str:

@@ -28,7 +28,7 @@
 # registry. To prepare a machine with JAX for CUDA but no network, run this
 # where pip works (the three are pure Python, 1.5 MB):
 #
-#   python -m pip download --no-deps -d .whl ml_collections mlxtend tensorboardX
+#   python -m pip download --no-deps -d .whl ml_collections mnist1d tensorboardX
 #
 # `pip install -U "jax[cuda12]"` runs only when nvidia-smi lists a GPU and JAX
 # cannot use it.
@@ -97,7 +97,7 @@ echo "python: $python ($("$python" --version 2>&1))"
 missing_modules() {
   "$python" - <<'PY'
 import importlib.util
-names = ["absl", "flax", "jax", "ml_collections", "mlxtend", "numpy", "optax", "orbax.checkpoint",
+names = ["absl", "flax", "jax", "ml_collections", "mnist1d", "numpy", "optax", "orbax.checkpoint",
          "pytest", "tensorboardX"]
 def found(name):
   try:
@@ -125,6 +125,12 @@ if [[ -n $missing ]]; then
   fi
 else
   echo "the project's packages are installed"
+fi
+# The configs import as convnet.configs once the project itself is installed (offline: no deps).
+if ! "$python" -c 'import convnet.configs' >/dev/null 2>&1; then
+  echo "pip install --no-deps --no-build-isolation -e . (the project itself, offline)"
+  "$python" -m pip install -q --no-deps --no-build-isolation -e . ||
+    die "could not install the project (pip install --no-deps -e . failed)"
 fi
 
 gpu_found() { "$python" -c 'import jax; jax.devices("gpu")' >/dev/null 2>&1; }

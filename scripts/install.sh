@@ -2,7 +2,9 @@
 # Installs what convnet and its tests need, from the repository root:
 #   - Debian's espeak-ng, which speaks the spoken-digit dataset (apt-get; with sudo unless root),
 #     when it is not already on PATH;
-#   - a virtual environment in .venv with the package and its test extras (pip).
+#   - a virtual environment in .venv with the package, editable, and its extras (pip): `test`
+#     (pytest, hypothesis, and the `tfds` extra: tensorflow-datasets and TensorFlow) and
+#     `tensorboard` (for `tensorboard --logdir=WORKDIR`).
 #
 #   scripts/install.sh && . .venv/bin/activate
 set -euo pipefail
@@ -18,4 +20,4 @@ fi
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
-python -m pip install --quiet -e '.[test]'
+python -m pip install --quiet -e '.[test,tensorboard]'

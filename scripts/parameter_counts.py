@@ -18,18 +18,13 @@ values); none is written by hand. `tests/test_summary.py` checks them.
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from convnet import models
-
-# configs/ is not an installed package: import it from the repository.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import dense, mnist  # noqa: E402
+from convnet.configs import dense, mnist
 
 # Where the book's "only 90" comes from: it counts every 3x3 filter as 9 weights, whatever the
 # depth of its input (9 filters x 9 + 1 filter x 9 = 90). A conv filter spans all the channels of

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import mnist
+from convnet.configs import mnist
 from convnet.sources import embedded as embedded_source
 from convnet.sources import idx
 

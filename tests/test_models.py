@@ -9,11 +9,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import dense as dense_config
-from configs import mnist as mnist_config
-from configs import mnist1d as mnist1d_config
-from configs import mnist1d_dense as mnist1d_dense_config
 from convnet import models
+from convnet.configs import dense as dense_config
+from convnet.configs import mnist as mnist_config
+from convnet.configs import mnist1d as mnist1d_config
+from convnet.configs import mnist1d_dense as mnist1d_dense_config
 from convnet.errors import ConfigError
 from convnet.model_config import conv_blocks, feature_map_shapes
 from tests.conftest import model_config
@@ -301,3 +301,24 @@ def test_model_config_is_plain_data():
   assert isinstance(config, dict) and not isinstance(config, ml_collections.ConfigDict)
   model = models.create_model(config, (28, 28, 1), 10)
   assert models.count_params(_param_shapes(model, (28, 28, 1))) == 33_194
+
+
+def test_a_trained_model_runs_from_nnx_code(config, tmp_path):
+  """The README's NNX recipe: a trained run's weights in a `flax.nnx` module compute the same."""
+  from flax import nnx
+
+  from convnet import train
+  from convnet import workdir as workdir_lib
+
+  config.max_steps = 3
+  train.train_and_evaluate(config, str(tmp_path))
+  params, step = workdir_lib.restore_params(str(tmp_path))
+  assert step == 3
+  model = models.create_model(config.model, (28, 28, 1), 10)
+  nnx_model = models.to_nnx(model, params, (28, 28, 1))
+  x = jax.random.uniform(jax.random.key(7), (5, 28, 28, 1))
+  np.testing.assert_array_equal(nnx_model(x), model.apply({"params": params}, x))
+  weights = jax.tree.leaves(nnx.state(nnx_model, nnx.Param))
+  assert sum(w.size for w in weights) == models.count_params(params) == 33_194
+  fresh = models.create_model(config.model, (28, 28, 1), 10).init(jax.random.key(0), x)["params"]
+  assert not np.array_equal(nnx_model(x), model.apply({"params": fresh}, x))  # trained, not new

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import mnist as mnist_config
 from convnet import models, ops
+from convnet.configs import mnist as mnist_config
 
 CASES = [
   # (spatial input, kernel, strides, padding)

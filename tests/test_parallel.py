@@ -10,8 +10,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from configs import mnist
 from convnet import parallel, train
+from convnet.configs import mnist
 from convnet.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,7 +22,7 @@ EIGHT_DEVICES = textwrap.dedent(
   import json, sys
   import jax
   import numpy as np
-  from configs import mnist
+  from convnet.configs import mnist
   from convnet import parallel, train
 
   workdir = sys.argv[1]

@@ -355,7 +355,7 @@ def test_an_unknown_field_on_the_command_line_is_one_line(tmp_path, module, flag
     capture_output=True,
     text=True,
   )
-  assert done.returncode == 1
+  assert done.returncode == 2  # a usage error, as absl's own
   assert "Traceback" not in done.stderr
   assert done.stderr.strip().splitlines()[-1] == (
     f"error: --{flag}.data.sorce=embedded: the config has no field 'sorce'. "

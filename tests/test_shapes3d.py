@@ -106,8 +106,8 @@ def test_load_and_input_spec(monkeypatch):
 
 @pytest.mark.slow
 def test_the_3d_convnet_and_dense_configs_train(monkeypatch, tmp_path):
-  from configs import shapes3d as convnet_config
-  from configs import shapes3d_dense as dense_config
+  from convnet.configs import shapes3d as convnet_config
+  from convnet.configs import shapes3d_dense as dense_config
 
   monkeypatch.setattr(shapes3d, "TRAIN_PER_CLASS", 4)
   monkeypatch.setattr(shapes3d, "TEST_PER_CLASS", 1)

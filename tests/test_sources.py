@@ -92,7 +92,7 @@ def test_check_name_names_the_field_and_the_choices():
 
 
 def test_the_readme_example_source_trains(noisy_bars, tmp_path):
-  from configs import mnist
+  from convnet.configs import mnist
 
   config = mnist.get_config()
   config.data.source = noisy_bars

@@ -246,8 +246,8 @@ def test_unknown_name_is_a_config_error():
 
 @pytest.mark.slow
 def test_the_convnet_and_dense_configs_train(presets, tmp_path):
-  from configs import spoken_digits as convnet_config
-  from configs import spoken_digits_dense as dense_config
+  from convnet.configs import spoken_digits as convnet_config
+  from convnet.configs import spoken_digits_dense as dense_config
 
   # Pinned: update only if the configs change on purpose.
   for name, module, params in (

@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import dense as dense_config
-from configs import mnist as mnist_config
 from convnet import input_pipeline, models, summary
+from convnet.configs import dense as dense_config
+from convnet.configs import mnist as mnist_config
 from convnet.errors import ConfigError, DataError
 from convnet.sources import idx
 from tests.conftest import model_config, write_idx_dir

@@ -194,6 +194,20 @@ def test_finished_cells_are_skipped_and_a_crash_is_recorded(config, tmp_path, mo
   sweep.run_sweep(changed, cells[:2], str(tmp_path))
   assert len(calls) == 2
 
+  # Fields that change what a run logs or traces, not its numbers, don't make a cell run again,
+  # nor does a record of an older version that lacks one of them.
+  calls.clear()
+  neutral = changed.copy_and_resolve_references()
+  neutral.log_every_steps, neutral.checkpoint_every_steps, neutral.profile_steps = 7, 5, 3
+  path = sweep.record_path(str(tmp_path), cells[0])
+  with open(path) as f:
+    record = json.load(f)
+  del record["config"]["profile_steps"]
+  with open(path, "w") as f:
+    json.dump(record, f)
+  sweep.run_sweep(neutral, cells[:2], str(tmp_path))
+  assert calls == []
+
 
 @pytest.mark.parametrize("features", ["pixels", "pca"])
 def test_vmapped_seeds_match_separate_runs(config, tmp_path, features):
@@ -219,7 +233,7 @@ def test_vmapped_seeds_match_separate_runs(config, tmp_path, features):
 
 SWEEP_FILE = textwrap.dedent(
   """
-  from configs import mnist
+  from convnet.configs import mnist
   from convnet.sweep import axis
 
 

@@ -337,3 +337,107 @@ def test_convnet_on_reduced_features_is_refused(config):
   config.data.num_features = 20
   with pytest.raises(ConfigError, match="model.name='convnet'.*must be 'dense'"):
     config_checks.validate(config)
+
+
+def _events(workdir):
+  """Every scalar in the workdir's TensorBoard files, as {tag: [(step, value)]}, and the plugins."""
+  import glob
+  import struct
+
+  from tensorboardX.proto import event_pb2
+
+  scalars, plugins = {}, {}
+  for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents*"))):
+    with open(path, "rb") as f:
+      data = f.read()
+    i = 0
+    while i < len(data):
+      (length,) = struct.unpack("Q", data[i : i + 8])
+      event = event_pb2.Event.FromString(data[i + 12 : i + 12 + length])
+      i += 12 + length + 4
+      for value in event.summary.value:
+        plugin = value.metadata.plugin_data.plugin_name
+        if plugin:
+          plugins.setdefault(plugin, []).append(value)
+        else:
+          scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars, plugins
+
+
+def test_each_tensorboard_tag_holds_one_statistic_and_the_hparams_are_logged(config, tmp_path):
+  config.num_epochs, config.log_every_steps = 2, 5  # 13 steps an epoch: windows end at 5, 10, 15...
+  train.train_and_evaluate(config, str(tmp_path))
+  records = _records(tmp_path)
+  scalars, plugins = _events(tmp_path)
+  for tag, points in scalars.items():
+    steps = [step for step, _ in points]
+    assert len(steps) == len(set(steps)), f"{tag} has two values at one step"
+  windows = [r for r in records if r["kind"] == "train"]
+  epochs_ = [r for r in records if r["kind"] == "epoch"]
+  assert (
+    [s for s, _ in scalars["train/loss"]] == [r["step"] for r in windows] == [5, 10, 15, 20, 25]
+  )
+  np.testing.assert_allclose(
+    [v for _, v in scalars["train/loss"]], [r["train_loss"] for r in windows], rtol=1e-6
+  )
+  assert [s for s, _ in scalars["epoch/train_loss"]] == [13, 26]
+  np.testing.assert_allclose(
+    [v for _, v in scalars["epoch/train_loss"]], [r["train_loss"] for r in epochs_], rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    [v for _, v in scalars["test/accuracy"]], [r["test_accuracy"] for r in epochs_], rtol=1e-6
+  )
+  assert "train_loss" not in scalars and "train/accuracy" not in scalars
+  # TensorBoard's HParams view: the run's config, with the evaluation metrics.
+  text = b"".join(v.metadata.plugin_data.content for v in plugins["hparams"])
+  assert b"optimizer.learning_rate" in text and b"model.conv.features" in text
+  assert b"validation/accuracy" in text and b"test/accuracy" in text
+
+
+def test_train_flops_are_the_step_as_written_about_three_forward_passes(config):
+  from convnet import summary
+
+  model = models.create_model(config.model, (28, 28, 1), 10)
+  tx = optim.create_optimizer(config.optimizer, 1, 1)
+  state = steps_lib.create_train_state(jax.random.key(0), model, (28, 28, 1), tx)
+  flops = steps_lib.train_flops_per_example(config, state, (28, 28, 1))
+  forward = summary.totals(summary.model_rows(model, (28, 28, 1)))["flops"]
+  assert forward == 1_554_458  # the layer table's count of the book's convnet
+  assert 2.5 * forward < flops < 3.5 * forward  # forward, backward (about twice), the update
+
+
+def test_profile_steps_write_a_trace_of_training(config, tmp_path):
+  config.max_steps, config.steps_per_call, config.profile_steps = 9, 2, 3
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result["step"] == 9
+  traces = [
+    os.path.join(root, name)
+    for root, _, names in os.walk(tmp_path / "profile")
+    for name in names
+    if name.endswith((".xplane.pb", "perfetto_trace.json.gz"))
+  ]
+  assert len(traces) == 2 and all(os.path.getsize(p) > 1000 for p in traces), traces
+  # The trace starts at the second call (step 2), after compiling, and holds the steps' program.
+  perfetto = next(p for p in traces if p.endswith(".json.gz"))
+  import gzip
+
+  with gzip.open(perfetto, "rt") as f:
+    text = f.read()
+  assert "train_steps" in text
+
+
+def test_workdir_files_get_the_modes_open_gives_them(config, tmp_path):
+  """Atomic writes go through a temporary file; the result is readable as a plain write's is."""
+  from convnet import workdir as workdir_lib
+
+  mask = os.umask(0o022)
+  try:
+    workdir_lib.atomic_write(str(tmp_path / "a.txt"), "x")
+    with workdir_lib.atomic_open(str(tmp_path / "b.bin"), "wb") as f:
+      f.write(b"x")
+    workdir_lib.write_config(str(tmp_path), config)
+  finally:
+    os.umask(mask)
+  for name in ("a.txt", "b.bin", "config.json"):
+    assert os.stat(tmp_path / name).st_mode & 0o777 == 0o644, name
+  assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.bin", "config.json"]  # no temporary left

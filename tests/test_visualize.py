@@ -11,9 +11,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from configs import mnist
 from convnet import input_pipeline, interpret, models, seeds, steps, train, visualize
 from convnet import workdir as workdir_lib
+from convnet.configs import mnist
 from convnet.errors import CheckpointError
 from convnet.sources import embedded
 

@@ -12,7 +12,7 @@ one hidden layer, sized to the nearest parameter count.
 
 import ml_collections
 
-from configs import mnist
+from convnet.configs import mnist
 from convnet.sweep import axis, product
 
 # (conv filters, convnet's dense layer, dense network's hidden layer): about

@@ -11,7 +11,7 @@ the shallow nets have more parameters, not fewer.
 
 import ml_collections
 
-from configs import mnist
+from convnet.configs import mnist
 from convnet.sweep import axis, product, zipped
 
 

@@ -14,7 +14,7 @@ fitted on the training split alone. Each setting is the book's dense baseline
 
 import ml_collections
 
-from configs import dense
+from convnet.configs import dense
 from convnet.sweep import axis, product
 
 

@@ -11,7 +11,7 @@ parameter count grows with the kernel.
 
 import ml_collections
 
-from configs import mnist
+from convnet.configs import mnist
 from convnet.sweep import axis, product
 
 

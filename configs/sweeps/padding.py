@@ -10,7 +10,7 @@ and 7 pixels instead of 26, 11 and 3), so the dense head is larger too.
 
 import ml_collections
 
-from configs import mnist
+from convnet.configs import mnist
 from convnet.sweep import axis, product
 
 

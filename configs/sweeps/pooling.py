@@ -13,7 +13,7 @@ parameters.
 
 import ml_collections
 
-from configs import mnist
+from convnet.configs import mnist
 from convnet.sweep import axis, product
 
 

@@ -10,7 +10,7 @@ configs/shapes3d_dense.py network (32,866).
 
 import ml_collections
 
-from configs import shapes3d
+from convnet.configs import shapes3d
 from convnet.sweep import axis, product
 
 

