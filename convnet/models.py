@@ -185,14 +185,15 @@ def count_params(params) -> int:
   return sum(math.prod(p.shape) for p in jax.tree.leaves(params))
 
 
-def to_nnx(model: nn.Module, params: Mapping[str, Any], input_shape: Sequence[int]):
+def to_nnx(model: nn.Module, params: Mapping[str, Any]):
   """A Linen `model` with its trained `params` as a Flax NNX module (`flax.nnx.bridge.ToNNX`).
 
-  The result is called as NNX modules are, `logits_BK = nnx_model(x_B...)`, and
-  computes what `model.apply({"params": params}, x)` computes; it can be a
-  submodule of NNX code, or be trained further with `nnx.Optimizer`.
-  `input_shape` is one example's shape (no batch axis), used once to build
-  the variables before the trained ones replace them.
+  The result is called as NNX modules are, `logits_BK = nnx_model(x_B...)`
+  (under `nnx.jit` for speed), and computes what
+  `model.apply({"params": params}, x)` computes; it can be a submodule of NNX
+  code, or be trained further with `nnx.Optimizer`. The trained variables are
+  set directly, so nothing is initialised (no `lazy_init`, which would run the
+  model once, op by op).
 
   For a trained run: `params, _ = workdir.restore_params(DIR)`, and `model`
   from `create_model` with the run's config (see the README).
@@ -201,7 +202,6 @@ def to_nnx(model: nn.Module, params: Mapping[str, Any], input_shape: Sequence[in
   from flax.nnx.bridge import variables as bridge_variables
 
   nnx_model = nnx.bridge.ToNNX(model, rngs=nnx.Rngs(0))
-  nnx_model.lazy_init(jnp.zeros((1, *input_shape), jnp.float32))
   for name, value in bridge_variables.linen_vars_to_nnx_attrs({"params": params}).items():
     setattr(nnx_model, name, value)
   return nnx_model

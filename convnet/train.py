@@ -260,14 +260,6 @@ def fit(run: Run, stop: dict[str, int]) -> list[dict[str, Any]]:
     loop = {f"epoch_{k}": v.tolist() for k, v in sums.items()}
     workdir_lib.save(run.manager, state, run.loop | loop | {"wall_time_s": wall_time_s})
 
-  def next_stop(step: int, epoch_end: int) -> int:
-    """The next step that needs the host: a log line, a checkpoint or the epoch's end."""
-    stops = [epoch_end, step + config.steps_per_call]
-    for every in (config.log_every_steps, config.checkpoint_every_steps):
-      if every:
-        stops.append((step // every + 1) * every)
-    return min(stops)
-
   while step < total_steps:
     epoch, index = divmod(step, steps_per_epoch)
     epoch_start = time.perf_counter()
@@ -279,7 +271,7 @@ def fit(run: Run, stop: dict[str, int]) -> list[dict[str, Any]]:
         save(time.perf_counter() - start_time)
         run.manager.wait_until_finished()
         raise epochs.interrupted(stop["signal"], step, run.workdir)
-      count = next_stop(step, epoch_end) - step
+      count = _next_stop(config, step, epoch_end) - step
       start = step - epoch * steps_per_epoch
       profiler.before_call(step)
       state, metrics = run.steps_fn(state, run.images, run.labels, order, start, count)
@@ -337,6 +329,15 @@ def fit(run: Run, stop: dict[str, int]) -> list[dict[str, Any]]:
     prefix = f"{member.name}: " if member.name else ""
     logging.info("%s%s at step %d: %s", prefix, done, step, formatting.metrics_line(result))
   return results
+
+
+def _next_stop(config: ml_collections.ConfigDict, step: int, epoch_end: int) -> int:
+  """The next step that needs the host: a log line, a checkpoint or the epoch's end."""
+  stops = [epoch_end, step + config.steps_per_call]
+  for every in (config.log_every_steps, config.checkpoint_every_steps):
+    if every:
+      stops.append((step // every + 1) * every)
+  return min(stops)
 
 
 def _finish_record(member: Member, record: dict[str, Any], evals, wall_time_s: float) -> None:

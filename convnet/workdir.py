@@ -325,7 +325,7 @@ class MetricsWriter:
 def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   """Orbax's manager of `workdir/checkpoints`, keeping the newest `keep` checkpoints."""
   return ocp.CheckpointManager(
-    os.path.join(workdir, CHECKPOINTS),
+    os.path.join(os.path.abspath(workdir), CHECKPOINTS),
     options=ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=True, enable_async_checkpointing=False
     ),
@@ -462,7 +462,7 @@ def restore_params(workdir: str) -> tuple[Any, int]:
     CheckpointError: there is no checkpoint, it cannot be read, or the seed is
       not in its group.
   """
-  directory, seed = _checkpoint_dir(workdir)
+  directory, seed = _checkpoint_dir(os.path.abspath(workdir))  # Orbax takes absolute paths only
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
   try:
     step = manager.latest_step()

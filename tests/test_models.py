@@ -303,7 +303,7 @@ def test_model_config_is_plain_data():
   assert models.count_params(_param_shapes(model, (28, 28, 1))) == 33_194
 
 
-def test_a_trained_model_runs_from_nnx_code(config, tmp_path):
+def test_a_trained_model_runs_from_nnx_code(config, tmp_path, monkeypatch):
   """The README's NNX recipe: a trained run's weights in a `flax.nnx` module compute the same."""
   from flax import nnx
 
@@ -312,13 +312,16 @@ def test_a_trained_model_runs_from_nnx_code(config, tmp_path):
 
   config.max_steps = 3
   train.train_and_evaluate(config, str(tmp_path))
-  params, step = workdir_lib.restore_params(str(tmp_path))
+  monkeypatch.chdir(tmp_path.parent)  # a relative path, as a research script gives one
+  params, step = workdir_lib.restore_params(tmp_path.name)
   assert step == 3
   model = models.create_model(config.model, (28, 28, 1), 10)
-  nnx_model = models.to_nnx(model, params, (28, 28, 1))
+  nnx_model = models.to_nnx(model, params)
   x = jax.random.uniform(jax.random.key(7), (5, 28, 28, 1))
-  np.testing.assert_array_equal(nnx_model(x), model.apply({"params": params}, x))
+  nnx_logits = nnx.jit(lambda m, x: m(x))(nnx_model, x)
+  linen = jax.jit(lambda p, x: model.apply({"params": p}, x))
+  np.testing.assert_array_equal(nnx_logits, linen(params, x))
   weights = jax.tree.leaves(nnx.state(nnx_model, nnx.Param))
   assert sum(w.size for w in weights) == models.count_params(params) == 33_194
-  fresh = models.create_model(config.model, (28, 28, 1), 10).init(jax.random.key(0), x)["params"]
-  assert not np.array_equal(nnx_model(x), model.apply({"params": fresh}, x))  # trained, not new
+  fresh = jax.tree.map(lambda w: w + 0.1, params)
+  assert not np.array_equal(nnx_logits, linen(fresh, x))  # the trained weights, not others

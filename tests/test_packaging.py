@@ -56,12 +56,17 @@ def _repo_modules(folder: str, package: str) -> set[str]:
   return paths
 
 
-def _readme_research_script() -> str:
-  """The README's "From a research script" example: that section's first Python block."""
+def _readme_research_blocks() -> list[str]:
+  """The Python blocks of the README's "From a research script" section, in order."""
   with open(os.path.join(REPO, "README.md")) as f:
     text = f.read()
   section = text.split("## From a research script", 1)[1].split("\n## ", 1)[0]
-  return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)  # the first block
+  return re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+
+
+def _readme_research_script() -> str:
+  """The README's "From a research script" example: that section's first Python block."""
+  return _readme_research_blocks()[0]
 
 
 @pytest.mark.slow  # about 20 s on 2 vCPUs, most of it compiling the 5x5 SAME convnet's steps
@@ -94,6 +99,21 @@ def test_the_readme_research_script_runs_from_any_folder(tmp_path):
   assert 0.3 < test_accuracy <= 1.0 and 0.3 < best_validation_accuracy <= 1.0, accuracies
   assert model_line == "model ConvNet (28, 28, 1) 10"
   assert (tmp_path / "runs" / "k5" / "metrics.jsonl").exists()
+
+  # The section's NNX block, as written, on the run the first block left in runs/k5.
+  nnx_block = _readme_research_blocks()[1]
+  assert "models.to_nnx(" in nnx_block
+  check = "\nprint('logits', tuple(logits.shape), float(abs(logits).sum()) > 0)\n"
+  (tmp_path / "nnx_script.py").write_text(nnx_block + check)
+  result = subprocess.run(
+    [sys.executable, "nnx_script.py"],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    env=_outside_env(),
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip().splitlines()[-1] == "logits (8, 10) True"
 
 
 def test_the_wheel_holds_the_configs_and_the_digits(tmp_path):

@@ -200,6 +200,7 @@ class _StopAt(dict):
     return signal.SIGTERM if self.looks >= self.at else 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seeds", [None, [3, 1]], ids=["single", "group"])
 def test_a_stop_request_saves_mid_epoch_and_the_rerun_is_the_same_run(
   config, tmp_path, monkeypatch, seeds

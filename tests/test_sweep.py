@@ -209,7 +209,7 @@ def test_finished_cells_are_skipped_and_a_crash_is_recorded(config, tmp_path, mo
   assert calls == []
 
 
-@pytest.mark.parametrize("features", ["pixels", "pca"])
+@pytest.mark.parametrize("features", [pytest.param("pixels", marks=pytest.mark.slow), "pca"])
 def test_vmapped_seeds_match_separate_runs(config, tmp_path, features):
   config.max_steps = 6
   config.steps_per_call = 4

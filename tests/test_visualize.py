@@ -131,6 +131,7 @@ def _test_loss(run):
   return -np.log(probs[np.arange(len(probs)), run.dataset.test.labels]).mean()
 
 
+@pytest.mark.slow
 def test_one_seed_of_a_group_gets_its_own_weights(tmp_path):
   config = _config()
   config.model.conv.features = (4, 8, 8)
