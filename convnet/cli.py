@@ -75,6 +75,35 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
   return rest
 
 
+def define(
+  flag_values: flags.FlagValues, specs: tuple[tuple, ...], required: tuple[str, ...] = ()
+) -> None:
+  """Defines an entry point's flags from (kind, name, default, help[, options]) rows.
+
+  `kind` names absl's definer ("string", "integer", "bool", ...), or
+  "config_file" for ml_collections' `DEFINE_config_file`; `options` is a dict
+  of that definer's keyword arguments (`lower_bound=0`, say). The `required`
+  flags must be given.
+  """
+  for kind, name, default, help_text, *options in specs:
+    module = config_flags if kind == "config_file" else flags
+    definer = getattr(module, f"DEFINE_{kind}")
+    definer(name, default, help_text, flag_values=flag_values, **(options[0] if options else {}))
+  if required:
+    flags.mark_flags_as_required(list(required), flag_values=flag_values)
+
+
+def define_config_flag(flag_values: flags.FlagValues) -> None:
+  """`--config=FILE` (a config file with `get_config()`), with `--config.x=y` overrides."""
+  config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "A config file (see configs/); override fields with --config.x=y.",
+    flag_values=flag_values,
+    lock_config=True,
+  )
+
+
 def start(argv: list[str], quiet: bool = True, compilation_cache: bool = True) -> None:
   """What every entry point's `main` does first.
 

@@ -19,7 +19,6 @@ import sys
 
 import jax
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from convnet import cli, parallel, summary, train
 from convnet.errors import ConvnetError, RunInterrupted
@@ -29,38 +28,18 @@ FLAGS = flags.FLAGS
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   """Defines this command's flags, when it runs as a program."""
-  config_flags.DEFINE_config_file(
-    "config",
-    None,
-    "A config file (see configs/); override fields with --config.x=y.",
-    flag_values=flag_values,
-    lock_config=True,
+  cli.define_config_flag(flag_values)
+  cli.define(
+    flag_values,
+    (
+      ("string", "workdir", None, "Directory for the config, metrics, events and checkpoints."),
+      ("bool", "distributed", False, "Join a multi-host run; implied by the next three."),
+      ("string", "coordinator_address", None, "host:port of process 0, in a multi-host run."),
+      ("integer", "num_processes", None, "Number of processes in a multi-host run."),
+      ("integer", "process_id", None, "This process's index in a multi-host run, from 0."),
+    ),
+    required=("config", "workdir"),
   )
-  flags.DEFINE_string(
-    "workdir",
-    None,
-    "Directory for the config, metrics, events and checkpoints.",
-    flag_values=flag_values,
-  )
-  flags.DEFINE_bool(
-    "distributed",
-    False,
-    "Join a multi-host run (jax.distributed.initialize); implied by the next.",
-    flag_values=flag_values,
-  )
-  flags.DEFINE_string(
-    "coordinator_address",
-    None,
-    "host:port of process 0, in a multi-host run.",
-    flag_values=flag_values,
-  )
-  flags.DEFINE_integer(
-    "num_processes", None, "Number of processes in a multi-host run.", flag_values=flag_values
-  )
-  flags.DEFINE_integer(
-    "process_id", None, "This process's index in a multi-host run, from 0.", flag_values=flag_values
-  )
-  flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
 
 
 def main(argv):

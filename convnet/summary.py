@@ -43,7 +43,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from absl import app, flags
-from ml_collections import config_flags
 
 from convnet import cli, config_checks, formatting, input_pipeline, models, ops, sources, steps
 from convnet.errors import ConvnetError
@@ -438,13 +437,7 @@ FLAGS = flags.FLAGS
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   """Defines this command's flags, when it runs as a program."""
-  config_flags.DEFINE_config_file(
-    "config",
-    None,
-    "A config file (see configs/); override fields with --config.x=y.",
-    flag_values=flag_values,
-    lock_config=True,
-  )
+  cli.define_config_flag(flag_values)
   flags.mark_flags_as_required(["config"], flag_values=flag_values)
 
 

@@ -371,25 +371,21 @@ FLAGS = flags.FLAGS
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   """The command's flags; defined only when it runs, since sweep files import this module."""
-  config_flags.DEFINE_config_file(
-    "sweep",
-    None,
-    "A sweep file (see configs/sweeps/); --sweep.x=y changes every cell's config.",
-    flag_values=flag_values,
+  cli.define(
+    flag_values,
+    (
+      (
+        "config_file",
+        "sweep",
+        None,
+        "A sweep file (configs/sweeps/); --sweep.x=y changes every cell's config.",
+      ),
+      ("string", "workdir", None, "The sweep's directory: cell workdirs and records."),
+      ("string", "shard", "0/1", "i/n: run cells i, i+n, i+2n, ... of the sweep."),
+      ("bool", "vmap_seeds", False, "Train the seeds of each setting in one vmapped program."),
+    ),
+    required=("sweep", "workdir"),
   )
-  flags.DEFINE_string(
-    "workdir", None, "The sweep's directory: cell workdirs and records.", flag_values=flag_values
-  )
-  flags.DEFINE_string(
-    "shard", "0/1", "i/n: run cells i, i+n, i+2n, ... of the sweep.", flag_values=flag_values
-  )
-  flags.DEFINE_bool(
-    "vmap_seeds",
-    False,
-    "Train the seeds of each setting in one vmapped program.",
-    flag_values=flag_values,
-  )
-  flags.mark_flags_as_required(["sweep", "workdir"], flag_values=flag_values)
   flags.register_validator(
     "shard",
     _is_shard,

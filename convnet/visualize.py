@@ -458,29 +458,16 @@ FLAGS = flags.FLAGS
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   """Defines this command's flags, when it runs as a program."""
-  flags.DEFINE_string(
-    "workdir",
-    None,
-    "A run's workdir (or one seed_<s>/ of a group), or a sweep.",
-    flag_values=flag_values,
+  cli.define(
+    flag_values,
+    (
+      ("string", "workdir", None, "A run's workdir (or one seed_<s>/ of a group), or a sweep."),
+      ("string", "out", None, "Where to write the figures; default: WORKDIR/figures."),
+      ("integer", "num_images", 3, "Test images whose feature maps are drawn.", {"lower_bound": 0}),
+      ("integer", "grad_cam_block", -1, "The conv block Grad-CAM looks at; -1: the last."),
+    ),
+    required=("workdir",),
   )
-  flags.DEFINE_string(
-    "out", None, "Where to write the figures; default: WORKDIR/figures.", flag_values=flag_values
-  )
-  flags.DEFINE_integer(
-    "num_images",
-    3,
-    "Test images whose feature maps are drawn.",
-    lower_bound=0,
-    flag_values=flag_values,
-  )
-  flags.DEFINE_integer(
-    "grad_cam_block",
-    -1,
-    "The conv block Grad-CAM looks at; -1: the last.",
-    flag_values=flag_values,
-  )
-  flags.mark_flags_as_required(["workdir"], flag_values=flag_values)
 
 
 def main(argv):
