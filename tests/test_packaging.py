@@ -69,6 +69,16 @@ def _readme_research_script() -> str:
   return _readme_research_blocks()[0]
 
 
+def _run_script(folder, name: str, text: str) -> list[str]:
+  """Writes `text` as `folder/name`, runs it there with the repository off the path; its lines."""
+  (folder / name).write_text(text)
+  result = subprocess.run(
+    [sys.executable, name], cwd=folder, capture_output=True, text=True, env=_outside_env()
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout.strip().splitlines()
+
+
 @pytest.mark.slow  # about 20 s on 2 vCPUs, most of it compiling the 5x5 SAME convnet's steps
 def test_the_readme_research_script_runs_from_any_folder(tmp_path):
   script = _readme_research_script()
@@ -84,16 +94,7 @@ def test_the_readme_research_script_runs_from_any_folder(tmp_path):
     print("model", model.__class__.__name__, data.input_shape, data.num_classes)
     """
   )
-  (tmp_path / "research.py").write_text(script + check)
-  result = subprocess.run(
-    [sys.executable, "research.py"],
-    cwd=tmp_path,
-    capture_output=True,
-    text=True,
-    env=_outside_env(),
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
-  accuracies, model_line = result.stdout.strip().splitlines()[-2:]
+  accuracies, model_line = _run_script(tmp_path, "research.py", script + check)[-2:]
   test_accuracy, best_validation_accuracy = map(float, accuracies.split())
   # Chance is 0.1; 16 steps reach about 0.6.
   assert 0.3 < test_accuracy <= 1.0 and 0.3 < best_validation_accuracy <= 1.0, accuracies
@@ -104,16 +105,7 @@ def test_the_readme_research_script_runs_from_any_folder(tmp_path):
   nnx_block = _readme_research_blocks()[1]
   assert "models.to_nnx(" in nnx_block
   check = "\nprint('logits', tuple(logits.shape), float(abs(logits).sum()) > 0)\n"
-  (tmp_path / "nnx_script.py").write_text(nnx_block + check)
-  result = subprocess.run(
-    [sys.executable, "nnx_script.py"],
-    cwd=tmp_path,
-    capture_output=True,
-    text=True,
-    env=_outside_env(),
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert result.stdout.strip().splitlines()[-1] == "logits (8, 10) True"
+  assert _run_script(tmp_path, "nnx_script.py", nnx_block + check)[-1] == "logits (8, 10) True"
 
 
 def test_the_wheel_holds_the_configs_and_the_digits(tmp_path):
