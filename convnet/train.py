@@ -238,7 +238,7 @@ def fit(run: Run, stop: dict[str, int]) -> list[dict[str, Any]]:
   def flush_pending() -> list[list[float]]:
     """Adds the pending steps' metrics to the epoch's sums; returns each member's losses."""
     losses = [[] for _ in members]
-    first_step = step - sum(count for _, count in pending)
+    pending_from = step - sum(count for _, count in pending)
     for metrics, count in jax.device_get(pending):
       loss = np.reshape(metrics["loss"], (len(members), -1))[:, :count]
       correct = np.reshape(metrics["correct"], (len(members), -1))[:, :count]
@@ -246,7 +246,7 @@ def fit(run: Run, stop: dict[str, int]) -> list[dict[str, Any]]:
         for value, right in zip(loss[i], correct[i], strict=True):
           if not math.isfinite(value):
             message = epochs.diverged_message(
-              config, run.workdir, first_step + len(losses[i]), value
+              config, run.workdir, pending_from + len(losses[i]), value
             )
             raise DivergedError(f"{member.name}: {message}" if member.name else message)
           losses[i].append(float(value))
