@@ -3,7 +3,7 @@
 The same job as `python -m convnet.main --config=configs/mnist.py
 --config.data.source=embedded`: the 5,000 embedded digits with the same
 validation split (`input_pipeline.load` of the config's `data`), the book's
-convnet (`benchmark.torch_book_convnet`, 33,194 parameters), batch 128,
+convnet (`frameworks.torch_book_convnet`, 33,194 parameters), batch 128,
 RMSprop at 1e-3 (decay 0.9), 10 epochs in a new order each, and validation
 and test accuracy after every epoch. Needs PyTorch (the CPU build:
 `pip install "torch==2.13.0+cpu"` where the index has it).
@@ -18,7 +18,7 @@ START = time.perf_counter()
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from convnet import benchmark, input_pipeline  # noqa: E402
+from convnet import frameworks, input_pipeline  # noqa: E402
 from convnet.configs import mnist  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def main() -> None:
   config.data.source = "embedded"
   data = input_pipeline.load(config.data, config.seed)
   torch.manual_seed(config.seed)
-  model = benchmark.torch_book_convnet()
+  model = frameworks.torch_book_convnet()
   optimizer = torch.optim.RMSprop(
     model.parameters(), lr=config.optimizer.learning_rate, alpha=config.optimizer.rmsprop_decay
   )
