@@ -141,15 +141,8 @@ def quiet_library_logs() -> None:
 def config_files(argv: list[str], flag_values: flags.FlagValues) -> dict[str, str]:
   """The config files named on the command line: {config flag's name: its argument}."""
   names = [name for name in flag_values if config_flags.is_config_flag(flag_values[name])]
-  found = {}
-  for i, arg in enumerate(argv[1:], 1):
-    for name in names:
-      match = re.fullmatch(rf"--?{re.escape(name)}(=(.*))?", arg, re.DOTALL)
-      if match and match[1]:
-        found[name] = match[2]
-      elif match and i + 1 < len(argv):
-        found[name] = argv[i + 1]
-  return found
+  given = {name: _argument(argv, name) for name in names}
+  return {name: value for name, value in given.items() if value is not None}
 
 
 def describe(error: Exception, argv: list[str], flag_values: flags.FlagValues) -> str:
