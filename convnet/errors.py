@@ -21,6 +21,10 @@ class DivergedError(ConvnetError):
   """The loss or the parameters stopped being finite; the last good checkpoint is kept."""
 
 
+class WorkdirError(ConvnetError):
+  """A folder to write in that cannot be made: a file is in the way, or no permission."""
+
+
 class WorkdirInUseError(ConvnetError):
   """Another live process is writing to the same workdir."""
 

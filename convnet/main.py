@@ -47,7 +47,11 @@ def main(argv):
   explicit = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if FLAGS.distributed or any(v is not None for v in explicit):
     parallel.initialize_distributed(*explicit)
-  logging.info("JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
+  try:
+    devices = jax.devices()
+  except RuntimeError as e:  # A backend asked for (--jax_platforms=tpu, say) that cannot start.
+    cli.usage_error(f"JAX cannot start its backend: {str(e).splitlines()[0]}")
+  logging.info("JAX devices: %s (process %d of %d)", devices, jax.process_index(),
                jax.process_count())  # fmt: skip
   try:
     logging.info("The model, layer by layer:\n%s", summary.summary_text(FLAGS.config, xla=False))

@@ -386,7 +386,9 @@ def plot_params(rows: Sequence[Mapping[str, Any]], path: str, title: str = "") -
 
 def write_report(records: Sequence[Mapping[str, Any]], out_dir: str, title: str = "") -> list[str]:
   """Writes the table, the CSV and the plots; returns their paths."""
-  os.makedirs(out_dir, exist_ok=True)
+  from convnet import workdir as workdir_lib  # imports JAX, which the rest of a report doesn't need
+
+  workdir_lib.make_dir(out_dir, "--out")
   rows = summarize(records)
   paths = {name: os.path.join(out_dir, name) for name in ("report.md", "report.csv")}
   with open(paths["report.md"], "w") as f:

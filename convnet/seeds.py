@@ -13,7 +13,6 @@ again resumes from it.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -56,8 +55,7 @@ def train_seeds(
   if len(set(seeds)) != len(seeds) or not seeds:
     raise ConfigError(f"seeds={seeds} must be distinct, and at least one")
   config_checks.validate(config)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = workdir_lib.make_dir(workdir)
   with workdir_lib.lock(workdir), epochs.stop_signals() as stop:
     return train.fit(_set_up(config, seeds, workdir), stop)
 

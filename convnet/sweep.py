@@ -288,6 +288,7 @@ def run_sweep(
   configs = {cell.name: apply_overrides(base, cell.overrides) for cell in cells}
   for cell in cells:
     config_checks.validate(configs[cell.name])
+  workdir_lib.make_dir(sweep_dir)
   index, count = shard
   groups = _groups(cells, vmap_seeds)[index::count]
   todo = [g for g in groups if not all(is_finished(sweep_dir, c, configs[c.name]) for c in g)]

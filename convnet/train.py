@@ -87,8 +87,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     RunInterrupted: SIGTERM or SIGINT arrived; a checkpoint was saved.
   """
   config_checks.validate(config)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = workdir_lib.make_dir(workdir)
   # In a multi-host run, process 0 holds the lock for them all.
   lock = workdir_lib.lock(workdir) if parallel.is_main_process() else contextlib.nullcontext()
   with lock, epochs.stop_signals() as stop:

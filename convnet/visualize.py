@@ -48,7 +48,7 @@ from convnet import (
   steps,
 )
 from convnet import workdir as workdir_lib
-from convnet.errors import CheckpointError, ConvnetError
+from convnet.errors import CheckpointError, ConfigError, ConvnetError
 
 DPI = 100
 FEATURE_MAP_COLUMNS = 8
@@ -381,8 +381,14 @@ def write_figures(
     records = report.load_records(workdir)
     return report.write_report(records, out or workdir, report.describe(records, workdir))
   run = load_run(workdir)
+  num_blocks = len(getattr(run.model, "blocks", ()))
+  if num_blocks and not -num_blocks <= grad_cam_block < num_blocks:
+    raise ConfigError(
+      f"--grad_cam_block={grad_cam_block}: the model has {num_blocks} conv blocks; "
+      f"give 0 to {num_blocks - 1}, or -1 for the last"
+    )
   out = out or os.path.join(workdir, "figures")
-  os.makedirs(out, exist_ok=True)
+  workdir_lib.make_dir(out, "--out")
   title = describe(run)
   test = run.dataset.test
   names = run.dataset.class_names

@@ -35,7 +35,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from convnet.errors import CheckpointError, DivergedError, WorkdirInUseError
+from convnet.errors import CheckpointError, DivergedError, WorkdirError, WorkdirInUseError
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -79,6 +79,22 @@ def _umask() -> int:
   mask = os.umask(0)
   os.umask(mask)
   return mask
+
+
+def make_dir(path: str, what: str = "--workdir") -> str:
+  """Makes the folder `path` (and its parents) if it is missing; returns it as an absolute path.
+
+  Raises:
+    WorkdirError: a file stands where a folder must be, or the folder cannot
+      be made; `what` names the flag or setting that gave `path`.
+  """
+  path = os.path.abspath(path)
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    reason = e.strerror or type(e).__name__
+    raise WorkdirError(f"{what}={path}: cannot make this folder ({reason}); name another") from None
+  return path
 
 
 def atomic_write(path: str, text: str) -> None:

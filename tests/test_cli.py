@@ -341,6 +341,13 @@ def programs():
       "5)",
     ],  # fmt: skip
     "main, unknown jax flag": ["-m", "convnet.main", "--jax_platform=cpu"],
+    "main, jax backend missing": [
+      "-m",
+      "convnet.main",
+      "--config=configs/mnist.py",
+      "--workdir=/nowhere",
+      "--jax_platforms=tpu",
+    ],
     "sweep": [
       "-m",
       "convnet.sweep",
@@ -379,6 +386,7 @@ def programs():
     ("main, wrong type", "error: --config.num_epochs=ten: expected an int, like its default 10"),
     ("main, unquoted tuple", "error: unexpected argument '5)': quote a value that holds spaces"),
     ("main, unknown jax flag", "error: --jax_platform=cpu: no such flag (did you mean"),
+    ("main, jax backend missing", "error: JAX cannot start its backend: Unable to initialize"),
     ("sweep", "error: --sweep.data.sorce=embedded: the config has no field 'sorce'"),
     ("summary", "error: --config.model=3: model is a group of fields"),
     ("visualize", "error: --num_images=many: expected an int"),
@@ -444,3 +452,19 @@ def test_a_refused_checkpoint_leaves_nothing_after_its_line():
   for line in lines:
     assert line.startswith("error: checkpoint ") and "cannot be restored into this model" in line
     assert "params.dense_0.bias has shape (8,) there, (4,) here" in line
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_a_workdir_that_cannot_be_made_is_one_line_before_anything_runs(config, tmp_path, where):
+  from convnet import train
+  from convnet import workdir as workdir_lib
+  from convnet.errors import WorkdirError
+
+  blocker = tmp_path / "blocker"
+  blocker.write_text("a file")
+  path = blocker if where == "a file" else blocker / "run"
+  with pytest.raises(WorkdirError, match=rf"^--workdir={path}: cannot make this folder"):
+    train.train_and_evaluate(config, str(path))
+  with pytest.raises(WorkdirError, match=r"^--out=.*: cannot make this folder"):
+    workdir_lib.make_dir(str(path), "--out")
+  assert blocker.read_text() == "a file"

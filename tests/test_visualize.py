@@ -14,7 +14,7 @@ import pytest
 from convnet import input_pipeline, interpret, models, seeds, steps, train, visualize
 from convnet import workdir as workdir_lib
 from convnet.configs import mnist
-from convnet.errors import CheckpointError
+from convnet.errors import CheckpointError, ConfigError
 from convnet.sources import embedded
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -315,3 +315,10 @@ def test_command_line_names_a_bad_workdir(tmp_path):
   assert "has no checkpoints/" in untrained.stderr.strip().splitlines()[-1]
   assert "Traceback" not in untrained.stderr
   assert os.listdir(tmp_path) == ["config.json"]
+
+
+@pytest.mark.parametrize("block", [3, -4])
+def test_a_grad_cam_block_the_model_lacks_is_named_before_any_figure(convnet_run, tmp_path, block):
+  with pytest.raises(ConfigError, match=rf"--grad_cam_block={block}: the model has 3 conv blocks"):
+    visualize.write_figures(convnet_run, str(tmp_path / "figures"), grad_cam_block=block)
+  assert not (tmp_path / "figures").exists()
