@@ -380,7 +380,7 @@ def _csv_rows(n, label=3):
     ("short_row.csv", _csv_rows(3) + "1,2,3\n", "not a CSV of 784 pixels and a label"),
     ("label.csv", _csv_rows(20) + _csv_rows(20, label=12), "label 12 is out of range"),
     ("truncated.csv.gz", "truncated", "not a CSV of 784 pixels"),
-    ("pixels.csv", _csv_rows(20).replace("0,", "300,", 1), "pixel values outside 0..255"),
+    ("pixels.csv", _csv_rows(20).replace("0,", "300,", 1), "whole numbers in 0..255"),
   ],
 )
 def test_bad_embedded_files_are_named(tmp_path, name, content, message):

@@ -43,7 +43,8 @@ class RawData:
   Images have shape (N, *input_shape), channels last: uint8 pixels in 0..255
   (TFDS, IDX files, the embedded digits), or float32 values that `load` keeps as
   they are (MNIST-1D and spectrograms, standardised; voxel occupancies). Labels
-  are integers in [0, num_classes), shape (N,).
+  are class indices in [0, num_classes), shape (N,): integers, or floats that
+  are whole numbers; `check_data` makes them int64.
   """
 
   name: str
@@ -56,7 +57,11 @@ class RawData:
 
 
 def check_data(raw: RawData, origin: str | Mapping[str, str]) -> RawData:
-  """`raw` if its splits are usable: not empty, as many labels as images, labels in range.
+  """`raw`, its labels made int64, if its splits are usable.
+
+  Usable: neither split is empty, each has as many labels as images, the
+  labels are class indices (`check_labels`), the training labels hold two
+  classes at least, and both splits' examples have one shape.
 
   `origin` names where the data came from, for the messages: one string for
   all of it, or a mapping from "train_images", "train_labels", "test_images"
@@ -67,6 +72,7 @@ def check_data(raw: RawData, origin: str | Mapping[str, str]) -> RawData:
   """
   if isinstance(origin, str):
     origin = dict.fromkeys(("train_images", "train_labels", "test_images", "test_labels"), origin)
+  labels_by_split = {}
   for split in ("train", "test"):
     images, labels = getattr(raw, f"{split}_images"), getattr(raw, f"{split}_labels")
     if len(labels) == 0 or len(images) == 0:
@@ -76,18 +82,61 @@ def check_data(raw: RawData, origin: str | Mapping[str, str]) -> RawData:
         f"{origin[f'{split}_images']} holds {len(images)} images but "
         f"{origin[f'{split}_labels']} holds {len(labels)} labels"
       )
-    if labels.min() < 0 or labels.max() >= raw.num_classes:
-      bad = labels[(labels < 0) | (labels >= raw.num_classes)][0]
-      raise DataError(
-        f"{origin[f'{split}_labels']}: label {bad} is out of range for "
-        f"{raw.num_classes} classes (0..{raw.num_classes - 1})"
-      )
+    labels_by_split[split] = check_labels(
+      labels, raw.num_classes, origin[f"{split}_labels"], training=split == "train"
+    )
   if raw.train_images.shape[1:] != raw.test_images.shape[1:]:
     raise DataError(
       f"{origin['test_images']}: test images of shape {raw.test_images.shape[1:]} do not match "
       f"the training images' {raw.train_images.shape[1:]} in {origin['train_images']}"
     )
-  return raw
+  return dataclasses.replace(
+    raw, train_labels=labels_by_split["train"], test_labels=labels_by_split["test"]
+  )
+
+
+def check_labels(
+  labels: np.ndarray, num_classes: int, origin: str, training: bool = False
+) -> np.ndarray:
+  """`labels` as int64 if they are class indices: shape (N,), whole numbers in [0, num_classes).
+
+  Floats are class indices only when every one is a whole number (3.0, never
+  4.7, which would be truncated to a class it does not name). With `training`,
+  the labels must also hold two classes at least: with one, a classifier
+  reaches loss 0 and accuracy 1 by learning nothing.
+
+  Raises:
+    DataError: naming `origin` (the labels' file or dataset) and the first bad label.
+  """
+  labels = np.asarray(labels)
+  if labels.ndim != 1:
+    raise DataError(
+      f"{origin}: labels of shape {labels.shape}; expected one class index an example, shape (N,)"
+    )
+  if labels.dtype.kind not in "biuf":
+    raise DataError(
+      f"{origin}: labels of type {labels.dtype} are not class indices; "
+      f"give whole numbers 0..{num_classes - 1}"
+    )
+  if labels.dtype.kind == "f":
+    whole = np.isfinite(labels) & (labels == np.round(labels))
+    if not whole.all():
+      raise DataError(
+        f"{origin}: label {labels[~whole][0]} is not a class index; labels must be whole "
+        f"numbers 0..{num_classes - 1} (store them as integers)"
+      )
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    bad = labels[(labels < 0) | (labels >= num_classes)][0].item()
+    bad = int(bad) if float(bad).is_integer() else bad  # 12, not 12.0
+    raise DataError(
+      f"{origin}: label {bad} is out of range for {num_classes} classes (0..{num_classes - 1})"
+    )
+  if training and labels.size and labels.min() == labels.max():
+    raise DataError(
+      f"{origin}: the training labels hold only class {int(labels.min())}; a classifier needs at "
+      f"least two classes, so give examples of two or more"
+    )
+  return labels.astype(np.int64)
 
 
 # data.source -> the module that reads it.

@@ -54,11 +54,12 @@ def load_embedded(path: str | None = None) -> sources.RawData:
 
   Raises:
     DataError: `path` (default: `embedded_path()`) is missing or not a CSV of
-      784 pixels in 0..255 and a label per row.
+      784 pixels (whole numbers in 0..255) and a class index per row.
   """
   path = path or embedded_path()
   try:
-    table = np.loadtxt(path, delimiter=",", dtype=np.int64)
+    # Read as floats, so that a label such as 4.7 is refused by name, not truncated.
+    table = np.loadtxt(path, delimiter=",", dtype=np.float64)
   except FileNotFoundError:
     raise DataError(f"{path}: no such file") from None
   except (ValueError, EOFError, OSError) as e:
@@ -66,8 +67,8 @@ def load_embedded(path: str | None = None) -> sources.RawData:
   if table.ndim != 2 or table.shape[0] == 0 or table.shape[1] != 28 * 28 + 1:
     raise DataError(f"{path}: expected rows of 784 pixels and a label, found shape {table.shape}")
   pixels, labels = table[:, :-1], table[:, -1]
-  if pixels.min() < 0 or pixels.max() > 255:
-    raise DataError(f"{path}: pixel values outside 0..255")
+  if not ((pixels >= 0) & (pixels <= 255) & (np.floor(pixels) == pixels)).all():
+    raise DataError(f"{path}: pixel values must be whole numbers in 0..255")
   images = pixels.astype(np.uint8).reshape(-1, *INPUT_SHAPE)
   rng = np.random.default_rng(0)
   test = np.zeros(len(labels), bool)

@@ -4,12 +4,20 @@ IDX is the format MNIST and its kin (Fashion-MNIST, KMNIST) ship in: a zero
 word whose low bytes give the element type and rank, the size of each
 dimension, then the data, big-endian. Every file is checked whole as it is
 read; a fault is a DataError naming the file.
+
+A header is not trusted with memory: the byte count its shape promises
+(reckoned in Python integers, which do not overflow) is checked against the
+file's size before anything is read, and no more than it promises is ever
+read, so a damaged or hostile header (a shape of 2**96 bytes, a small gzip
+that expands to gigabytes) is refused by name, at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
+import math
 import os
 import zlib
 from collections.abc import Mapping
@@ -29,6 +37,18 @@ _DTYPES = {
   0x0D: np.dtype(">f4"),
   0x0E: np.dtype(">f8"),
 }
+# Deflate, gzip's compression, expands data at most 1032-fold: a gzipped file whose header
+# promises more bytes than that is lying, and is refused before it is decompressed.
+_MAX_GZIP_EXPANSION = 1032
+# No model here takes an example this large (a 46341 x 46341 image); a header that gives one is
+# damaged. Files that hold data are held to what they hold; this bounds one that holds none.
+_MAX_EXAMPLE_BYTES = 2**31
+# Files are read this many bytes at a time, straight into the array their header promises.
+_CHUNK_BYTES = 2**20
+# How many bytes after the data are counted (and decompressed, at most) before a file is refused.
+_MAX_EXTRA_BYTES = 2**16
+# What to do about a file whose header and data disagree.
+_REMEDY = "the file is damaged or not IDX: download or write it again"
 # The four files of a dataset, by role, named as in MNIST's distribution.
 IDX_FILES = {
   "train_images": "train-images-idx3-ubyte",
@@ -73,7 +93,9 @@ def load(data_config: Mapping[str, Any]) -> sources.RawData:
 def input_spec(data_config: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
   """Input shape and number of classes of `data.idx_dir`, as `load` would give them.
 
-  Read from the images' header and the training labels alone.
+  Read from the training images' header (checked against the file's size, see
+  `read_idx_header`) and the training labels alone, which are checked as
+  `load` checks them.
 
   Raises:
     ConfigError: `data.idx_dir` is empty.
@@ -81,15 +103,14 @@ def input_spec(data_config: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
   """
   paths = find_idx_files(_idx_dir(data_config))
   dtype, shape = read_idx_header(paths["train_images"])
-  if len(shape) not in (3, 4) or dtype != np.uint8:
-    raise DataError(
-      f"{paths['train_images']}: expected unsigned-byte images of rank 3 (count, height, "
-      f"width) or 4 (count, height, width, channels), found {dtype} of shape {shape}"
-    )
+  _check_images(paths["train_images"], dtype, shape)
+  if shape[0] == 0:
+    raise DataError(f"{paths['train_images']}: the train split is empty")
   labels = read_idx(paths["train_labels"])
-  if labels.ndim != 1 or len(labels) == 0:
-    raise DataError(f"{paths['train_labels']}: expected a non-empty rank-1 label file")
-  return (*shape[1:3], shape[3] if len(shape) == 4 else 1), int(labels.max()) + 1
+  _check_label_file(paths["train_labels"], labels)
+  num_classes = _num_classes(paths["train_labels"], labels)
+  sources.check_labels(labels, num_classes, paths["train_labels"], training=True)
+  return (*shape[1:3], shape[3] if len(shape) == 4 else 1), num_classes
 
 
 def title(data_config: Mapping[str, Any], sizes: bool = False) -> str:
@@ -112,34 +133,52 @@ def _idx_dir(data_config: Mapping[str, Any]) -> str:
 def read_idx(path: str | os.PathLike) -> np.ndarray:
   """Reads one IDX file (gzipped or not) into an array of the shape and type its header gives.
 
+  The header's promise is checked first (see `read_idx_header`); then exactly
+  the bytes it promises are read into the array, and one more than that is
+  an error: a gzipped file is never decompressed past its promise.
+
   Raises:
     DataError: the file is missing, unreadable, not IDX, truncated or too long.
   """
-  path = os.fspath(path)
+  return _read(os.fspath(path), whole=True)[2]
+
+
+def read_idx_header(path: str | os.PathLike) -> tuple[np.dtype, tuple[int, ...]]:
+  """The element type and shape of an IDX file (gzipped or not), from its header alone.
+
+  The header is believed only if the file can hold what it promises: exactly
+  that many bytes of data in a plain file; no more than gzip can expand its
+  size to (1032-fold) in a gzipped one. A dimension of 0 after the count, or
+  one example of more than 2 GiB, is refused too.
+
+  Raises:
+    DataError: the file is missing, unreadable, not IDX, or its header cannot be true.
+  """
+  dtype, shape, _ = _read(os.fspath(path), whole=False)
+  return dtype, shape
+
+
+def _read(path: str, whole: bool) -> tuple[np.dtype, tuple[int, ...], np.ndarray | None]:
+  """The type and shape of an IDX file, checked against its size, and its data if `whole`."""
+  gzipped = False
   try:
-    with open(path, "rb") as f:
-      data = f.read()
+    with open(path, "rb") as file:
+      size = os.fstat(file.fileno()).st_size
+      gzipped = file.read(2) == b"\x1f\x8b"
+      file.seek(0)
+      with gzip.GzipFile(fileobj=file) if gzipped else contextlib.nullcontext(file) as f:
+        data = f.read(4)
+        if len(data) == 4:
+          data += f.read(4 * data[3])
+        dtype, shape = _parse_header(data, path)
+        promised = _check_promise(path, dtype, shape, size, gzipped)
+        return dtype, shape, _read_data(f, path, dtype, shape, promised) if whole else None
   except FileNotFoundError:
     raise DataError(f"{path}: no such file") from None
-  except OSError as e:
-    raise DataError(f"{path}: cannot read ({e.strerror})") from None
-  if data[:2] == b"\x1f\x8b":
-    try:
-      data = gzip.decompress(data)
-    except (EOFError, OSError, zlib.error) as e:
+  except (EOFError, OSError, zlib.error) as e:
+    if gzipped:
       raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
-  dtype, shape = _parse_header(data, path)
-  header = 4 + 4 * len(shape)
-  expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-  found = len(data) - header
-  if found < expected:
-    raise DataError(
-      f"{path}: truncated: its header promises {expected} bytes of data for shape {shape}, "
-      f"but the file holds {found}"
-    )
-  if found > expected:
-    raise DataError(f"{path}: {found - expected} unexpected bytes after the data of shape {shape}")
-  return np.frombuffer(data, dtype, count=expected // dtype.itemsize, offset=header).reshape(shape)
+    raise DataError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
 
 
 def _parse_header(data: bytes, path: str) -> tuple[np.dtype, tuple[int, ...]]:
@@ -158,25 +197,57 @@ def _parse_header(data: bytes, path: str) -> tuple[np.dtype, tuple[int, ...]]:
   return _DTYPES[type_code], shape
 
 
-def read_idx_header(path: str | os.PathLike) -> tuple[np.dtype, tuple[int, ...]]:
-  """The element type and shape of an IDX file (gzipped or not), from its header alone.
+def _check_promise(path: str, dtype: np.dtype, shape: tuple[int, ...], size: int, gzipped: bool):
+  """The bytes of data that the header of a file of `size` bytes promises, if it can hold them."""
+  if 0 in shape[1:]:
+    raise DataError(f"{path}: its header gives shape {shape}, with an empty dimension; {_REMEDY}")
+  example = math.prod(shape[1:]) * dtype.itemsize
+  header = 4 + 4 * len(shape)
+  promised = shape[0] * example
+  if gzipped and header + promised > _MAX_GZIP_EXPANSION * size:
+    raise DataError(
+      f"{path}: its header promises {promised} bytes of data for shape {shape}, more than "
+      f"{size} gzipped bytes can hold (gzip expands at most {_MAX_GZIP_EXPANSION}-fold); "
+      f"{_REMEDY}"
+    )
+  if not gzipped:
+    _check_length(path, shape, promised, size - header)
+  if example > _MAX_EXAMPLE_BYTES:
+    raise DataError(
+      f"{path}: its header gives shape {shape}, {example} bytes an example, more than any "
+      f"model here takes ({_MAX_EXAMPLE_BYTES}); {_REMEDY}"
+    )
+  return promised
 
-  Raises:
-    DataError: the file is missing, unreadable or not IDX.
-  """
-  path = os.fspath(path)
-  try:
-    with open(path, "rb") as f:
-      gzipped = f.read(2) == b"\x1f\x8b"
-    with (gzip.open if gzipped else open)(path, "rb") as f:
-      data = f.read(4)
-      if len(data) == 4:
-        data += f.read(4 * data[3])
-  except FileNotFoundError:
-    raise DataError(f"{path}: no such file") from None
-  except (EOFError, OSError, zlib.error) as e:
-    raise DataError(f"{path}: cannot read ({e})") from None
-  return _parse_header(data, path)
+
+def _check_length(
+  path: str, shape: tuple[int, ...], promised: int, found: int, more: bool = False
+) -> None:
+  """Refuses `found` bytes of data where the header promised `promised` (`more`: and more)."""
+  if found < promised:
+    raise DataError(
+      f"{path}: truncated: its header promises {promised} bytes of data for shape {shape}, "
+      f"but the file holds {found}; {_REMEDY}"
+    )
+  if found > promised:
+    count = f"{'more than ' if more else ''}{found - promised}"
+    raise DataError(f"{path}: {count} unexpected bytes after the data of shape {shape}; {_REMEDY}")
+
+
+def _read_data(f, path: str, dtype: np.dtype, shape: tuple[int, ...], promised: int) -> np.ndarray:
+  """The `promised` bytes after the header, as an array; a byte more or less is an error."""
+  buffer = np.empty(promised, np.uint8)
+  view, found = memoryview(buffer), 0
+  while found < promised:
+    count = f.readinto(view[found : found + _CHUNK_BYTES])
+    if not count:
+      break
+    found += count
+  # A gzipped file is decompressed no further than this past its promise.
+  extra = len(f.read(_MAX_EXTRA_BYTES + 1)) if found == promised else 0
+  more = extra > _MAX_EXTRA_BYTES
+  _check_length(path, shape, promised, found + min(extra, _MAX_EXTRA_BYTES), more)
+  return buffer.view(dtype).reshape(shape)
 
 
 def find_idx_files(idx_dir: str | os.PathLike) -> dict[str, str]:
@@ -209,7 +280,11 @@ def load_idx_dir(idx_dir: str | os.PathLike, num_classes: int | None = None) -> 
   Images come out uint8 (N, height, width, channels), a channel axis added to
   rank-3 files; labels int64 (N,). The dataset is named after the folder. The
   number of classes is `num_classes` if given, else one more than the largest
-  training label.
+  training label, which may not exceed the number of training labels.
+
+  Label files must hold integers: one of floats (type 0x0D or 0x0E) is
+  refused even when every value is whole, since IDX labels are integers, and
+  floats there are another file (a regression target, say) or a damaged one.
 
   Raises:
     DataError: naming the file at fault.
@@ -217,23 +292,13 @@ def load_idx_dir(idx_dir: str | os.PathLike, num_classes: int | None = None) -> 
   paths = find_idx_files(idx_dir)
   arrays = {key: read_idx(path) for key, path in paths.items()}
   for key in ("train_images", "test_images"):
-    if arrays[key].ndim not in (3, 4):
-      raise DataError(
-        f"{paths[key]}: expected images of rank 3 (count, height, width) or 4 "
-        f"(count, height, width, channels), found shape {arrays[key].shape}"
-      )
-    if arrays[key].dtype != np.uint8:
-      raise DataError(f"{paths[key]}: expected unsigned-byte pixels, found {arrays[key].dtype}")
+    _check_images(paths[key], arrays[key].dtype, arrays[key].shape)
     if arrays[key].ndim == 3:
       arrays[key] = arrays[key][..., None]
   for key in ("train_labels", "test_labels"):
-    if arrays[key].ndim != 1:
-      raise DataError(f"{paths[key]}: expected a rank-1 label file, found {arrays[key].shape}")
-    arrays[key] = arrays[key].astype(np.int64)
-  if len(arrays["train_labels"]) == 0:
-    raise DataError(f"{paths['train_labels']}: the train split is empty")
+    _check_label_file(paths[key], arrays[key])
   if num_classes is None:
-    num_classes = int(arrays["train_labels"].max()) + 1
+    num_classes = _num_classes(paths["train_labels"], arrays["train_labels"])
   raw = sources.RawData(
     name=os.path.basename(os.path.normpath(os.fspath(idx_dir))),
     num_classes=num_classes,
@@ -241,6 +306,41 @@ def load_idx_dir(idx_dir: str | os.PathLike, num_classes: int | None = None) -> 
     **arrays,
   )
   return sources.check_data(raw, paths)
+
+
+def _check_images(path: str, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+  """Refuses an image file that is not unsigned bytes of rank 3 or 4."""
+  if len(shape) not in (3, 4):
+    raise DataError(
+      f"{path}: expected images of rank 3 (count, height, width) or 4 "
+      f"(count, height, width, channels), found shape {shape}"
+    )
+  if dtype != np.uint8:
+    raise DataError(f"{path}: expected unsigned-byte pixels, found {dtype}")
+
+
+def _check_label_file(path: str, labels: np.ndarray) -> None:
+  """Refuses a label file that is not integers of rank 1."""
+  if labels.ndim != 1:
+    raise DataError(f"{path}: expected a rank-1 label file, found {labels.shape}")
+  if labels.dtype.kind == "f":
+    raise DataError(
+      f"{path}: labels of type {labels.dtype.name} are not class indices; an IDX label file "
+      f"holds integers (type 0x08, unsigned bytes, as MNIST's)"
+    )
+
+
+def _num_classes(path: str, labels: np.ndarray) -> int:
+  """One more than the largest of the training `labels`, if there are that many labels."""
+  if len(labels) == 0:
+    raise DataError(f"{path}: the train split is empty")
+  num_classes = int(labels.max()) + 1
+  if num_classes > len(labels):
+    raise DataError(
+      f"{path}: label {num_classes - 1} makes {num_classes} classes, more than its "
+      f"{len(labels)} labels; labels must be class indices 0, 1, ..."
+    )
+  return num_classes
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:

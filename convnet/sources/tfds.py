@@ -55,8 +55,8 @@ def input_spec(data_config: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
   nothing is downloaded or prepared, and TensorFlow is not imported.
 
   Raises:
-    DataError: `data.name` is not a TFDS image-classification dataset, or its
-      images vary in shape.
+    DataError: `data.name` is not a TFDS image-classification dataset (uint8
+      images and a ClassLabel), or its images vary in shape.
   """
   tfds = _import_tfds()
   name = data_config["name"]
@@ -166,7 +166,8 @@ def load_tfds(
   arrays = {}
   for key, split in (("train", train_split), ("test", test_split)):
     images, labels = _read_split(tfds, builder, split, image_key, label_key)
-    arrays[f"{key}_images"], arrays[f"{key}_labels"] = images, labels.astype(np.int64)
+    # Labels as TFDS gives them: `check_data` refuses floats that are not class indices.
+    arrays[f"{key}_images"], arrays[f"{key}_labels"] = images, labels
   raw = sources.RawData(
     name=name,
     num_classes=label_feature.num_classes,
@@ -179,9 +180,22 @@ def load_tfds(
 def _features(info, name: str):
   """The image and label keys of a TFDS image-classification dataset, and its label feature."""
   image_key, label_key = info.supervised_keys or ("image", "label")
+  keys = tuple(info.features.keys())
+  if not (isinstance(image_key, str) and isinstance(label_key, str)) or not (
+    image_key in keys and label_key in keys
+  ):
+    raise DataError(
+      f"TFDS {name!r} is not an image-classification dataset: it has no (image, label) pair "
+      f"(supervised keys {info.supervised_keys}, features {', '.join(keys)}); choose one that has"
+    )
   image_feature, label_feature = info.features[image_key], info.features[label_key]
   if image_feature.np_dtype != np.uint8 or len(image_feature.shape) < 2:
     raise DataError(f"TFDS {name!r}: {image_key!r} is not a uint8 image feature")
+  if not getattr(label_feature, "num_classes", None):
+    raise DataError(
+      f"TFDS {name!r}: {label_key!r} is a {type(label_feature).__name__}, not class indices "
+      f"(a ClassLabel); choose an image-classification dataset"
+    )
   return image_key, label_key, label_feature
 
 
