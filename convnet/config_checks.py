@@ -7,6 +7,7 @@ The model's fields are parsed and checked against the data's shape later, by
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import ml_collections
@@ -22,9 +23,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   Raises:
     ConfigError: the first field found that breaks its rule.
   """
-  for field in ("batch_size", "eval_batch_size", "steps_per_call"):
+  # numpy's default_rng refuses negative seeds and jax.random.key those past int64.
+  _require(0 <= config.seed < 2**63, "seed", config.seed, "must be 0 or more, and below 2**63")
+  # Zero epochs would train nothing and report the untrained model as a finished run.
+  for field in ("batch_size", "eval_batch_size", "steps_per_call", "num_epochs"):
     _require(config[field] >= 1, field, config[field], "must be a positive int")
-  for field in ("num_epochs", "log_every_steps", "checkpoint_every_steps", "profile_steps"):
+  for field in ("log_every_steps", "checkpoint_every_steps", "profile_steps"):
     _require(config[field] >= 0, field, config[field], "cannot be negative")
   _require(config.microbatch_size >= 0, "microbatch_size", config.microbatch_size, "is 0 or more")
   _require(
@@ -41,14 +45,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
         config[field],
         f"must be a multiple of microbatch_size={config.microbatch_size} (or set that to 0)",
       )
-  _require(
-    config.max_steps >= -1, "max_steps", config.max_steps, "is -1 (no limit) or a step count"
+  _require(  # as with num_epochs, a run of zero steps would report its untrained model
+    config.max_steps == -1 or config.max_steps >= 1,
+    "max_steps",
+    config.max_steps,
+    "is -1 (no limit) or a positive step count",
   )
   _require(config.checkpoint_keep >= 1, "checkpoint_keep", config.checkpoint_keep, "must be >= 1")
   _require(
     0.0 <= config.label_smoothing < 1.0, "label_smoothing", config.label_smoothing, "is in [0, 1)"
   )
-  _require(config.l1_penalty >= 0, "l1_penalty", config.l1_penalty, "cannot be negative")
+  # Comparisons pass inf (and a NaN fails them), so the float fields are checked finite too.
+  _require(
+    math.isfinite(config.l1_penalty) and config.l1_penalty >= 0,
+    "l1_penalty",
+    config.l1_penalty,
+    "is a finite number, 0 or more",
+  )
   if config.data.features != "pixels":
     _require(
       config.model.name == "dense",
@@ -64,9 +77,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     opt.schedule,
     f"is one of {', '.join(SCHEDULES)}",
   )
-  _require(opt.learning_rate > 0, "optimizer.learning_rate", opt.learning_rate, "must be positive")
   _require(
-    opt.warmup_epochs >= 0, "optimizer.warmup_epochs", opt.warmup_epochs, "cannot be negative"
+    math.isfinite(opt.learning_rate) and opt.learning_rate > 0,
+    "optimizer.learning_rate",
+    opt.learning_rate,
+    "must be positive and finite",
+  )
+  _require(
+    math.isfinite(opt.warmup_epochs) and opt.warmup_epochs >= 0,
+    "optimizer.warmup_epochs",
+    opt.warmup_epochs,
+    "is a finite number, 0 or more",
   )
   _require(0 <= opt.momentum < 1, "optimizer.momentum", opt.momentum, "is in [0, 1)")
   _require(0 < opt.rmsprop_decay < 1, "optimizer.rmsprop_decay", opt.rmsprop_decay, "is in (0, 1)")

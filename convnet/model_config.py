@@ -3,10 +3,11 @@
 Every setting in `model.conv` and `model.pool` is either one value for all
 blocks or a list with one value per block; `model.conv.features` sets the
 number of blocks. `conv_blocks` resolves them into one `ConvBlockSpec` per
-block and checks every feature map's shape against the data's input shape, so
-an impossible setting stops with a `ConfigError` that names the field before
-anything is compiled. `convnet.models.create_model` builds the modules from
-what this module returns.
+block and checks every feature map's shape against the data's input shape,
+and every pooling padding against its window (a window of padding only has no
+finite max or average), so an impossible setting stops with a `ConfigError`
+that names the field before anything is compiled. `convnet.models.create_model`
+builds the modules from what this module returns.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 
 from convnet import formatting
 from convnet.errors import ConfigError
-from convnet.ops import Padding
+from convnet.ops import Padding, padding_only_window
 
 # The activations a config may name, and the functions the modules apply for them.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -114,8 +115,9 @@ def conv_blocks(
     One `ConvBlockSpec` per entry of `model.conv.features`.
 
   Raises:
-    ConfigError: naming the field, when a setting is malformed or a kernel or
-      pooling window does not fit its block's input.
+    ConfigError: naming the field, when a setting is malformed, a kernel or
+      pooling window does not fit its block's input, or a pooling padding is
+      as wide as its window on some side (see `ops.padding_only_window`).
   """
   if len(input_shape) < 2:
     raise ConfigError(
@@ -155,7 +157,7 @@ def conv_blocks(
       strict=True,
     )
   )
-  _check_shapes(blocks, input_shape)
+  _check_shapes(blocks, input_shape, pooling["padding"])
   return blocks
 
 
@@ -183,13 +185,21 @@ def positive_ints(value, field: str) -> tuple[int, ...]:
   return values
 
 
-def _check_shapes(blocks: Sequence[ConvBlockSpec], input_shape: Sequence[int]) -> None:
+def _check_shapes(
+  blocks: Sequence[ConvBlockSpec], input_shape: Sequence[int], pool_padding: Any
+) -> None:
+  """Stage by stage: each pooling padding against its window, each output's shape.
+
+  `pool_padding` is the config's `model.pool.padding`, as the message quotes it.
+  """
   spatial = tuple(input_shape[:-1])
   for i, block in enumerate(blocks):
     stages = [("conv", block.kernel_size, block.strides, block.padding)]
     if block.pooling != "none":
       stages.append(("pool", block.pool_window, block.pool_strides, block.pool_padding))
     for stage, window, strides, padding in stages:
+      if stage == "pool":
+        _check_pool_padding(i, block, pool_padding)
       field = "model.conv.kernel_size" if stage == "conv" else "model.pool.window"
       out = _apply_window(spatial, window, strides, padding)
       if min(out) < 1:
@@ -201,6 +211,22 @@ def _check_shapes(blocks: Sequence[ConvBlockSpec], input_shape: Sequence[int]) -
           f"or fewer blocks"
         )
       spatial = out
+
+
+def _check_pool_padding(index: int, block: ConvBlockSpec, value: Any) -> None:
+  # Max pooling pads with -inf and average pooling counts real inputs only, so a window of
+  # padding only gives -inf or 0/0. A convolution pads with zeros: a window of padding only
+  # gives its bias, which is finite, so conv paddings are not checked.
+  found = padding_only_window(block.pool_window, block.pool_padding)
+  if found:
+    axis, side, amount = found
+    window = block.pool_window
+    raise ConfigError(
+      f"model.pool.padding={value!r}: block {index} pads spatial axis {axis} by {amount} on the "
+      f"{side} side, so a {formatting.shape(window)} pooling window there would hold only "
+      f"padding (no finite max or average); use padding < window on each side "
+      f"(at most {window[axis] - 1} there)"
+    )
 
 
 def _apply_window(spatial, window, strides, padding):

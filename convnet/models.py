@@ -48,9 +48,13 @@ def pool(
   Average pooling divides by the number of real (unpadded) inputs in each
   window, as Keras, TensorFlow and TensorFlow.js do. Max pooling's gradient
   goes to the first maximum of each window, in both implementations.
+
+  Raises:
+    ValueError: a window would hold only padding (see `ops.padding_only_window`).
   """
   if pooling == "none":
     return x
+  ops.check_pool_padding(window, padding)
   if implementation == "lax":
     if pooling == "max":
       return nn.max_pool(x, window, strides=strides, padding=padding)
@@ -195,7 +199,7 @@ def to_nnx(model: nn.Module, params: Mapping[str, Any]):
   set directly, so nothing is initialised (no `lazy_init`, which would run the
   model once, op by op).
 
-  For a trained run: `params, _ = workdir.restore_params(DIR)`, and `model`
+  For a trained run: `params, _ = checkpoints.restore_params(DIR)`, and `model`
   from `create_model` with the run's config (see the README).
   """
   from flax import nnx

@@ -31,6 +31,41 @@ def explicit_padding(
   return tuple((int(low), int(high)) for low, high in padding)
 
 
+def padding_only_window(window: Sequence[int], padding: Padding) -> tuple[int, str, int] | None:
+  """Where pooling with this padding has a window of padding only: (axis, side, amount), or None.
+
+  The first window starts `low` cells before the input, so it reaches an input
+  only if `low < window`; the last window ends at most `high` cells after the
+  input, so it reaches one whenever `high < window`. Padding of a window's
+  length or more on a side leaves a window of padding only for some input
+  lengths (max pooling gives -inf there, average pooling over the real inputs
+  0/0 = NaN), and for the others pads cells that no window reads, so the rule
+  "padding < window on each side" loses nothing. "VALID" pads nothing, and
+  "SAME" pads each side by less than the window.
+
+  Returns:
+    The first spatial axis, "low" or "high", and the amount that breaks the rule.
+  """
+  if isinstance(padding, str):
+    return None
+  for axis, (size, (low, high)) in enumerate(zip(window, padding, strict=True)):
+    for side, amount in (("low", low), ("high", high)):
+      if amount >= size:
+        return axis, side, int(amount)
+  return None
+
+
+def check_pool_padding(window: Sequence[int], padding: Padding) -> None:
+  """Raises ValueError where `padding_only_window` finds a window of padding only."""
+  found = padding_only_window(window, padding)
+  if found:
+    axis, side, amount = found
+    raise ValueError(
+      f"pooling padding {amount} on the {side} side of axis {axis} is not less than the "
+      f"window's {window[axis]}: a window there would hold only padding"
+    )
+
+
 def _pad(x: jax.Array, pads, value: float) -> jax.Array:
   if not any(low or high for low, high in pads):
     return x
@@ -66,7 +101,12 @@ def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Paddi
 def avg_pool(
   x: jax.Array, window: Sequence[int], strides: Sequence[int], padding: Padding
 ) -> jax.Array:
-  """Average pooling over the real (unpadded) inputs of each window."""
+  """Average pooling over the real (unpadded) inputs of each window.
+
+  Raises:
+    ValueError: a window would hold only padding (see `padding_only_window`).
+  """
+  check_pool_padding(window, padding)
   pads = explicit_padding(x.shape[1:-1], window, strides, padding)
   total = functools.reduce(jnp.add, _window_slices(_pad(x, pads, 0.0), window, strides))
   ones = jnp.ones((1, *x.shape[1:-1], 1), x.dtype)
@@ -80,11 +120,15 @@ def max_pool(x: jax.Array, window: tuple[int, ...], strides: tuple[int, ...], pa
 
   That is the gradient of `lax.reduce_window` max pooling, computed with
   elementwise masks instead of XLA's select-and-scatter.
+
+  Raises:
+    ValueError: a window would hold only padding (see `padding_only_window`).
   """
   return _max_pool_fwd(x, window, strides, padding)[0]
 
 
 def _max_pool_fwd(x, window, strides, padding):
+  check_pool_padding(window, padding)  # here, so that the gradient's forward pass checks too
   pads = explicit_padding(x.shape[1:-1], window, strides, padding)
   padded = _pad(x, pads, -jnp.inf)
   y = functools.reduce(jnp.maximum, _window_slices(padded, window, strides))

@@ -1,10 +1,13 @@
-"""Random convnet configs: each builds with the textbook's shapes, or is refused by field name.
+"""Random convnet configs: each builds with the textbook's shapes and finite outputs, or is
+refused by field name.
 
 Hypothesis draws the input's rank and size, the number of blocks, and every
 conv and pooling setting, sometimes with one setting out of its domain. A
-config whose every stage has an output of at least one pixel must build, and
-its first dense layer must see exactly the features the formula below
-predicts; any other config must raise `ConfigError` naming the field, before
+config whose every stage has an output of at least one pixel, and whose every
+pooling window holds at least one input (padding < window on each side), must
+build; its first dense layer must see exactly the features the formula below
+predicts, and its feature maps and logits on random inputs and weights must
+be finite. Any other config must raise `ConfigError` naming the field, before
 anything is compiled. Any other exception fails the test.
 """
 
@@ -13,6 +16,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -79,7 +83,7 @@ def configs(draw):
       "type": per_block(lambda: draw(st.sampled_from(["max", "avg", "none"]))),
       "window": per_block(lambda: size(1, 3)),
       "strides": per_block(lambda: size(1, 3)),
-      "padding": per_block(lambda: draw(st.sampled_from(["VALID", "SAME"]))),
+      "padding": per_block(padding),
     },
     "head": draw(st.sampled_from(["flatten", "global_avg", "global_max"])),
     "dense_features": tuple(draw(st.integers(1, 5)) for _ in range(draw(st.integers(0, 2)))),
@@ -107,7 +111,7 @@ def configs(draw):
     )
   )
   input_shape = (*spatial, channels)
-  expected = _analytic(model, input_shape)
+  expected, refused_field = _analytic(model, input_shape)
   if broken:
     group, field, value = broken
     (model[group] if group else model)[field] = value
@@ -115,11 +119,15 @@ def configs(draw):
     # With another setting already wrong, the error may name that one instead.
     broken = broken if expected is not None else None
     expected = None
+  else:
+    broken = refused_field
   return model, input_shape, broken, expected
 
 
 def _analytic(model, input_shape):
-  """Feature count after the head, or None when some stage's output would be empty."""
+  """(feature count after the head, None), or (None, the field to refuse) when some stage's
+  output would be empty or some pooling window could hold only padding; (None, None) when a
+  size does not fit the rank."""
   rank = len(input_shape) - 1
   n = len(model["conv"]["features"])
 
@@ -142,7 +150,7 @@ def _analytic(model, input_shape):
     (pool, "strides"),
   ):  # every size must fit the rank, used or not
     if any(len(_per_axis(v, rank)) != rank for v in blockwise(group[field], is_size)):
-      return None
+      return None, None
   spatial = list(input_shape[:-1])
   for i in range(n):
     stages = [
@@ -160,7 +168,12 @@ def _analytic(model, input_shape):
           blockwise(pool["padding"], is_padding)[i],
         )
       )
-    for window, stride, padding in stages:
+    for stage, (window, stride, padding) in enumerate(stages):
+      # Pooling: a side padded by a window's length or more starts or ends with a window of
+      # padding only (for some input lengths), whose max is -inf and average 0/0.
+      for p, w in zip(_pads(padding, rank), _per_axis(window, rank), strict=True):
+        if stage == 1 and p not in ("VALID", "SAME") and max(p) >= w:
+          return None, "model.pool.padding"
       spatial = [
         expected_length(s, w, st_, p)
         for s, w, st_, p in zip(
@@ -172,9 +185,9 @@ def _analytic(model, input_shape):
         )
       ]
       if min(spatial) < 1:
-        return None
+        return None, "model.conv.kernel_size" if stage == 0 else "model.pool.window"
   features = conv["features"][-1]
-  return math.prod(spatial) * features if model["head"] == "flatten" else features
+  return (math.prod(spatial) * features if model["head"] == "flatten" else features), None
 
 
 @settings(
@@ -192,13 +205,27 @@ def test_random_convnet_configs_build_or_are_refused_by_field(drawn):
     message = str(e)
     assert expected is None, f"a config that fits was refused: {message}"
     if broken:
-      assert broken in message, f"{broken} is out of its domain, but the error says: {message}"
+      assert broken in message, f"{broken} should be named, but the error says: {message}"
     else:
       assert re.search(r"model\.(conv|pool|head)\b", message), message
     return
   assert expected is not None, f"built, but {broken or 'some setting'} should have been refused"
   x = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
-  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  params = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
   first_dense = "dense_0" if model_config["dense_features"] else "logits"
-  assert variables["params"][first_dense]["kernel"].shape[0] == expected
-  assert jax.eval_shape(model.apply, variables, x).shape == (2, 7)
+  assert params[first_dense]["kernel"].shape[0] == expected
+  # A forward pass on random inputs and weights: every feature map and the logits are finite.
+  # The weights come from numpy (compiling `init` too would cost more than the pass), and the
+  # pass is one program compiled unoptimised: it runs once on two examples, so XLA's passes
+  # would cost more than they save (op-by-op eager dispatch compiles every slice alone, slower).
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), params)
+  inputs = rng.normal(size=x.shape).astype(np.float32)
+  forward = jax.jit(
+    lambda p, x: model.apply({"params": p}, x, mutable=["intermediates"]),
+    compiler_options={"xla_backend_optimization_level": 0},
+  )
+  logits, state = forward(params, inputs)
+  assert logits.shape == (2, 7)
+  for name, value in [("logits", logits), *state["intermediates"].items()]:
+    assert np.isfinite(value).all(), f"{name} is not finite for this config, which built"

@@ -194,6 +194,9 @@ BLOCK_CASES = [
   ((13, 12), 2, 3, ((1, 0), (1, 1)), "max", 2, 2, ((0, 1), (1, 1))),
   ((7, 8, 9), 3, 1, "VALID", "max", 2, 2, "VALID"),
   ((7, 8, 9), 3, 2, "SAME", "avg", 2, 2, "SAME"),
+  # The widest pooling padding allowed, window - 1: edge windows hold one input each.
+  ((13, 12), 3, 1, "VALID", "max", 3, 2, ((2, 2), (0, 2))),
+  ((7, 8, 9), 2, 1, "VALID", "avg", 3, 3, ((2, 2), (0, 2), (2, 1))),
 ]
 
 
@@ -268,6 +271,8 @@ def test_dense_net_matches_numpy():
     ({"pool.type": "median"}, (28, 28, 1), "model.pool.type='median'"),
     ({"conv.padding": "REFLECT"}, (28, 28, 1), "model.conv.padding='REFLECT'"),
     ({"pool.padding": "FULL"}, (28, 28, 1), "model.pool.padding='FULL'"),
+    ({"pool.padding": 2}, (28, 28, 1), "model.pool.padding=2: block 0 pads spatial axis 0 by 2"),
+    ({"pool.padding": 1}, (28, 28, 1), None),  # valid: padding < window
     ({"conv.padding": -1}, (28, 28, 1), "padding cannot be negative"),
     ({"conv.features": (16, -32, 32)}, (28, 28, 1), "model.conv.features=(16, -32, 32)"),
     ({"dense_features": (-1,)}, (28, 28, 1), "model.dense_features=(-1,)"),
@@ -307,13 +312,12 @@ def test_a_trained_model_runs_from_nnx_code(config, tmp_path, monkeypatch):
   """The README's NNX recipe: a trained run's weights in a `flax.nnx` module compute the same."""
   from flax import nnx
 
-  from convnet import train
-  from convnet import workdir as workdir_lib
+  from convnet import checkpoints, train
 
   config.max_steps = 3
   train.train_and_evaluate(config, str(tmp_path))
   monkeypatch.chdir(tmp_path.parent)  # a relative path, as a research script gives one
-  params, step = workdir_lib.restore_params(tmp_path.name)
+  params, step = checkpoints.restore_params(tmp_path.name)
   assert step == 3
   model = models.create_model(config.model, (28, 28, 1), 10)
   nnx_model = models.to_nnx(model, params)

@@ -1,5 +1,7 @@
 """The matmul implementation against `lax`: same values, same gradients."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -124,3 +126,57 @@ def test_convnet_implementations_agree(input_shape, overrides):
     jax.jit(jax.grad(loss(matmul)))(params),
     jax.jit(jax.grad(loss(reference)))(params),
   )
+
+
+# ----------------------------------------------------------------------------
+# Windows of padding only.
+
+
+def _windows_of_padding_only(n, window, stride, low, high):
+  """Brute force: does some window of a length-n axis, padded (low, high), miss every input?"""
+  count = (n + low + high - window) // stride + 1
+  starts = [k * stride - low for k in range(max(count, 0))]  # in the input's coordinates
+  return any(start + window - 1 < 0 or start > n - 1 for start in starts)
+
+
+def test_the_pool_padding_rule_refuses_exactly_what_some_input_length_breaks():
+  # `padding_only_window` refuses a padding iff some input length gives a window of padding
+  # only; SAME padding never does.
+  for window, stride, low, high in itertools.product(range(1, 5), range(1, 5), range(6), range(6)):
+    breaks = any(
+      _windows_of_padding_only(n, window, stride, low, high) for n in range(1, 4 * window * stride)
+    )
+    refused = ops.padding_only_window((window,), ((low, high),)) is not None
+    assert refused == breaks, (window, stride, low, high)
+  for n, window, stride in itertools.product(range(1, 13), range(1, 5), range(1, 5)):
+    ((low, high),) = ops.explicit_padding((n,), (window,), (stride,), "SAME")
+    assert not _windows_of_padding_only(n, window, stride, low, high)
+    assert ops.padding_only_window((window,), ((low, high),)) is None
+
+
+@pytest.mark.parametrize("implementation", ["matmul", "lax"])
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+def test_pooling_refuses_a_window_of_padding_only(pooling, implementation):
+  # Direct callers (research scripts) get an error, not -inf or NaN; so does the gradient.
+  x = jnp.ones((1, 5, 6, 2))
+  padding = ((1, 1), (0, 2))
+  with pytest.raises(ValueError, match="padding 2 on the high side of axis 1"):
+    models.pool(x, pooling, (2, 2), (1, 1), padding, implementation)
+  with pytest.raises(ValueError, match="padding 2 on the high side of axis 1"):
+    jax.grad(lambda x: models.pool(x, pooling, (2, 2), (1, 1), padding, implementation).sum())(x)
+  op = ops.max_pool if pooling == "max" else ops.avg_pool
+  with pytest.raises(ValueError, match="a window there would hold only padding"):
+    jax.grad(lambda x: op(x, (2, 2), (1, 1), padding).sum())(x)
+
+
+def test_conv_padding_wider_than_the_kernel_matches_lax():
+  # Accepted: zero padding leaves windows of padding only at 0 (the bias, in a model), finite.
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.normal(size=(2, 5, 4, 3)).astype(np.float32))
+  kernel = jnp.asarray(rng.normal(size=(2, 3, 3, 4)).astype(np.float32))
+  padding = ((3, 4), (0, 5))
+  dims = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, _channels_last(2))
+  reference = jax.lax.conv_general_dilated(x, kernel, (1, 2), padding, dimension_numbers=dims)
+  ours = ops.conv(x, kernel, (1, 2), padding)
+  np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)
+  np.testing.assert_array_equal(ours[:, :2], 0.0)  # rows whose windows hold padding only
