@@ -7,6 +7,7 @@ The root is `$CONVNET_CACHE_DIR`, else `$XDG_CACHE_HOME/convnet`, else
 from __future__ import annotations
 
 import os
+import warnings
 
 import jax
 from absl import logging
@@ -44,6 +45,8 @@ def enable_compilation_cache() -> str | None:
     logging.warning("No compilation cache: %s cannot be made (%s)", folder, e)
     return None
   jax.config.update("jax_compilation_cache_dir", folder)
+  # A program that cannot be kept or read back (a full disk) is compiled again: no warnings.
+  warnings.filterwarnings("ignore", "Error (writing|reading) persistent compilation cache entry")
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   return folder

@@ -88,7 +88,9 @@ def define(
   for kind, name, default, help_text, *options in specs:
     module = config_flags if kind == "config_file" else flags
     definer = getattr(module, f"DEFINE_{kind}")
-    definer(name, default, help_text, flag_values=flag_values, **(options[0] if options else {}))
+    options = options[0] if options else {}
+    help_name = "help_string" if kind == "config_file" else "help"  # enum's third is its values
+    definer(name, default, flag_values=flag_values, **{help_name: help_text}, **options)
   if required:
     flags.mark_flags_as_required(list(required), flag_values=flag_values)
 

@@ -35,10 +35,13 @@ def step_counts(config: ml_collections.ConfigDict, num_train: int) -> tuple[int,
     raise ConfigError(
       f"batch_size={config.batch_size} is larger than the {num_train} training examples"
     )
-  total_steps = steps_per_epoch * config.num_epochs
-  if config.max_steps >= 0:
-    total_steps = min(total_steps, config.max_steps)
-  return steps_per_epoch, total_steps
+  return steps_per_epoch, total_steps(config, steps_per_epoch)
+
+
+def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """`num_epochs` epochs of `steps_per_epoch` steps, or `max_steps` where that is fewer."""
+  steps = steps_per_epoch * config.num_epochs
+  return min(steps, config.max_steps) if config.max_steps >= 0 else steps
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
@@ -46,12 +49,17 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples).astype(np.int32)
 
 
-def eval_batches(split: input_pipeline.Split, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(
+  split: input_pipeline.Split, batch_size: int, multiple_of: int = 1
+) -> Iterator[dict[str, np.ndarray]]:
   """The whole split in batches of one size; the last is padded and masked.
 
   Each batch has "image" (batch_size, *input_shape), "label" (batch_size,) and
-  "mask" (batch_size,) float32: 1 for a real example, 0 for padding.
+  "mask" (batch_size,) float32: 1 for a real example, 0 for padding. A
+  `batch_size` larger than the split is cut to the split's size, rounded up to
+  a multiple of `multiple_of` (the microbatch size, the device count).
   """
+  batch_size = min(batch_size, -(-len(split) // multiple_of) * multiple_of)
   for start in range(0, len(split), batch_size):
     images = split.images[start : start + batch_size]
     labels = split.labels[start : start + batch_size]
@@ -74,6 +82,7 @@ def evaluate(
   splits: input_pipeline.Split | Sequence[input_pipeline.Split],
   batch_size: int,
   sharding=None,
+  multiple_of: int = 1,
 ):
   """Mean loss and accuracy over every example of a split, each counted once.
 
@@ -83,12 +92,14 @@ def evaluate(
   per seed, each seed on its own split (reduced inputs, `data.features`, are
   fitted on each seed's training split, so even test splits differ). With
   `sharding`, each batch is put on the devices split by it. Sums are float64.
+  `batch_size` and `multiple_of`: see `eval_batches`.
   """
   single = isinstance(splits, input_pipeline.Split)
   if single:
-    batches = eval_batches(splits, batch_size)
+    batches = eval_batches(splits, batch_size, multiple_of)
   else:
-    batches = map(stack, zip(*[eval_batches(s, batch_size) for s in splits], strict=True))
+    per_seed = [eval_batches(s, batch_size, multiple_of) for s in splits]
+    batches = map(stack, zip(*per_seed, strict=True))
   if sharding is not None:
     batches = (parallel.put(batch, sharding) for batch in batches)
   sums = [eval_fn(state, batch) for batch in batches]
@@ -140,20 +151,31 @@ def diverged_message(config: ml_collections.ConfigDict, workdir: str, step: int,
   )
 
 
+def best_record(records: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+  """The epoch record of best validation accuracy (the first of ties); None without epochs.
+
+  Without a validation split, the last epoch's.
+  """
+  epochs = [r for r in records if r.get("kind") == "epoch"]
+  if not epochs:
+    return None
+  if "validation_accuracy" not in epochs[-1]:
+    return epochs[-1]
+  return max(epochs, key=lambda r: r["validation_accuracy"])  # max keeps the first of ties
+
+
 def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   """The run's result from its records: the last epoch's, and the best by validation.
 
   Adds `best_validation_accuracy` (where there is a validation split),
-  `best_epoch` and `test_accuracy_at_best_validation` (the first epoch of the
-  best, on ties) to the last epoch record's metrics. No epoch records give {}.
+  `best_epoch` and `test_accuracy_at_best_validation` (see `best_record`) to
+  the last epoch record's metrics. No epoch records give {}.
   """
-  epochs = [r for r in records if r.get("kind") == "epoch"]
-  if not epochs:
+  best = best_record(records)
+  if best is None:
     return {}
-  final = dict(epochs[-1])
-  best = epochs[-1]
+  final = dict([r for r in records if r.get("kind") == "epoch"][-1])
   if "validation_accuracy" in final:
-    best = max(epochs, key=lambda r: r["validation_accuracy"])  # max keeps the first of ties
     final["best_validation_accuracy"] = best["validation_accuracy"]
   final["best_epoch"] = best["epoch"]
   final["test_accuracy_at_best_validation"] = best["test_accuracy"]

@@ -22,7 +22,11 @@ class DivergedError(ConvnetError):
 
 
 class WorkdirError(ConvnetError):
-  """A folder to write in that cannot be made: a file is in the way, or no permission."""
+  """A folder or file that cannot be made or written: a file in the way, no space, no permission."""
+
+
+class WorkdirReadOnlyError(WorkdirError):
+  """A workdir that cannot be written at all; a finished run there can still report."""
 
 
 class WorkdirInUseError(ConvnetError):

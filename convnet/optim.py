@@ -11,23 +11,40 @@ OPTIMIZERS = ("rmsprop", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 
 
+def schedule_steps(
+  opt_config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
+) -> dict[str, int]:
+  """The step counts `opt_config.schedule` is built from: {} for "constant".
+
+  "cosine" decays over `decay_steps` (`total_steps`, at least 1);
+  "warmup_cosine" also warms up over `warmup_steps` (`warmup_epochs` in epochs
+  of `steps_per_epoch` steps, at most `decay_steps - 1`).
+  """
+  if opt_config.schedule == "constant":
+    return {}
+  decay_steps = max(total_steps, 1)
+  if opt_config.schedule == "cosine":
+    return {"decay_steps": decay_steps}
+  warmup = min(int(opt_config.warmup_epochs * steps_per_epoch), decay_steps - 1)
+  return {"decay_steps": decay_steps, "warmup_steps": max(warmup, 0)}
+
+
 def create_learning_rate(
   opt_config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
 ) -> optax.Schedule:
   """The schedule `opt_config.schedule` names, peaking at `opt_config.learning_rate`.
 
   "constant" keeps the peak; "cosine" decays it to 0 over `total_steps`;
-  "warmup_cosine" rises linearly from 0 over `warmup_epochs` (in epochs of
-  `steps_per_epoch` steps, at most `total_steps - 1`), then decays to 0.
+  "warmup_cosine" rises linearly from 0 over `warmup_epochs`, then decays to 0
+  (see `schedule_steps`).
   """
   peak = opt_config.learning_rate
-  total_steps = max(total_steps, 1)
+  steps = schedule_steps(opt_config, steps_per_epoch, total_steps)
   if opt_config.schedule == "constant":
     return optax.constant_schedule(peak)
   if opt_config.schedule == "cosine":
-    return optax.cosine_decay_schedule(peak, decay_steps=total_steps)
-  warmup = min(int(opt_config.warmup_epochs * steps_per_epoch), total_steps - 1)
-  return optax.warmup_cosine_decay_schedule(0.0, peak, max(warmup, 0), total_steps)
+    return optax.cosine_decay_schedule(peak, decay_steps=steps["decay_steps"])
+  return optax.warmup_cosine_decay_schedule(0.0, peak, steps["warmup_steps"], steps["decay_steps"])
 
 
 def create_optimizer(

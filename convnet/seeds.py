@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from convnet import config_checks, epochs, input_pipeline, models, train
+from convnet import checkpoints, config_checks, epochs, input_pipeline, models, train
 from convnet import steps as steps_lib
 from convnet import workdir as workdir_lib
 from convnet.errors import ConfigError
@@ -57,6 +57,9 @@ def train_seeds(
   config_checks.validate(config)
   workdir = workdir_lib.make_dir(workdir)
   with workdir_lib.lock(workdir), epochs.stop_signals() as stop:
+    configs = [seed_config(config, s) for s in seeds]
+    seed_dirs = [checkpoints.seed_dir(workdir, s) for s in seeds]
+    train.check_before_loading(workdir, list(zip(seed_dirs, configs, strict=True)))
     return train.fit(_set_up(config, seeds, workdir), stop)
 
 
@@ -74,9 +77,15 @@ def _set_up(config: ml_collections.ConfigDict, seeds: list[int], workdir: str) -
   logging.info(
     "%d seeds of %s at once, %s parameters each", len(seeds), config.model.name, num_params
   )
-  seed_dirs = [workdir_lib.seed_dir(workdir, s) for s in seeds]
-  manager, state, loop, records = train.resume(
-    config, workdir, epochs.stack(states), list(zip(seed_dirs, configs, strict=True))
+  seed_dirs = [checkpoints.seed_dir(workdir, s) for s in seeds]
+  constants = train.run_constants(config, datasets, steps_per_epoch)
+  manager, best, state, loop, records = train.resume(
+    config,
+    workdir,
+    epochs.stack(states),
+    list(zip(seed_dirs, configs, strict=True)),
+    constants,
+    total_steps,
   )
   train_fn, eval_fn = train.step_functions(config)
   steps_fn = jax.jit(jax.vmap(train_fn, in_axes=(0, 0, 0, 0, None, None)), donate_argnums=0)
@@ -86,7 +95,8 @@ def _set_up(config: ml_collections.ConfigDict, seeds: list[int], workdir: str) -
     splits = [getattr(d, name) for d in datasets]
     if not len(splits[0]):
       return None
-    return epochs.evaluate(eval_fn, state, splits, config.eval_batch_size)
+    multiple_of = config.microbatch_size or 1
+    return epochs.evaluate(eval_fn, state, splits, config.eval_batch_size, None, multiple_of)
 
   def orders(epoch: int) -> jax.Array:
     return jax.device_put(np.stack([epochs.epoch_order(len(data.train), s, epoch) for s in seeds]))
@@ -101,10 +111,11 @@ def _set_up(config: ml_collections.ConfigDict, seeds: list[int], workdir: str) -
     steps_fn=steps_fn,
     evaluate=evaluate,
     members=[
-      train.Member(f"seed {s}", workdir_lib.MetricsWriter(d, config=c), r)
+      train.Member(f"seed {s}", workdir_lib.MetricsWriter(d, config=c, kept=r), r)
       for s, d, c, r in zip(seeds, seed_dirs, configs, records, strict=True)
     ],
     manager=manager,
+    best=best,
     loop=loop | {"seeds": seeds},
     steps_per_epoch=steps_per_epoch,
     total_steps=total_steps,

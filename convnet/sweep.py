@@ -20,7 +20,8 @@ and retries failed ones. `--shard=i/n` runs cells i, i+n, i+2n, ...: n
 processes with the same sweep and workdir, on one machine or many sharing a
 filesystem, run every cell once between them. With `--vmap_seeds`, cells that
 differ only by seed train together in one `jax.vmap` program, in
-`groups/<setting>/`.
+`groups/<setting>/`; `sweep.json` records which way a directory's seeds
+train, and a run the other way on it is refused.
 """
 
 from __future__ import annotations
@@ -263,6 +264,50 @@ def _failure(error: BaseException, status: str = "failed") -> dict[str, Any]:
   }
 
 
+MODE_FILE = "sweep.json"
+
+
+def check_mode(sweep_dir: str, vmap_seeds: bool) -> None:
+  """Holds a sweep directory to one way of training its seeds: one writer for each record.
+
+  The first run writes `MODE_FILE`; a run the other way (with or without
+  `--vmap_seeds`) would train every cell again, in other workdirs, and mix its
+  records with the first way's, so it is refused. A directory of an older
+  version, without the file, counts as the way its `cells/` or `groups/` show.
+
+  Raises:
+    ConfigError: `sweep_dir` was run the other way.
+  """
+  path = os.path.join(sweep_dir, MODE_FILE)
+  mode = {"vmap_seeds": bool(vmap_seeds)}
+  if not os.path.exists(path):
+    made = {d for d in ("cells", "groups") if os.path.isdir(os.path.join(sweep_dir, d))}
+    if made and made != {"groups" if vmap_seeds else "cells"}:
+      saved = {"vmap_seeds": "groups" in made} if len(made) == 1 else mode
+      _refuse_mode(sweep_dir, saved, mode)
+    try:
+      with open(path, "x") as f:  # One of two racing shards makes it; the other reads it.
+        json.dump(mode, f)
+      return
+    except FileExistsError:
+      pass
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ConfigError(f"{path} cannot be read ({e}); delete it to go on") from None
+  _refuse_mode(sweep_dir, saved, mode)
+
+
+def _refuse_mode(sweep_dir: str, saved: Mapping[str, Any], mode: Mapping[str, Any]) -> None:
+  if bool(saved.get("vmap_seeds")) != mode["vmap_seeds"]:
+    way = "with" if saved.get("vmap_seeds") else "without"
+    raise ConfigError(
+      f"{sweep_dir} was run {way} --vmap_seeds: run it {way} again (the two ways train in "
+      "other folders, and their records would mix), or give another --workdir"
+    )
+
+
 def _groups(cells: Sequence[Cell], vmap_seeds: bool) -> list[list[Cell]]:
   """Cells to train together: one each, or every seed of a setting with `vmap_seeds`."""
   if not vmap_seeds:
@@ -289,6 +334,8 @@ def run_sweep(
   for cell in cells:
     config_checks.validate(configs[cell.name])
   workdir_lib.make_dir(sweep_dir)
+  check_mode(sweep_dir, vmap_seeds)
+  workdir_lib.remove_stale_files(os.path.join(sweep_dir, "records"))
   index, count = shard
   groups = _groups(cells, vmap_seeds)[index::count]
   todo = [g for g in groups if not all(is_finished(sweep_dir, c, configs[c.name]) for c in g)]

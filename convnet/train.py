@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import math
 import os
 import time
@@ -27,10 +28,19 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from convnet import config_checks, epochs, formatting, input_pipeline, models, optim, parallel
+from convnet import (
+  checkpoints,
+  config_checks,
+  epochs,
+  formatting,
+  input_pipeline,
+  models,
+  optim,
+  parallel,
+)
 from convnet import steps as steps_lib
 from convnet import workdir as workdir_lib
-from convnet.errors import DivergedError
+from convnet.errors import CheckpointError, DivergedError, WorkdirReadOnlyError
 
 
 @dataclasses.dataclass
@@ -61,7 +71,8 @@ class Run:
   evaluate: Callable[[Any, str], list[dict[str, float]] | None]  # per member; None: no split
   members: list[Member]
   manager: Any  # orbax.checkpoint.CheckpointManager
-  loop: dict[str, Any]  # restored counters: epoch sums, wall time, and what else is saved
+  best: checkpoints.KeepSteps  # the members' best epochs' steps, kept beside the newest
+  loop: dict[str, Any]  # saved with each checkpoint: epoch sums, wall time, run constants
   steps_per_epoch: int
   total_steps: int
   result: dict[str, Any]  # fields added to each member's result
@@ -79,9 +90,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     `num_params`, `train_flops_per_example` (XLA's count of the step as written),
     `wall_time_s` and `train_examples_per_sec`.
 
+  A workdir that cannot be written (a read-only mount) still reports the
+  result of a run that finished there.
+
   Raises:
     ConfigError, DataError, CheckpointError, WorkdirInUseError: a config,
-      data or workdir that cannot be used; nothing is written.
+      data or workdir that cannot be used; nothing is written. A resumed run
+      whose config differs in a field that changes its result is refused
+      before any data is read.
+    WorkdirError: a file cannot be written (a full disk); what was written
+      stays, and the same command resumes once it can write.
     DivergedError: the loss or the parameters stopped being finite; the last
       good checkpoint is kept.
     RunInterrupted: SIGTERM or SIGINT arrived; a checkpoint was saved.
@@ -90,8 +108,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir = workdir_lib.make_dir(workdir)
   # In a multi-host run, process 0 holds the lock for them all.
   lock = workdir_lib.lock(workdir) if parallel.is_main_process() else contextlib.nullcontext()
-  with lock, epochs.stop_signals() as stop:
-    return fit(_set_up(config, workdir), stop)[0]
+  try:
+    with lock, epochs.stop_signals() as stop:
+      check_before_loading(workdir, [(workdir, config)])
+      return fit(_set_up(config, workdir), stop)[0]
+  except WorkdirReadOnlyError as e:  # Only the lock raises it: nothing can be written there.
+    return _finished_result(config, workdir, e)
+
+
+def check_before_loading(workdir: str, member_dirs) -> None:
+  """What can be checked of a resumed run before its data is loaded: each member's config.
+
+  Also removes the temporary files that killed writers left in the folders.
+  """
+  for folder in {workdir, *(d for d, _ in member_dirs)}:
+    workdir_lib.remove_stale_files(folder)
+  if checkpoints.has_checkpoints(workdir):
+    for member_dir, member_config in member_dirs:
+      workdir_lib.check_resumable(member_dir, member_config)
+
+
+def _finished_result(config, workdir: str, error: WorkdirReadOnlyError) -> dict[str, Any]:
+  """The result of a run that finished in a workdir that cannot be written; else `error`."""
+  workdir_lib.check_resumable(workdir, config)
+  saved = checkpoints.read_loop(workdir)
+  records = workdir_lib.read_metrics(workdir)
+  if saved is None or "constants" not in saved[1]:
+    raise error
+  step, loop = saved
+  steps_per_epoch = loop["constants"]["steps_per_epoch"]
+  total_steps = epochs.total_steps(config, steps_per_epoch)
+  result = epochs.summarize(records)
+  if step < total_steps or not result:
+    raise WorkdirReadOnlyError(f"{error} (its run stopped at step {step} of {total_steps})")
+  result |= loop.get("result", {})
+  logging.info("Run already finished at step %d: %s", step, formatting.metrics_line(result))
+  return result
 
 
 def step_functions(config: ml_collections.ConfigDict, batch_sharding=None):
@@ -112,11 +164,55 @@ def step_functions(config: ml_collections.ConfigDict, batch_sharding=None):
 
 
 def model_and_optimizer(config: ml_collections.ConfigDict, dataset: input_pipeline.Dataset):
-  """The model, optimizer and step counts for `dataset`: (model, tx, steps_per_epoch, total)."""
+  """The model, optimizer and step counts for `dataset`: (model, tx, steps_per_epoch, total).
+
+  The learning-rate schedule spans `num_epochs` whole epochs; `max_steps` only
+  stops the run sooner, so that a run stopped by it and resumed is the same
+  run as one that went straight through.
+  """
   model = models.create_model(config.model, dataset.input_shape, dataset.num_classes)
   steps_per_epoch, total_steps = epochs.step_counts(config, len(dataset.train))
-  tx = optim.create_optimizer(config.optimizer, steps_per_epoch, total_steps)
+  tx = optim.create_optimizer(
+    config.optimizer, steps_per_epoch, steps_per_epoch * config.num_epochs
+  )
   return model, tx, steps_per_epoch, total_steps
+
+
+def run_constants(
+  config: ml_collections.ConfigDict, datasets: list[input_pipeline.Dataset], steps_per_epoch: int
+) -> dict[str, Any]:
+  """What a run derives at its start, saved with every checkpoint and checked on resume.
+
+  The steps per epoch, the schedule's step counts (`optim.schedule_steps`),
+  the number of training examples and a digest of them (BLAKE2b of every
+  member's training images and labels): a resumed run whose data moved to
+  another `data.idx_dir` must find the same data there.
+  """
+  digest = hashlib.blake2b(digest_size=16)
+  for dataset in datasets:
+    digest.update(np.ascontiguousarray(dataset.train.images).tobytes())
+    digest.update(np.ascontiguousarray(dataset.train.labels).tobytes())
+  schedule = optim.schedule_steps(
+    config.optimizer, steps_per_epoch, steps_per_epoch * config.num_epochs
+  )
+  return {
+    "steps_per_epoch": steps_per_epoch,
+    "num_train": len(datasets[0].train),
+    "train_data_blake2b": digest.hexdigest(),
+  } | {f"schedule_{k}": v for k, v in schedule.items()}
+
+
+def _check_constants(workdir: str, saved: dict[str, Any], now: dict[str, Any]) -> None:
+  """Refuses to resume a run whose constants (see `run_constants`) differ from the saved ones."""
+  changed = [
+    f"{k}: {saved[k]!r} (saved) vs {now.get(k)!r} (now)" for k in saved if saved[k] != now.get(k)
+  ]
+  if changed:
+    raise CheckpointError(
+      f"{workdir} holds a run whose training data or schedule differ from this one's:\n  "
+      + "\n  ".join(changed)
+      + "\nPoint the config at the run's data, or use a new --workdir."
+    )
 
 
 def resume(
@@ -124,32 +220,40 @@ def resume(
   workdir: str,
   state: steps_lib.TrainState,
   member_dirs: list[tuple[str, ml_collections.ConfigDict]],
+  constants: dict[str, Any],
+  total_steps: int,
   write: bool = True,
 ):
-  """Opens `workdir`'s checkpoints and restores the latest, after checking each member's config.
+  """Opens `workdir`'s checkpoints and restores the newest, after checking the run's constants.
 
-  `member_dirs` pairs each member's folder with its config. Each folder gets
-  its config.json and metrics.jsonl cut back to the restored step (only where
-  `write`: process 0 of a multi-host run).
+  `member_dirs` pairs each member's folder with its config (checked by
+  `check_before_loading`). Each folder gets its config.json and metrics.jsonl
+  cut back to the restored step (only where `write`: process 0 of a
+  multi-host run).
 
   Returns:
-    (manager, state, loop, records): the Orbax manager, the restored state and
-    loop counters (or those given, on a fresh run), and each member's records.
+    (manager, best, state, loop, records): the Orbax manager and its set of
+    best steps, the restored state and loop counters (or those given, on a
+    fresh run), and each member's records.
   """
-  manager = workdir_lib.checkpoint_manager(workdir, config.checkpoint_keep)
+  best = checkpoints.KeepSteps()
+  manager = checkpoints.manager(workdir, config.checkpoint_keep, best)
   loop = {"wall_time_s": 0.0}
   if manager.latest_step() is not None:
-    for member_dir, member_config in member_dirs:
-      workdir_lib.check_resumable(member_dir, member_config)
-    state, loop = workdir_lib.restore(manager, state, loop)
+    state, loop = checkpoints.restore(manager, state, loop)
+    _check_constants(workdir, loop.get("constants", {}), constants)
+  loop["constants"] = constants
   step = int(np.ravel(state.step)[0])
   records = []
   for member_dir, member_config in member_dirs:
     if write:
       os.makedirs(member_dir, exist_ok=True)
       workdir_lib.write_config(member_dir, member_config)
-    records.append(workdir_lib.read_metrics(member_dir, step, rewrite=write))
-  return manager, state, loop, records
+    records.append(
+      workdir_lib.read_metrics(member_dir, step, rewrite=write, resuming=step < total_steps)
+    )
+  best.steps = checkpoints.best_steps(records)
+  return manager, best, state, loop, records
 
 
 def _set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
@@ -179,7 +283,10 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
   batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
   state = parallel.put(state, replicated)
   main = parallel.is_main_process()
-  manager, state, loop, (records,) = resume(config, workdir, state, [(workdir, config)], main)
+  constants = run_constants(config, [dataset], steps_per_epoch)
+  manager, best, state, loop, (records,) = resume(
+    config, workdir, state, [(workdir, config)], constants, total_steps, main
+  )
   train_fn, eval_fn = step_functions(config, batch_sharding)
   steps_fn = jax.jit(train_fn, out_shardings=replicated, donate_argnums=0)
   eval_fn = jax.jit(eval_fn, out_shardings=replicated)
@@ -188,7 +295,10 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
     split = getattr(dataset, name)
     if not len(split):
       return None
-    return [epochs.evaluate(eval_fn, state, split, config.eval_batch_size, batch_sharding)]
+    multiple_of = math.lcm(config.microbatch_size or 1, mesh.size)
+    return [
+      epochs.evaluate(eval_fn, state, split, config.eval_batch_size, batch_sharding, multiple_of)
+    ]
 
   images, labels = parallel.put((dataset.train.images, dataset.train.labels), replicated)
   return Run(
@@ -200,9 +310,10 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
     orders=lambda e: parallel.put(epochs.epoch_order(len(labels), config.seed, e), replicated),
     steps_fn=steps_fn,
     evaluate=evaluate,
-    members=[Member("", workdir_lib.MetricsWriter(workdir, main, config), records)],
+    members=[Member("", workdir_lib.MetricsWriter(workdir, main, config, records), records)],
     manager=manager,
-    loop=loop,
+    best=best,
+    loop=loop | {"result": {"num_params": num_params, "train_flops_per_example": flops}},
     steps_per_epoch=steps_per_epoch,
     total_steps=total_steps,
     result={"num_params": num_params, "train_flops_per_example": flops},
@@ -257,7 +368,7 @@ def fit(run: Run, stop: dict[str, int]) -> list[dict[str, Any]]:
 
   def save(wall_time_s: float) -> None:
     loop = {f"epoch_{k}": v.tolist() for k, v in sums.items()}
-    workdir_lib.save(run.manager, state, run.loop | loop | {"wall_time_s": wall_time_s})
+    checkpoints.save(run.manager, state, run.loop | loop | {"wall_time_s": wall_time_s})
 
   while step < total_steps:
     epoch, index = divmod(step, steps_per_epoch)
@@ -312,8 +423,10 @@ def fit(run: Run, stop: dict[str, int]) -> list[dict[str, Any]]:
       )
       evals_i = {name: values[i] for name, values in evals.items() if values}
       _finish_record(member, record, evals_i, wall_time_s)
-    for value in sums.values():
-      value[:] = 0
+    if step % steps_per_epoch == 0:  # A max_steps stop within an epoch keeps its sums.
+      for value in sums.values():
+        value[:] = 0
+    run.best.steps = checkpoints.best_steps(member.records for member in members)
     save(wall_time_s)
     window_start, window_steps = time.perf_counter(), 0
 

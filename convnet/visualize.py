@@ -1,9 +1,10 @@
 r"""Pictures of what a trained network learned, drawn from its workdir.
 
-  python -m convnet.visualize --workdir=DIR [--out=DIR/figures]
+  python -m convnet.visualize --workdir=DIR [--out=DIR/figures] [--checkpoint=best]
 
-Loads the run's config and latest checkpoint, and writes PNG figures to
-`--out`:
+Loads the run's config and its latest checkpoint (or, with
+`--checkpoint=best`, its best epoch's by validation accuracy: the model behind
+"test accuracy at best validation"), and writes PNG figures to `--out`:
 - `curves.png`: loss and accuracy per epoch, train, validation and test
   (from `metrics.jsonl`);
 - `filters.png`: the first layer's kernels (a dense model's first-layer
@@ -19,7 +20,8 @@ A workdir of seeds trained together (`convnet.seeds`, `convnet.sweep
 --vmap_seeds`) is one `seed_<s>/` folder; its weights come from the group's
 stacked checkpoint. A sweep directory gets the report's table and plots,
 drawn by `convnet.report`. What the figures show is computed by
-`convnet.interpret`; the run is read with `convnet.workdir`.
+`convnet.interpret`; the run is read with `convnet.workdir` and
+`convnet.checkpoints`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from convnet import (
+  checkpoints,
   cli,
   formatting,
   input_pipeline,
@@ -73,10 +76,11 @@ class Run:
   records: list[dict[str, Any]]
 
 
-def load_run(workdir: str) -> Run:
+def load_run(workdir: str, checkpoint: str = "latest") -> Run:
   """Reads a run's config, data, checkpoint and metrics from its workdir.
 
-  `workdir` is a `convnet.main` workdir, or one `seed_<s>/` of a group.
+  `workdir` is a `convnet.main` workdir, or one `seed_<s>/` of a group;
+  `checkpoint` is "latest" or "best" (see `checkpoints.restore_params`).
 
   Raises:
     CheckpointError: `workdir` is not a directory, has no config or checkpoint,
@@ -85,7 +89,7 @@ def load_run(workdir: str) -> Run:
   if not os.path.isdir(workdir):
     raise CheckpointError(f"--workdir={workdir} is not a directory")
   config = workdir_lib.read_config(workdir)
-  params, step = workdir_lib.restore_params(workdir)
+  params, step = checkpoints.restore_params(workdir, checkpoint)
   dataset = input_pipeline.load(config.data, config.seed)
   model = models.create_model(config.model, dataset.input_shape, dataset.num_classes)
   expected = jax.eval_shape(steps.init_params, model, jax.random.key(0), dataset.input_shape)
@@ -373,14 +377,21 @@ def describe(run: Run) -> str:
 
 
 def write_figures(
-  workdir: str, out: str | None = None, num_images: int = 3, grad_cam_block: int = -1
+  workdir: str,
+  out: str | None = None,
+  num_images: int = 3,
+  grad_cam_block: int = -1,
+  checkpoint: str = "latest",
 ) -> list[str]:
-  """Writes every figure of a run's workdir, or a sweep's report; returns their paths."""
+  """Writes every figure of a run's workdir, or a sweep's report; returns their paths.
+
+  `checkpoint`: "latest" or "best" (see `load_run`).
+  """
   workdir = os.path.abspath(workdir)
   if os.path.isdir(os.path.join(workdir, "records")):
     records = report.load_records(workdir)
     return report.write_report(records, out or workdir, report.describe(records, workdir))
-  run = load_run(workdir)
+  run = load_run(workdir, checkpoint)
   num_blocks = len(getattr(run.model, "blocks", ()))
   if num_blocks and not -num_blocks <= grad_cam_block < num_blocks:
     raise ConfigError(
@@ -471,6 +482,13 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
       ("string", "out", None, "Where to write the figures; default: WORKDIR/figures."),
       ("integer", "num_images", 3, "Test images whose feature maps are drawn.", {"lower_bound": 0}),
       ("integer", "grad_cam_block", -1, "The conv block Grad-CAM looks at; -1: the last."),
+      (
+        "enum",
+        "checkpoint",
+        "latest",
+        "The weights drawn: the latest checkpoint's, or the best validation epoch's.",
+        {"enum_values": list(checkpoints.WHICH)},
+      ),
     ),
     required=("workdir",),
   )
@@ -479,7 +497,9 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 def main(argv):
   cli.start(argv)
   try:
-    paths = write_figures(FLAGS.workdir, FLAGS.out, FLAGS.num_images, FLAGS.grad_cam_block)
+    paths = write_figures(
+      FLAGS.workdir, FLAGS.out, FLAGS.num_images, FLAGS.grad_cam_block, FLAGS.checkpoint
+    )
   except ConvnetError as e:
     sys.exit(f"error: {e}")
   for path in paths:

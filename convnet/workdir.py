@@ -5,18 +5,20 @@ A workdir written by `train.train_and_evaluate` holds:
 - `metrics.jsonl`: one JSON object per logged step or finished epoch;
 - TensorBoard event files, with the same scalars;
 - `checkpoints/<step>/`: Orbax checkpoints of the `TrainState` and the loop's
-  counters;
+  counters (see `convnet.checkpoints`);
 - `.lock`: held while a process writes there.
 
 A group of seeds trained together (`convnet.seeds`) keeps one `config.json`
 and `metrics.jsonl` per seed in `seed_<s>/`, and one stacked checkpoint in the
 group's own `checkpoints/`. Everything here writes atomically: a file is
-either the old one or the new one, never half of each.
+either the old one or the new one, never half of each; a write that fails (a
+full disk, a read-only mount) raises `WorkdirError`, naming the path.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import math
@@ -28,24 +30,33 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 
-from convnet.errors import CheckpointError, DivergedError, WorkdirError, WorkdirInUseError
+from convnet.errors import CheckpointError, WorkdirError, WorkdirInUseError, WorkdirReadOnlyError
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
-CHECKPOINTS = "checkpoints"
 SEED_DIR = re.compile(r"seed_(-?\d+)")  # a seed's folder in a group trained together
-# Config fields that change what a run logs, saves or traces, and never its numbers.
-RESULT_NEUTRAL = ("log_every_steps", "checkpoint_every_steps", "profile_steps")
-# Config fields that may change between a run and its resumption: those, the run's length, and
-# the devices (which change results by float rounding only).
-RESUMABLE_CHANGES = (*RESULT_NEUTRAL, "num_epochs", "max_steps", "mesh_shape")
+# Config fields that change what a run logs, saves or traces, how its steps are batched into
+# calls and microbatches, how it is evaluated in batches, its implementation of the same ops, and
+# where its data is read from: never its numbers beyond float rounding.
+RESULT_NEUTRAL = (
+  "log_every_steps",
+  "checkpoint_every_steps",
+  "checkpoint_keep",
+  "profile_steps",
+  "steps_per_call",
+  "microbatch_size",
+  "eval_batch_size",
+  "model.implementation",
+  "data.idx_dir",
+  "data.tfds_data_dir",
+)
+# Config fields that may change between a run and its resumption: those, when the run stops
+# (`max_steps`), and the devices (float rounding only). `num_epochs` too, where the learning rate
+# does not depend on the run's length (a constant schedule).
+RESUMABLE_CHANGES = (*RESULT_NEUTRAL, "max_steps", "mesh_shape")
 
 
 # ----------------------------------------------------------------------------
@@ -61,7 +72,10 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
   as it was.
   """
   folder, name = os.path.split(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+  try:
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.{_writer_id()}.", suffix=".tmp")
+  except OSError as e:
+    raise WorkdirError(f"cannot write {path} ({reason(e)}); {_REMEDY}") from None
   try:
     os.fchmod(fd, 0o666 & ~_umask())  # what open() gives a new file; mkstemp's is 0600
     with os.fdopen(fd, mode) as f:
@@ -69,10 +83,63 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     with contextlib.suppress(FileNotFoundError):
       os.unlink(tmp)
+    if isinstance(e, OSError):
+      raise WorkdirError(f"cannot write {path} ({reason(e)}); {_REMEDY}") from None
     raise
+
+
+_REMEDY = "free some space or make it writable, then run the same command again"
+
+
+def _writer_id() -> str:
+  """This process, as the names of its temporary files give it: "host-pid"."""
+  return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def remove_stale_files(folder: str) -> None:
+  """Removes the temporary files that dead processes of this host left in `folder`.
+
+  `atomic_open` names its temporary files `.NAME.HOST-PID.XXXX.tmp`; a process
+  killed while writing leaves one behind. Files of live processes, and of other
+  hosts, are left alone.
+  """
+  host = socket.gethostname()
+  with contextlib.suppress(OSError):
+    for name in os.listdir(folder):
+      match = _TEMPORARY.fullmatch(name)
+      if match and match["host"] == host and not _alive(int(match["pid"])):
+        with contextlib.suppress(OSError):
+          os.unlink(os.path.join(folder, name))
+
+
+_TEMPORARY = re.compile(r"\..+\.(?P<host>[^.]+)-(?P<pid>\d+)\.[^.]+\.tmp")
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Another user's live process.
+    return True
+  return True
+
+
+def reason(error: BaseException) -> str:
+  """Why a write failed, in a few words: the OSError inside `error`, or its first line."""
+  seen = error
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.strerror:
+      return seen.strerror
+    seen = seen.__cause__ or seen.__context__
+  text = str(error).splitlines()[0][:200] if str(error) else ""
+  for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EFBIG):
+    if os.strerror(code) in str(error):
+      return os.strerror(code)
+  return f"{type(error).__name__}: {text}"
 
 
 def _umask() -> int:
@@ -88,6 +155,8 @@ def make_dir(path: str, what: str = "--workdir") -> str:
     WorkdirError: a file stands where a folder must be, or the folder cannot
       be made; `what` names the flag or setting that gave `path`.
   """
+  if not str(path).strip():
+    raise WorkdirError(f"{what} is empty: name a folder (it is made if it is missing)")
   path = os.path.abspath(path)
   try:
     os.makedirs(path, exist_ok=True)
@@ -112,9 +181,17 @@ def lock(workdir: str) -> Iterator[None]:
 
   Raises:
     WorkdirInUseError: another live process holds the lock; the message names it.
+    WorkdirReadOnlyError: the lock file cannot be made (a read-only folder).
   """
   path = os.path.join(workdir, ".lock")
-  with open(path, "a+") as f:
+  try:
+    f = open(path, "a+")
+  except OSError as e:
+    raise WorkdirReadOnlyError(
+      f"{workdir} cannot be written ({reason(e)}): make it writable, or copy it and give the "
+      "copy as --workdir"
+    ) from None
+  with f:
     try:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -170,8 +247,10 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Refuses to resume a workdir whose run was made with another config.
 
-  Fields in `RESUMABLE_CHANGES` may differ; a workdir without `config.json`
-  passes.
+  Fields in `RESUMABLE_CHANGES` may differ, and `num_epochs` where both
+  configs use a constant learning rate (other schedules decay over the run's
+  length). A workdir without `config.json` passes. Reads nothing but the
+  config, so that it runs before any data is loaded.
 
   Raises:
     CheckpointError: `config.json` cannot be read, or other fields differ (all
@@ -187,11 +266,20 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
     raise CheckpointError(
       f"{path} cannot be read ({e}); move it away or use a new --workdir to start fresh"
     ) from None
-  changed = changed_fields(saved, config)
+  schedules = {saved.get("optimizer", {}).get("schedule"), config.optimizer.schedule}
+  allowed = RESUMABLE_CHANGES + (("num_epochs",) if schedules == {"constant"} else ())
+  changed = changed_fields(saved, config, allowed)
   if changed:
+    why = ""
+    if any(line.startswith("num_epochs:") for line in changed):
+      why = (
+        f"\n(the {config.optimizer.schedule} learning-rate schedule spans num_epochs: use "
+        "max_steps to stop a run early)"
+      )
     raise CheckpointError(
       f"{workdir} holds checkpoints of a run with another config:\n  "
       + "\n  ".join(changed)
+      + why
       + f"\nUse a new --workdir, or delete {workdir} to start fresh."
     )
 
@@ -230,13 +318,22 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 # Metrics
 
 
-def read_metrics(workdir: str, last_step: float = math.inf, rewrite: bool = False):
+def read_metrics(
+  workdir: str, last_step: float = math.inf, rewrite: bool = False, resuming: bool = False
+) -> list[dict[str, Any]]:
   """The records of `workdir/metrics.jsonl` up to `last_step`, as a list of dicts.
 
-  Records past `last_step` and a torn last line left by a crash are dropped.
+  Only two kinds of line are dropped: those past `last_step`, and a torn last
+  line (no newline) that a crash left. With `resuming` (the run goes on past
+  `last_step`), so is a last record of a partial epoch at `last_step`, which a
+  `max_steps` stop wrote: the resumed run writes that epoch's whole record.
   With `rewrite` (the run that resumes from the checkpoint of `last_step`),
   the file is rewritten to match, so that the resumed run appends no step
   twice; without it the file is only read. A missing file gives [].
+
+  Raises:
+    CheckpointError: a line before the end is not a record; it is named as
+      `file:line`, and nothing is rewritten.
   """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
@@ -244,20 +341,38 @@ def read_metrics(workdir: str, last_step: float = math.inf, rewrite: bool = Fals
   with open(path) as f:
     lines = f.read().splitlines(keepends=True)
   records = []
-  for line in lines:
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError:
-      break  # A torn last line.
-    if not line.endswith("\n") or record.get("step", math.inf) > last_step:
+  for number, line in enumerate(lines, 1):
+    record = _record(line)
+    if record is not None and record.get("step", math.inf) > last_step:
       break
+    if record is None or not line.endswith("\n"):
+      if number == len(lines) and not line.endswith("\n"):
+        break  # A torn last line.
+      raise CheckpointError(
+        f"{path}:{number} is not a metrics record ({line.strip()[:60]!r}): mend or delete that "
+        "line, then run again; nothing was changed"
+      )
     records.append(record)
-  if len(records) != len(lines) and rewrite:
-    logging.info(
-      "Dropping %d record(s) of %s past step %d", len(lines) - len(records), path, last_step
-    )
+  dropped = len(lines) - len(records)
+  if resuming and records and _partial_epoch(records[-1]) and records[-1]["step"] == last_step:
+    records.pop()
+    dropped += 1
+  if dropped and rewrite:
+    logging.info("Dropping %d record(s) of %s past step %d", dropped, path, last_step)
     atomic_write(path, "".join(json.dumps(r) + "\n" for r in records))
   return records
+
+
+def _record(line: str) -> dict[str, Any] | None:
+  try:
+    record = json.loads(line)
+  except json.JSONDecodeError:
+    return None
+  return record if isinstance(record, dict) else None
+
+
+def _partial_epoch(record: Mapping[str, Any]) -> bool:
+  return record.get("kind") == "epoch" and not float(record["epoch"]).is_integer()
 
 
 # TensorBoard's scalars: each tag holds one statistic. Logged steps ("train" records) give the
@@ -296,201 +411,83 @@ class MetricsWriter:
   validation and test accuracy and loss as its metrics, so that the runs of a
   sweep can be compared there. A writer that is not `enabled` (in processes
   other than 0) writes nothing.
+
+  The event files mirror `metrics.jsonl`. A resumed run passes the records it
+  kept as `kept`: its new event file starts with them, and then the older
+  event files, which may hold points past the restored step, are removed, so
+  that no (tag, step) has two values.
+
+  Raises (from `write`):
+    WorkdirError: a file cannot be written; what was written before stays.
   """
 
   def __init__(
-    self, workdir: str, enabled: bool = True, config: ml_collections.ConfigDict | None = None
+    self,
+    workdir: str,
+    enabled: bool = True,
+    config: ml_collections.ConfigDict | None = None,
+    kept: list[Mapping[str, Any]] = (),
   ):
     self._workdir = workdir
     self._enabled = enabled
     self._config = config
+    self._kept = list(kept)
     self._tensorboard = None  # opened at the first record, so that a finished run adds no file
 
   def _open(self):
-    from tensorboardX import SummaryWriter
+    from tensorboardX.event_file_writer import EventsWriter
     from tensorboardX.summary import hparams as hparams_summaries
 
-    self._tensorboard = SummaryWriter(self._workdir)
+    suffix = f".{_writer_id()}-{time.time_ns()}"
+    # Written in this thread, so that a write that fails raises here, and nothing is left to
+    # flush when the process exits.
+    self._tensorboard = EventsWriter(os.path.join(self._workdir, "events"), suffix)
     if self._config is not None:
       metrics = {tag: 0.0 for tag in HPARAMS_METRICS}
       for summary in hparams_summaries(hparams(self._config), metrics):
-        self._tensorboard.file_writer.add_summary(summary)
+        self._add_event(0, summary)
+    for record in self._kept:
+      self._add_scalars(record)
+    self._tensorboard.flush()
+    for name in os.listdir(self._workdir):
+      if name.startswith(EVENTS_PREFIX) and not name.endswith(suffix):
+        os.unlink(os.path.join(self._workdir, name))
+
+  def _add_event(self, step: int, summary) -> None:
+    from tensorboardX.proto import event_pb2
+
+    self._tensorboard.write_event(
+      event_pb2.Event(wall_time=time.time(), step=step, summary=summary)
+    )
+
+  def _add_scalars(self, record: Mapping[str, Any]) -> None:
+    from tensorboardX.summary import scalar
+
+    tags = TAGS.get(record.get("kind"), {})
+    for key, value in record.items():
+      if key in tags and isinstance(value, float | int):
+        self._add_event(record["step"], scalar(tags[key], value))
 
   def write(self, record: Mapping[str, Any]) -> None:
     if not self._enabled:
       return
-    if self._tensorboard is None:
-      self._open()
-    with open(os.path.join(self._workdir, METRICS_FILE), "a") as f:
-      f.write(json.dumps(record) + "\n")
-    tags = TAGS.get(record.get("kind"), {})
-    for key, value in record.items():
-      if key in tags and isinstance(value, float | int):
-        self._tensorboard.add_scalar(tags[key], value, record["step"])
-    self._tensorboard.flush()
+    path = os.path.join(self._workdir, METRICS_FILE)
+    try:
+      if self._tensorboard is None:
+        self._open()
+      with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+      self._add_scalars(record)
+      self._tensorboard.flush()
+    except OSError as e:
+      self.close()
+      raise WorkdirError(f"cannot write in {self._workdir} ({reason(e)}); {_REMEDY}") from None
 
   def close(self) -> None:
     if self._tensorboard is not None:
-      self._tensorboard.close()
+      with contextlib.suppress(OSError):  # What a full disk did not take is lost with it.
+        self._tensorboard.close()
+      self._tensorboard = None
 
 
-# ----------------------------------------------------------------------------
-# Checkpoints
-
-
-def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-  """Orbax's manager of `workdir/checkpoints`, keeping the newest `keep` checkpoints."""
-  return ocp.CheckpointManager(
-    os.path.join(os.path.abspath(workdir), CHECKPOINTS),
-    options=ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=True, enable_async_checkpointing=False
-    ),
-  )
-
-
-def _restore_step(manager: ocp.CheckpointManager, step: int, state_args, what: str):
-  """Restores checkpoint `step`; whatever Orbax raises becomes one CheckpointError line."""
-  try:
-    return manager.restore(
-      step, args=ocp.args.Composite(state=state_args, loop=ocp.args.JsonRestore())
-    )
-  except Exception as e:  # Orbax raises many kinds for a bad or foreign checkpoint.
-    directory = os.path.join(os.fspath(manager.directory), str(step))
-    detail = str(e).splitlines()[0][:300] if str(e) else ""
-    raise CheckpointError(
-      f"checkpoint {directory} cannot be {what} ({type(e).__name__}: {detail})"
-    ) from None
-
-
-def _check_fits(manager: ocp.CheckpointManager, step: int, abstract) -> None:
-  """Refuses a checkpoint whose arrays differ from `abstract`'s, before any is read.
-
-  Orbax reads a checkpoint's arrays concurrently: when one of them does not
-  fit, the restore raises while the other reads are still in flight, and those
-  print "Exception ignored in <coroutine ...>" or "Event loop is closed"
-  tracebacks later, as Python exits, after the run's one-line error. The
-  checkpoint's metadata says every array's shape without reading any.
-  """
-  directory = manager.directory / str(step)
-  try:
-    metadata = ocp.StandardCheckpointHandler().metadata(directory / "state")
-    saved = ocp.tree.to_flat_dict(metadata.tree)
-  except Exception:  # Unreadable metadata: the restore itself names the problem.
-    return
-  wanted = ocp.tree.to_flat_dict(abstract)
-  problems = []
-  for key in sorted(set(saved) | set(wanted), key=lambda k: (k[0] != "params", k)):
-    name = ".".join(key)
-    if key not in saved:
-      problems.append(f"{name} is not in the checkpoint")
-    elif key not in wanted:
-      problems.append(f"{name} is in the checkpoint, not in this model")
-    elif np.shape(saved[key]) != np.shape(wanted[key]):
-      problems.append(
-        f"{name} has shape {np.shape(saved[key])} there, {np.shape(wanted[key])} here"
-      )
-  if problems:
-    more = f", and {len(problems) - 1} more" if len(problems) > 1 else ""
-    raise CheckpointError(
-      f"checkpoint {directory} cannot be restored into this model ({problems[0]}{more})"
-    )
-
-
-def restore(manager: ocp.CheckpointManager, state, loop: dict[str, Any]):
-  """The latest checkpoint's (state, loop), shaped like `state`; or both as given, if none.
-
-  Raises:
-    CheckpointError: the checkpoint does not fit `state` (another model); the
-      message says how to start fresh.
-  """
-  step = manager.latest_step()
-  if step is None:
-    return state, loop
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  try:
-    _check_fits(manager, step, abstract)
-    restored = _restore_step(
-      manager, step, ocp.args.StandardRestore(abstract), "restored into this model"
-    )
-  except CheckpointError as e:
-    raise CheckpointError(
-      f"{e}. Use a new --workdir, or delete {manager.directory} to start fresh."
-    ) from None
-  logging.info("Resumed from checkpoint at step %d", step)
-  return restored.state, dict(restored.loop)
-
-
-def save(manager: ocp.CheckpointManager, state, loop: dict[str, Any]) -> None:
-  """Saves the state, unless this step is saved already; non-finite parameters never are.
-
-  `state` may be stacked along a leading axis (seeds trained together), all at
-  one step.
-
-  Raises:
-    DivergedError: a parameter is NaN or infinite; the last checkpoint is kept.
-  """
-  step = int(np.ravel(state.step)[0])
-  if manager.latest_step() == step:
-    return
-  if not all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(state.params)):
-    raise DivergedError(
-      f"the parameters stopped being finite by step {step}; nothing was saved, and the "
-      f"checkpoint of step {manager.latest_step()} is kept. Try a lower optimizer.learning_rate."
-    )
-  manager.save(
-    step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop))
-  )
-
-
-def seed_dir(group_dir: str, seed: int) -> str:
-  """The folder of one seed of a group trained together."""
-  return os.path.join(group_dir, f"seed_{seed}")
-
-
-def _checkpoint_dir(workdir: str) -> tuple[str, int | None]:
-  """The checkpoints of a run; for one seed of a group, the group's and the seed."""
-  own = os.path.join(workdir, CHECKPOINTS)
-  if os.path.isdir(own):
-    return own, None
-  seed = SEED_DIR.fullmatch(os.path.basename(os.path.normpath(workdir)))
-  group = os.path.join(os.path.dirname(os.path.normpath(workdir)), CHECKPOINTS)
-  if seed and os.path.isdir(group):
-    return group, int(seed[1])
-  raise CheckpointError(f"{workdir} has no {CHECKPOINTS}/ (nor its group's): train it first")
-
-
-def _group_seeds(group_dir: str, loop: Mapping[str, Any]) -> list[int]:
-  """The seeds of a group in the order they are stacked."""
-  if "seeds" in loop:
-    return [int(s) for s in loop["seeds"]]
-  # Groups saved before the order was recorded stacked their seeds in sweep order, ascending.
-  names = [SEED_DIR.fullmatch(n) for n in os.listdir(group_dir)]
-  return sorted(int(m[1]) for m in names if m)
-
-
-def restore_params(workdir: str) -> tuple[Any, int]:
-  """The parameters and step of a workdir's latest checkpoint.
-
-  `workdir` is a `convnet.main` workdir, or one `seed_<s>/` of a group, whose
-  parameters are taken out of the group's stacked checkpoint.
-
-  Raises:
-    CheckpointError: there is no checkpoint, it cannot be read, or the seed is
-      not in its group.
-  """
-  directory, seed = _checkpoint_dir(os.path.abspath(workdir))  # Orbax takes absolute paths only
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
-  try:
-    step = manager.latest_step()
-    if step is None:
-      raise CheckpointError(f"{directory} holds no checkpoint: train the run first")
-    restored = _restore_step(manager, step, ocp.args.StandardRestore(), "read")
-  finally:
-    manager.close()
-  params = restored.state["params"]
-  if seed is not None:
-    seeds = _group_seeds(os.path.dirname(directory), restored.loop)
-    if seed not in seeds:
-      raise CheckpointError(f"seed {seed} is not one of the seeds {seeds} saved in {directory}")
-    params = jax.tree.map(lambda x: x[seeds.index(seed)], params)
-  return params, step
+EVENTS_PREFIX = "events.out.tfevents."

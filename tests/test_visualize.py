@@ -11,8 +11,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from convnet import input_pipeline, interpret, models, seeds, steps, train, visualize
-from convnet import workdir as workdir_lib
+from convnet import checkpoints, input_pipeline, interpret, models, seeds, steps, train, visualize
 from convnet.configs import mnist
 from convnet.errors import CheckpointError, ConfigError
 from convnet.sources import embedded
@@ -148,7 +147,7 @@ def test_one_seed_of_a_group_gets_its_own_weights(tmp_path):
     assert abs(runs[other].records[-1]["test_loss"] - logged) > 1e-3
   with pytest.raises(CheckpointError, match="seed 2 is not one of the seeds"):
     os.makedirs(tmp_path / "seed_2")
-    workdir_lib.restore_params(str(tmp_path / "seed_2"))
+    checkpoints.restore_params(str(tmp_path / "seed_2"))
 
 
 def _float64(tree):
