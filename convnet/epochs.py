@@ -2,16 +2,15 @@
 
 `convnet.train` runs one model; `convnet.seeds` runs one copy per seed, stacked
 along a leading axis and vmapped. Both count steps, order each epoch's
-examples, evaluate, write the epoch's record, catch divergence and stop on
-SIGTERM or SIGINT with the pieces here, so that a seed of a group computes
-what a single run of that seed computes.
+examples, evaluate, write the epoch's record, catch divergence and say how a
+stop ended with the pieces here (`convnet.preemption` turns signals into stop
+requests), so that a seed of a group computes what a single run of that seed
+computes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -181,35 +180,6 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   final["test_accuracy_at_best_validation"] = best["test_accuracy"]
   final.pop("kind")
   return final
-
-
-@contextlib.contextmanager
-def stop_signals() -> Iterator[dict[str, int]]:
-  """Turns SIGTERM and SIGINT into a request to stop, which the loop reads between calls.
-
-  Yields a dict whose "signal" is 0, or the number of the first signal
-  received. A second signal raises KeyboardInterrupt at once. Only the main
-  thread can set handlers; elsewhere signals keep their handlers and the dict
-  stays 0.
-  """
-  stop = {"signal": 0}
-  if threading.current_thread() is not threading.main_thread():
-    yield stop
-    return
-
-  def request(signum, frame):
-    del frame
-    if stop["signal"]:  # A second signal: stop now, without saving.
-      raise KeyboardInterrupt
-    logging.warning("%s received: saving a checkpoint, then stopping", signal.Signals(signum).name)
-    stop["signal"] = signum
-
-  previous = {s: signal.signal(s, request) for s in (signal.SIGTERM, signal.SIGINT)}
-  try:
-    yield stop
-  finally:
-    for s, handler in previous.items():
-      signal.signal(s, handler)
 
 
 class Profiler:

@@ -3,7 +3,7 @@
 The training loop asks `requested(step)` between calls of the jitted steps and,
 when it returns a signal number, saves a checkpoint at that step and stops.
 
-In one process a signal sets a flag, as `epochs.stop_signals` does. In a run of
+In one process a signal sets a flag that the loop reads. In a run of
 several processes (`jax.distributed`), each process would see its own signal at
 its own step, or only one process would see it at all; the others would then
 wait forever in the next collective, or save a different step. So there the
@@ -80,7 +80,7 @@ def stop_requests() -> Iterator[StopRequests]:
 
   Yields a `StopRequests`, which the loop asks between calls of the steps.
 
-  One process (`jax.process_count() == 1`): as `epochs.stop_signals`. The first
+  One process (`jax.process_count() == 1`): the first
   SIGTERM or SIGINT makes `requested` return its number; a second one raises
   KeyboardInterrupt at once. Only the main thread can set handlers; elsewhere
   signals keep their handlers and `requested` returns 0.
@@ -145,5 +145,5 @@ def _check_preemption_service() -> None:
   if callable(signal.getsignal(signal.SIGTERM)):
     raise RuntimeError(
       "a Python handler for SIGTERM replaces JAX's, so the processes of a multi-process run "
-      "cannot agree on a step to stop at; remove it (epochs.stop_signals installs one)"
+      "cannot agree on a step to stop at; remove it (a stop_requests of one process installs one)"
     )

@@ -22,7 +22,15 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from convnet import checkpoints, config_checks, epochs, input_pipeline, models, train
+from convnet import (
+  checkpoints,
+  config_checks,
+  epochs,
+  input_pipeline,
+  models,
+  preemption,
+  train,
+)
 from convnet import steps as steps_lib
 from convnet import workdir as workdir_lib
 from convnet.errors import ConfigError
@@ -56,7 +64,7 @@ def train_seeds(
     raise ConfigError(f"seeds={seeds} must be distinct, and at least one")
   config_checks.validate(config)
   workdir = workdir_lib.make_dir(workdir)
-  with workdir_lib.lock(workdir), epochs.stop_signals() as stop:
+  with workdir_lib.lock(workdir), preemption.stop_requests() as stop:
     configs = [seed_config(config, s) for s in seeds]
     seed_dirs = [checkpoints.seed_dir(workdir, s) for s in seeds]
     train.check_before_loading(workdir, list(zip(seed_dirs, configs, strict=True)))

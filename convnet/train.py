@@ -37,6 +37,7 @@ from convnet import (
   models,
   optim,
   parallel,
+  preemption,
 )
 from convnet import steps as steps_lib
 from convnet import workdir as workdir_lib
@@ -109,7 +110,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # In a multi-host run, process 0 holds the lock for them all.
   lock = workdir_lib.lock(workdir) if parallel.is_main_process() else contextlib.nullcontext()
   try:
-    with lock, epochs.stop_signals() as stop:
+    with lock, preemption.stop_requests() as stop:
       check_before_loading(workdir, [(workdir, config)])
       return fit(_set_up(config, workdir), stop)[0]
   except WorkdirReadOnlyError as e:  # Only the lock raises it: nothing can be written there.
@@ -321,10 +322,11 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
   )
 
 
-def fit(run: Run, stop: dict[str, int]) -> list[dict[str, Any]]:
+def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
   """Trains `run` to its total step count, evaluating and saving at every epoch's end.
 
-  Reads `stop` (see `epochs.stop_signals`) between calls of the steps: after a
+  Asks `stop` (see `preemption.stop_requests`) before each call of the steps,
+  in every process at the same steps: after a
   signal it saves a checkpoint and raises `RunInterrupted`. A loss that stops
   being finite raises `DivergedError` before anything is saved.
 
@@ -376,11 +378,12 @@ def fit(run: Run, stop: dict[str, int]) -> list[dict[str, Any]]:
     epoch_end = min((epoch + 1) * steps_per_epoch, total_steps)
     order = run.orders(epoch)
     while step < epoch_end:
-      if stop["signal"]:
+      signum = stop.requested(step)
+      if signum:
         flush_pending()
         save(time.perf_counter() - start_time)
         run.manager.wait_until_finished()
-        raise epochs.interrupted(stop["signal"], step, run.workdir)
+        raise epochs.interrupted(signum, step, run.workdir)
       count = _next_stop(config, step, epoch_end) - step
       start = step - epoch * steps_per_epoch
       profiler.before_call(step)

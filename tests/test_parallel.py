@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -177,3 +179,66 @@ def test_impossible_mesh_shapes_are_named(mesh_shape, tmp_path):
   with pytest.raises(ConfigError, match=f"mesh_shape={mesh_shape}"):
     train.train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def _two_processes(workdir, overrides, address):
+  env = dict(os.environ, CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  return [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        "convnet.main",
+        f"--workdir={workdir}",
+        f"--coordinator_address={address}",
+        "--num_processes=2",
+        f"--process_id={i}",
+        *overrides,
+      ],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
+  """Both save one checkpoint at the step they agree on, exit 143, and the rerun finishes."""
+  import time
+
+  workdir = tmp_path / "two"
+  overrides = [
+    "--config=configs/mnist.py",
+    "--config.data.source=embedded",
+    "--config.num_epochs=3",
+    "--config.steps_per_call=1",
+    "--config.log_every_steps=1",
+  ]
+  processes = _two_processes(workdir, overrides, f"127.0.0.1:{_free_port()}")
+  deadline = time.time() + 240
+  metrics = workdir / "metrics.jsonl"
+  while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+    assert all(p.poll() is None for p in processes), processes[0].communicate()[1][-3000:]
+    assert time.time() < deadline, "timed out"
+    time.sleep(0.05)
+  processes[1].send_signal(signal.SIGTERM)  # only the second process hears it
+  outputs = [p.communicate(timeout=240) for p in processes]
+  stops = []
+  for p, (_, stderr) in zip(processes, outputs, strict=True):
+    assert p.returncode == 143, stderr[-3000:]
+    stops.append(re.search(r"SIGTERM at step (\d+): checkpoint saved", stderr)[1])
+  assert stops[0] == stops[1]
+  assert sorted(os.listdir(workdir / "checkpoints")) == [stops[0]]
+  assert int(stops[0]) < 78  # mid-run
+  again = _two_processes(workdir, overrides, f"127.0.0.1:{_free_port()}")
+  outputs = [p.communicate(timeout=300) for p in again]
+  for p, (_, stderr) in zip(again, outputs, strict=True):
+    assert p.returncode == 0, stderr[-3000:]
+  records = [json.loads(line) for line in metrics.read_text().splitlines()]
+  assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 79))
+  assert [r["step"] for r in records if r["kind"] == "epoch"] == [26, 52, 78]

@@ -26,7 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from convnet import epochs, sweep, train
+from convnet import preemption, sweep, train
 from convnet import seeds as seeds_lib
 from convnet.errors import (
   CheckpointError,
@@ -188,14 +188,13 @@ def test_sigterm_and_sigint_save_a_checkpoint_before_exiting(straight, tmp_path,
   _assert_same_tree(_final_params(workdir)[1], _final_params(straight)[1])
 
 
-class _StopAt(dict):
+class _StopAt:
   """A stop request (SIGTERM) that the loop finds from its `at`-th look on."""
 
   def __init__(self, at):
-    super().__init__(signal=0)
     self.looks, self.at = 0, at
 
-  def __getitem__(self, key):
+  def requested(self, step):
     self.looks += 1
     return signal.SIGTERM if self.looks >= self.at else 0
 
@@ -216,7 +215,7 @@ def test_a_stop_request_saves_mid_epoch_and_the_rerun_is_the_same_run(
 
   straight = run(tmp_path / "straight")
   # The loop looks before each call of 4 steps: the third look is at step 8, mid-epoch 1 of 13.
-  monkeypatch.setattr(epochs, "stop_signals", lambda: contextlib.nullcontext(_StopAt(3)))
+  monkeypatch.setattr(preemption, "stop_requests", lambda: contextlib.nullcontext(_StopAt(3)))
   with pytest.raises(RunInterrupted, match="SIGTERM at step 8: checkpoint saved"):
     run(tmp_path / "stopped")
   assert _checkpoint_steps(tmp_path / "stopped") == [8]
