@@ -326,9 +326,9 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
   """Trains `run` to its total step count, evaluating and saving at every epoch's end.
 
   Asks `stop` (see `preemption.stop_requests`) before each call of the steps,
-  in every process at the same steps: after a
-  signal it saves a checkpoint and raises `RunInterrupted`. A loss that stops
-  being finite raises `DivergedError` before anything is saved.
+  in every process at the same steps: after a signal it saves a checkpoint and
+  raises `RunInterrupted`. A loss that stops being finite raises
+  `DivergedError` before anything is saved.
 
   Returns:
     Each member's result (see `train_and_evaluate`).
@@ -378,8 +378,7 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
     epoch_end = min((epoch + 1) * steps_per_epoch, total_steps)
     order = run.orders(epoch)
     while step < epoch_end:
-      signum = stop.requested(step)
-      if signum:
+      if signum := stop.requested(step):
         flush_pending()
         save(time.perf_counter() - start_time)
         run.manager.wait_until_finished()
@@ -426,9 +425,8 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
       )
       evals_i = {name: values[i] for name, values in evals.items() if values}
       _finish_record(member, record, evals_i, wall_time_s)
-    if step % steps_per_epoch == 0:  # A max_steps stop within an epoch keeps its sums.
-      for value in sums.values():
-        value[:] = 0
+    for value in sums.values():  # A max_steps stop within an epoch keeps its sums.
+      value *= step % steps_per_epoch != 0
     run.best.steps = checkpoints.best_steps(member.records for member in members)
     save(wall_time_s)
     window_start, window_steps = time.perf_counter(), 0

@@ -17,6 +17,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -190,15 +191,29 @@ def _analytic(model, input_shape):
   return (math.prod(spatial) * features if model["head"] == "flatten" else features), None
 
 
-@settings(
-  max_examples=500,
-  deadline=None,
-  derandomize=True,
-  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+_SETTINGS = {
+  "deadline": None,
+  "derandomize": True,
+  "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+}
+
+
+@settings(max_examples=100, **_SETTINGS)
 @given(configs())
 def test_random_convnet_configs_build_or_are_refused_by_field(drawn):
-  model_config, input_shape, broken, expected = drawn
+  _build_or_refuse(*drawn)
+
+
+@pytest.mark.slow
+@settings(max_examples=500, **_SETTINGS)
+@given(configs())
+def test_500_random_convnet_configs_build_or_are_refused_by_field(drawn):
+  _build_or_refuse(*drawn)
+
+
+def _build_or_refuse(model_config, input_shape, broken, expected):
+  """Builds a drawn config: refused naming `broken`, or built with `expected` inputs to the head,
+  a forward pass finite everywhere."""
   try:
     model = models.create_model(model_config, input_shape, num_classes=7)
   except ConfigError as e:

@@ -133,6 +133,7 @@ def test_result_neutral_fields_may_change_on_resume(config, tmp_path, field, val
   workdir_lib.check_resumable(str(tmp_path), config)
 
 
+@pytest.mark.slow
 def test_a_resume_with_every_neutral_change_at_once_goes_on(config, tmp_path):
   config.max_steps = 4
   train.train_and_evaluate(config, str(tmp_path))
@@ -147,6 +148,7 @@ def test_a_resume_with_every_neutral_change_at_once_goes_on(config, tmp_path):
   assert result["step"] == 8 and _steps(tmp_path) == [4, 8]
 
 
+@pytest.mark.slow
 def test_a_change_that_changes_the_result_is_refused_before_any_data_is_read(
   config, tmp_path, monkeypatch
 ):
@@ -164,6 +166,7 @@ def test_a_change_that_changes_the_result_is_refused_before_any_data_is_read(
   assert sorted(os.listdir(tmp_path)) == before
 
 
+@pytest.mark.slow
 def test_training_data_that_changed_under_its_folder_is_refused(config, tmp_path, idx_dir):
   config.data.source = "idx"
   config.data.idx_dir = str(idx_dir)
@@ -230,6 +233,7 @@ def test_the_manager_keeps_the_best_steps_beside_the_newest(tmp_path, tiny_state
   assert best.steps == {2, 1} and _steps(tmp_path) == [2, 6]  # step 1 was deleted before
 
 
+@pytest.mark.slow
 def test_the_best_epochs_weights_stay_readable_and_visualize_draws_them(config, tmp_path):
   config.num_epochs = 4
   config.checkpoint_keep = 1
@@ -253,6 +257,7 @@ def test_the_best_epochs_weights_stay_readable_and_visualize_draws_them(config, 
 # metrics.jsonl and TensorBoard.
 
 
+@pytest.mark.slow
 def test_a_bad_line_within_metrics_is_named_and_nothing_is_rewritten(config, tmp_path):
   config.num_epochs = 2
   train.train_and_evaluate(config, str(tmp_path))
@@ -279,6 +284,7 @@ def test_only_a_torn_last_line_and_lines_past_the_step_are_dropped(tmp_path):
     workdir_lib.read_metrics(str(tmp_path), 5, rewrite=True)
 
 
+@pytest.mark.slow
 def test_after_a_resume_each_tensorboard_point_is_there_once(config, tmp_path):
   config.max_steps = 10
   config.checkpoint_every_steps = 4
@@ -309,6 +315,7 @@ def test_after_a_resume_each_tensorboard_point_is_there_once(config, tmp_path):
 # Checkpoints that cannot be read, and folders that cannot be written.
 
 
+@pytest.mark.slow
 def test_an_incomplete_checkpoint_is_passed_over_for_the_one_before(config, tmp_path):
   config.max_steps = 6
   straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
@@ -323,6 +330,7 @@ def test_an_incomplete_checkpoint_is_passed_over_for_the_one_before(config, tmp_
   assert [n for n in names if n.startswith("99.unreadable-")]  # kept, out of the way
 
 
+@pytest.mark.slow
 def test_a_workdir_that_cannot_be_written_reports_a_finished_run(config, tmp_path, monkeypatch):
   config.max_steps = 3
   finished = train.train_and_evaluate(config, str(tmp_path / "done"))
@@ -351,6 +359,7 @@ def test_an_empty_workdir_is_refused(config):
     train.train_and_evaluate(config, "")
 
 
+@pytest.mark.slow
 def test_stale_temporary_files_of_dead_writers_are_removed(config, tmp_path):
   host = socket.gethostname()
   dead = tmp_path / f".metrics.jsonl.{host}-999999999.abc123.tmp"
@@ -362,6 +371,7 @@ def test_stale_temporary_files_of_dead_writers_are_removed(config, tmp_path):
   assert not dead.exists() and live.exists()
 
 
+@pytest.mark.slow
 def test_an_absurd_eval_batch_is_cut_to_the_split(config, tmp_path):
   split = input_pipeline.load(config.data, config.seed).test
   from convnet import epochs
@@ -436,3 +446,26 @@ def test_a_full_disk_stops_in_one_line_and_the_rerun_resumes(tmp_path, limit):
   records = _records(tmp_path / "run")
   assert [r["step"] for r in records if r["kind"] == "epoch"] == [26, 52]
   assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 53))
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_cannot_be_read_is_one_line_from_the_command(tmp_path):
+  """A truncated array file and nothing older: one line, no traceback, the files as they were."""
+  flags = ["--config=configs/mnist.py", f"--workdir={tmp_path}", "--config.data.source=embedded"]
+  command = [sys.executable, "-m", "convnet.main", *flags]
+  first = subprocess.run([*command, "--config.max_steps=2"], cwd=REPO, capture_output=True)
+  assert first.returncode == 0, first.stderr[-2000:]
+  state = tmp_path / "checkpoints" / "2" / "state"
+  files = [os.path.join(root, name) for root, _, names in os.walk(state) for name in names]
+  largest = max(files, key=os.path.getsize)
+  with open(largest, "r+b") as f:
+    f.truncate(os.path.getsize(largest) // 2)
+  again = subprocess.run(
+    [*command, "--config.max_steps=4"], cwd=REPO, capture_output=True, text=True
+  )
+  assert again.returncode == 1
+  lines = [line for line in again.stderr.splitlines() if not line.startswith(("I1", "W1"))]
+  assert lines[-1].startswith(f"error: checkpoint {tmp_path}/checkpoints/2 cannot be restored")
+  assert "start fresh" in lines[-1]
+  assert "Traceback" not in again.stderr and "Exception ignored" not in again.stderr
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
