@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import logging as python_logging
 import os
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -72,9 +73,10 @@ def best_steps(records_per_member: Iterable[Sequence[Mapping[str, Any]]]) -> set
 def _restore_step(manager: ocp.CheckpointManager, step: int, state_args, what: str):
   """Restores checkpoint `step`; whatever Orbax raises becomes one CheckpointError line."""
   try:
-    return manager.restore(
-      step, args=ocp.args.Composite(state=state_args, loop=ocp.args.JsonRestore())
-    )
+    with _quiet_if_it_fails():
+      return manager.restore(
+        step, args=ocp.args.Composite(state=state_args, loop=ocp.args.JsonRestore())
+      )
   except Exception as e:  # Orbax raises many kinds for a bad or foreign checkpoint.
     directory = os.path.join(os.fspath(manager.directory), str(step))
     detail = str(e).splitlines()[0][:300] if str(e) else ""
@@ -208,7 +210,7 @@ def save(manager: ocp.CheckpointManager, state, loop: dict[str, Any]) -> None:
     )
   args = ocp.args.Composite(state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop))
   try:
-    with _orbax_logs_muted():  # its threads log each failure with a traceback
+    with _orbax_logs_muted(), _quiet_if_it_fails():  # Orbax's threads log each failure
       manager.save(step, args=args)
   except Exception as e:  # Orbax wraps the OSError of a full disk in several kinds.
     latest = manager.latest_step()
@@ -218,6 +220,39 @@ def save(manager: ocp.CheckpointManager, state, loop: dict[str, Any]) -> None:
       f"({workdir_lib.reason(e)}); {kept}: free some space, then run the same command again "
       "to resume"
     ) from None
+
+
+@contextlib.contextmanager
+def _quiet_if_it_fails():
+  """Keeps the reports of the work that a failed Orbax call abandons out of the output.
+
+  When one array of a checkpoint fails to be written or read, Orbax raises and
+  closes its event loop while TensorStore still completes the other arrays:
+  each completion then finds the loop closed ("Exception ignored ... Event loop
+  is closed", with a traceback), and the abandoned tasks are reported when
+  they are collected ("Task exception was never retrieved"). The one line that
+  says what failed is all a user needs. While the block runs, and from its
+  first failure on, this process drops those reports, and only those.
+  """
+  previous = sys.unraisablehook
+
+  def hook(unraisable) -> None:
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    yield
+  except BaseException:
+    python_logging.getLogger("asyncio").addFilter(_AbandonedTasks())
+    raise
+  sys.unraisablehook = previous
+
+
+class _AbandonedTasks(python_logging.Filter):
+  def filter(self, record: python_logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Task exception was never retrieved")
 
 
 class _OrbaxFilter(python_logging.Filter):
