@@ -28,7 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from convnet import epochs
+from convnet import epochs, logs
 from convnet import workdir as workdir_lib
 from convnet.errors import CheckpointError, DivergedError, WorkdirError
 
@@ -210,7 +210,7 @@ def save(manager: ocp.CheckpointManager, state, loop: dict[str, Any]) -> None:
     )
   args = ocp.args.Composite(state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop))
   try:
-    with _orbax_logs_muted(), _quiet_if_it_fails():  # Orbax's threads log each failure
+    with logs.muted("/orbax/"), _quiet_if_it_fails():
       manager.save(step, args=args)
   except Exception as e:  # Orbax wraps the OSError of a full disk in several kinds.
     latest = manager.latest_step()
@@ -253,22 +253,6 @@ def _quiet_if_it_fails():
 class _AbandonedTasks(python_logging.Filter):
   def filter(self, record: python_logging.LogRecord) -> bool:
     return not str(record.msg).startswith("Task exception was never retrieved")
-
-
-class _OrbaxFilter(python_logging.Filter):
-  def filter(self, record: python_logging.LogRecord) -> bool:
-    return "/orbax/" not in record.pathname
-
-
-@contextlib.contextmanager
-def _orbax_logs_muted():
-  """Keeps Orbax's log lines out of absl's log while the block runs; its errors are raised."""
-  handler, muted = logging.get_absl_handler(), _OrbaxFilter()
-  handler.addFilter(muted)
-  try:
-    yield
-  finally:
-    handler.removeFilter(muted)
 
 
 def seed_dir(group_dir: str, seed: int) -> str:

@@ -22,6 +22,8 @@ from typing import NoReturn
 from absl import flags, logging
 from ml_collections.config_flags import config_flags
 
+from convnet import logs
+
 USAGE_ERROR = 2  # the exit status of a command-line mistake, as argparse's
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -67,7 +69,7 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
     if problem:
       usage_error(f"--{name}={argument}: {problem}")
   try:
-    with _without_config_warnings():
+    with logs.muted("config_flags"):  # the error line says what its warnings would
       rest = flag_values(argv)
     _check_loaded(flag_values, files)
   except Exception as e:  # Anything the parsers or a config file raise is the user's to fix.
@@ -342,22 +344,6 @@ def _raised_in(error: BaseException, path: str | None = None) -> str | None:
 def _short_path(path: str) -> str:
   relative = os.path.relpath(path)
   return path if relative.startswith("..") else relative
-
-
-class _ConfigFlagsWarnings(python_logging.Filter):
-  def filter(self, record: python_logging.LogRecord) -> bool:
-    return "config_flags" not in record.pathname
-
-
-@contextlib.contextmanager
-def _without_config_warnings() -> Iterator[None]:
-  """Drops ml_collections' log lines while flags are parsed: the error line says it all."""
-  handler, quiet = logging.get_absl_handler(), _ConfigFlagsWarnings()
-  handler.addFilter(quiet)
-  try:
-    yield
-  finally:
-    handler.removeFilter(quiet)
 
 
 def _first_line(error: BaseException | str) -> str:
