@@ -46,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.train_split = "train"
   config.data.test_split = "test"
   config.data.validation_fraction = 0.15
+  config.data.num_train = 0  # 0: every training example; N: N of them, nested across N by seed
   config.data.features = "pixels"  # or "pca", "top_variance": for the dense model
   config.data.num_features = 0  # components or pixels kept by "pca" and "top_variance"
 
@@ -84,6 +85,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.mesh_shape = -1  # devices the batches are split across; -1: all of them
   config.eval_batch_size = 1024
   config.num_epochs = 10
+  config.steps_per_epoch = 0  # 0: one pass over the training data; N: N steps, in passes
   config.max_steps = -1  # stop after this many steps; -1 for no limit
   config.label_smoothing = 0.0
   config.l1_penalty = 0.0  # times the sum of |kernel weights|, added to the loss

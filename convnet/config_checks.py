@@ -28,8 +28,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   # Zero epochs would train nothing and report the untrained model as a finished run.
   for field in ("batch_size", "eval_batch_size", "steps_per_call", "num_epochs"):
     _require(config[field] >= 1, field, config[field], "must be a positive int")
-  for field in ("log_every_steps", "checkpoint_every_steps", "profile_steps"):
+  for field in ("log_every_steps", "checkpoint_every_steps", "profile_steps", "steps_per_epoch"):
     _require(config[field] >= 0, field, config[field], "cannot be negative")
+  _require(
+    config.data.num_train >= 0, "data.num_train", config.data.num_train, "is 0 (all) or more"
+  )
   _require(config.microbatch_size >= 0, "microbatch_size", config.microbatch_size, "is 0 or more")
   _require(
     config.mesh_shape == -1 or config.mesh_shape >= 1,

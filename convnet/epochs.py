@@ -24,16 +24,21 @@ from convnet.errors import ConfigError, RunInterrupted
 
 
 def step_counts(config: ml_collections.ConfigDict, num_train: int) -> tuple[int, int]:
-  """Steps per epoch (whole batches only) and the run's total, `max_steps` included.
+  """Steps per epoch and the run's total, `max_steps` included.
+
+  An epoch is one pass over the training split in whole batches, or
+  `config.steps_per_epoch` steps where that is set (> 0): a fixed budget of
+  steps whatever the split's size, as a learning curve over `data.num_train`
+  needs, with examples drawn in passes (see `epoch_order`).
 
   Raises:
     ConfigError: `batch_size` is larger than the training split.
   """
-  steps_per_epoch = num_train // config.batch_size
-  if steps_per_epoch == 0:
+  if config.batch_size > num_train:
     raise ConfigError(
       f"batch_size={config.batch_size} is larger than the {num_train} training examples"
     )
+  steps_per_epoch = config.get("steps_per_epoch", 0) or num_train // config.batch_size
   return steps_per_epoch, total_steps(config, steps_per_epoch)
 
 
@@ -43,9 +48,17 @@ def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
   return min(steps, config.max_steps) if config.max_steps >= 0 else steps
 
 
-def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
-  """The order of an epoch's training examples, fixed by (seed, epoch): int32, (num_examples,)."""
-  return np.random.default_rng([seed, epoch]).permutation(num_examples).astype(np.int32)
+def epoch_order(num_examples: int, seed: int, epoch: int, length: int = 0) -> np.ndarray:
+  """The order of an epoch's training examples, fixed by (seed, epoch): int32, (num_examples,).
+
+  With `length` larger than `num_examples`, passes follow one another until
+  `length` indices: the first pass is the one above, pass k > 0 is fixed by
+  (seed, epoch, k). Every example comes once a pass.
+  """
+  passes = [np.random.default_rng([seed, epoch]).permutation(num_examples)]
+  while len(passes) * num_examples < length:
+    passes.append(np.random.default_rng([seed, epoch, len(passes)]).permutation(num_examples))
+  return np.concatenate(passes).astype(np.int32)
 
 
 def eval_batches(

@@ -68,7 +68,10 @@ def load(data_config: Mapping[str, Any], seed: int) -> Dataset:
   """Reads the configured source and splits off validation data by `seed`.
 
   Every split is float32 examples and int32 labels (see `Split`); the test
-  split does not depend on `seed`.
+  split does not depend on `seed`. With `data.num_train` N > 0, the training
+  split is N examples drawn (by `seed`) from what the validation split leaves:
+  for one seed, the subsets of every N are nested, and none holds a
+  validation or test example.
 
   Raises:
     ConfigError: for an unknown source, name or feature setting, or an
@@ -76,7 +79,9 @@ def load(data_config: Mapping[str, Any], seed: int) -> Dataset:
     DataError: naming the file or dataset that could not be read.
   """
   raw = sources.get(data_config["source"]).load(data_config)
-  dataset = _split_validation(raw, data_config["validation_fraction"], seed)
+  dataset = _split_validation(
+    raw, data_config["validation_fraction"], seed, data_config.get("num_train", 0)
+  )
   return select_features(
     dataset, data_config.get("features", "pixels"), data_config.get("num_features", 0)
   )
@@ -101,8 +106,14 @@ def input_spec(data_config: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
   return (shape if features == "pixels" else (num_features,)), num_classes
 
 
-def _split_validation(raw: sources.RawData, validation_fraction: float, seed: int) -> Dataset:
-  """A random `validation_fraction` of the training split (by `seed`) as validation data."""
+def _split_validation(
+  raw: sources.RawData, validation_fraction: float, seed: int, num_train: int = 0
+) -> Dataset:
+  """A random `validation_fraction` of the training split (by `seed`) as validation data.
+
+  The rest is the training split, or (`num_train` > 0) the first `num_train`
+  of its examples in an order fixed by `seed` alone: nested across sizes.
+  """
   if not 0.0 <= validation_fraction < 1.0:
     raise ConfigError(f"data.validation_fraction={validation_fraction!r} must be in [0, 1)")
   n = len(raw.train_labels)
@@ -114,6 +125,14 @@ def _split_validation(raw: sources.RawData, validation_fraction: float, seed: in
     )
   order = np.random.default_rng(seed).permutation(n)
   val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+  if num_train:
+    if not 0 < num_train <= len(train_idx):
+      raise ConfigError(
+        f"data.num_train={num_train!r} must be 0 (all) or 1 to the {len(train_idx)} training "
+        "examples the validation split leaves"
+      )
+    drawn = np.random.default_rng([seed, 1]).permutation(len(train_idx))[:num_train]
+    train_idx = np.sort(train_idx[drawn])
 
   def split(images, labels):
     return Split(scale(images), labels.astype(np.int32))

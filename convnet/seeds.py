@@ -107,7 +107,10 @@ def _set_up(config: ml_collections.ConfigDict, seeds: list[int], workdir: str) -
     return epochs.evaluate(eval_fn, state, splits, config.eval_batch_size, None, multiple_of)
 
   def orders(epoch: int) -> jax.Array:
-    return jax.device_put(np.stack([epochs.epoch_order(len(data.train), s, epoch) for s in seeds]))
+    length = steps_per_epoch * config.batch_size
+    return jax.device_put(
+      np.stack([epochs.epoch_order(len(data.train), s, epoch, length) for s in seeds])
+    )
 
   return train.Run(
     config=config,

@@ -308,7 +308,10 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
     state=state,
     images=images,
     labels=labels,
-    orders=lambda e: parallel.put(epochs.epoch_order(len(labels), config.seed, e), replicated),
+    orders=lambda e: parallel.put(
+      epochs.epoch_order(len(labels), config.seed, e, steps_per_epoch * config.batch_size),
+      replicated,
+    ),
     steps_fn=steps_fn,
     evaluate=evaluate,
     members=[Member("", workdir_lib.MetricsWriter(workdir, main, config, records), records)],

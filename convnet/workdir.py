@@ -57,6 +57,9 @@ RESULT_NEUTRAL = (
 # (`max_steps`), and the devices (float rounding only). `num_epochs` too, where the learning rate
 # does not depend on the run's length (a constant schedule).
 RESUMABLE_CHANGES = (*RESULT_NEUTRAL, "max_steps", "mesh_shape")
+# Fields added to the config since its first version, with the value that a saved config without
+# them ran as: a run or sweep record of an older version is still the same run.
+ADDED_FIELDS = {"data.num_train": 0, "steps_per_epoch": 0}
 
 
 # ----------------------------------------------------------------------------
@@ -294,7 +297,7 @@ def changed_fields(
   Each as "field: saved value (saved) vs value now (now)"; a field one of the
   two lacks reads "<absent>". [] when the two configs agree.
   """
-  saved = flatten(saved)
+  saved = ADDED_FIELDS | flatten(saved)
   now = flatten(json.loads(config.to_json_best_effort()))
   return [
     f"{k}: {saved.get(k, '<absent>')!r} (saved) vs {now.get(k, '<absent>')!r} (now)"
