@@ -10,7 +10,16 @@ Reads `DIR/records/*.json`, written by `convnet.sweep`, and writes:
   FLOPs per training example, wall time and examples/s;
 - `accuracy.png`: validation and test accuracy against the swept setting;
 - `params.png`, when the sweep has more than one model: test accuracy against
-  parameter count, one series per model (convnet against dense).
+  parameter count, one series per model (convnet against dense);
+- `learning_rate.png`, when the sweep varies the learning rate (below).
+
+When a sweep gives each setting a grid of learning rates (`optimizer.learning_rate`
+among its varying fields), each arm (a setting without its rate and seed) is
+tuned: `tune_learning_rate` picks the rate with the best mean validation
+accuracy over seeds, never looking at test accuracy; `report.md` gains a
+table of the chosen rates with the test accuracy there, the convnet-minus-dense
+table compares the arms at their own chosen rates, and `learning_rate.png`
+plots each arm's accuracy against the rate.
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ METRICS = {
 }
 # Fields every record has, whatever its status; the rest depend on the status.
 RECORD_FIELDS = ("cell", "index", "setting", "overrides", "config", "status")
+# The field a sweep's grid of learning rates varies; arms are tuned over it.
+LEARNING_RATE = "optimizer.learning_rate"
 
 
 # ----------------------------------------------------------------------------
@@ -162,9 +173,14 @@ def matched_pairs(
   Each convnet setting is paired with the dense setting of the nearest
   parameter count, if that is within `tolerance` of it, among the dense
   settings that share its other fields (the data, the optimizer: every varying
-  field outside `model.`).
+  field outside `model.`). When the sweep varies the learning rate, the
+  settings are the tuned arms of `tune_learning_rate`, each at its own chosen
+  rate.
   """
-  rows = [r for r in summarize(records) if r["seeds"]]
+  if LEARNING_RATE in varying_fields(records):
+    rows = [arm for arm in tune_learning_rate(records) if arm["seeds"]]
+  else:
+    rows = [r for r in summarize(records) if r["seeds"]]
   done = [r for r in records if r["status"] == "done"]
 
   def accuracies(row):
@@ -183,6 +199,82 @@ def matched_pairs(
       | difference_interval(accuracies(convnet), accuracies(match))
     )
   return pairs
+
+
+def learning_rate(record: Mapping[str, Any]) -> float | None:
+  """The record's learning rate: its override, else its config's."""
+  if LEARNING_RATE in record["overrides"]:
+    return record["overrides"][LEARNING_RATE]
+  return record["config"].get("optimizer", {}).get("learning_rate")
+
+
+def tune_learning_rate(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+  """Per arm (a setting without its learning rate), the rate of best mean validation accuracy.
+
+  Empty when the sweep does not vary the learning rate. Test accuracy never
+  takes part in the choice; the arm reports it at the chosen rate. A rate
+  competes only if every seed it ran finished and it ran as many seeds as the
+  arm's other rates: a rate where a seed diverged or failed, or whose seeds are
+  not all recorded yet, is set aside (`set_aside` says why), since its mean
+  over the surviving seeds is not comparable with the others' and divergence
+  disqualifies a rate. Of rates with equal means, the smallest is chosen. An
+  arm with no competing rate has `learning_rate` None and no statistics.
+
+  Each arm has `label`, `model`, `context` (what a convnet and a dense
+  arm must share to be compared), `grid` (its rates, ascending),
+  `learning_rate` and `setting` (the chosen rate and its setting), `set_aside`
+  ({rate: reason}), `rates` (the `summarize` row of each rate, ascending, with
+  its `learning_rate`), and the chosen row's `seeds`, `num_params` and
+  `validation_*`/`test_*` statistics.
+  """
+  fields = varying_fields(records)
+  if LEARNING_RATE not in fields:
+    return []
+  others = [f for f in fields if f != LEARNING_RATE]
+  shared = [f for f in others if not f.startswith("model.")]
+  rows = {row["setting"]: row for row in summarize(records)}
+  arms: dict[str, dict[float, list[Mapping[str, Any]]]] = {}
+  firsts: dict[str, Mapping[str, Any]] = {}
+  for record in sorted(records, key=lambda r: r["index"]):
+    plain = {k: v for k, v in record["overrides"].items() if k not in ("seed", LEARNING_RATE)}
+    arm = json.dumps(plain, default=str)
+    firsts.setdefault(arm, record)
+    arms.setdefault(arm, {}).setdefault(learning_rate(record), []).append(record)
+  tuned = []
+  for arm, by_rate in arms.items():
+    first = firsts[arm]
+    grid = sorted(by_rate)
+    expected = max(len(cells) for cells in by_rate.values())
+    set_aside, scores = {}, {}
+    for rate in grid:
+      cells = by_rate[rate]
+      statuses = [r["status"] for r in cells if r["status"] != "done"]
+      reasons = [f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses)]
+      if len(cells) < expected:
+        reasons.append(f"{len(cells)} of {expected} seeds recorded")
+      if reasons:
+        set_aside[rate] = ", ".join(reasons)
+      else:  # fsum: the same seeds' accuracies give the same mean in any order, so ties are ties.
+        scores[rate] = math.fsum(r[METRICS["validation"]] for r in cells) / len(cells)
+    # The best mean; among equal means, the smallest rate.
+    chosen = max(scores, key=lambda rate: (scores[rate], -rate)) if scores else None
+    per_rate = [rows[by_rate[rate][0]["setting"]] | {"learning_rate": rate} for rate in grid]
+    row = {
+      "label": short_label(first["overrides"], others, fields) or "base",
+      "context": short_label(first["overrides"], shared, fields),
+      "model": first["config"]["model"]["name"],
+      "grid": grid,
+      "learning_rate": chosen,
+      "setting": None if chosen is None else by_rate[chosen][0]["setting"],
+      "set_aside": set_aside,
+      "rates": per_rate,
+    }
+    keys = ["seeds", "num_params"] + [
+      f"{name}_{k}" for name in METRICS for k in ("mean", "std", "ci_low", "ci_high")
+    ]
+    best = rows[row["setting"]] if chosen is not None else {"seeds": 0}
+    tuned.append(row | {k: best.get(k, math.nan) for k in keys})
+  return tuned
 
 
 def short_label(
@@ -250,12 +342,16 @@ def markdown(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, A
       f"| {row['label']} | {row['model']} | {params} | {flops} | {seeds} | {validation} "
       f"| {validation_ci} | {test} | {test_ci} | {wall} |"
     )
+  tuned = tune_learning_rate(records)
+  if tuned:
+    lines += ["", *tuned_markdown(tuned)]
   pairs = matched_pairs(records)
   if pairs:
+    at_rates = ", each arm at its tuned learning rate" if tuned else ""
     lines += [
       "",
       "Convnet minus dense at matched parameter counts, test accuracy (percentage points), "
-      "with Welch's 95% interval:",
+      f"with Welch's 95% interval{at_rates}:",
       "",
       "| convnet | dense | parameters (convnet / dense) | difference | 95% CI |",
       "|---|---|---|---|---|",
@@ -264,8 +360,12 @@ def markdown(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, A
       ci = (
         "–" if math.isnan(p["ci_low"]) else f"[{100 * p['ci_low']:+.2f}, {100 * p['ci_high']:+.2f}]"
       )
+      convnet, dense = (
+        p[m]["label"] + (f" at {p[m]['learning_rate']:g}" if tuned else "")
+        for m in ("convnet", "dense")
+      )
       lines.append(
-        f"| {p['convnet']['label']} | {p['dense']['label']} | "
+        f"| {convnet} | {dense} | "
         f"{p['convnet']['num_params']:,.0f} / {p['dense']['num_params']:,.0f} | "
         f"{100 * p['difference']:+.2f} | {ci} |"
       )
@@ -282,6 +382,30 @@ def markdown(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, A
       error = (r.get("error") or "").splitlines()[0] if r.get("error") else ""
       lines.append(f"- `{r['cell']}`: {r['status']}: {error}")
   return "\n".join(lines) + "\n"
+
+
+def tuned_markdown(tuned: Sequence[Mapping[str, Any]]) -> list[str]:
+  """The table of tuned arms: the chosen learning rate and the accuracies there."""
+  lines = [
+    "Tuned learning rate per arm: the rate of best mean validation accuracy over seeds "
+    "(test accuracy takes no part in the choice; of equal means, the smaller rate); rates "
+    "where a seed diverged, failed or is not recorded are set aside.",
+    "",
+    "| arm | model | learning rate | grid | set aside | seeds | validation % (mean ± std) "
+    "| test % (mean ± std) | test 95% CI |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
+  for arm in tuned:
+    chosen = "none" if arm["learning_rate"] is None else f"{arm['learning_rate']:g}"
+    grid = ", ".join(f"{rate:g}" for rate in arm["grid"])
+    set_aside = "; ".join(f"{rate:g} ({why})" for rate, why in arm["set_aside"].items()) or "–"
+    validation, _ = _percent(arm, "validation")
+    test, test_ci = _percent(arm, "test")
+    lines.append(
+      f"| {arm['label']} | {arm['model']} | {chosen} | {grid} | {set_aside} | {arm['seeds']} "
+      f"| {validation} | {test} | {test_ci} |"
+    )
+  return lines
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str) -> None:
@@ -384,6 +508,69 @@ def plot_params(rows: Sequence[Mapping[str, Any]], path: str, title: str = "") -
   plt.close(fig)
 
 
+def plot_learning_rate(tuned: Sequence[Mapping[str, Any]], path: str, title: str = "") -> None:
+  """Per arm, validation (solid) and test (dashed) accuracy against the learning rate, with 95%
+  intervals; a star marks the chosen rate, a cross each rate set aside."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(7.5, 4.8))
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  marked = set()
+  for i, arm in enumerate(tuned):
+    color = colors[i % len(colors)]
+    rates = [r for r in arm["rates"] if r["seeds"]]
+    if not rates:
+      continue
+    x = np.array([r["learning_rate"] for r in rates], np.float64)
+    for name, fmt, shift in (("validation", "o-", 1.0), ("test", "s--", 1.04)):
+      means, errors = _errors(rates, name)
+      ax.errorbar(
+        x * shift,
+        means,
+        yerr=errors,
+        fmt=fmt,
+        color=color,
+        capsize=3,
+        label=f"{arm['label']}, {name}",
+      )
+    for rate, means in zip(x, _errors(rates, "validation")[0], strict=True):
+      if rate in arm["set_aside"]:
+        label = None if "set aside" in marked else "set aside"
+        marked.add("set aside")
+        ax.plot(rate, means, "x", color="black", markersize=10, zorder=5, label=label)
+      if rate == arm["learning_rate"]:
+        label = None if "chosen" in marked else "chosen rate (best mean validation)"
+        marked.add("chosen")
+        ax.plot(
+          rate,
+          means,
+          "*",
+          color=color,
+          markeredgecolor="black",
+          markersize=16,
+          zorder=5,
+          label=label,
+        )
+  ax.set_xscale("log")
+  grid = sorted({rate for arm in tuned for rate in arm["grid"]})
+  ax.set_xticks(grid, [f"{rate:g}" for rate in grid])
+  ax.minorticks_off()
+  ax.set_xlabel("learning rate (test shifted right to show its bars)")
+  ax.set_ylabel("accuracy (%), mean and 95% CI over seeds")
+  ax.set_title(
+    f"Accuracy against learning rate\n{title}" if title else "Accuracy against learning rate",
+    fontsize=10,
+  )
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def write_report(records: Sequence[Mapping[str, Any]], out_dir: str, title: str = "") -> list[str]:
   """Writes the table, the CSV and the plots; returns their paths."""
   from convnet import workdir as workdir_lib  # imports JAX, which the rest of a report doesn't need
@@ -401,6 +588,10 @@ def write_report(records: Sequence[Mapping[str, Any]], out_dir: str, title: str 
     if len({r["model"] for r in finished}) > 1:
       paths["params.png"] = os.path.join(out_dir, "params.png")
       plot_params(finished, paths["params.png"], title)
+  tuned = tune_learning_rate(records)
+  if any(r["seeds"] for arm in tuned for r in arm["rates"]):
+    paths["learning_rate.png"] = os.path.join(out_dir, "learning_rate.png")
+    plot_learning_rate(tuned, paths["learning_rate.png"], title)
   return list(paths.values())
 
 

@@ -250,3 +250,158 @@ def test_short_names_grow_only_where_last_names_clash():
   names = [report.short_name(f, fields) for f in fields]
   assert names == ["data.name", "model.name", "kernel_size", "learning_rate"]
   assert report.short_name("a.b.c", ["a.b.c", "x.b.c"]) == "a.b.c"
+
+
+RATE = "optimizer.learning_rate"
+
+
+def _rate_records(arms, start=0):
+  """Records for {(model, params): {rate: [(validation, test) or status, ...one per seed]}}."""
+  records = []
+  for (model, params), by_rate in arms.items():
+    for rate, seeds in by_rate.items():
+      for seed, result in enumerate(seeds):
+        overrides = {"model.name": model, RATE: rate, "seed": seed}
+        index = start + len(records)
+        if isinstance(result, str):
+          records.append(_record(index, overrides, model=model, params=params, status=result))
+        else:
+          records.append(_record(index, overrides, *result, model=model, params=params))
+  return records
+
+
+def test_the_rate_is_chosen_on_validation_and_test_is_reported_there():
+  # Validation prefers 1e-3; test would prefer 3e-3, and must not be listened to.
+  records = _rate_records(
+    {
+      ("convnet", 1000): {
+        3e-4: [(0.90, 0.90), (0.92, 0.92)],
+        1e-3: [(0.95, 0.90), (0.97, 0.92)],
+        3e-3: [(0.93, 0.97), (0.95, 0.99)],
+      }
+    }
+  )
+  (arm,) = report.tune_learning_rate(records)
+  assert arm["label"] == "base" and arm["model"] == "convnet"
+  assert arm["grid"] == [3e-4, 1e-3, 3e-3]
+  assert arm["learning_rate"] == 1e-3 and arm["set_aside"] == {}
+  assert arm["setting"] == f"model.name=convnet,{RATE}=0.001"
+  assert arm["seeds"] == 2
+  assert arm["validation_mean"] == pytest.approx(0.96)
+  # The test accuracy at the validation-chosen rate, not the best test accuracy (0.98).
+  expected = report.interval([0.90, 0.92])
+  assert arm["test_mean"] == pytest.approx(0.91)
+  assert (arm["test_ci_low"], arm["test_ci_high"]) == pytest.approx(
+    (expected["ci_low"], expected["ci_high"])
+  )
+  assert [r["learning_rate"] for r in arm["rates"]] == [3e-4, 1e-3, 3e-3]
+  assert [r["test_mean"] for r in arm["rates"]] == pytest.approx([0.91, 0.91, 0.98])
+
+
+def test_equal_means_choose_the_smaller_rate():
+  # The same seeds' accuracies in another order: an exact tie, listed larger rate first.
+  records = _rate_records(
+    {
+      ("convnet", 1000): {
+        3e-3: [(0.3, 0.5), (0.1, 0.5), (0.2, 0.5)],
+        1e-3: [(0.1, 0.4), (0.2, 0.4), (0.3, 0.4)],
+        3e-4: [(0.1, 0.9), (0.1, 0.9), (0.1, 0.9)],
+      }
+    }
+  )
+  (arm,) = report.tune_learning_rate(records)
+  assert arm["learning_rate"] == 1e-3
+  assert arm["test_mean"] == pytest.approx(0.4)
+
+
+def test_rates_with_a_diverged_failed_or_missing_seed_are_set_aside():
+  records = _rate_records(
+    {
+      # 3e-3 has the best mean over the seeds that finished, but one diverged.
+      ("convnet", 1000): {
+        1e-3: [(0.90, 0.90), (0.92, 0.92), (0.91, 0.91)],
+        3e-3: [(0.99, 0.99), "diverged", (0.99, 0.99)],
+        1e-2: ["diverged", "diverged", "failed"],
+      },
+      # 3e-3 has only two of three seeds recorded (the sweep is still running).
+      ("dense", 1010): {
+        1e-3: [(0.80, 0.80), (0.81, 0.81), (0.82, 0.82)],
+        3e-3: [(0.95, 0.95), (0.96, 0.96)],
+      },
+    }
+  )
+  convnet, dense = report.tune_learning_rate(records)
+  assert convnet["learning_rate"] == 1e-3
+  assert convnet["set_aside"] == {3e-3: "1 diverged", 1e-2: "2 diverged, 1 failed"}
+  assert convnet["test_mean"] == pytest.approx(0.91)
+  assert dense["learning_rate"] == 1e-3
+  assert dense["set_aside"] == {3e-3: "2 of 3 seeds recorded"}
+  # An arm where no rate finished every seed has no choice, and no statistics.
+  records = _rate_records({("convnet", 1000): {1e-3: ["diverged"], 3e-3: ["failed"]}})
+  (arm,) = report.tune_learning_rate(records)
+  assert arm["learning_rate"] is None and arm["setting"] is None and arm["seeds"] == 0
+  assert math.isnan(arm["test_mean"])
+  assert "| base | convnet | none | 0.001, 0.003 |" in report.markdown(
+    report.summarize(records), records
+  )
+
+
+def _tuned_pair_records():
+  # The convnet is best at 1e-3, the dense network at 3e-3.
+  return _rate_records(
+    {
+      ("convnet", 33194): {1e-3: [(0.97, 0.95), (0.97, 0.97)], 3e-3: [(0.90, 0.99), (0.90, 0.99)]},
+      ("dense", 33400): {1e-3: [(0.80, 0.99), (0.80, 0.99)], 3e-3: [(0.92, 0.90), (0.92, 0.91)]},
+    }
+  )
+
+
+def test_convnet_minus_dense_compares_arms_at_their_own_tuned_rates():
+  records = _tuned_pair_records()
+  (pair,) = report.matched_pairs(records)
+  assert (pair["convnet"]["learning_rate"], pair["dense"]["learning_rate"]) == (1e-3, 3e-3)
+  expected = report.difference_interval([0.95, 0.97], [0.90, 0.91])
+  assert pair["difference"] == pytest.approx(0.055)
+  assert (pair["ci_low"], pair["ci_high"]) == pytest.approx(
+    (expected["ci_low"], expected["ci_high"])
+  )
+  table = report.markdown(report.summarize(records), records)
+  assert "each arm at its tuned learning rate" in table
+  assert "| name=convnet at 0.001 | name=dense at 0.003 | 33,194 / 33,400 | +5.50 |" in table
+
+
+def test_markdown_names_the_chosen_rates_and_the_plot_is_written(tmp_path):
+  records = _tuned_pair_records()
+  paths = report.write_report(records, str(tmp_path))
+  assert "learning_rate.png" in [os.path.basename(p) for p in paths]
+  table = open(tmp_path / "report.md").read()
+  assert "Tuned learning rate per arm" in table
+  assert (
+    "| name=convnet | convnet | 0.001 | 0.001, 0.003 | – | 2 | 97.00 ± 0.00 | 96.00 ± 1.41 |"
+    in (table)
+  )
+  assert "| name=dense | dense | 0.003 | 0.001, 0.003 | – | 2 | 92.00 ± 0.00 | 90.50 ± 0.71 |" in (
+    table
+  )
+  image = matplotlib.image.imread(tmp_path / "learning_rate.png")
+  assert image.shape[0] >= 400 and image.shape[1] >= 600
+  assert image[..., :3].std() > 0.05  # not blank
+
+
+def test_sweeps_without_a_learning_rate_axis_are_reported_as_before(tmp_path):
+  records = _kernel_records()
+  assert report.tune_learning_rate(records) == []
+  assert "Tuned learning rate" not in report.markdown(report.summarize(records), records)
+  # A rate that every cell shares is no axis: the settings are compared as they are.
+  pair = [
+    _record(i, {"model.name": m, RATE: 1e-3, "seed": s}, 0.9, t, model=m, params=p)
+    for i, (m, p, s, t) in enumerate(
+      [("convnet", 33194, 0, 0.95), ("convnet", 33194, 1, 0.97), ("dense", 33400, 0, 0.9)]
+      + [("dense", 33400, 1, 0.91)]
+    )
+  ]
+  assert report.tune_learning_rate(pair) == []
+  (matched,) = report.matched_pairs(pair)
+  assert matched["difference"] == pytest.approx(0.055) and "learning_rate" not in matched["convnet"]
+  paths = report.write_report(pair, str(tmp_path))
+  assert "learning_rate.png" not in [os.path.basename(p) for p in paths]
