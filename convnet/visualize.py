@@ -39,6 +39,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from convnet import (
+  analysis,
   checkpoints,
   cli,
   formatting,
@@ -389,7 +390,7 @@ def write_figures(
   """
   workdir = os.path.abspath(workdir)
   if os.path.isdir(os.path.join(workdir, "records")):
-    records = report.load_records(workdir)
+    records = analysis.load_records(workdir)
     return report.write_report(records, out or workdir, report.describe(records, workdir))
   run = load_run(workdir, checkpoint)
   num_blocks = len(getattr(run.model, "blocks", ()))

@@ -10,7 +10,7 @@ import sys
 import matplotlib.image
 import pytest
 
-from convnet import report
+from convnet import analysis, report
 from convnet.errors import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +59,7 @@ def _kernel_records():
 
 
 def test_statistics_over_seeds():
-  rows = report.summarize(_kernel_records())
+  rows = analysis.summarize(_kernel_records())
   assert [r["label"] for r in rows] == ["kernel_size=3", "kernel_size=5"]
   three, five = rows
   assert three["seeds"] == 3 and three["not_finished"] == 0
@@ -77,7 +77,7 @@ def test_statistics_over_seeds():
 
 
 def test_two_seeds_interval():
-  two = report.interval([0.5, 0.7])
+  two = analysis.interval([0.5, 0.7])
   half = T_975_1 * math.sqrt(0.02) / math.sqrt(2)  # sample variance of 0.5 and 0.7 is 0.02
   assert two["mean"] == pytest.approx(0.6)
   assert (two["ci_low"], two["ci_high"]) == pytest.approx((0.6 - half, 0.6 + half))
@@ -89,16 +89,16 @@ def test_list_overrides_give_short_labels_and_a_categorical_axis():
     _record(0, {features: [16], pool: ["max"], "seed": 0}, 0.9, 0.9),
     _record(1, {features: [16, 32], pool: ["max", "max"], "seed": 0}, 0.95, 0.95),
   ]
-  rows = report.summarize(records)
+  rows = analysis.summarize(records)
   assert [r["label"] for r in rows] == ["features=16 type=max", "features=16,32 type=max,max"]
-  assert report.numeric_axis(rows, report.varying_fields(records)) is None
-  assert report.short_label({"model.conv.strides": [[2, 2], [1, 1]]}, ["model.conv.strides"]) == (
+  assert report.numeric_axis(rows, analysis.varying_fields(records)) is None
+  assert analysis.short_label({"model.conv.strides": [[2, 2], [1, 1]]}, ["model.conv.strides"]) == (
     "strides=2x2,1x1"
   )
   rate = "optimizer.learning_rate"
   records = [_record(i, {rate: lr, "seed": 0}, 0.9, 0.9) for i, lr in enumerate((1e-3, 1e-2))]
-  rows = report.summarize(records)
-  assert report.numeric_axis(rows, report.varying_fields(records)) == rate
+  rows = analysis.summarize(records)
+  assert report.numeric_axis(rows, analysis.varying_fields(records)) == rate
 
 
 def test_files_table_and_plots(tmp_path):
@@ -139,22 +139,22 @@ def test_params_plot_only_with_two_models(tmp_path):
 
 def test_bad_sweep_directories_are_named(tmp_path):
   with pytest.raises(DataError, match=f"{tmp_path}/records does not exist"):
-    report.load_records(str(tmp_path))
+    analysis.load_records(str(tmp_path))
   os.makedirs(tmp_path / "records")
   with pytest.raises(DataError, match="holds no records"):
-    report.load_records(str(tmp_path))
+    analysis.load_records(str(tmp_path))
   (tmp_path / "records" / "torn.json").write_text('{"cell": ')
   with pytest.raises(DataError, match="torn.json cannot be read"):
-    report.load_records(str(tmp_path))
+    analysis.load_records(str(tmp_path))
   (tmp_path / "records" / "torn.json").write_bytes(b"\xff\xfe\x00garbage")
   with pytest.raises(DataError, match="torn.json cannot be read"):
-    report.load_records(str(tmp_path))
+    analysis.load_records(str(tmp_path))
   (tmp_path / "records" / "torn.json").write_text('{"cell": "a", "index": 0}')
   with pytest.raises(DataError, match="torn.json is not a record: it lacks setting, overrides"):
-    report.load_records(str(tmp_path))
+    analysis.load_records(str(tmp_path))
   (tmp_path / "records" / "torn.json").write_text("[1, 2]")
   with pytest.raises(DataError, match="torn.json is not a record"):
-    report.load_records(str(tmp_path))
+    analysis.load_records(str(tmp_path))
 
 
 def test_command_line(tmp_path):
@@ -185,7 +185,7 @@ def test_convnet_minus_dense_at_matched_parameters():
     _record(3, {"model.name": "dense", "seed": 1}, 0.9, 0.91, model="dense", params=33400),
     _record(4, {"model.name": "dense", "w": 9, "seed": 0}, 0.9, 0.5, model="dense", params=90000),
   ]
-  (pair,) = report.matched_pairs(records)
+  (pair,) = analysis.matched_pairs(records)
   assert pair["dense"]["num_params"] == 33400  # the nearest budget, not the 90k one
   assert pair["difference"] == pytest.approx(0.055)
   # Variances of the means: 0.0002 / 2 and 0.00005 / 2; Welch's degrees of freedom:
@@ -195,9 +195,9 @@ def test_convnet_minus_dense_at_matched_parameters():
   half = pair["ci_high"] - pair["difference"]
   assert half == pytest.approx(6.18811 * se, rel=1e-4)
   assert pair["ci_low"] == pytest.approx(0.055 - half)
-  table = report.markdown(report.summarize(records), records)
+  table = report.markdown(analysis.summarize(records), records)
   assert "| name=convnet | name=dense | 33,194 / 33,400 | +5.50 |" in table
-  assert report.matched_pairs(records[:2]) == []  # no dense network to compare with
+  assert analysis.matched_pairs(records[:2]) == []  # no dense network to compare with
 
 
 def test_convnet_and_dense_are_paired_on_the_same_data_and_labels_tell_names_apart():
@@ -215,7 +215,7 @@ def test_convnet_and_dense_are_paired_on_the_same_data_and_labels_tell_names_apa
     record(6, "noisy", "dense", 0, 0.70, 1002),  # nearer in size to the convnets than clean's
     record(7, "noisy", "dense", 1, 0.72, 1002),
   ]
-  pairs = report.matched_pairs(records)
+  pairs = analysis.matched_pairs(records)
   labels = [(p["convnet"]["label"], p["dense"]["label"]) for p in pairs]
   assert labels == [
     ("data.name=clean model.name=convnet", "data.name=clean model.name=dense"),
@@ -223,7 +223,7 @@ def test_convnet_and_dense_are_paired_on_the_same_data_and_labels_tell_names_apa
   ]
   assert [p["difference"] for p in pairs] == pytest.approx([0.10, -0.10])
   # The same context names the plot's series: one per model and data.
-  contexts = [(r["model"], r["context"]) for r in report.summarize(records)]
+  contexts = [(r["model"], r["context"]) for r in analysis.summarize(records)]
   assert contexts == [
     ("convnet", "data.name=clean"),
     ("dense", "data.name=clean"),
@@ -231,7 +231,7 @@ def test_convnet_and_dense_are_paired_on_the_same_data_and_labels_tell_names_apa
     ("dense", "data.name=noisy"),
   ]
   # Without dense runs on the noisy data, its convnets go unpaired.
-  assert len(report.matched_pairs(records[:6])) == 1
+  assert len(analysis.matched_pairs(records[:6])) == 1
 
 
 def test_titles_name_the_sweep_its_data_and_its_epochs():
@@ -247,9 +247,9 @@ def test_titles_name_the_sweep_its_data_and_its_epochs():
 
 def test_short_names_grow_only_where_last_names_clash():
   fields = ["data.name", "model.name", "model.conv.kernel_size", "optimizer.learning_rate"]
-  names = [report.short_name(f, fields) for f in fields]
+  names = [analysis.short_name(f, fields) for f in fields]
   assert names == ["data.name", "model.name", "kernel_size", "learning_rate"]
-  assert report.short_name("a.b.c", ["a.b.c", "x.b.c"]) == "a.b.c"
+  assert analysis.short_name("a.b.c", ["a.b.c", "x.b.c"]) == "a.b.c"
 
 
 RATE = "optimizer.learning_rate"
@@ -281,7 +281,7 @@ def test_the_rate_is_chosen_on_validation_and_test_is_reported_there():
       }
     }
   )
-  (arm,) = report.tune_learning_rate(records)
+  (arm,) = analysis.tune_learning_rate(records)
   assert arm["label"] == "base" and arm["model"] == "convnet"
   assert arm["grid"] == [3e-4, 1e-3, 3e-3]
   assert arm["learning_rate"] == 1e-3 and arm["set_aside"] == {}
@@ -289,7 +289,7 @@ def test_the_rate_is_chosen_on_validation_and_test_is_reported_there():
   assert arm["seeds"] == 2
   assert arm["validation_mean"] == pytest.approx(0.96)
   # The test accuracy at the validation-chosen rate, not the best test accuracy (0.98).
-  expected = report.interval([0.90, 0.92])
+  expected = analysis.interval([0.90, 0.92])
   assert arm["test_mean"] == pytest.approx(0.91)
   assert (arm["test_ci_low"], arm["test_ci_high"]) == pytest.approx(
     (expected["ci_low"], expected["ci_high"])
@@ -309,7 +309,7 @@ def test_equal_means_choose_the_smaller_rate():
       }
     }
   )
-  (arm,) = report.tune_learning_rate(records)
+  (arm,) = analysis.tune_learning_rate(records)
   assert arm["learning_rate"] == 1e-3
   assert arm["test_mean"] == pytest.approx(0.4)
 
@@ -330,7 +330,7 @@ def test_rates_with_a_diverged_failed_or_missing_seed_are_set_aside():
       },
     }
   )
-  convnet, dense = report.tune_learning_rate(records)
+  convnet, dense = analysis.tune_learning_rate(records)
   assert convnet["learning_rate"] == 1e-3
   assert convnet["set_aside"] == {3e-3: "1 diverged", 1e-2: "2 diverged, 1 failed"}
   assert convnet["test_mean"] == pytest.approx(0.91)
@@ -338,11 +338,11 @@ def test_rates_with_a_diverged_failed_or_missing_seed_are_set_aside():
   assert dense["set_aside"] == {3e-3: "2 of 3 seeds recorded"}
   # An arm where no rate finished every seed has no choice, and no statistics.
   records = _rate_records({("convnet", 1000): {1e-3: ["diverged"], 3e-3: ["failed"]}})
-  (arm,) = report.tune_learning_rate(records)
+  (arm,) = analysis.tune_learning_rate(records)
   assert arm["learning_rate"] is None and arm["setting"] is None and arm["seeds"] == 0
   assert math.isnan(arm["test_mean"])
   assert "| base | convnet | none | 0.001, 0.003 |" in report.markdown(
-    report.summarize(records), records
+    analysis.summarize(records), records
   )
 
 
@@ -358,14 +358,14 @@ def _tuned_pair_records():
 
 def test_convnet_minus_dense_compares_arms_at_their_own_tuned_rates():
   records = _tuned_pair_records()
-  (pair,) = report.matched_pairs(records)
+  (pair,) = analysis.matched_pairs(records)
   assert (pair["convnet"]["learning_rate"], pair["dense"]["learning_rate"]) == (1e-3, 3e-3)
-  expected = report.difference_interval([0.95, 0.97], [0.90, 0.91])
+  expected = analysis.difference_interval([0.95, 0.97], [0.90, 0.91])
   assert pair["difference"] == pytest.approx(0.055)
   assert (pair["ci_low"], pair["ci_high"]) == pytest.approx(
     (expected["ci_low"], expected["ci_high"])
   )
-  table = report.markdown(report.summarize(records), records)
+  table = report.markdown(analysis.summarize(records), records)
   assert "each arm at its tuned learning rate" in table
   assert "| name=convnet at 0.001 | name=dense at 0.003 | 33,194 / 33,400 | +5.50 |" in table
 
@@ -390,8 +390,8 @@ def test_markdown_names_the_chosen_rates_and_the_plot_is_written(tmp_path):
 
 def test_sweeps_without_a_learning_rate_axis_are_reported_as_before(tmp_path):
   records = _kernel_records()
-  assert report.tune_learning_rate(records) == []
-  assert "Tuned learning rate" not in report.markdown(report.summarize(records), records)
+  assert analysis.tune_learning_rate(records) == []
+  assert "Tuned learning rate" not in report.markdown(analysis.summarize(records), records)
   # A rate that every cell shares is no axis: the settings are compared as they are.
   pair = [
     _record(i, {"model.name": m, RATE: 1e-3, "seed": s}, 0.9, t, model=m, params=p)
@@ -400,8 +400,8 @@ def test_sweeps_without_a_learning_rate_axis_are_reported_as_before(tmp_path):
       + [("dense", 33400, 1, 0.91)]
     )
   ]
-  assert report.tune_learning_rate(pair) == []
-  (matched,) = report.matched_pairs(pair)
+  assert analysis.tune_learning_rate(pair) == []
+  (matched,) = analysis.matched_pairs(pair)
   assert matched["difference"] == pytest.approx(0.055) and "learning_rate" not in matched["convnet"]
   paths = report.write_report(pair, str(tmp_path))
   assert "learning_rate.png" not in [os.path.basename(p) for p in paths]

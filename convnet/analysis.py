@@ -1,0 +1,284 @@
+"""A sweep's records as statistics: settings over seeds, intervals, tuned learning rates, pairs.
+
+`convnet.report` writes these as tables and plots; `convnet.learning_curve`
+builds on them. Everything here is pure: records in, numbers out.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from convnet import formatting
+from convnet.errors import DataError
+
+METRICS = {
+  "validation": "best_validation_accuracy",
+  "test": "test_accuracy_at_best_validation",
+}
+# Fields every record has, whatever its status; the rest depend on the status.
+RECORD_FIELDS = ("cell", "index", "setting", "overrides", "config", "status")
+# The field a sweep's grid of learning rates varies; arms are tuned over it.
+LEARNING_RATE = "optimizer.learning_rate"
+
+
+# ----------------------------------------------------------------------------
+# Records and statistics
+
+
+def load_records(sweep_dir: str) -> list[dict[str, Any]]:
+  """The sweep's records, in sweep order."""
+  folder = os.path.join(sweep_dir, "records")
+  if not os.path.isdir(folder):
+    raise DataError(f"{folder} does not exist: is {sweep_dir} a sweep directory?")
+  records = []
+  for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+    try:
+      with open(path) as f:
+        record = json.load(f)
+    except (OSError, ValueError) as e:  # ValueError: bad JSON and bytes that are not UTF-8.
+      raise DataError(f"sweep record {path} cannot be read: {e}") from None
+    missing = (
+      [k for k in RECORD_FIELDS if k not in record] if isinstance(record, dict) else RECORD_FIELDS
+    )
+    if missing:
+      raise DataError(f"sweep record {path} is not a record: it lacks {', '.join(missing)}")
+    records.append(record)
+  if not records:
+    raise DataError(f"{folder} holds no records yet")
+  return sorted(records, key=lambda r: r["index"])
+
+
+def interval(values: Sequence[float]) -> dict[str, float]:
+  """Mean, sample standard deviation and the 95% confidence interval of the mean.
+
+  With one value, the spread and the interval are NaN: one seed says nothing
+  about the spread.
+  """
+  values = np.asarray(values, np.float64)
+  n, mean = len(values), float(values.mean())
+  if n < 2:
+    return {"mean": mean, "std": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+  std = float(values.std(ddof=1))
+  half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+  return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def _mean(records: Sequence[Mapping[str, Any]], key: str) -> float:
+  values = [r[key] for r in records if r.get(key) is not None]
+  return float(np.mean(values)) if values else math.nan
+
+
+def varying_fields(records: Sequence[Mapping[str, Any]]) -> list[str]:
+  """The override fields, seed aside, whose value is not the same in every record."""
+  fields = []
+  for record in records:
+    for field in record["overrides"]:
+      if field != "seed" and field not in fields:
+        fields.append(field)
+  missing = object()
+  return [
+    f
+    for f in fields
+    if len({json.dumps(r["overrides"].get(f, missing), default=str) for r in records}) > 1
+  ]
+
+
+def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+  """One row per setting, in the order of each setting's first cell."""
+  settings: dict[str, list[Mapping[str, Any]]] = {}
+  for record in sorted(records, key=lambda r: r["index"]):
+    settings.setdefault(record["setting"], []).append(record)
+  fields = varying_fields(records)
+  # What a convnet and a dense network must share to be compared: the varying fields outside
+  # `model.` (the data, the optimizer).
+  shared = [f for f in fields if not f.startswith("model.")]
+  rows = []
+  for setting, cells in settings.items():
+    done = [r for r in cells if r["status"] == "done"]
+    first = cells[0]
+    row = {
+      "setting": setting,
+      "label": short_label(first["overrides"], fields) or setting,
+      "context": short_label(first["overrides"], shared, fields),
+      "model": first["config"]["model"]["name"],
+      **{f: first["overrides"].get(f) for f in fields},
+      "seeds": len(done),
+      "not_finished": len(cells) - len(done),
+      "num_params": _mean(done, "num_params"),
+      "flops_per_example": _mean(done, "flops_per_example"),
+      "wall_time_s": _mean(done, "wall_time_s"),
+      "train_examples_per_sec": _mean(done, "train_examples_per_sec"),
+      "vmap_group_size": max((r.get("vmap_group_size", 1) for r in done), default=1),
+    }
+    for name, key in METRICS.items():
+      stats_ = (
+        interval([r[key] for r in done])
+        if done
+        else dict.fromkeys(("mean", "std", "ci_low", "ci_high"), math.nan)
+      )
+      row |= {f"{name}_{k}": v for k, v in stats_.items()}
+    rows.append(row)
+  return rows
+
+
+def difference_interval(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+  """mean(a) - mean(b), with Welch's 95% confidence interval (unequal variances)."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  difference = float(a.mean() - b.mean())
+  if len(a) < 2 or len(b) < 2:
+    return {"difference": difference, "ci_low": math.nan, "ci_high": math.nan}
+  va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+  se = math.sqrt(va + vb)
+  if se == 0:
+    return {"difference": difference, "ci_low": difference, "ci_high": difference}
+  dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+  half = float(stats.t.ppf(0.975, dof)) * se
+  return {"difference": difference, "ci_low": difference - half, "ci_high": difference + half}
+
+
+def matched_pairs(
+  records: Sequence[Mapping[str, Any]], tolerance: float = 0.05
+) -> list[dict[str, Any]]:
+  """Convnet against dense at matched parameter counts (within `tolerance`), on test accuracy.
+
+  Each convnet setting is paired with the dense setting of the nearest
+  parameter count, if that is within `tolerance` of it, among the dense
+  settings that share its other fields (the data, the optimizer: every varying
+  field outside `model.`). When the sweep varies the learning rate, the
+  settings are the tuned arms of `tune_learning_rate`, each at its own chosen
+  rate.
+  """
+  if LEARNING_RATE in varying_fields(records):
+    rows = [arm for arm in tune_learning_rate(records) if arm["seeds"]]
+  else:
+    rows = [r for r in summarize(records) if r["seeds"]]
+  done = [r for r in records if r["status"] == "done"]
+
+  def accuracies(row):
+    return [r[METRICS["test"]] for r in done if r["setting"] == row["setting"]]
+
+  pairs = []
+  for convnet in (r for r in rows if r["model"] == "convnet"):
+    dense = [r for r in rows if r["model"] == "dense" and r["context"] == convnet["context"]]
+    if not dense:
+      continue
+    match = min(dense, key=lambda d: abs(d["num_params"] - convnet["num_params"]))
+    if abs(match["num_params"] - convnet["num_params"]) > tolerance * convnet["num_params"]:
+      continue
+    pairs.append(
+      {"convnet": convnet, "dense": match}
+      | difference_interval(accuracies(convnet), accuracies(match))
+    )
+  return pairs
+
+
+def learning_rate(record: Mapping[str, Any]) -> float | None:
+  """The record's learning rate: its override, else its config's."""
+  if LEARNING_RATE in record["overrides"]:
+    return record["overrides"][LEARNING_RATE]
+  return record["config"].get("optimizer", {}).get("learning_rate")
+
+
+def tune_learning_rate(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+  """Per arm (a setting without its learning rate), the rate of best mean validation accuracy.
+
+  Empty when the sweep does not vary the learning rate. Test accuracy never
+  takes part in the choice; the arm reports it at the chosen rate. A rate
+  competes only if every seed it ran finished and it ran as many seeds as the
+  arm's other rates: a rate where a seed diverged or failed, or whose seeds are
+  not all recorded yet, is set aside (`set_aside` says why), since its mean
+  over the surviving seeds is not comparable with the others' and divergence
+  disqualifies a rate. Of rates with equal means, the smallest is chosen. An
+  arm with no competing rate has `learning_rate` None and no statistics.
+
+  Each arm has `label`, `model`, `context` (what a convnet and a dense
+  arm must share to be compared), `grid` (its rates, ascending),
+  `learning_rate` and `setting` (the chosen rate and its setting), `set_aside`
+  ({rate: reason}), `rates` (the `summarize` row of each rate, ascending, with
+  its `learning_rate`), and the chosen row's `seeds`, `num_params` and
+  `validation_*`/`test_*` statistics.
+  """
+  fields = varying_fields(records)
+  if LEARNING_RATE not in fields:
+    return []
+  others = [f for f in fields if f != LEARNING_RATE]
+  shared = [f for f in others if not f.startswith("model.")]
+  rows = {row["setting"]: row for row in summarize(records)}
+  arms: dict[str, dict[float, list[Mapping[str, Any]]]] = {}
+  firsts: dict[str, Mapping[str, Any]] = {}
+  for record in sorted(records, key=lambda r: r["index"]):
+    plain = {k: v for k, v in record["overrides"].items() if k not in ("seed", LEARNING_RATE)}
+    arm = json.dumps(plain, default=str)
+    firsts.setdefault(arm, record)
+    arms.setdefault(arm, {}).setdefault(learning_rate(record), []).append(record)
+  tuned = []
+  for arm, by_rate in arms.items():
+    first = firsts[arm]
+    grid = sorted(by_rate)
+    expected = max(len(cells) for cells in by_rate.values())
+    set_aside, scores = {}, {}
+    for rate in grid:
+      cells = by_rate[rate]
+      statuses = [r["status"] for r in cells if r["status"] != "done"]
+      reasons = [f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses)]
+      if len(cells) < expected:
+        reasons.append(f"{len(cells)} of {expected} seeds recorded")
+      if reasons:
+        set_aside[rate] = ", ".join(reasons)
+      else:  # fsum: the same seeds' accuracies give the same mean in any order, so ties are ties.
+        scores[rate] = math.fsum(r[METRICS["validation"]] for r in cells) / len(cells)
+    # The best mean; among equal means, the smallest rate.
+    chosen = max(scores, key=lambda rate: (scores[rate], -rate)) if scores else None
+    per_rate = [rows[by_rate[rate][0]["setting"]] | {"learning_rate": rate} for rate in grid]
+    row = {
+      "label": short_label(first["overrides"], others, fields) or "base",
+      "context": short_label(first["overrides"], shared, fields),
+      "model": first["config"]["model"]["name"],
+      "grid": grid,
+      "learning_rate": chosen,
+      "setting": None if chosen is None else by_rate[chosen][0]["setting"],
+      "set_aside": set_aside,
+      "rates": per_rate,
+    }
+    keys = ["seeds", "num_params"] + [
+      f"{name}_{k}" for name in METRICS for k in ("mean", "std", "ci_low", "ci_high")
+    ]
+    best = rows[row["setting"]] if chosen is not None else {"seeds": 0}
+    tuned.append(row | {k: best.get(k, math.nan) for k in keys})
+  return tuned
+
+
+def short_label(
+  overrides: Mapping[str, Any], fields: Sequence[str], names_among: Sequence[str] = ()
+) -> str:
+  """`kernel_size=5`: `fields` by their last name, or more of it where that is shared.
+
+  With `data.name` and `model.name` both among `names_among` (by default,
+  `fields`): `data.name=x model.name=convnet`.
+  """
+  parts = []
+  for field in fields:
+    if field in overrides:
+      name = short_name(field, names_among or fields)
+      parts.append(f"{name}={formatting.setting_value(overrides[field])}")
+  return " ".join(parts)
+
+
+def short_name(field: str, fields: Sequence[str]) -> str:
+  """The shortest dotted suffix of `field` that no other of `fields` ends with."""
+  names = field.split(".")
+  for k in range(1, len(names) + 1):
+    suffix = ".".join(names[-k:])
+    if not any(
+      other != field and (other == suffix or other.endswith("." + suffix)) for other in fields
+    ):
+      return suffix
+  return field

@@ -1,0 +1,281 @@
+"""The learning-curve part of a sweep's report: test accuracy against the training-set size.
+
+Used by `convnet.report` when a sweep varies `data.num_train` (N), as
+configs/sweeps/learning_curve.py does. Each model is a line: the varying
+fields other than N, the seed, the learning rate, and the fields set per size
+alongside N (`batch_size`, `steps_per_epoch`, when each N has one value of
+them). When the sweep varies the learning rate, each (model, N) arm is at the
+rate `analysis.tune_learning_rate` chose on validation accuracy alone.
+
+- `learning_curve_rows`: per (model, N), the test accuracy at the epoch of best
+  validation accuracy (mean and Student's t 95% interval over seeds), the
+  chosen rate and the step budget;
+- `convnet_minus_dense`: per N, each convnet minus each dense model that shares
+  its other fields, with Welch's 95% interval;
+- `section` (markdown lines) and `write_plot` (`learning_curve.png`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from convnet import analysis, formatting
+
+SIZE = "data.num_train"
+# Fields a sweep may set per size, alongside N; not part of what a model is when N fixes them.
+PER_SIZE = ("batch_size", "steps_per_epoch")
+# How a model's label writes a field's value ("dense, pca 64", "dense, L1 0.0001"); other
+# fields are written `name=value`.
+VALUE_FORMATS = {
+  "data.features": "{}",
+  "data.num_features": "{}",
+  "l1_penalty": "L1 {:g}",
+}
+
+
+def applies(records: Sequence[Mapping[str, Any]]) -> bool:
+  """Whether the sweep varies the training-set size."""
+  return SIZE in analysis.varying_fields(records)
+
+
+def num_train(record: Mapping[str, Any]) -> int:
+  """The record's training-set size: its override, else its config's (0: the whole split)."""
+  if SIZE in record["overrides"]:
+    return record["overrides"][SIZE]
+  return record["config"].get("data", {}).get("num_train", 0)
+
+
+def model_fields(records: Sequence[Mapping[str, Any]]) -> list[str]:
+  """The varying fields that tell one model's line from another."""
+  values: dict[tuple[str, int], set[str]] = {}
+  for record in records:
+    for field in PER_SIZE:
+      value = json.dumps(record["overrides"].get(field), default=str)
+      values.setdefault((field, num_train(record)), set()).add(value)
+  per_size = [f for f in PER_SIZE if all(len(v) == 1 for (g, _), v in values.items() if g == f)]
+  excluded = (SIZE, analysis.LEARNING_RATE, *per_size)
+  return [f for f in analysis.varying_fields(records) if f not in excluded]
+
+
+def model_label(
+  overrides: Mapping[str, Any], model: str, fields: Sequence[str], all_fields: Sequence[str]
+) -> str:
+  """`dense, pca 64`: the model's name, then its values of `fields` (beside `model.name`)."""
+  parts = []
+  for field in fields:
+    if field == "model.name" or field not in overrides:
+      continue
+    value = overrides[field]
+    if field in VALUE_FORMATS:
+      parts.append(VALUE_FORMATS[field].format(value))
+    else:
+      parts.append(f"{analysis.short_name(field, all_fields)}={formatting.setting_value(value)}")
+  return ", ".join([model, " ".join(parts)]) if parts else model
+
+
+def budget(config: Mapping[str, Any], size: int) -> dict[str, Any]:
+  """The batch, steps per epoch, epochs and total steps a run of `size` examples trains for.
+
+  Values the config does not hold are None.
+  """
+  batch, epochs = config.get("batch_size"), config.get("num_epochs")
+  steps = config.get("steps_per_epoch", 0) or (size // batch if batch and size else None)
+  total = steps * epochs if steps and epochs else None
+  max_steps = config.get("max_steps", -1)
+  if total is not None and max_steps is not None and max_steps >= 0:
+    total = min(total, max_steps)
+  return {"batch_size": batch, "steps_per_epoch": steps, "num_epochs": epochs, "steps": total}
+
+
+def learning_curve_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+  """Per (model, N), in the order of each model's first record, then by N.
+
+  Each row has `model` (the line's label), `model_name`, `num_train`, `learning_rate` (the
+  tuned rate, or None when the sweep does not vary it or no rate finished),
+  `overrides` (the arm's first record's, at the chosen rate), `seeds`,
+  `validation_*`/`test_*` statistics, `accuracies` (the seeds' test accuracies
+  at best validation) and the `budget` fields.
+  """
+  by_setting: dict[str, list[Mapping[str, Any]]] = {}
+  for record in sorted(records, key=lambda r: r["index"]):
+    by_setting.setdefault(record["setting"], []).append(record)
+  tuned = analysis.tune_learning_rate(records)
+  fields, all_fields = model_fields(records), analysis.varying_fields(records)
+  keys = ["seeds"] + [
+    f"{name}_{k}" for name in analysis.METRICS for k in ("mean", "std", "ci_low", "ci_high")
+  ]
+  lines: dict[str, list[dict[str, Any]]] = {}
+  for arm in tuned or analysis.summarize(records):
+    cells = by_setting[arm["setting"] or arm["rates"][0]["setting"]]
+    first = cells[0]
+    model = first["config"]["model"]["name"]
+    # Only what varies among this model's records tells its lines apart.
+    mine = [r for r in records if r["config"]["model"]["name"] == model]
+    own = [f for f in fields if f in analysis.varying_fields(mine)]
+    line = model_label(first["overrides"], model, own, all_fields)
+    done = [r for r in cells if r["status"] == "done"] if arm["setting"] else []
+    lines.setdefault(line, []).append(
+      {
+        "model": line,
+        "model_name": model,
+        "num_train": num_train(first),
+        "learning_rate": arm["learning_rate"] if tuned else None,
+        "overrides": first["overrides"],
+        **{k: arm[k] for k in keys},
+        "accuracies": [r[analysis.METRICS["test"]] for r in done],
+        **budget(first["config"], num_train(first)),
+      }
+    )
+  return [row for rows in lines.values() for row in sorted(rows, key=lambda r: r["num_train"])]
+
+
+def convnet_minus_dense(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+  """Per N, each convnet minus each dense model on test accuracy, with Welch's 95% interval.
+
+  A dense row is paired with a convnet row of the same N whose other non-model
+  overrides (the data, say) it shares; the rows are at their tuned rates.
+  """
+  pairs = []
+  for convnet in (r for r in rows if r["model_name"] == "convnet"):
+    shared = {
+      k: v
+      for k, v in convnet["overrides"].items()
+      if not k.startswith("model.") and k not in ("seed", analysis.LEARNING_RATE)
+    }
+    for dense in rows:
+      same = all(dense["overrides"].get(k) == v for k, v in shared.items())
+      if dense["model_name"] != "dense" or not same:
+        continue
+      if not convnet["accuracies"] or not dense["accuracies"]:
+        continue
+      pairs.append(
+        {"num_train": convnet["num_train"], "convnet": convnet["model"], "dense": dense["model"]}
+        | analysis.difference_interval(convnet["accuracies"], dense["accuracies"])
+      )
+  return pairs
+
+
+def _cell(row: Mapping[str, Any]) -> str:
+  if not row["seeds"]:
+    return "–"
+  mean, half = 100 * row["test_mean"], 100 * (row["test_ci_high"] - row["test_mean"])
+  text = f"{mean:.2f} ± " + ("–" if math.isnan(half) else f"{half:.2f}")
+  return text + (f" (lr {row['learning_rate']:g})" if row["learning_rate"] is not None else "")
+
+
+def _values(rows: Sequence[Mapping[str, Any]], key: str) -> str:
+  values = [str(row[key]) for row in rows if row[key] is not None]
+  return "/".join(dict.fromkeys(values)) or "–"
+
+
+def section(records: Sequence[Mapping[str, Any]]) -> list[str]:
+  """The report's learning-curve tables and training line; empty when N does not vary."""
+  if not applies(records):
+    return []
+  rows = learning_curve_rows(records)
+  models = list(dict.fromkeys(r["model"] for r in rows))
+  sizes = sorted({r["num_train"] for r in rows})
+  tuned = any(r["learning_rate"] is not None for r in rows)
+  epochs = _values(rows, "num_epochs")
+  lines = [
+    f"Training: {epochs} epochs of the steps per epoch below, in batches of the size below (an "
+    "epoch longer than one pass over the N examples draws further passes); test accuracy at "
+    "the epoch of best validation accuracy.",
+    "",
+    "Learning curve: test accuracy (%) by training-set size N, mean ± half-width of the 95% "
+    "interval over seeds (Student's t)"
+    + (
+      ", each model at the learning rate validation accuracy chose at that N (lr)" if tuned else ""
+    )
+    + ":",
+    "",
+    "| N | batch | steps/epoch | steps | " + " | ".join(models) + " |",
+    "|---|---|---|---|" + "---|" * len(models),
+  ]
+  for n in sizes:
+    at_n = [r for r in rows if r["num_train"] == n]
+    cells = {r["model"]: _cell(r) for r in at_n}
+    budget_ = " | ".join(_values(at_n, k) for k in ("batch_size", "steps_per_epoch", "steps"))
+    lines.append(f"| {n} | {budget_} | " + " | ".join(cells.get(m, "–") for m in models) + " |")
+  pairs = convnet_minus_dense(rows)
+  if pairs:
+    columns = list(dict.fromkeys((p["convnet"], p["dense"]) for p in pairs))
+    lines += [
+      "",
+      "Convnet minus dense by training-set size: test accuracy (percentage points) at the "
+      "same N, with Welch's 95% interval"
+      + (", each arm at its tuned learning rate" if tuned else "")
+      + ":",
+      "",
+      "| N | " + " | ".join(f"{c} − {d}" for c, d in columns) + " |",
+      "|---|" + "---|" * len(columns),
+    ]
+    for n in sizes:
+      cells = {(p["convnet"], p["dense"]): p for p in pairs if p["num_train"] == n}
+      lines.append(f"| {n} | " + " | ".join(_difference(cells.get(c)) for c in columns) + " |")
+  return lines
+
+
+def _difference(pair: Mapping[str, Any] | None) -> str:
+  if pair is None:
+    return "–"
+  if math.isnan(pair["ci_low"]):
+    return f"{100 * pair['difference']:+.2f}"
+  low, high = 100 * pair["ci_low"], 100 * pair["ci_high"]
+  return f"{100 * pair['difference']:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
+def plot_learning_curve(rows: Sequence[Mapping[str, Any]], path: str, title: str = "") -> None:
+  """Test accuracy against N (log axis), one line per model, with 95% interval bars."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(7.5, 4.8))
+  models = list(dict.fromkeys(r["model"] for r in rows))
+  for i, model in enumerate(models):
+    mine = [r for r in rows if r["model"] == model and r["seeds"] and r["num_train"] > 0]
+    if not mine:
+      continue
+    # Each model a little to the side, so that the bars at one N do not hide each other.
+    shift = 1.025 ** (i - (len(models) - 1) / 2)
+    x = np.array([r["num_train"] for r in mine], np.float64) * shift
+    means = np.array([r["test_mean"] for r in mine]) * 100
+    low = np.array([r["test_ci_low"] for r in mine]) * 100
+    high = np.array([r["test_ci_high"] for r in mine]) * 100
+    errors = np.nan_to_num(np.stack([means - low, high - means]))
+    ax.errorbar(x, means, yerr=errors, fmt="o-", capsize=3, label=model)
+  sizes = sorted({r["num_train"] for r in rows if r["num_train"] > 0})
+  ax.set_xscale("log")
+  ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+  ax.minorticks_off()
+  ax.set_xlabel("training examples N (models shifted sideways to show their bars)")
+  ax.set_ylabel("test accuracy (%) at best validation,\nmean and 95% CI over seeds")
+  heading = "Learning curve"
+  if any(r["learning_rate"] is not None for r in rows):
+    heading += ", each model at its tuned learning rate per N"
+  ax.set_title(f"{heading}\n{title}" if title else heading, fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write_plot(records: Sequence[Mapping[str, Any]], out_dir: str, title: str = "") -> str | None:
+  """Writes `learning_curve.png` in `out_dir` when N varies and a run finished: its path."""
+  if not applies(records):
+    return None
+  rows = learning_curve_rows(records)
+  if not any(row["seeds"] for row in rows):
+    return None
+  path = os.path.join(out_dir, "learning_curve.png")
+  plot_learning_curve(rows, path, title)
+  return path
