@@ -65,9 +65,19 @@ def manager(workdir: str, keep: int, best: KeepSteps | None = None) -> ocp.Check
 
 
 def best_steps(records_per_member: Iterable[Sequence[Mapping[str, Any]]]) -> set[int]:
-  """The steps of each member's best epoch (see `epochs.best_record`)."""
-  best = (epochs.best_record(records) for records in records_per_member)
-  return {int(record["step"]) for record in best if record is not None}
+  """The steps of each member's best epoch (see `epochs.best_record`).
+
+  Also the best of the whole epochs, where a partial one (a `max_steps` stop)
+  is best: a resumed run drops that record, and its best is then a whole
+  epoch's.
+  """
+  steps = set()
+  for records in records_per_member:
+    whole = [r for r in records if float(r.get("epoch", 0)).is_integer()]
+    for best in (epochs.best_record(records), epochs.best_record(whole)):
+      if best is not None:
+        steps.add(int(best["step"]))
+  return steps
 
 
 def _restore_step(manager: ocp.CheckpointManager, step: int, state_args, what: str):
@@ -167,15 +177,13 @@ def restore(manager: ocp.CheckpointManager, state, loop: dict[str, Any]):
       unreadable.append((step, f"checkpoint {manager.directory / str(step)} is incomplete"))
       continue
     try:
-      restored = _restore_step(
-        manager, step, ocp.args.StandardRestore(abstract), "restored into this model"
-      )
+      restored = _restore_step(manager, step, ocp.args.StandardRestore(abstract), "restored")
     except CheckpointError as e:
       unreadable.append((step, e))
       continue
     for bad, error in unreadable:
       moved = f"{manager.directory / str(bad)}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
-      logging.warning("Passing over %s; it is kept as %s", error, moved)
+      logging.warning("%s: passed over for an older checkpoint, and kept as %s", error, moved)
       os.rename(manager.directory / str(bad), moved)
     if unreadable:
       manager.reload()
@@ -217,8 +225,7 @@ def save(manager: ocp.CheckpointManager, state, loop: dict[str, Any]) -> None:
     kept = f"the checkpoint of step {latest} is kept" if latest is not None else "none was saved"
     raise WorkdirError(
       f"cannot write the checkpoint of step {step} in {manager.directory} "
-      f"({workdir_lib.reason(e)}); {kept}: free some space, then run the same command again "
-      "to resume"
+      f"({workdir_lib.reason(e)}); {kept}: {workdir_lib.remedy(e)} to resume"
     ) from None
 
 
@@ -229,16 +236,18 @@ def _quiet_if_it_fails():
   When one array of a checkpoint fails to be written or read, Orbax raises and
   closes its event loop while TensorStore still completes the other arrays:
   each completion then finds the loop closed ("Exception ignored ... Event loop
-  is closed", with a traceback), and the abandoned tasks are reported when
-  they are collected ("Task exception was never retrieved"). The one line that
+  is closed", with a traceback), and the abandoned reads and tasks are
+  reported when they are collected ("Exception ignored in: <coroutine ...>",
+  "Future exception was never retrieved"). The one line that
   says what failed is all a user needs. While the block runs, and from its
   first failure on, this process drops those reports, and only those.
   """
   previous = sys.unraisablehook
 
   def hook(unraisable) -> None:
-    error = unraisable.exc_value
-    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+    error, code = unraisable.exc_value, getattr(unraisable.object, "cr_code", None)
+    closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+    if not (closed_loop or (code and "/orbax/" in code.co_filename)):  # an abandoned read
       previous(unraisable)
 
   sys.unraisablehook = hook
@@ -252,7 +261,7 @@ def _quiet_if_it_fails():
 
 class _AbandonedTasks(python_logging.Filter):
   def filter(self, record: python_logging.LogRecord) -> bool:
-    return not str(record.msg).startswith("Task exception was never retrieved")
+    return "exception was never retrieved" not in str(record.msg)  # Task, Future, _Gathering...
 
 
 def seed_dir(group_dir: str, seed: int) -> str:
@@ -309,7 +318,8 @@ def restore_params(workdir: str, which: str = "latest") -> tuple[Any, int]:
       if step not in reader.all_steps():
         raise CheckpointError(
           f"the checkpoint of the best epoch ({best['epoch']}, step {step}) is not in "
-          f"{directory}: the run was made before best checkpoints were kept; use the latest"
+          f"{directory}: it was not kept (a run of a version before best checkpoints were "
+          "kept) or was removed; use the latest"
         )
     restored = _restore_step(reader, step, ocp.args.StandardRestore(), "read")
   finally:

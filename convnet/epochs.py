@@ -153,13 +153,22 @@ def epoch_record(
   }
 
 
-def diverged_message(config: ml_collections.ConfigDict, workdir: str, step: int, loss) -> str:
-  """What to say when the training loss of step `step + 1` is `loss`, not finite."""
+def diverged_message(config: ml_collections.ConfigDict, manager, step: int, loss) -> str:
+  """What to say when the training loss of step `step + 1` is `loss`, not finite.
+
+  `manager` is the run's Orbax checkpoint manager: the message names the
+  checkpoint that is kept, or says that none was saved.
+  """
+  latest = manager.latest_step()
+  kept = (
+    f"The checkpoint of step {latest} in {manager.directory} is kept."
+    if latest is not None
+    else "No checkpoint was saved before it."
+  )
   return (
-    f"the training loss became {loss} at step {step + 1}. The last good checkpoint in "
-    f"{workdir}/checkpoints is kept. Try a lower optimizer.learning_rate (now "
-    f"{config.optimizer.learning_rate}), a warmup (optimizer.schedule='warmup_cosine'), or "
-    "another seed."
+    f"the training loss became {loss} at step {step + 1}. {kept} Try a lower "
+    f"optimizer.learning_rate (now {config.optimizer.learning_rate}), a warmup "
+    "(optimizer.schedule='warmup_cosine'), or another seed."
   )
 
 

@@ -303,8 +303,8 @@ def _refuse_mode(sweep_dir: str, saved: Mapping[str, Any], mode: Mapping[str, An
   if bool(saved.get("vmap_seeds")) != mode["vmap_seeds"]:
     way = "with" if saved.get("vmap_seeds") else "without"
     raise ConfigError(
-      f"{sweep_dir} was run {way} --vmap_seeds: run it {way} again (the two ways train in "
-      "other folders, and their records would mix), or give another --workdir"
+      f"{sweep_dir} was run {way} --vmap_seeds: run it {way} --vmap_seeds again (the two ways "
+      "train in other folders, and their records would mix), or give another --workdir"
     )
 
 

@@ -210,9 +210,9 @@ def _check_constants(workdir: str, saved: dict[str, Any], now: dict[str, Any]) -
   ]
   if changed:
     raise CheckpointError(
-      f"{workdir} holds a run whose training data or schedule differ from this one's:\n  "
-      + "\n  ".join(changed)
-      + "\nPoint the config at the run's data, or use a new --workdir."
+      f"{workdir} holds a run whose training data or schedule differ from this one's: "
+      + "; ".join(changed)
+      + ". Point the config at the run's data, or use a new --workdir."
     )
 
 
@@ -245,14 +245,14 @@ def resume(
     _check_constants(workdir, loop.get("constants", {}), constants)
   loop["constants"] = constants
   step = int(np.ravel(state.step)[0])
-  records = []
+  records = [  # read (and checked) before anything is written
+    workdir_lib.read_metrics(member_dir, step, rewrite=write, resuming=step < total_steps)
+    for member_dir, _ in member_dirs
+  ]
   for member_dir, member_config in member_dirs:
-    if write:
+    if write and step < total_steps:  # A finished run keeps the config it ran with.
       os.makedirs(member_dir, exist_ok=True)
       workdir_lib.write_config(member_dir, member_config)
-    records.append(
-      workdir_lib.read_metrics(member_dir, step, rewrite=write, resuming=step < total_steps)
-    )
   best.steps = checkpoints.best_steps(records)
   return manager, best, state, loop, records
 
@@ -346,33 +346,32 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
   first_step, already_finished = step, step >= total_steps
   start_time = time.perf_counter() - run.loop["wall_time_s"]
   pending = []  # (per-step metrics still on the device, number of valid steps)
+  # Each member's losses since the last logged step: a logged record covers its whole window.
+  window = run.loop.get("window_losses") or [[] for _ in members]
   window_start, window_steps = time.perf_counter(), 0
   profile_steps = config.profile_steps if parallel.is_main_process() else 0
   profiler = epochs.Profiler(profile_steps, os.path.join(run.workdir, "profile"))
 
-  def flush_pending() -> list[list[float]]:
-    """Adds the pending steps' metrics to the epoch's sums; returns each member's losses."""
-    losses = [[] for _ in members]
-    pending_from = step - sum(count for _, count in pending)
+  def flush_pending() -> None:
+    """Adds the pending steps' metrics to the epoch's sums and their losses to the window."""
+    pending_from = step - sum(count for _, count in pending) - len(window[0])
     for metrics, count in jax.device_get(pending):
       loss = np.reshape(metrics["loss"], (len(members), -1))[:, :count]
       correct = np.reshape(metrics["correct"], (len(members), -1))[:, :count]
       for i, member in enumerate(members):
         for value, right in zip(loss[i], correct[i], strict=True):
           if not math.isfinite(value):
-            message = epochs.diverged_message(
-              config, run.workdir, pending_from + len(losses[i]), value
-            )
+            at = pending_from + len(window[i])
+            message = epochs.diverged_message(config, run.manager, at, value)
             raise DivergedError(f"{member.name}: {message}" if member.name else message)
-          losses[i].append(float(value))
-          sums["loss_sum"][i] += losses[i][-1]
+          window[i].append(float(value))
+          sums["loss_sum"][i] += window[i][-1]
           sums["correct"][i] += float(right)
           sums["steps"][i] += 1
     pending.clear()
-    return losses
 
   def save(wall_time_s: float) -> None:
-    loop = {f"epoch_{k}": v.tolist() for k, v in sums.items()}
+    loop = {f"epoch_{k}": v.tolist() for k, v in sums.items()} | {"window_losses": window}
     checkpoints.save(run.manager, state, run.loop | loop | {"wall_time_s": wall_time_s})
 
   while step < total_steps:
@@ -397,7 +396,10 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
       profiler.after_call(step, state)
       window_steps += count
       if config.log_every_steps and step % config.log_every_steps == 0:
-        losses = flush_pending()
+        flush_pending()
+        losses = [list(w) for w in window]
+        for w in window:
+          w.clear()
         seconds = time.perf_counter() - window_start
         rate = window_steps * config.batch_size / seconds
         for member, member_losses in zip(members, losses, strict=True):

@@ -78,7 +78,7 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
   try:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.{_writer_id()}.", suffix=".tmp")
   except OSError as e:
-    raise WorkdirError(f"cannot write {path} ({reason(e)}); {_REMEDY}") from None
+    raise WorkdirError(f"cannot write {path} ({reason(e)}); {remedy(e)}") from None
   try:
     os.fchmod(fd, 0o666 & ~_umask())  # what open() gives a new file; mkstemp's is 0600
     with os.fdopen(fd, mode) as f:
@@ -90,11 +90,16 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
     with contextlib.suppress(FileNotFoundError):
       os.unlink(tmp)
     if isinstance(e, OSError):
-      raise WorkdirError(f"cannot write {path} ({reason(e)}); {_REMEDY}") from None
+      raise WorkdirError(f"cannot write {path} ({reason(e)}); {remedy(e)}") from None
     raise
 
 
-_REMEDY = "free some space or make it writable, then run the same command again"
+def remedy(error: BaseException) -> str:
+  """What to do about a write that failed with `error`: make room, or make the folder writable."""
+  why = reason(error)
+  denied = {os.strerror(c) for c in (errno.EROFS, errno.EACCES, errno.EPERM)}
+  fix = "make the folder writable" if why in denied else "free some space"
+  return f"{fix}, then run the same command again"
 
 
 def _writer_id() -> str:
@@ -276,14 +281,14 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
     why = ""
     if any(line.startswith("num_epochs:") for line in changed):
       why = (
-        f"\n(the {config.optimizer.schedule} learning-rate schedule spans num_epochs: use "
+        f" (the {config.optimizer.schedule} learning-rate schedule spans num_epochs: use "
         "max_steps to stop a run early)"
       )
     raise CheckpointError(
-      f"{workdir} holds checkpoints of a run with another config:\n  "
-      + "\n  ".join(changed)
+      f"{workdir} holds checkpoints of a run with another config: "
+      + "; ".join(changed)
       + why
-      + f"\nUse a new --workdir, or delete {workdir} to start fresh."
+      + f". Use a new --workdir, or delete {workdir} to start fresh."
     )
 
 
@@ -343,19 +348,24 @@ def read_metrics(
     return []
   with open(path) as f:
     lines = f.read().splitlines(keepends=True)
-  records = []
+  records, previous = [], (-math.inf, 0)  # (step, line number)
   for number, line in enumerate(lines, 1):
+    if number == len(lines) and not line.endswith("\n"):
+      break  # A torn last line.
     record = _record(line)
-    if record is not None and record.get("step", math.inf) > last_step:
-      break
-    if record is None or not line.endswith("\n"):
-      if number == len(lines) and not line.endswith("\n"):
-        break  # A torn last line.
-      raise CheckpointError(
-        f"{path}:{number} is not a metrics record ({line.strip()[:60]!r}): mend or delete that "
-        "line, then run again; nothing was changed"
+    if record is None or record["step"] < previous[0]:
+      what = (
+        "a record"
+        if record is None
+        else f"in step order (after step {previous[0]} at :{previous[1]})"
       )
-    records.append(record)
+      raise CheckpointError(
+        f"{path}:{number} is not {what}: {line.strip()[:60]!r}; mend or delete the bad line, "
+        "then run again (nothing was changed)"
+      )
+    previous = (record["step"], number)
+    if previous[0] <= last_step:
+      records.append(record)
   dropped = len(lines) - len(records)
   if resuming and records and _partial_epoch(records[-1]) and records[-1]["step"] == last_step:
     records.pop()
@@ -367,11 +377,15 @@ def read_metrics(
 
 
 def _record(line: str) -> dict[str, Any] | None:
+  """The metrics record a line holds: an object with a "kind" and a whole-number "step"."""
   try:
     record = json.loads(line)
   except json.JSONDecodeError:
     return None
-  return record if isinstance(record, dict) else None
+  if not isinstance(record, dict) or not isinstance(record.get("kind"), str):
+    return None
+  step = record.get("step")
+  return record if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def _partial_epoch(record: Mapping[str, Any]) -> bool:
@@ -484,7 +498,7 @@ class MetricsWriter:
       self._tensorboard.flush()
     except OSError as e:
       self.close()
-      raise WorkdirError(f"cannot write in {self._workdir} ({reason(e)}); {_REMEDY}") from None
+      raise WorkdirError(f"cannot write in {self._workdir} ({reason(e)}); {remedy(e)}") from None
 
   def close(self) -> None:
     if self._tensorboard is not None:

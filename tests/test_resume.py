@@ -63,7 +63,8 @@ def test_a_max_steps_stop_and_its_resumption_are_the_uninterrupted_run(config, t
   config.optimizer.schedule = schedule
   config.optimizer.warmup_epochs = 1
   config.num_epochs = 2
-  config.log_every_steps = 0
+  config.log_every_steps = 5  # the window of steps 6 to 10 straddles the stop at step 7
+  config.steps_per_call = 1
   straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
   config.max_steps = 7  # within the first epoch, and within the warmup
   first = train.train_and_evaluate(config, str(tmp_path / "resumed"))
@@ -72,7 +73,8 @@ def test_a_max_steps_stop_and_its_resumption_are_the_uninterrupted_run(config, t
   resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
   for key in ("train_loss", "train_accuracy", "validation_accuracy", "test_loss", "step"):
     assert resumed[key] == straight[key], key
-  # The first epoch's record covers all 13 of its steps; the partial record at step 7 is gone.
+  # The first epoch's record covers all 13 of its steps, the record of step 10 its five steps;
+  # the partial record at step 7 is gone.
   assert _records(tmp_path / "resumed") == _records(tmp_path / "straight")
   _same_tree(_params(tmp_path / "resumed"), _params(tmp_path / "straight"))
   tags = _events(str(tmp_path / "resumed"))[0]
@@ -151,7 +153,7 @@ def test_a_resume_with_every_neutral_change_at_once_goes_on(config, tmp_path):
 @pytest.mark.slow
 def test_a_change_that_changes_the_result_is_refused_before_any_data_is_read(
   config, tmp_path, monkeypatch
-):
+):  # in one line, however many fields changed
   config.max_steps = 2
   train.train_and_evaluate(config, str(tmp_path))
   before = sorted(os.listdir(tmp_path))
@@ -161,8 +163,10 @@ def test_a_change_that_changes_the_result_is_refused_before_any_data_is_read(
 
   monkeypatch.setattr(input_pipeline, "load", no_loading)
   config.optimizer.learning_rate = 0.01
-  with pytest.raises(CheckpointError, match=r"optimizer.learning_rate: 0.001 \(saved\)"):
+  config.model.conv.activation = "tanh"
+  with pytest.raises(CheckpointError, match=r"optimizer.learning_rate: 0.001 \(saved\)") as error:
     train.train_and_evaluate(config, str(tmp_path))
+  assert "\n" not in str(error.value) and "model.conv.activation" in str(error.value)
   assert sorted(os.listdir(tmp_path)) == before
 
 
@@ -234,6 +238,22 @@ def test_the_manager_keeps_the_best_steps_beside_the_newest(tmp_path, tiny_state
 
 
 @pytest.mark.slow
+def test_a_partial_epoch_that_is_best_keeps_the_best_whole_epoch_too():
+  records = [
+    {"kind": "epoch", "step": 26, "epoch": 1, "validation_accuracy": 0.90},
+    {"kind": "epoch", "step": 52, "epoch": 2, "validation_accuracy": 0.92},
+    {"kind": "epoch", "step": 60, "epoch": 60 / 26, "validation_accuracy": 0.93},
+  ]
+  assert checkpoints.best_steps([records]) == {52, 60}  # 60's record goes if the run resumes
+
+
+def test_what_to_do_about_a_failed_write_follows_its_cause():
+  full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  read_only = OSError(errno.EROFS, os.strerror(errno.EROFS))
+  assert workdir_lib.remedy(full).startswith("free some space")
+  assert workdir_lib.remedy(read_only).startswith("make the folder writable")
+
+
 def test_the_best_epochs_weights_stay_readable_and_visualize_draws_them(config, tmp_path):
   config.num_epochs = 4
   config.checkpoint_keep = 1
@@ -266,9 +286,12 @@ def test_a_bad_line_within_metrics_is_named_and_nothing_is_rewritten(config, tmp
   lines[3] = '{"kind": "tr\n'
   path.write_text("".join(lines))
   before = path.read_bytes()
-  with pytest.raises(CheckpointError, match=f"{path}:4 is not a metrics record"):
+  config_before = (tmp_path / "config.json").read_bytes()
+  config.max_steps = 30  # a change the run could take: refused all the same, and not written
+  with pytest.raises(CheckpointError, match=f"{path}:4 is not a record"):
     train.train_and_evaluate(config, str(tmp_path))
   assert path.read_bytes() == before
+  assert (tmp_path / "config.json").read_bytes() == config_before
   with pytest.raises(CheckpointError, match=f"{path}:4"):
     workdir_lib.read_metrics(str(tmp_path))
 
@@ -279,9 +302,13 @@ def test_only_a_torn_last_line_and_lines_past_the_step_are_dropped(tmp_path):
   path.write_text("".join(json.dumps(r) + "\n" for r in good) + '{"kind": "tr')
   assert workdir_lib.read_metrics(str(tmp_path), 2, rewrite=True) == good[:2]
   assert path.read_text() == "".join(json.dumps(r) + "\n" for r in good[:2])
-  path.write_text(json.dumps(good[0]) + "\n[1, 2]\n" + json.dumps(good[1]) + "\n")
-  with pytest.raises(CheckpointError, match=":2 is not a metrics record"):
-    workdir_lib.read_metrics(str(tmp_path), 5, rewrite=True)
+  for bad in ("[1, 2]", "{}", '{"kind": "train", "step": "2"}', '{"kind": "train", "step": 99}'):
+    text = json.dumps(good[0]) + f"\n{bad}\n" + json.dumps(good[1]) + "\n"
+    path.write_text(text)
+    message = r"metrics.jsonl:(2 is not a record|3 is not in step order \(after step 99 at :2\))"
+    with pytest.raises(CheckpointError, match=message):
+      workdir_lib.read_metrics(str(tmp_path), 2, rewrite=True)
+    assert path.read_text() == text  # nothing dropped, nothing rewritten
 
 
 @pytest.mark.slow
@@ -391,7 +418,8 @@ def test_an_absurd_eval_batch_is_cut_to_the_split(config, tmp_path):
 def test_a_sweep_folder_is_held_to_one_way_of_training_its_seeds(tmp_path):
   sweep.check_mode(str(tmp_path), vmap_seeds=True)
   sweep.check_mode(str(tmp_path), vmap_seeds=True)
-  with pytest.raises(ConfigError, match="was run with --vmap_seeds: run it with again"):
+  message = "was run with --vmap_seeds: run it with --vmap_seeds again"
+  with pytest.raises(ConfigError, match=message):
     sweep.check_mode(str(tmp_path), vmap_seeds=False)
   older = tmp_path / "older"
   os.makedirs(older / "cells")  # a sweep of an older version, run without --vmap_seeds
@@ -446,6 +474,31 @@ def test_a_full_disk_stops_in_one_line_and_the_rerun_resumes(tmp_path, limit):
   records = _records(tmp_path / "run")
   assert [r["step"] for r in records if r["kind"] == "epoch"] == [26, 52]
   assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 53))
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_cannot_be_read_is_passed_over_quietly(tmp_path):
+  """A truncated array file with an older checkpoint: a warning, then the run goes on."""
+  flags = ["--config=configs/mnist.py", f"--workdir={tmp_path}", "--config.data.source=embedded"]
+  command = [sys.executable, "-m", "convnet.main", *flags, "--config.checkpoint_keep=5"]
+  for steps in (2, 4):
+    done = subprocess.run([*command, f"--config.max_steps={steps}"], cwd=REPO, capture_output=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+  state = tmp_path / "checkpoints" / "4" / "state"
+  files = [os.path.join(root, name) for root, _, names in os.walk(state) for name in names]
+  largest = max(files, key=os.path.getsize)
+  with open(largest, "r+b") as f:
+    f.truncate(os.path.getsize(largest) // 2)
+  again = subprocess.run(
+    [*command, "--config.max_steps=6"], cwd=REPO, capture_output=True, text=True
+  )
+  assert again.returncode == 0, again.stderr[-2000:]
+  warnings = [line for line in again.stderr.splitlines() if line.startswith(("W1", "E1"))]
+  assert len(warnings) == 1 and "passed over for an older checkpoint" in warnings[0], warnings
+  for noise in ("Traceback", "Exception ignored", "never retrieved"):
+    assert noise not in again.stderr
+  names = sorted(os.listdir(tmp_path / "checkpoints"))
+  assert names[:2] == ["2", "4.unreadable-" + names[1].split("-", 1)[1]] and names[2] == "6"
 
 
 @pytest.mark.slow
