@@ -397,22 +397,7 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
       window_steps += count
       if config.log_every_steps and step % config.log_every_steps == 0:
         flush_pending()
-        losses = [list(w) for w in window]
-        for w in window:
-          w.clear()
-        seconds = time.perf_counter() - window_start
-        rate = window_steps * config.batch_size / seconds
-        for member, member_losses in zip(members, losses, strict=True):
-          member.writer.write(
-            {
-              "kind": "train",
-              "step": step,
-              "epoch": step / steps_per_epoch,
-              "train_loss": float(np.mean(member_losses)) if member_losses else float("nan"),
-              "train_examples_per_sec": rate,
-            }
-          )
-        _log_progress(step, epoch, run, float(np.mean(losses)), rate, seconds / window_steps)
+        _write_window(run, step, window, window_steps, time.perf_counter() - window_start)
         window_start, window_steps = time.perf_counter(), 0
       if step == epoch_end:
         break
@@ -470,7 +455,26 @@ def _finish_record(member: Member, record: dict[str, Any], evals, wall_time_s: f
   logging.info("%sepoch %s: %s", prefix, epoch_text, formatting.metrics_line(record))
 
 
-def _log_progress(step: int, epoch: int, run: Run, loss: float, rate: float, seconds_per_step):
+def _write_window(run: Run, step: int, window: list[list[float]], steps: int, seconds: float):
+  """Writes each member's "train" record of a logging window, logs progress, empties `window`."""
+  rate = steps * run.config.batch_size / seconds
+  for member, losses in zip(run.members, window, strict=True):
+    member.writer.write(
+      {
+        "kind": "train",
+        "step": step,
+        "epoch": step / run.steps_per_epoch,
+        "train_loss": float(np.mean(losses)) if losses else float("nan"),
+        "train_examples_per_sec": rate,
+      }
+    )
+  _log_progress(step, run, float(np.mean(window)), rate, seconds / steps)
+  for losses in window:
+    losses.clear()
+
+
+def _log_progress(step: int, run: Run, loss: float, rate: float, seconds_per_step):
+  epoch = (step - 1) // run.steps_per_epoch
   in_epoch = step - epoch * run.steps_per_epoch
   epoch_eta = (run.steps_per_epoch - in_epoch) * seconds_per_step
   run_eta = (run.total_steps - step) * seconds_per_step

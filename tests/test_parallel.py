@@ -115,29 +115,7 @@ def test_two_processes_train_as_one(tmp_path):
     "--config.max_steps=6",
     "--config.log_every_steps=2",
   ]
-  env = dict(os.environ, CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  address = f"127.0.0.1:{_free_port()}"
-  processes = [
-    subprocess.Popen(
-      [
-        sys.executable,
-        "-m",
-        "convnet.main",
-        f"--workdir={tmp_path / 'two'}",
-        f"--coordinator_address={address}",
-        "--num_processes=2",
-        f"--process_id={i}",
-        *overrides,
-      ],
-      cwd=REPO,
-      env=env,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-    for i in range(2)
-  ]
+  processes = _two_processes(tmp_path / "two", overrides, f"127.0.0.1:{_free_port()}")
   outputs = [p.communicate(timeout=300) for p in processes]
   for p, (_, stderr) in zip(processes, outputs, strict=True):
     assert p.returncode == 0, stderr[-3000:]
@@ -145,7 +123,7 @@ def test_two_processes_train_as_one(tmp_path):
   single = subprocess.run(
     [sys.executable, "-m", "convnet.main", f"--workdir={tmp_path / 'one'}", *overrides],
     cwd=REPO,
-    env=env,
+    env=_cpu_env(),
     capture_output=True,
     text=True,
     timeout=300,
@@ -181,9 +159,16 @@ def test_impossible_mesh_shapes_are_named(mesh_shape, tmp_path):
   assert not os.path.exists(tmp_path / "checkpoints")
 
 
-def _two_processes(workdir, overrides, address):
+def _cpu_env():
+  """The environment of a process with one CPU device."""
   env = dict(os.environ, CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
+  return env
+
+
+def _two_processes(workdir, overrides, address):
+  """Two `convnet.main` processes joined on loopback at `address`, one CPU device each."""
+  env = _cpu_env()
   return [
     subprocess.Popen(
       [

@@ -476,6 +476,14 @@ def test_a_full_disk_stops_in_one_line_and_the_rerun_resumes(tmp_path, limit):
   assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 53))
 
 
+def _truncate_largest_file(folder):
+  """Cuts the largest file under `folder` to half its size, as a crash or a bad disk might."""
+  files = [os.path.join(root, name) for root, _, names in os.walk(folder) for name in names]
+  largest = max(files, key=os.path.getsize)
+  with open(largest, "r+b") as f:
+    f.truncate(os.path.getsize(largest) // 2)
+
+
 @pytest.mark.slow
 def test_a_checkpoint_that_cannot_be_read_is_passed_over_quietly(tmp_path):
   """A truncated array file with an older checkpoint: a warning, then the run goes on."""
@@ -484,11 +492,7 @@ def test_a_checkpoint_that_cannot_be_read_is_passed_over_quietly(tmp_path):
   for steps in (2, 4):
     done = subprocess.run([*command, f"--config.max_steps={steps}"], cwd=REPO, capture_output=True)
     assert done.returncode == 0, done.stderr[-2000:]
-  state = tmp_path / "checkpoints" / "4" / "state"
-  files = [os.path.join(root, name) for root, _, names in os.walk(state) for name in names]
-  largest = max(files, key=os.path.getsize)
-  with open(largest, "r+b") as f:
-    f.truncate(os.path.getsize(largest) // 2)
+  _truncate_largest_file(tmp_path / "checkpoints" / "4" / "state")
   again = subprocess.run(
     [*command, "--config.max_steps=6"], cwd=REPO, capture_output=True, text=True
   )
@@ -508,11 +512,7 @@ def test_a_checkpoint_that_cannot_be_read_is_one_line_from_the_command(tmp_path)
   command = [sys.executable, "-m", "convnet.main", *flags]
   first = subprocess.run([*command, "--config.max_steps=2"], cwd=REPO, capture_output=True)
   assert first.returncode == 0, first.stderr[-2000:]
-  state = tmp_path / "checkpoints" / "2" / "state"
-  files = [os.path.join(root, name) for root, _, names in os.walk(state) for name in names]
-  largest = max(files, key=os.path.getsize)
-  with open(largest, "r+b") as f:
-    f.truncate(os.path.getsize(largest) // 2)
+  _truncate_largest_file(tmp_path / "checkpoints" / "2" / "state")
   again = subprocess.run(
     [*command, "--config.max_steps=4"], cwd=REPO, capture_output=True, text=True
   )
