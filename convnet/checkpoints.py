@@ -73,7 +73,7 @@ def best_steps(records_per_member: Iterable[Sequence[Mapping[str, Any]]]) -> set
   """
   steps = set()
   for records in records_per_member:
-    whole = [r for r in records if float(r.get("epoch", 0)).is_integer()]
+    whole = [r for r in records if not workdir_lib.partial_epoch(r)]
     for best in (epochs.best_record(records), epochs.best_record(whole)):
       if best is not None:
         steps.add(int(best["step"]))

@@ -65,15 +65,19 @@ def train_seeds(
   config_checks.validate(config)
   workdir = workdir_lib.make_dir(workdir)
   with workdir_lib.lock(workdir), preemption.stop_requests() as stop:
-    configs = [seed_config(config, s) for s in seeds]
-    seed_dirs = [checkpoints.seed_dir(workdir, s) for s in seeds]
-    train.check_before_loading(workdir, list(zip(seed_dirs, configs, strict=True)))
-    return train.fit(_set_up(config, seeds, workdir), stop)
+    member_dirs = [(checkpoints.seed_dir(workdir, s), seed_config(config, s)) for s in seeds]
+    train.check_before_loading(workdir, member_dirs)
+    return train.fit(_set_up(config, seeds, workdir, member_dirs), stop)
 
 
-def _set_up(config: ml_collections.ConfigDict, seeds: list[int], workdir: str) -> train.Run:
+def _set_up(
+  config: ml_collections.ConfigDict,
+  seeds: list[int],
+  workdir: str,
+  member_dirs: list[tuple[str, ml_collections.ConfigDict]],
+) -> train.Run:
   started_at = time.perf_counter()
-  configs = [seed_config(config, s) for s in seeds]
+  seed_dirs, configs = zip(*member_dirs, strict=True)
   datasets = [input_pipeline.load(c.data, c.seed) for c in configs]
   data = datasets[0]
   model, tx, steps_per_epoch, total_steps = train.model_and_optimizer(config, data)
@@ -85,13 +89,12 @@ def _set_up(config: ml_collections.ConfigDict, seeds: list[int], workdir: str) -
   logging.info(
     "%d seeds of %s at once, %s parameters each", len(seeds), config.model.name, num_params
   )
-  seed_dirs = [checkpoints.seed_dir(workdir, s) for s in seeds]
   constants = train.run_constants(config, datasets, steps_per_epoch)
   manager, best, state, loop, records = train.resume(
     config,
     workdir,
     epochs.stack(states),
-    list(zip(seed_dirs, configs, strict=True)),
+    member_dirs,
     constants,
     total_steps,
   )

@@ -367,7 +367,7 @@ def read_metrics(
     if previous[0] <= last_step:
       records.append(record)
   dropped = len(lines) - len(records)
-  if resuming and records and _partial_epoch(records[-1]) and records[-1]["step"] == last_step:
+  if resuming and records and partial_epoch(records[-1]) and records[-1]["step"] == last_step:
     records.pop()
     dropped += 1
   if dropped and rewrite:
@@ -388,7 +388,8 @@ def _record(line: str) -> dict[str, Any] | None:
   return record if isinstance(step, int) and not isinstance(step, bool) else None
 
 
-def _partial_epoch(record: Mapping[str, Any]) -> bool:
+def partial_epoch(record: Mapping[str, Any]) -> bool:
+  """Whether `record` is the epoch record of a run that `max_steps` stopped within an epoch."""
   return record.get("kind") == "epoch" and not float(record["epoch"]).is_integer()
 
 

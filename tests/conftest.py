@@ -2,6 +2,8 @@
 
 import dataclasses
 import os
+import socket
+import subprocess
 import tempfile
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # TensorFlow stays off any GPU.
@@ -110,3 +112,35 @@ def idx_dir(tmp_path, embedded):
     embedded.test_labels[:100].astype(np.uint8),
   )
   return tmp_path / "idx"
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_address() -> str:
+  """A loopback address with a free port, for a coordinator of processes."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def cpu_env(**extra) -> dict[str, str]:
+  """The environment of a subprocess with one CPU device (no XLA_FLAGS), plus `extra`."""
+  env = dict(os.environ, CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu", **extra)
+  env.pop("XLA_FLAGS", None)
+  return env
+
+
+def start_processes(commands, env=None) -> list[subprocess.Popen]:
+  """Starts each command in the repository, text output piped; `env` defaults to `cpu_env()`."""
+  return [
+    subprocess.Popen(
+      command,
+      cwd=REPO,
+      env=env or cpu_env(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for command in commands
+  ]

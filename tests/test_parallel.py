@@ -4,13 +4,13 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
+from conftest import cpu_env, free_address, start_processes
 
 from convnet import parallel, train
 from convnet.configs import mnist
@@ -100,12 +100,6 @@ def test_eight_devices_train_as_one_with_the_same_global_batch(tmp_path):
     np.testing.assert_allclose(out[name]["test_loss"], out["one"]["test_loss"], rtol=1e-5)
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_train_as_one(tmp_path):
   """Two processes on loopback, one CPU device each, against one process on one device."""
@@ -115,7 +109,7 @@ def test_two_processes_train_as_one(tmp_path):
     "--config.max_steps=6",
     "--config.log_every_steps=2",
   ]
-  processes = _two_processes(tmp_path / "two", overrides, f"127.0.0.1:{_free_port()}")
+  processes = _two_processes(tmp_path / "two", overrides, free_address())
   outputs = [p.communicate(timeout=300) for p in processes]
   for p, (_, stderr) in zip(processes, outputs, strict=True):
     assert p.returncode == 0, stderr[-3000:]
@@ -123,7 +117,7 @@ def test_two_processes_train_as_one(tmp_path):
   single = subprocess.run(
     [sys.executable, "-m", "convnet.main", f"--workdir={tmp_path / 'one'}", *overrides],
     cwd=REPO,
-    env=_cpu_env(),
+    env=cpu_env(),
     capture_output=True,
     text=True,
     timeout=300,
@@ -159,18 +153,10 @@ def test_impossible_mesh_shapes_are_named(mesh_shape, tmp_path):
   assert not os.path.exists(tmp_path / "checkpoints")
 
 
-def _cpu_env():
-  """The environment of a process with one CPU device."""
-  env = dict(os.environ, CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  return env
-
-
 def _two_processes(workdir, overrides, address):
   """Two `convnet.main` processes joined on loopback at `address`, one CPU device each."""
-  env = _cpu_env()
-  return [
-    subprocess.Popen(
+  return start_processes(
+    [
       [
         sys.executable,
         "-m",
@@ -180,15 +166,10 @@ def _two_processes(workdir, overrides, address):
         "--num_processes=2",
         f"--process_id={i}",
         *overrides,
-      ],
-      cwd=REPO,
-      env=env,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-    for i in range(2)
-  ]
+      ]
+      for i in range(2)
+    ]
+  )
 
 
 @pytest.mark.slow
@@ -204,7 +185,7 @@ def test_a_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
     "--config.steps_per_call=1",
     "--config.log_every_steps=1",
   ]
-  processes = _two_processes(workdir, overrides, f"127.0.0.1:{_free_port()}")
+  processes = _two_processes(workdir, overrides, free_address())
   deadline = time.time() + 240
   metrics = workdir / "metrics.jsonl"
   while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
@@ -220,7 +201,7 @@ def test_a_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
   assert stops[0] == stops[1]
   assert sorted(os.listdir(workdir / "checkpoints")) == [stops[0]]
   assert int(stops[0]) < 78  # mid-run
-  again = _two_processes(workdir, overrides, f"127.0.0.1:{_free_port()}")
+  again = _two_processes(workdir, overrides, free_address())
   outputs = [p.communicate(timeout=300) for p in again]
   for p, (_, stderr) in zip(again, outputs, strict=True):
     assert p.returncode == 0, stderr[-3000:]

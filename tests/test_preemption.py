@@ -3,14 +3,13 @@
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import textwrap
 import threading
 import time
 
 import pytest
+from conftest import cpu_env, free_address, start_processes
 
 from convnet import preemption
 
@@ -44,12 +43,6 @@ LOOP = textwrap.dedent(
 )
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
   "signum, targets",
@@ -57,20 +50,9 @@ def _free_port():
   ids=["sigterm_to_process_1", "sigint_to_process_0", "sigint_to_both"],
 )
 def test_two_processes_stop_at_one_step_when_either_is_signalled(signum, targets, tmp_path):
-  env = dict(os.environ, CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-  env.pop("XLA_FLAGS", None)
-  address = f"127.0.0.1:{_free_port()}"
-  processes = [
-    subprocess.Popen(
-      [sys.executable, "-c", LOOP, address, str(i), str(tmp_path)],
-      cwd=REPO,
-      env=env,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-    for i in range(2)
-  ]
+  address = free_address()
+  commands = [[sys.executable, "-c", LOOP, address, str(i), str(tmp_path)] for i in range(2)]
+  processes = start_processes(commands, cpu_env(PYTHONPATH=REPO))
   try:
     deadline = time.monotonic() + 60
     while not all(os.path.exists(tmp_path / str(i)) for i in range(2)):
