@@ -19,6 +19,7 @@ import logging as python_logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -238,7 +239,8 @@ def _quiet_if_it_fails():
   each completion then finds the loop closed ("Exception ignored ... Event loop
   is closed", with a traceback), and the abandoned reads and tasks are
   reported when they are collected ("Exception ignored in: <coroutine ...>",
-  "Future exception was never retrieved"). The one line that
+  "Future exception was never retrieved", or "RuntimeWarning: coroutine ...
+  was never awaited" and its "Enable tracemalloc" line). The one line that
   says what failed is all a user needs. While the block runs, and from its
   first failure on, this process drops those reports, and only those.
   """
@@ -255,6 +257,7 @@ def _quiet_if_it_fails():
     yield
   except BaseException:
     python_logging.getLogger("asyncio").addFilter(_AbandonedTasks())
+    warnings.filterwarnings("ignore", r"coroutine '.*' was never awaited", RuntimeWarning)
     raise
   sys.unraisablehook = previous
 
