@@ -49,6 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.num_train = 0  # 0: every training example; N: N of them, nested across N by seed
   config.data.features = "pixels"  # or "pca", "top_variance": for the dense model
   config.data.num_features = 0  # components or pixels kept by "pca" and "top_variance"
+  config.data.layout = "image"  # or "sequence": (rows, columns, 1) as columns of `rows` channels
 
   # One value for every block, or a tuple with one value per block (see
   # model_config.conv_blocks). Sizes are ints or tuples with one entry per spatial axis.
@@ -89,6 +90,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.max_steps = -1  # stop after this many steps; -1 for no limit
   config.label_smoothing = 0.0
   config.l1_penalty = 0.0  # times the sum of |kernel weights|, added to the loss
+  # SpecAugment's masks on training examples (convnet/augment.py): bands of up to `..._width`
+  # consecutive time steps (columns) or frequencies (rows, or a sequence's channels) set to 0.
+  config.augment = ml_collections.ConfigDict()
+  config.augment.time_masks = 0
+  config.augment.time_mask_width = 0
+  config.augment.freq_masks = 0
+  config.augment.freq_mask_width = 0
   config.log_every_steps = 100
   config.checkpoint_every_steps = 0  # 0: at the end of every epoch only
   config.profile_steps = 0  # > 0: trace this many steps with jax.profiler into WORKDIR/profile

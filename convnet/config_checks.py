@@ -72,6 +72,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
       config.model.name,
       f"must be 'dense' with data.features={config.data.features!r}, which gives flat vectors",
     )
+  _require(
+    config.data.layout in input_pipeline.LAYOUTS,
+    "data.layout",
+    config.data.layout,
+    f"is one of {', '.join(input_pipeline.LAYOUTS)}",
+  )
+  for field, value in config.augment.items():
+    _require(value >= 0, f"augment.{field}", value, "cannot be negative")
   opt = config.optimizer
   _require(opt.name in OPTIMIZERS, "optimizer.name", opt.name, f"is one of {', '.join(OPTIMIZERS)}")
   _require(

@@ -8,6 +8,8 @@ The sources themselves live in `convnet.sources`, one module each, chosen by
 - scales uint8 pixels to float32 in [0, 1], and makes a source's own floats
   (standardised sequences and spectrograms, voxel occupancies) float32 as they
   are;
+- lays a single-channel 2D example out as a sequence if `data.layout` asks
+  (`arrange`), for 1D convolutions over a spectrogram's time;
 - reduces each example to `data.num_features` numbers if `data.features` asks
   (`select_features`), for the dense baseline.
 `input_spec` tells the shape and the number of classes without the data.
@@ -28,6 +30,7 @@ from convnet.errors import ConfigError
 # The names `data.source` takes; a view of the registry, so a source registered later is in it.
 SOURCES = sources.REGISTRY.keys()
 FEATURES = ("pixels", "pca", "top_variance")
+LAYOUTS = ("image", "sequence")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +85,7 @@ def load(data_config: Mapping[str, Any], seed: int) -> Dataset:
   dataset = _split_validation(
     raw, data_config["validation_fraction"], seed, data_config.get("num_train", 0)
   )
+  dataset = arrange(dataset, data_config.get("layout", "image"))
   return select_features(
     dataset, data_config.get("features", "pixels"), data_config.get("num_features", 0)
   )
@@ -100,6 +104,7 @@ def input_spec(data_config: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
       TFDS dataset, or one whose images vary in size.
   """
   shape, num_classes = sources.get(data_config["source"]).input_spec(data_config)
+  shape = arranged_shape(shape, data_config.get("layout", "image"))
   features = data_config.get("features", "pixels")
   num_features = data_config.get("num_features", 0)
   _check_features(features, num_features, math.prod(shape))
@@ -145,6 +150,48 @@ def _split_validation(
     num_classes=raw.num_classes,
     class_names=raw.class_names,
   )
+
+
+def arrange(dataset: Dataset, layout: str) -> Dataset:
+  """The dataset's examples as images (as they are) or as sequences.
+
+  - "image": as the source gives them;
+  - "sequence": an example of shape (rows, columns, 1) becomes (columns, rows):
+    a sequence over the columns, with each column's values as its channels.
+    A spectrogram of (mel bands, frames, 1) becomes (frames, mel bands), for
+    1D convolutions over time with the bands as channels.
+
+  Raises:
+    ConfigError: an unknown `layout`, or "sequence" for examples that are not
+      single-channel 2D.
+  """
+  arranged_shape(dataset.input_shape, layout)
+  if layout == "image":
+    return dataset
+
+  def transpose(split: Split) -> Split:
+    return Split(np.ascontiguousarray(split.images[..., 0].transpose(0, 2, 1)), split.labels)
+
+  return dataclasses.replace(
+    dataset,
+    train=transpose(dataset.train),
+    validation=transpose(dataset.validation),
+    test=transpose(dataset.test),
+  )
+
+
+def arranged_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
+  """The shape of one example after `arrange`; a ConfigError for a layout it cannot take."""
+  if layout not in LAYOUTS:
+    raise ConfigError(f"data.layout={layout!r} is not one of {', '.join(LAYOUTS)}")
+  if layout == "image":
+    return tuple(shape)
+  if len(shape) != 3 or shape[-1] != 1:
+    raise ConfigError(
+      f"data.layout='sequence' needs examples of shape (rows, columns, 1); this data's are "
+      f"{tuple(shape)}: use data.layout='image'"
+    )
+  return (shape[1], shape[0])
 
 
 def select_features(dataset: Dataset, features: str, num_features: int) -> Dataset:

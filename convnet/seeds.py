@@ -18,11 +18,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
 from convnet import (
+  augment,
   checkpoints,
   config_checks,
   epochs,
@@ -98,8 +100,8 @@ def _set_up(
     constants,
     total_steps,
   )
-  train_fn, eval_fn = train.step_functions(config)
-  steps_fn = jax.jit(jax.vmap(train_fn, in_axes=(0, 0, 0, 0, None, None)), donate_argnums=0)
+  train_fn, eval_fn = train.step_functions(config, datasets[0].input_shape)
+  steps_fn = jax.jit(jax.vmap(train_fn, in_axes=(0, 0, 0, 0, None, None, 0)), donate_argnums=0)
   eval_fn = jax.jit(jax.vmap(eval_fn))
 
   def evaluate(state, name: str):
@@ -123,6 +125,7 @@ def _set_up(
     labels=jax.device_put(np.stack([d.train.labels for d in datasets])),
     orders=orders,
     steps_fn=steps_fn,
+    key=jnp.stack([augment.key(s) for s in seeds]),
     evaluate=evaluate,
     members=[
       train.Member(f"seed {s}", workdir_lib.MetricsWriter(d, config=c, kept=r), r)

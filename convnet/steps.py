@@ -18,6 +18,8 @@ import ml_collections
 import optax
 from flax.training import train_state
 
+from convnet import augment
+
 TrainState = train_state.TrainState
 Batch = Mapping[str, jax.Array]
 
@@ -82,6 +84,8 @@ def train_step(
   microbatch_size: int = 0,
   l1_penalty: float = 0.0,
   batch_sharding: jax.sharding.NamedSharding | None = None,
+  masking: augment.Masking | None = None,
+  key: jax.Array | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a batch; returns the new state and the batch's metrics.
 
@@ -92,10 +96,14 @@ def train_step(
   rounding, and faster on a CPU, where a small microbatch's activations stay in
   cache. With `batch_sharding` (see `convnet.parallel`), each device computes
   on its slice of the batch (and of every microbatch), and XLA sums the
-  gradients across devices.
+  gradients across devices. With `masking`, the batch's examples are masked
+  first (`convnet.augment`), with `key` (`augment.key`) folded with the step.
   """
   batch_size = batch["label"].shape[0]
   batch = constrain(batch, batch_sharding)
+  if masking is not None:
+    images = augment.mask(augment.step_key(key, state.step), batch["image"], masking)
+    batch = constrain({**batch, "image": images}, batch_sharding)
 
   def loss_fn(params, batch):
     logits = state.apply_fn({"params": params}, batch["image"])
@@ -202,6 +210,7 @@ def train_steps(
   order: jax.Array,
   start: jax.Array,
   count: jax.Array,
+  key: jax.Array | None = None,
   *,
   steps_per_call: int,
   batch_size: int,
@@ -215,15 +224,17 @@ def train_steps(
   device gathers and computes on its own slice of every batch. One
   compiled program serves every `count`: steps past it leave the state as it
   is and report zeros. Returns the new state and per-step metrics of shape
-  (steps_per_call,). `step_options` are `train_step`'s keyword arguments
-  (`label_smoothing`, `microbatch_size`, `l1_penalty`, `batch_sharding`).
+  (steps_per_call,). `key` is the run's masking key (`augment.key`), used
+  with `masking`. `step_options` are `train_step`'s other keyword arguments
+  (`label_smoothing`, `microbatch_size`, `l1_penalty`, `batch_sharding`,
+  `masking`).
   """
 
   def one_step(state, i):
     def run(state):
       idx = jax.lax.dynamic_slice_in_dim(order, (start + i) * batch_size, batch_size)
       batch = {"image": jnp.take(images, idx, axis=0), "label": jnp.take(labels, idx, axis=0)}
-      return train_step(state, batch, **step_options)
+      return train_step(state, batch, key=key, **step_options)
 
     def skip(state):
       return state, {"loss": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.int32)}

@@ -29,6 +29,7 @@ import numpy as np
 from absl import logging
 
 from convnet import (
+  augment,
   checkpoints,
   config_checks,
   epochs,
@@ -68,7 +69,8 @@ class Run:
   images: jax.Array
   labels: jax.Array
   orders: Callable[[int], jax.Array]  # epoch -> the order of its training examples
-  steps_fn: Callable  # (state, images, labels, order, start, count) -> (state, metrics)
+  steps_fn: Callable  # (state, images, labels, order, start, count, key) -> (state, metrics)
+  key: jax.Array  # the masking key (`augment.key`), one per member
   evaluate: Callable[[Any, str], list[dict[str, float]] | None]  # per member; None: no split
   members: list[Member]
   manager: Any  # orbax.checkpoint.CheckpointManager
@@ -147,8 +149,14 @@ def _finished_result(config, workdir: str, error: WorkdirReadOnlyError) -> dict[
   return result
 
 
-def step_functions(config: ml_collections.ConfigDict, batch_sharding=None):
-  """`steps.train_steps` and `steps.eval_step` with the config's settings bound, not jitted."""
+def step_functions(
+  config: ml_collections.ConfigDict, input_shape: tuple[int, ...], batch_sharding=None
+):
+  """`steps.train_steps` and `steps.eval_step` with the config's settings bound, not jitted.
+
+  Raises:
+    ConfigError: `config.augment` cannot mask examples of `input_shape`.
+  """
   train_fn = functools.partial(
     steps_lib.train_steps,
     steps_per_call=config.steps_per_call,
@@ -157,6 +165,7 @@ def step_functions(config: ml_collections.ConfigDict, batch_sharding=None):
     microbatch_size=config.microbatch_size,
     l1_penalty=config.l1_penalty,
     batch_sharding=batch_sharding,
+    masking=augment.masking(config.augment, input_shape),
   )
   eval_fn = functools.partial(
     steps_lib.eval_step, microbatch_size=config.microbatch_size, batch_sharding=batch_sharding
@@ -288,7 +297,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
   manager, best, state, loop, (records,) = resume(
     config, workdir, state, [(workdir, config)], constants, total_steps, main
   )
-  train_fn, eval_fn = step_functions(config, batch_sharding)
+  train_fn, eval_fn = step_functions(config, dataset.input_shape, batch_sharding)
   steps_fn = jax.jit(train_fn, out_shardings=replicated, donate_argnums=0)
   eval_fn = jax.jit(eval_fn, out_shardings=replicated)
 
@@ -313,6 +322,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
       replicated,
     ),
     steps_fn=steps_fn,
+    key=parallel.put(augment.key(config.seed), replicated),
     evaluate=evaluate,
     members=[Member("", workdir_lib.MetricsWriter(workdir, main, config, records), records)],
     manager=manager,
@@ -388,7 +398,7 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
       count = _next_stop(config, step, epoch_end) - step
       start = step - epoch * steps_per_epoch
       profiler.before_call(step)
-      state, metrics = run.steps_fn(state, run.images, run.labels, order, start, count)
+      state, metrics = run.steps_fn(state, run.images, run.labels, order, start, count, run.key)
       if step == first_step:  # data read, model built, steps compiled (or found in the cache)
         logging.info("First steps began %.2f s into the run", time.perf_counter() - run.started_at)
       pending.append((metrics, count))

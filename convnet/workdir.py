@@ -59,7 +59,15 @@ RESULT_NEUTRAL = (
 RESUMABLE_CHANGES = (*RESULT_NEUTRAL, "max_steps", "mesh_shape")
 # Fields added to the config since its first version, with the value that a saved config without
 # them ran as: a run or sweep record of an older version is still the same run.
-ADDED_FIELDS = {"data.num_train": 0, "steps_per_epoch": 0}
+ADDED_FIELDS = {
+  "data.num_train": 0,
+  "steps_per_epoch": 0,
+  "data.layout": "image",
+  "augment.time_masks": 0,
+  "augment.time_mask_width": 0,
+  "augment.freq_masks": 0,
+  "augment.freq_mask_width": 0,
+}
 
 
 # ----------------------------------------------------------------------------
