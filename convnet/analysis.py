@@ -119,10 +119,9 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
       "vmap_group_size": max((r.get("vmap_group_size", 1) for r in done), default=1),
     }
     for name, key in METRICS.items():
+      values = [r[key] for r in done if key in r]  # runs without a validation split have none
       stats_ = (
-        interval([r[key] for r in done])
-        if done
-        else dict.fromkeys(("mean", "std", "ci_low", "ci_high"), math.nan)
+        interval(values) if values else dict.fromkeys(("mean", "std", "ci_low", "ci_high"), math.nan)
       )
       row |= {f"{name}_{k}": v for k, v in stats_.items()}
     rows.append(row)

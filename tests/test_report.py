@@ -405,3 +405,17 @@ def test_sweeps_without_a_learning_rate_axis_are_reported_as_before(tmp_path):
   assert matched["difference"] == pytest.approx(0.055) and "learning_rate" not in matched["convnet"]
   paths = report.write_report(pair, str(tmp_path))
   assert "learning_rate.png" not in [os.path.basename(p) for p in paths]
+
+
+def test_runs_without_a_validation_split_report_test_accuracy_alone(tmp_path):
+  """A protocol with data.validation_fraction=0 (MNIST-1D's paper) records no validation."""
+  records = []
+  for seed, test in enumerate([0.92, 0.93, 0.94]):
+    record = _record(seed, {"seed": seed}, test=test)
+    del record["best_validation_accuracy"]
+    records.append(record)
+  (row,) = analysis.summarize(records)
+  assert math.isnan(row["validation_mean"]) and row["test_mean"] == pytest.approx(0.93)
+  report.write_report(records, str(tmp_path))
+  table = open(tmp_path / "report.md").read()
+  assert "| base | convnet | 1,000 | 2.00 | 3 | – | – | 93.00 ± 1.00 |" in table
