@@ -120,9 +120,8 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     }
     for name, key in METRICS.items():
       values = [r[key] for r in done if key in r]  # runs without a validation split have none
-      stats_ = (
-        interval(values) if values else dict.fromkeys(("mean", "std", "ci_low", "ci_high"), math.nan)
-      )
+      blank = dict.fromkeys(("mean", "std", "ci_low", "ci_high"), math.nan)
+      stats_ = interval(values) if values else blank
       row |= {f"{name}_{k}": v for k, v in stats_.items()}
     rows.append(row)
   return rows
