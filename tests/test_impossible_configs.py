@@ -196,6 +196,11 @@ RUN_SETTINGS = [
   ("l1_penalty", math.inf, "l1_penalty=inf: l1_penalty is a finite number, 0 or more"),
   ("l1_penalty", -1e-3, "l1_penalty=-0.001"),
   ("l1_penalty", 0.0, None),
+  ("augment.time_masks", -1, "augment.time_masks=-1: time_masks cannot be negative"),
+  ("augment.freq_mask_width", -3, "augment.freq_mask_width=-3: freq_mask_width cannot be"),
+  ("augment.time_masks", 2, None),
+  ("data.layout", "columns", "data.layout='columns': layout is one of image, sequence"),
+  ("data.layout", "sequence", None),
 ]
 
 
