@@ -231,6 +231,14 @@ def _write_record(sweep_dir: str, cell: Cell, config, workdir: str, result: Mapp
     "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     **result,
   }
+  kept = read_record(sweep_dir, cell)
+  if record["status"] != "done" and kept and kept["status"] == "done":
+    # A finished result is never lost: a run of another config that fails (a refused resume,
+    # say) leaves the finished record as it was.
+    logging.warning(
+      "Cell %s: its finished record is kept; this run's failure is not written", cell.name
+    )
+    return record
   os.makedirs(os.path.join(sweep_dir, "records"), exist_ok=True)
   workdir_lib.atomic_write(record_path(sweep_dir, cell), json.dumps(record, indent=1) + "\n")
   return record

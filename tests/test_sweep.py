@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from convnet import config_checks, input_pipeline, models, seeds, steps, sweep, train
-from convnet.errors import ConfigError
+from convnet.errors import CheckpointError, ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEPS = sorted(glob.glob(os.path.join(REPO, "configs", "sweeps", "*.py")))
@@ -207,6 +207,37 @@ def test_finished_cells_are_skipped_and_a_crash_is_recorded(config, tmp_path, mo
     json.dump(record, f)
   sweep.run_sweep(neutral, cells[:2], str(tmp_path))
   assert calls == []
+
+
+@pytest.mark.parametrize("vmap_seeds", [False, True])
+def test_a_failed_rerun_of_another_config_keeps_the_finished_records(
+  config, tmp_path, monkeypatch, vmap_seeds
+):
+  """A changed base field of a finished sweep: each refused resume must not erase a result."""
+
+  def fake_train(config, workdir):
+    return _fake_result(config, workdir)
+
+  def fake_seeds(config, seed_list, workdir):
+    return [_fake_result(seeds.seed_config(config, s), workdir) for s in seed_list]
+
+  monkeypatch.setattr(train, "train_and_evaluate", fake_train)
+  monkeypatch.setattr(seeds, "train_seeds", fake_seeds)
+  cells = _cells(n_settings=2, n_seeds=2)
+  sweep.run_sweep(config, cells, str(tmp_path), vmap_seeds=vmap_seeds)
+  before = {c.name: sweep.read_record(str(tmp_path), c) for c in cells}
+
+  def refused(*args, **kwargs):
+    raise CheckpointError("augment.freq_mask_width: 0 (saved) vs 6 (now)")
+
+  monkeypatch.setattr(train, "train_and_evaluate", refused)
+  monkeypatch.setattr(seeds, "train_seeds", refused)
+  changed = config.copy_and_resolve_references()
+  changed.augment.freq_mask_width = 6
+  written = sweep.run_sweep(changed, cells, str(tmp_path), vmap_seeds=vmap_seeds)
+  assert [r["status"] for r in written] == ["failed"] * len(cells)  # reported as failed...
+  for cell in cells:  # ...but the finished records stay as they were
+    assert sweep.read_record(str(tmp_path), cell) == before[cell.name]
 
 
 @pytest.mark.parametrize("features", [pytest.param("pixels", marks=pytest.mark.slow), "pca"])
