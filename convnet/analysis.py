@@ -194,8 +194,9 @@ def tune_learning_rate(records: Sequence[Mapping[str, Any]]) -> list[dict[str, A
   arm's other rates: a rate where a seed diverged or failed, or whose seeds are
   not all recorded yet, is set aside (`set_aside` says why), since its mean
   over the surviving seeds is not comparable with the others' and divergence
-  disqualifies a rate. Of rates with equal means, the smallest is chosen. An
-  arm with no competing rate has `learning_rate` None and no statistics.
+  disqualifies a rate; so is every rate of runs without a validation split.
+  Of rates with equal means, the smallest is chosen. An arm with no competing
+  rate has `learning_rate` None and no statistics.
 
   Each arm has `label`, `model`, `context` (what a convnet and a dense
   arm must share to be compared), `grid` (its rates, ascending),
@@ -229,6 +230,8 @@ def tune_learning_rate(records: Sequence[Mapping[str, Any]]) -> list[dict[str, A
       reasons = [f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses)]
       if len(cells) < expected:
         reasons.append(f"{len(cells)} of {expected} seeds recorded")
+      if any(METRICS["validation"] not in r for r in cells if r["status"] == "done"):
+        reasons.append("no validation split to choose by (data.validation_fraction=0)")
       if reasons:
         set_aside[rate] = ", ".join(reasons)
       else:  # fsum: the same seeds' accuracies give the same mean in any order, so ties are ties.

@@ -71,11 +71,16 @@ def masking(augment_config: Mapping[str, Any], input_shape: Sequence[int]) -> Ma
       f"this data's are {tuple(input_shape)}: set augment.time_masks=0 and augment.freq_masks=0"
     )
   for kind, axis in (("time", time_axis), ("freq", freq_axis)):
-    width = values[f"{kind}_mask_width"]
-    if values[f"{kind}_masks"] and width > input_shape[axis]:
+    width, count = values[f"{kind}_mask_width"], values[f"{kind}_masks"]
+    if width and count > input_shape[axis]:  # more bands than positions: a mistake, and memory
       raise ConfigError(
-        f"augment.{kind}_mask_width={width} is wider than the {input_shape[axis]} positions "
-        f"along axis {axis} of examples of shape {tuple(input_shape)}"
+        f"augment.{kind}_masks={count} is more bands than the {input_shape[axis]} positions of "
+        f"axis {axis} of examples of shape {tuple(input_shape)}"
+      )
+    if count and width > input_shape[axis]:
+      raise ConfigError(
+        f"augment.{kind}_mask_width={width} is wider than axis {axis} of examples of shape "
+        f"{tuple(input_shape)}, which has {input_shape[axis]}"
       )
   return Masking(time_axis=time_axis, freq_axis=freq_axis, **values)
 

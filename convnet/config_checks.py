@@ -78,8 +78,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     config.data.layout,
     f"is one of {', '.join(input_pipeline.LAYOUTS)}",
   )
-  for field, value in config.augment.items():
-    _require(value >= 0, f"augment.{field}", value, "cannot be negative")
+  for field, value in config.augment.items():  # drawn as int32 on the device
+    _require(0 <= value < 2**31, f"augment.{field}", value, "is 0 or more, and below 2**31")
   opt = config.optimizer
   _require(opt.name in OPTIMIZERS, "optimizer.name", opt.name, f"is one of {', '.join(OPTIMIZERS)}")
   _require(

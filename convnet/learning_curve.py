@@ -183,10 +183,14 @@ def section(records: Sequence[Mapping[str, Any]]) -> list[str]:
   sizes = sorted({r["num_train"] for r in rows})
   tuned = any(r["learning_rate"] is not None for r in rows)
   epochs = _values(rows, "num_epochs")
+  validated = any(analysis.METRICS["validation"] in r for r in records if r["status"] == "done")
   lines = [
-    f"Training: {epochs} epochs of the steps per epoch below, in batches of the size below (an "
-    "epoch longer than one pass over the N examples draws further passes); test accuracy at "
-    "the epoch of best validation accuracy.",
+    f"Training: {epochs} epoch{'' if epochs == '1' else 's'} of the steps per epoch below, in "
+    "batches of the size below (an epoch longer than one pass over the N examples draws further "
+    "passes); test accuracy at "
+    + (
+      "the epoch of best validation accuracy." if validated else "the last epoch (no validation)."
+    ),
     "",
     "Learning curve: test accuracy (%) by training-set size N, mean ± half-width of the 95% "
     "interval over seeds (Student's t)"

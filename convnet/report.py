@@ -171,7 +171,7 @@ def describe(records: Sequence[Mapping[str, Any]], sweep_dir: str) -> str:
   dataset = sources.title(records[0]["config"].get("data", {}), sizes=True)
   name = os.path.basename(os.path.normpath(sweep_dir))
   epochs = records[0]["config"].get("num_epochs")
-  epochs = f", {epochs} epochs" if epochs else ""
+  epochs = f", {epochs} epoch{'' if epochs == 1 else 's'}" if epochs else ""
   return f"{name} on {dataset}{epochs}" if dataset else f"{name}{epochs}"
 
 

@@ -37,14 +37,19 @@ def test_no_masks_by_default_and_for_zero_widths():
     (
       {"time_masks": 1, "time_mask_width": 65},
       (40, 64, 1),
-      r"time_mask_width=65 is wider than the 64 positions along axis 1",
+      r"time_mask_width=65 is wider than axis 1 of examples of shape \(40, 64, 1\), which has 64",
     ),
     (
       {"freq_masks": 1, "freq_mask_width": 41},
       (64, 40),
-      r"freq_mask_width=41 is wider than the 40 positions along axis 1",
+      r"freq_mask_width=41 is wider than axis 1 of examples of shape \(64, 40\), which has 40",
     ),
     ({"time_masks": 1, "time_mask_width": 2}, (8, 8, 8, 1), r"masks need examples of shape"),
+    (
+      {"time_masks": 65, "time_mask_width": 2},
+      (40, 64, 1),
+      r"time_masks=65 is more bands than the 64 positions of axis 1",
+    ),
   ],
 )
 def test_impossible_masks_are_named(fields, shape, message):

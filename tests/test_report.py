@@ -419,3 +419,18 @@ def test_runs_without_a_validation_split_report_test_accuracy_alone(tmp_path):
   report.write_report(records, str(tmp_path))
   table = open(tmp_path / "report.md").read()
   assert "| base | convnet | 1,000 | 2.00 | 3 | – | – | 93.00 ± 1.00 |" in table
+
+
+def test_rates_are_not_tuned_without_a_validation_split(tmp_path):
+  """Test accuracy must never choose a rate: with no validation, no rate is chosen."""
+  records = []
+  for index, (rate, seed) in enumerate([(1e-3, 0), (1e-3, 1), (3e-3, 0), (3e-3, 1)]):
+    record = _record(index, {"optimizer.learning_rate": rate, "seed": seed}, test=0.9 + rate)
+    del record["best_validation_accuracy"]
+    records.append(record)
+  (arm,) = analysis.tune_learning_rate(records)
+  assert arm["learning_rate"] is None and arm["seeds"] == 0
+  assert set(arm["set_aside"]) == {1e-3, 3e-3}
+  assert "no validation split" in arm["set_aside"][1e-3]
+  report.write_report(records, str(tmp_path))  # and the report is written, not a KeyError
+  assert "no validation split to choose by" in open(tmp_path / "report.md").read()
