@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from convnet import analysis, cli, epochs, seeds, steps
+from convnet import analysis, cli, epochs, seeds, steps, workdir
 from convnet.configs.sweeps import mnist1d_paper
 from convnet.errors import ConvnetError
 
@@ -80,9 +80,10 @@ PLAIN = (steps.create_train_state, epochs.epoch_order)
 def main(argv):
   cli.start(argv)
   unknown = sorted(set(FLAGS.variants) - set(VARIANTS))
-  if unknown:
-    cli.usage_error(f"--variants: {', '.join(unknown)} not among {', '.join(VARIANTS)}")
+  if unknown or not FLAGS.variants:
+    cli.usage_error(f"--variants: give one or more of {', '.join(VARIANTS)}")
   try:
+    workdir.make_dir(FLAGS.out, "--out")
     train_variants()
   except ConvnetError as e:
     sys.exit(f"error: {e}")

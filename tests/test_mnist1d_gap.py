@@ -3,10 +3,12 @@
 import importlib.util
 import math
 import os
+import subprocess
 import sys
 
 import jax
 import numpy as np
+import pytest
 
 from convnet import epochs, models, steps
 from convnet.configs.sweeps import mnist1d_paper
@@ -51,3 +53,25 @@ def test_the_variants_patch_and_flax_restores():
     script.patch("flax")
   assert (steps.create_train_state, epochs.epoch_order) == script.PLAIN
   assert epochs.epoch_order is plain_order
+
+
+@pytest.mark.parametrize(
+  "flags, message",
+  [
+    (["--out="], "error: --out is empty: name a folder"),
+    (["--out=OUT", "--variants="], "error: --variants: give one or more of flax, torch_init"),
+    (["--out=OUT", "--variants=nope"], "error: --variants: give one or more of"),
+  ],
+)
+def test_bad_flags_are_one_line_before_any_training(tmp_path, flags, message):
+  flags = [f.replace("OUT", str(tmp_path / "out")) for f in flags]
+  done = subprocess.run(
+    [sys.executable, os.path.join(REPO, "scripts", "mnist1d_gap.py"), *flags],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  lines = [line for line in done.stderr.splitlines() if not line.startswith(("I1", "W1"))]
+  assert done.returncode != 0 and lines == [lines[0]] and lines[0].startswith(message), done.stderr
+  assert not os.listdir(tmp_path)  # nothing trained, nothing written
