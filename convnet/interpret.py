@@ -150,14 +150,28 @@ def foreground_share(images: np.ndarray, saliency_maps: np.ndarray, threshold: f
   strokes, a garment), and the foreground's share of its pixels.
 
   Both are (N,) fractions in [0, 1], for images and saliency maps
-  (N, *spatial, channels); a pixel's value is its largest |value| over channels.
+  (N, *spatial, channels); a pixel's value is as `pixel_magnitudes` says.
   Were the gradient spread evenly over the image, the two would be equal.
   """
-  foreground = np.abs(images).max(-1) > threshold
-  magnitude = np.abs(saliency_maps).max(-1)
+  foreground = pixel_magnitudes(images) > threshold
+  magnitude = pixel_magnitudes(saliency_maps)
   axes = tuple(range(1, foreground.ndim))
   on_foreground = (magnitude * foreground).sum(axes) / np.maximum(magnitude.sum(axes), 1e-30)
   return on_foreground, foreground.mean(axes)
+
+
+def pixel_magnitudes(arrays: np.ndarray) -> np.ndarray:
+  """Each pixel's |value|, from a batch of examples or maps (N, *spatial, channels).
+
+  An image's pixel is its largest |value| over channels: (N, *spatial). A
+  sequence of many channels (N, steps, channels), such as a spectrogram's
+  frames of mel bands (`data.layout="sequence"`), keeps every value as a
+  pixel: (N, steps, channels).
+  """
+  magnitude = np.abs(arrays)
+  if arrays.ndim == 3 and arrays.shape[-1] > 1:
+    return magnitude
+  return magnitude.max(-1)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:

@@ -140,12 +140,15 @@ def _show(ax, array: np.ndarray, cmap: str = "gray", **kwargs) -> None:
   ax.set_yticks([])
 
 
-def _example(example: np.ndarray) -> np.ndarray:
-  """An example (*spatial, channels) as `_show` draws it: 3 channels of 2D in colour, else the
+def example_map(example: np.ndarray) -> np.ndarray:
+  """An example (*spatial, channels) as `_show` draws it: 3 channels of 2D in colour, a
+  sequence of many channels (a spectrogram's frames) as a map of channels by steps, else the
   first channel."""
   example = np.asarray(example)
   if example.ndim == 1:  # Features with no channel axis (PCA, selected pixels).
     return example
+  if example.ndim == 2 and example.shape[-1] > 1:  # (steps, channels): channels down, steps across
+    return example.T
   return example if example.ndim == 3 and example.shape[-1] == 3 else example[..., 0]
 
 
@@ -237,7 +240,7 @@ def plot_feature_maps(
   fig = plt.figure(figsize=(1.2 * FEATURE_MAP_COLUMNS + 2.2, 1.15 * sum(rows) + 0.5 * len(rows)))
   left, right = fig.subfigures(1, 2, width_ratios=(2.2, 1.2 * FEATURE_MAP_COLUMNS))
   ax = left.subplots()
-  _show(ax, _example(image))
+  _show(ax, example_map(image))
   ax.set_title(title or "input", fontsize=9)
   sections = right.subfigures(len(maps), 1, height_ratios=rows, squeeze=False)[:, 0]
   for section, (name, fmap), block, n_rows in zip(
@@ -277,10 +280,12 @@ def plot_saliency(
   n = len(images)
   rows = 2 if cams is None else 3
   fig, axes = plt.subplots(rows, n, figsize=(1.4 * n + 0.6, 1.55 * rows + 0.7), squeeze=False)
-  magnitude = np.abs(saliency_maps).max(-1)
+  magnitude = interpret.pixel_magnitudes(saliency_maps)
+  if magnitude.ndim == 3 and images.ndim == 3:  # sequences of many channels, drawn as `_example`
+    magnitude = magnitude.transpose(0, 2, 1)
   on_foreground, _ = interpret.foreground_share(images, saliency_maps)
   for i in range(n):
-    _show(axes[0, i], _example(images[i]))
+    _show(axes[0, i], example_map(images[i]))
     axes[0, i].set_title(
       f"true {class_names[labels[i]]}\npred {class_names[predictions[i]]}",
       fontsize=7,
@@ -296,7 +301,7 @@ def plot_saliency(
       transform=axes[1, i].transAxes,
     )
     if cams is not None:
-      _show(axes[2, i], _example(images[i]))
+      _show(axes[2, i], example_map(images[i]))
       if cams[i].ndim == 2:
         axes[2, i].imshow(cams[i], cmap="jet", alpha=0.45, vmin=0, vmax=1)
   axes[0, 0].set_ylabel("input", fontsize=8)
@@ -355,7 +360,7 @@ def plot_mistakes(
       ax.axis("off")
       continue
     predicted = int(probs[i].argmax())
-    _show(ax, _example(images[i]))
+    _show(ax, example_map(images[i]))
     ax.set_title(
       f"true {class_names[labels[i]]}\npred {class_names[predicted]} {probs[i, predicted]:.2f}",
       fontsize=7,

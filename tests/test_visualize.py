@@ -256,6 +256,36 @@ def test_confusion_matrix_mistakes_and_foreground_share():
   np.testing.assert_allclose(foreground, [0.25])
 
 
+def test_a_sequence_of_many_channels_counts_every_value_as_a_pixel():
+  """A spectrogram as frames of mel bands (data.layout="sequence"): the same share as its image."""
+  image = np.zeros((1, 4, 6, 1))
+  image[0, 1, :3] = 1.0  # one band lit for half the frames: 3 of 24 pixels
+  grads = np.ones((1, 4, 6, 1))
+  grads[0, 1, 0] = 9.0
+  sequence, sequence_grads = image[..., 0].transpose(0, 2, 1), grads[..., 0].transpose(0, 2, 1)
+  assert interpret.pixel_magnitudes(sequence).shape == (1, 6, 4)
+  assert interpret.pixel_magnitudes(image).shape == (1, 4, 6)
+  as_image = interpret.foreground_share(image, grads)
+  as_sequence = interpret.foreground_share(sequence, sequence_grads)
+  np.testing.assert_allclose(as_sequence, as_image)
+  np.testing.assert_allclose(as_image[1], [3 / 24])
+  # Drawn as channels down and steps across: the image it came from.
+  np.testing.assert_array_equal(visualize.example_map(sequence[0]), image[0, ..., 0])
+
+
+def test_a_sequence_layout_run_gets_its_figures(config, tmp_path):
+  config.data.layout = "sequence"
+  config.model.conv.kernel_size = 3
+  config.max_steps = 4
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  paths = visualize.write_figures(workdir, num_images=2)
+  names = {os.path.basename(p) for p in paths}
+  assert {"saliency.png", "mistakes.png", "filters.png"} <= names
+  for path in paths:
+    _assert_drawn(path)
+
+
 def test_curves_need_an_epoch(tmp_path):
   with pytest.raises(CheckpointError, match="no epoch record"):
     visualize.plot_curves(
