@@ -31,6 +31,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -194,7 +195,12 @@ def plot_accuracy(
   import matplotlib.pyplot as plt
 
   numeric = numeric_axis(rows, fields)
-  fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.5))
+  # Long labels (many fields vary) wrap at spaces onto lines under their point; the figure
+  # grows to hold them side by side.
+  labels = [textwrap.fill(str(r["label"]), 22, break_long_words=False) for r in rows]
+  lines = max((label.count("\n") + 1 for label in labels), default=1) if not numeric else 1
+  width = max(6.0, (1.6 if lines > 1 else 0.9) * len(rows) + 2)
+  fig, ax = plt.subplots(figsize=(width, 4.5 + 0.16 * lines))
   if numeric:
     x = np.array([float(r[numeric]) for r in rows])
     ax.set_xlabel(numeric)
@@ -202,7 +208,10 @@ def plot_accuracy(
       ax.set_xscale("log")
   else:
     x = np.arange(len(rows), dtype=float)
-    ax.set_xticks(x, [r["label"] for r in rows], rotation=25 if len(rows) > 3 else 0, ha="right")
+    if lines > 1:
+      ax.set_xticks(x, labels, fontsize=7)
+    else:
+      ax.set_xticks(x, labels, rotation=25 if len(rows) > 3 else 0, ha="right")
     ax.set_xlabel("setting")
   for offset, name in ((-0.06, "validation"), (0.06, "test")):
     means, errors = _errors(rows, name)

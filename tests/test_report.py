@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 
 import matplotlib.image
 import pytest
@@ -434,3 +435,19 @@ def test_rates_are_not_tuned_without_a_validation_split(tmp_path):
   assert "no validation split" in arm["set_aside"][1e-3]
   report.write_report(records, str(tmp_path))  # and the report is written, not a KeyError
   assert "no validation split to choose by" in open(tmp_path / "report.md").read()
+
+
+def test_long_labels_wrap_under_their_points_without_warnings(tmp_path):
+  """Many varying fields (the sound sweep's): labels wrap, and matplotlib has nothing to say."""
+  fields = {"data.name": "spoken_digits_noisy", "data.layout": "sequence"}
+  fields |= {"augment.time_masks": 2, "augment.time_mask_width": 8, "model.head": "global_avg"}
+  records = []
+  for index, (kernel, seed) in enumerate([(3, 0), (3, 1), (5, 0), (5, 1), (7, 0), (7, 1)]):
+    overrides = fields | {"model.conv.kernel_size": kernel, "model.conv.features": (kernel, 8)}
+    records.append(_record(index, overrides | {"seed": seed}, 0.8, 0.7 + seed / 100))
+  records.append(_record(6, {"seed": 0}, 0.8, 0.7))  # the base, with none of the fields
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    report.write_report(records, str(tmp_path))
+  image = matplotlib.image.imread(tmp_path / "accuracy.png")
+  assert image.shape[1] >= 120 * (1.6 * 4 + 2) - 1  # room for four wrapped labels side by side
