@@ -34,8 +34,12 @@ VARIANTS = ("flax", "torch_init", "fixed_order", "both")
 SEEDS = range(5)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out", None, "Folder for the runs and gap.json.", required=True)
-flags.DEFINE_list("variants", list(VARIANTS), f"Which of {', '.join(VARIANTS)} to train.")
+
+
+def define_flags() -> None:
+  """The command line's flags: defined when run as a program, not when imported."""
+  flags.DEFINE_string("out", None, "Folder for the runs and gap.json.", required=True)
+  flags.DEFINE_list("variants", list(VARIANTS), f"Which of {', '.join(VARIANTS)} to train.")
 
 
 def torch_like_params(params, key: jax.Array):
@@ -108,4 +112,5 @@ def train_variants() -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=cli.parse_flags)

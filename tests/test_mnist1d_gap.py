@@ -9,6 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from absl import flags
 
 from convnet import epochs, models, steps
 from convnet.configs.sweeps import mnist1d_paper
@@ -38,6 +39,13 @@ def test_torch_like_parameters_are_uniform_within_one_over_root_fan_in():
       assert np.abs(values).max() <= bound, (layer, name)
     kernel = np.asarray(new[layer]["kernel"])
     assert abs(kernel.std() - bound / 3**0.5) < 0.3 * bound  # a uniform's spread
+
+
+def test_importing_the_script_defines_no_flags():
+  """Its flags would join the importing process's (pytest's): a required --out broke others."""
+  before = set(flags.FLAGS)
+  _load_script()
+  assert set(flags.FLAGS) == before
 
 
 def test_the_variants_patch_and_flax_restores():
