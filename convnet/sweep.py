@@ -394,6 +394,8 @@ def run_sweep(
     try:
       trained = seeds_lib.train_seeds(configs[group[0].name], seeds, group_dir)
       results = [_result_fields(r) | {"vmap_group_size": len(group)} for r in trained]
+    except RunInterrupted:  # Saved by the group: the sweep stops, and a rerun resumes it.
+      raise
     except WorkdirInUseError as e:  # Another process runs this group: its records are theirs.
       logging.warning("Skipping group %s: %s", group[0].setting, e)
       continue

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from convnet import config_checks, input_pipeline, models, seeds, steps, sweep, train
-from convnet.errors import CheckpointError, ConfigError
+from convnet.errors import CheckpointError, ConfigError, RunInterrupted
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEPS = sorted(glob.glob(os.path.join(REPO, "configs", "sweeps", "*.py")))
@@ -207,6 +207,25 @@ def test_finished_cells_are_skipped_and_a_crash_is_recorded(config, tmp_path, mo
     json.dump(record, f)
   sweep.run_sweep(neutral, cells[:2], str(tmp_path))
   assert calls == []
+
+
+@pytest.mark.parametrize("vmap_seeds", [False, True])
+def test_a_stop_request_stops_the_sweep_and_records_nothing(
+  config, tmp_path, monkeypatch, vmap_seeds
+):
+  """A SIGTERM inside a group was recorded as a failure, and the sweep went on to the next."""
+  calls = []
+
+  def interrupted(*args, **kwargs):
+    calls.append(args)
+    raise RunInterrupted("SIGTERM at step 2; saved", signal.SIGTERM)
+
+  monkeypatch.setattr(train, "train_and_evaluate", interrupted)
+  monkeypatch.setattr(seeds, "train_seeds", interrupted)
+  with pytest.raises(RunInterrupted):
+    sweep.run_sweep(config, _cells(n_settings=2, n_seeds=2), str(tmp_path), vmap_seeds=vmap_seeds)
+  assert len(calls) == 1  # the first group or cell only
+  assert not os.path.exists(tmp_path / "records") or not os.listdir(tmp_path / "records")
 
 
 @pytest.mark.parametrize("vmap_seeds", [False, True])
