@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -65,6 +65,12 @@ class Dataset:
   def input_shape(self) -> tuple[int, ...]:
     """Shape of one example, channels last."""
     return tuple(self.train.images.shape[1:])
+
+  def map_splits(self, fn: Callable[[Split], Split]) -> Dataset:
+    """The dataset with `fn` applied to each of its three splits."""
+    return dataclasses.replace(
+      self, train=fn(self.train), validation=fn(self.validation), test=fn(self.test)
+    )
 
 
 def load(data_config: Mapping[str, Any], seed: int) -> Dataset:
@@ -172,12 +178,7 @@ def arrange(dataset: Dataset, layout: str) -> Dataset:
   def transpose(split: Split) -> Split:
     return Split(np.ascontiguousarray(split.images[..., 0].transpose(0, 2, 1)), split.labels)
 
-  return dataclasses.replace(
-    dataset,
-    train=transpose(dataset.train),
-    validation=transpose(dataset.validation),
-    test=transpose(dataset.test),
-  )
+  return dataset.map_splits(transpose)
 
 
 def arranged_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
@@ -230,12 +231,7 @@ def select_features(dataset: Dataset, features: str, num_features: int) -> Datas
   def reduce(split: Split) -> Split:
     return Split(np.ascontiguousarray(transform(split.images), np.float32), split.labels)
 
-  return dataclasses.replace(
-    dataset,
-    train=reduce(dataset.train),
-    validation=reduce(dataset.validation),
-    test=reduce(dataset.test),
-  )
+  return dataset.map_splits(reduce)
 
 
 def _check_features(features: str, num_features: int, size: int) -> None:
