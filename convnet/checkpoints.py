@@ -96,12 +96,31 @@ def _restore_step(manager: ocp.CheckpointManager, step: int, state_args, what: s
     ) from None
 
 
+class _ReadOnlyNotice(python_logging.Filter):
+  """Drops Orbax's warning that a manager made to read a directory will only read it."""
+
+  def filter(self, record: python_logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Given directory is read only")
+
+
+def _reader(directory: str) -> ocp.CheckpointManager:
+  """A manager that only reads `directory`, made without Orbax's warnings that it will only read."""
+  options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
+  notice = _ReadOnlyNotice()
+  absl_logger = python_logging.getLogger("absl")
+  absl_logger.addFilter(notice)
+  try:
+    return ocp.CheckpointManager(directory, options=options)
+  finally:
+    absl_logger.removeFilter(notice)
+
+
 def read_loop(workdir: str) -> tuple[int, dict[str, Any]] | None:
   """The newest checkpoint's step and loop counters, without its arrays; None without one."""
   directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
   if not has_checkpoints(workdir):
     return None
-  reader = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+  reader = _reader(directory)
   try:
     for step in sorted(reader.all_steps(), reverse=True):
       try:
@@ -308,7 +327,7 @@ def restore_params(workdir: str, which: str = "latest") -> tuple[Any, int]:
   if which not in WHICH:
     raise CheckpointError(f"checkpoint={which!r} is not one of {', '.join(WHICH)}")
   directory, seed = _checkpoint_dir(os.path.abspath(workdir))  # Orbax takes absolute paths only
-  reader = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+  reader = _reader(directory)
   try:
     step = reader.latest_step()
     if step is None:

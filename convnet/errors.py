@@ -17,6 +17,10 @@ class CheckpointError(ConvnetError):
   """A checkpoint or workdir that cannot be resumed; the message says how to start fresh."""
 
 
+class ExportError(ConvnetError):
+  """A model that an export format cannot hold, or an export that disagrees with JAX."""
+
+
 class DivergedError(ConvnetError):
   """The loss or the parameters stopped being finite; the last good checkpoint is kept."""
 

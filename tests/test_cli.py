@@ -358,6 +358,7 @@ def programs():
     "summary": ["-m", "convnet.summary", "--config=configs/mnist.py", "--config.model=3"],
     "visualize": ["-m", "convnet.visualize", "--workdir=/nowhere", "--num_images=many"],
     "report": ["-m", "convnet.report"],
+    "export": ["-m", "convnet.export", "--workdir=/nowhere", "--format=keras", "--out=/nowhere"],
     "benchmark": ["-m", "convnet.benchmark", "--frameworks=jax"],
     "spoken_digits": ["-m", "convnet.sources.spoken_digits", "--name=digits"],
   }
@@ -391,6 +392,7 @@ def programs():
     ("summary", "error: --config.model=3: model is a group of fields"),
     ("visualize", "error: --num_images=many: expected an int"),
     ("report", "error: give one sweep directory"),
+    ("export", "error: --format=keras: value should be one of"),
     ("benchmark", "error: --frameworks=jax: must name some of project,flax,torch,keras"),
     ("spoken_digits", "error: --name=digits: value should be one of"),
   ],

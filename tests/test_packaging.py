@@ -108,7 +108,7 @@ def test_the_readme_research_script_runs_from_any_folder(tmp_path):
   assert _run_script(tmp_path, "nnx_script.py", nnx_block + check)[-1] == "logits (8, 10) True"
 
 
-def test_the_wheel_holds_the_configs_and_the_digits(tmp_path):
+def test_the_wheel_holds_the_configs_the_digits_and_the_page(tmp_path):
   # Built from a copy, offline, with the build tools already installed (the `test` extra): an
   # in-tree build would leave build/ in the repository, whose stale files end up in later wheels.
   source = tmp_path / "source"
@@ -130,6 +130,8 @@ def test_the_wheel_holds_the_configs_and_the_digits(tmp_path):
   expected = _repo_modules("convnet", "convnet") | _repo_modules("configs", "convnet.configs")
   assert not expected - names, f"missing from the wheel: {sorted(expected - names)}"
   assert {"convnet/sources/data/mnist_5k.csv.gz", "convnet/sources/data/NOTICE"} <= names
+  static = {f"convnet/static/{name}" for name in os.listdir(os.path.join(REPO, "convnet/static"))}
+  assert static <= names, f"the export page's files missing: {sorted(static - names)}"
   assert not [n for n in names if n.startswith("configs/")], "a top-level configs package"
 
   site = tmp_path / "site"

@@ -1,6 +1,7 @@
 """Figures of a trained run: what they are computed from, and that they are drawn."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -344,6 +345,15 @@ def test_command_line_names_a_bad_workdir(tmp_path):
   assert "has no checkpoints/" in untrained.stderr.strip().splitlines()[-1]
   assert "Traceback" not in untrained.stderr
   assert os.listdir(tmp_path) == ["config.json"]
+
+
+def test_reading_a_run_prints_no_warnings_about_reading_it(convnet_run, caplog):
+  # Orbax warns three times that a read-only manager reads only; reading a run is not news.
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    for which in ("latest", "best"):
+      checkpoints.restore_params(convnet_run, which)
+    checkpoints.read_loop(convnet_run)
+  assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 @pytest.mark.parametrize("block", [3, -4])

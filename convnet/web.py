@@ -1,0 +1,178 @@
+"""The TF.js side of `convnet.export`: running exported models in Node.js, and the drawing page.
+
+Node.js runs `static/predict.mjs` with `@tensorflow/tfjs` (the pure JavaScript
+package from npm, `npm ci` in a convnet checkout installs it from
+`package.json`); `find_tfjs` looks for it in `$CONVNET_NODE_MODULES`, then in
+a `node_modules/` of the current folder or a parent, then beside the package.
+
+The page (`static/index.html`, `static/page.js`) loads `model.json` with
+`tf.loadLayersModel`, lets a person draw on a canvas, preprocesses the drawing
+as the training images were made, and shows the ten class probabilities as
+bars, beside a few test images with the page's and JAX's predictions.
+Preprocessing, for 28x28 images with pixels in [0, 1]:
+- digits (MNIST, KMNIST, the embedded digits): the ink's bounding box scaled
+  to fit 20x20, then placed so that its centre of mass is the image's centre,
+  as LeCun et al. made MNIST;
+- garments (an IDX folder or TFDS name with "fashion" in it): the bounding box
+  scaled to fit 28x28 and centred, as Fashion-MNIST's images were made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from convnet import workdir as workdir_lib
+from convnet.errors import ExportError
+
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+TFJS_VERSION = "4.22.0"  # the version package.json pins, and the page's fallback loads
+TFJS_CDN = f"https://cdn.jsdelivr.net/npm/@tensorflow/tfjs@{TFJS_VERSION}/dist/tf.min.js"
+NO_NODE = (
+  "it needs Node.js (`node` on PATH) and @tensorflow/tfjs (`npm ci` in the convnet checkout, "
+  "or CONVNET_NODE_MODULES set to a node_modules folder that holds it)"
+)
+NUM_EXAMPLES = 12  # test images the page shows
+PAGE_FILES = ("index.html", "page.js")
+
+
+def find_tfjs() -> str | None:
+  """The folder of the `@tensorflow/tfjs` npm package, or None where none is found."""
+  starts = [os.environ.get("CONVNET_NODE_MODULES", "")]
+  for folder in (os.getcwd(), os.path.dirname(STATIC)):
+    while True:
+      starts.append(os.path.join(folder, "node_modules"))
+      parent = os.path.dirname(folder)
+      if parent == folder:
+        break
+      folder = parent
+  for node_modules in filter(None, starts):
+    package = os.path.join(node_modules, "@tensorflow", "tfjs")
+    if os.path.isfile(os.path.join(package, "package.json")):
+      return package
+  return None
+
+
+def node_runtime() -> tuple[str, str] | None:
+  """(the `node` program, the tfjs package folder), or None where either is missing."""
+  node, tfjs = shutil.which("node"), find_tfjs()
+  return (node, tfjs) if node and tfjs else None
+
+
+def node_predict(
+  jobs: Sequence[tuple[str, np.ndarray]], runtime: tuple[str, str] | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Runs exported TF.js models in Node.js, all in one process.
+
+  Args:
+    jobs: (the folder of a `model.json`, inputs float32 (N, *input_shape)) pairs.
+    runtime: `node_runtime()`'s answer; found if not given.
+
+  Returns:
+    For each job, the logits and TF.js's softmax probabilities, float32 (N, K).
+
+  Raises:
+    ExportError: Node.js or tfjs is missing, or the script failed (its last
+      line of error output is the message).
+  """
+  runtime = runtime or node_runtime()
+  if runtime is None:
+    raise ExportError("cannot run the TF.js model: " + NO_NODE)
+  node, tfjs = runtime
+  with tempfile.TemporaryDirectory(prefix="convnet-node-") as tmp:
+    specs = []
+    for i, (model_dir, images) in enumerate(jobs):
+      images = np.ascontiguousarray(images, "<f4")
+      spec = {
+        "model": os.path.abspath(model_dir),
+        "input": os.path.join(tmp, f"{i}.input"),
+        "shape": list(images.shape),
+        "logits": os.path.join(tmp, f"{i}.logits"),
+        "probabilities": os.path.join(tmp, f"{i}.probabilities"),
+      }
+      images.tofile(spec["input"])
+      specs.append(spec)
+    jobs_path = os.path.join(tmp, "jobs.json")
+    with open(jobs_path, "w") as f:
+      json.dump(specs, f)
+    script = os.path.join(STATIC, "predict.mjs")
+    done = subprocess.run([node, script, jobs_path, tfjs], capture_output=True, text=True)
+    if done.returncode != 0:
+      lines = [line for line in done.stderr.splitlines() if line.strip()] or ["no output"]
+      raise ExportError(f"TF.js in Node.js failed: {lines[-1].strip()}")
+    results = []
+    for spec in specs:
+      logits = np.fromfile(spec["logits"], "<f4").reshape(spec["shape"][0], -1)
+      probabilities = np.fromfile(spec["probabilities"], "<f4").reshape(logits.shape)
+      results.append((logits, probabilities))
+  return results
+
+
+def check_page_input(data_config: Mapping[str, Any], input_shape: Sequence[int]) -> None:
+  """Raises ExportError unless the model reads 28x28 images of pixels, as the page draws."""
+  features = data_config.get("features", "pixels")
+  layout = data_config.get("layout", "image")
+  if tuple(input_shape) != (28, 28, 1) or features != "pixels" or layout != "image":
+    raise ExportError(
+      f"--page draws 28x28 images of pixels, and this run's model reads examples of shape "
+      f"{tuple(input_shape)} (data.source={data_config.get('source')!r}, "
+      f"data.features={features!r}); export it without --page"
+    )
+
+
+def preprocessing(dataset_name: str) -> str:
+  """How the page makes a drawing into an input: "garment" or "digit" (see the module doc)."""
+  return "garment" if "fashion" in dataset_name.lower() else "digit"
+
+
+def example_indices(labels: np.ndarray, count: int) -> np.ndarray:
+  """`count` test indices: the first image of each class in class order, then the next ones."""
+  labels = np.asarray(labels)
+  firsts = [int(np.argmax(labels == k)) for k in np.unique(labels)]
+  rest = np.setdiff1d(np.arange(len(labels)), firsts)
+  return np.array(firsts + rest.tolist(), int)[:count]
+
+
+def write_page(out: str, dataset: Any, reference_logits: np.ndarray) -> list[str]:
+  """Writes the page beside an exported TF.js model in `out`.
+
+  Args:
+    out: the folder that holds `model.json`.
+    dataset: the run's `input_pipeline.Dataset`; `NUM_EXAMPLES` of its test
+      images (`example_indices`) go to `examples.json`, with JAX's predictions.
+    reference_logits: JAX's logits on the whole test split, float32 (N, K).
+
+  Returns:
+    Lines that say what was written and how to open the page.
+  """
+  for name in PAGE_FILES:
+    shutil.copyfile(os.path.join(STATIC, name), os.path.join(out, name))
+  shown = example_indices(dataset.test.labels, NUM_EXAMPLES)
+  images = dataset.test.images[shown]
+  examples = {
+    "dataset": dataset.name,
+    "preprocessing": preprocessing(dataset.name),
+    "class_names": list(dataset.class_names),
+    "images": np.round(images.reshape(len(images), -1), 4).tolist(),
+    "labels": dataset.test.labels[shown].tolist(),
+    "jax_predictions": reference_logits[shown].argmax(-1).tolist(),
+  }
+  workdir_lib.atomic_write(os.path.join(out, "examples.json"), json.dumps(examples))
+  lines = []
+  tfjs = find_tfjs()
+  if tfjs:
+    shutil.copyfile(os.path.join(tfjs, "dist", "tf.min.js"), os.path.join(out, "tf.min.js"))
+  else:
+    lines.append(f"No local TF.js found, so the page loads it from {TFJS_CDN} ({NO_NODE})")
+  lines.append(
+    f"Wrote the page {out}/index.html: python -m http.server --directory {out} 8000, "
+    "then open http://localhost:8000"
+  )
+  return lines

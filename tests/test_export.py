@@ -1,0 +1,504 @@
+"""`convnet.export`: ONNX and TF.js exports agree with JAX, in onnxruntime, Node.js and chromium.
+
+The Node.js and browser tests need `node`, `npm ci`'s @tensorflow/tfjs and
+Debian's chromium (scripts/install.sh installs them); without them they skip,
+unless CONVNET_REQUIRE_WEB=1 (as in `.ci/run`), where they fail.
+"""
+
+import base64
+import functools
+import http.server
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import jax
+import numpy as np
+import pytest
+from conftest import cpu_env, model_config
+
+from convnet import export, models, seeds, steps, train, web
+from convnet.configs import dense as dense_config
+from convnet.configs import mnist
+from convnet.errors import ExportError
+
+REQUIRE_WEB = os.environ.get("CONVNET_REQUIRE_WEB") == "1"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _need(what: str, present: bool):
+  if not present:
+    if REQUIRE_WEB:
+      pytest.fail(f"{what} is missing and CONVNET_REQUIRE_WEB=1: run scripts/install.sh")
+    pytest.skip(f"{what} is missing (scripts/install.sh installs it)")
+
+
+def _node():
+  _need("Node.js with @tensorflow/tfjs", web.node_runtime() is not None)
+
+
+def _chromium() -> str:
+  path = shutil.which("chromium") or shutil.which("chromium-browser")
+  _need("chromium", path is not None)
+  return path
+
+
+# Settings across ranks, paddings, poolings, heads and activations: each row is
+# (input shape, model overrides, what TF.js's refusal says or None).
+EXPLICIT_POOL = "TF.js cannot hold pool_0's padding"
+CASES = {
+  "book": ((28, 28, 1), {}, None),
+  "dense": ((28, 28, 1), {"name": "dense"}, None),
+  "dense_tanh": ((28, 28, 1), {"name": "dense", "dense_activation": "tanh"}, None),
+  "2d_same_avg_global_avg": (
+    (28, 28, 1),
+    {"conv.padding": "SAME", "pool.type": "avg", "head": "global_avg"},
+    None,
+  ),
+  "2d_explicit_none_global_max": (
+    (12, 12, 2),
+    {
+      "conv.features": (4, 6),
+      "conv.padding": "((1, 2), (0, 1))",
+      "pool.type": "none",
+      "head": "global_max",
+    },
+    None,
+  ),
+  "2d_explicit_pool_padding": (
+    (28, 28, 1),
+    {"pool.padding": "((1, 0), (1, 1))", "conv.activation": "swish"},
+    EXPLICIT_POOL,
+  ),
+  "2d_zero_explicit_pool_padding_linear": (
+    (28, 28, 1),
+    {
+      "pool.padding": "((0, 0), (0, 0))",
+      "conv.activation": "linear",
+      "dense_activation": "sigmoid",
+    },
+    None,
+  ),
+  "2d_strided_same_pool_padding": (
+    (28, 28, 1),
+    {
+      "conv.features": (8, 8),
+      "conv.strides": 2,
+      "conv.padding": "SAME",
+      "pool.type": ("max", "avg"),
+      "pool.padding": "SAME",
+    },
+    None,
+  ),
+  "1d_valid_max": ((40, 3), {"conv.kernel_size": 5, "conv.activation": "elu"}, None),
+  "1d_explicit_avg_global_avg": (
+    (40, 3),
+    {"conv.kernel_size": 5, "conv.padding": "((2, 1),)", "pool.type": "avg", "head": "global_avg"},
+    None,
+  ),
+  "1d_same_none_global_max_selu": (
+    (40, 3),
+    {
+      "conv.padding": "SAME",
+      "conv.activation": "selu",
+      "pool.type": "none",
+      "head": "global_max",
+    },
+    None,
+  ),
+  "3d_valid_max": ((10, 10, 10, 1), {"conv.features": (4, 4), "pool.type": "max"}, None),
+  "3d_same_avg_global_avg": (
+    (10, 10, 10, 1),
+    {"conv.features": (4, 4), "conv.padding": "SAME", "pool.type": "avg", "head": "global_avg"},
+    None,
+  ),
+  "3d_explicit": (
+    (8, 8, 8, 1),
+    {"conv.features": (4,), "conv.padding": 2, "pool.type": "none", "conv.activation": "tanh"},
+    "TF.js cannot hold conv_0's padding",
+  ),
+  "3d_explicit_as_same": (  # padding 1 around a 3x3x3 kernel is SAME's: TF.js holds it
+    (8, 8, 8, 1),
+    {"conv.features": (4,), "conv.padding": 1, "pool.type": "none"},
+    None,
+  ),
+  "3d_dense": ((8, 8, 8, 1), {"name": "dense", "dense_activation": "sigmoid"}, None),
+  "gelu": ((28, 28, 1), {"dense_activation": "gelu"}, "TF.js cannot hold dense_0's activation"),
+}
+
+
+def _model(shape, overrides, seed=0):
+  defaults = mnist.get_config().model
+  for key in overrides:  # a misspelt field would be added silently, and test nothing
+    node = defaults
+    for part in key.split("."):
+      assert part in node, key
+      node = node[part]
+  model = models.create_model(model_config(**overrides), shape, 10)
+  params = steps.init_params(model, jax.random.key(seed), shape)
+  # Random biases too (they start at zero), so that a bias in the wrong place shows.
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+  params = jax.tree.unflatten(
+    tree, [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
+  )
+  images = np.random.default_rng(seed).random((32, *shape), np.float32)
+  return model, params, images
+
+
+def _write_onnx(layers, shape, folder):
+  path = os.path.join(folder, "model.onnx")
+  with open(path, "wb") as f:
+    f.write(export.to_onnx(layers, shape, {}).SerializeToString())
+  return path
+
+
+def _write_tfjs(layers, shape, folder):
+  model_json, weights = export.to_tfjs(layers, shape, {})
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, "model.json"), "w") as f:
+    json.dump(model_json, f)
+  with open(os.path.join(folder, "weights.bin"), "wb") as f:
+    f.write(weights)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_setting_exports_to_onnx_and_agrees_with_jax(case, tmp_path):
+  shape, overrides, _ = CASES[case]
+  model, params, images = _model(shape, overrides)
+  layers = export.layers(model, params, shape)
+  reference = export.jax_logits(model, params, images)
+  result = export.agreement(
+    reference, export.onnx_logits(_write_onnx(layers, shape, tmp_path), images)
+  )
+  assert result["agrees"], result
+  assert result["max_abs_logit_difference"] < 1e-4 and result["images"] == 32
+
+
+def test_every_setting_exports_to_tfjs_or_names_what_tfjs_cannot_hold(tmp_path):
+  _node()
+  jobs = []
+  for case, (shape, overrides, refusal) in CASES.items():
+    model, params, images = _model(shape, overrides)
+    layers = export.layers(model, params, shape)
+    if refusal:
+      with pytest.raises(ExportError, match=refusal) as raised:
+        export.to_tfjs(layers, shape, {})
+      message = str(raised.value)
+      assert "\n" not in message and "export to ONNX" in message, case
+      continue
+    _write_tfjs(layers, shape, tmp_path / case)
+    jobs.append((case, tmp_path / case, images, export.jax_logits(model, params, images)))
+  results = web.node_predict([(folder, images) for _, folder, images, _ in jobs])
+  assert len(results) == len(CASES) - 3
+  for (case, _, _, reference), (logits, probabilities) in zip(jobs, results, strict=True):
+    result = export.agreement(reference, logits, probabilities)
+    assert result["agrees"] and result["max_abs_probability_difference"] < 1e-5, (case, result)
+
+
+def test_a_flattened_convnet_keeps_flaxs_channels_last_order(tmp_path):
+  # A model whose logits depend on the flatten order: permuting the head's input changes them.
+  shape, overrides, _ = CASES["book"]
+  model, params, images = _model(shape, overrides)
+  layers = export.layers(model, params, shape)
+  head = [i for i, layer in enumerate(layers) if isinstance(layer, export.Head)][0]
+  dense = layers[head + 1]
+  shuffled = dense.kernel[np.random.default_rng(0).permutation(len(dense.kernel))]
+  wrong = [*layers[: head + 1], export.Dense(dense.name, shuffled, dense.bias, dense.activation)]
+  wrong += layers[head + 2 :]
+  reference = export.jax_logits(model, params, images)
+  assert not export.agreement(
+    reference, export.onnx_logits(_write_onnx(wrong, shape, tmp_path), images)
+  )["agrees"]
+
+
+def test_agreement_fails_on_a_changed_argmax_or_a_logit_out_of_tolerance():
+  reference = np.array([[1.0, 2.0, 0.0], [3.0, 0.0, 0.0]], np.float32)
+  assert export.agreement(reference, reference + 1e-6)["agrees"]
+  swapped = reference.copy()
+  swapped[0] = [2.0, 1.0, 0.0]
+  result = export.agreement(reference, swapped)
+  assert not result["agrees"] and result["argmax_equal"] == 1
+  off = reference.copy()
+  off[1, 1] += 1e-3  # same argmax, but no longer float32 round-off
+  assert not export.agreement(reference, off)["agrees"]
+  result = export.agreement(reference, reference, probabilities=np.full((2, 3), 1 / 3))
+  assert result["max_abs_probability_difference"] > 0.3
+
+
+# ----------------------------------------------------------------------------
+# The command on trained runs
+
+
+def _train(config, workdir, steps=30):
+  """`steps` steps in batches of 64, on the embedded digits."""
+  config.data.source = "embedded"
+  config.data.tfds_data_dir = config.data.idx_dir = ""
+  config.batch_size, config.microbatch_size, config.num_epochs = 64, 0, 1
+  config.max_steps = steps
+  result = train.train_and_evaluate(config, str(workdir))
+  assert result["step"] == steps
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """The book's convnet and the dense baseline, two short epochs each on the embedded digits."""
+  runs = {}
+  for name, base in (("convnet", mnist), ("dense", dense_config)):
+    config = base.get_config()
+    workdir = tmp_path_factory.mktemp(name)
+    _train(config, workdir)
+    runs[name] = str(workdir)
+  return runs
+
+
+def _export(*args):
+  return subprocess.run(
+    [sys.executable, "-m", "convnet.export", *args],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=cpu_env(),
+    cwd=REPO,
+  )
+
+
+@pytest.mark.parametrize("name", ["convnet", "dense"])
+def test_the_command_exports_onnx_that_agrees_on_every_test_image(trained, name, tmp_path):
+  out = tmp_path / "onnx"
+  done = _export(f"--workdir={trained[name]}", "--format=onnx", f"--out={out}")
+  assert done.returncode == 0, done.stderr
+  assert f"Wrote {out}/model.onnx" in done.stdout
+  assert [line for line in done.stderr.splitlines() if line[:1] in "WE"] == []  # no warnings
+  assert "onnxruntime: argmax equal to JAX's on 1,000 of 1,000 test images" in done.stdout
+  agreement = json.loads((out / "agreement.json").read_text())
+  assert agreement["agrees"] and agreement["images"] == 1000
+
+
+@pytest.mark.parametrize("name", ["convnet", "dense"])
+def test_the_command_exports_tfjs_that_agrees_in_node(trained, name, tmp_path):
+  _node()
+  out = tmp_path / "tfjs"
+  done = _export(f"--workdir={trained[name]}", "--format=tfjs", f"--out={out}", "--checkpoint=best")
+  assert done.returncode == 0, done.stderr
+  assert "TF.js in Node.js: argmax equal to JAX's on 1,000 of 1,000 test images" in done.stdout
+  model_json = json.loads((out / "model.json").read_text())
+  assert model_json["userDefinedMetadata"]["class_names"] == [str(k) for k in range(10)]
+  assert model_json["userDefinedMetadata"]["checkpoint"] == "best"
+  assert json.loads((out / "agreement.json").read_text())["agrees"]
+
+
+def test_without_node_the_tfjs_export_says_it_was_not_checked(trained, tmp_path, monkeypatch):
+  monkeypatch.setattr(web, "node_runtime", lambda: None)
+  lines = export.export(trained["dense"], "tfjs", str(tmp_path))
+  assert lines[-1].startswith("Not checked in Node.js: it needs Node.js")
+  assert (tmp_path / "model.json").exists() and not (tmp_path / "agreement.json").exists()
+
+
+def test_an_export_that_disagrees_with_jax_is_an_error(trained, tmp_path, monkeypatch):
+  real = export.onnx_logits
+  monkeypatch.setattr(export, "onnx_logits", lambda path, images: real(path, images)[:, ::-1])
+  with pytest.raises(ExportError, match="the exported model disagrees with JAX: onnxruntime"):
+    export.export(trained["dense"], "onnx", str(tmp_path))
+
+
+def test_one_seed_of_a_group_exports_its_own_weights(tmp_path):
+  config = mnist.get_config()
+  config.data.source = "embedded"
+  config.data.tfds_data_dir = config.data.idx_dir = ""
+  config.model.conv.features = (4, 8, 8)
+  config.batch_size, config.max_steps, config.num_epochs = 64, 6, 1
+  seeds.train_seeds(config, [3, 1], str(tmp_path / "group"))
+  logits = {}
+  for seed in (3, 1):
+    out = tmp_path / f"onnx_{seed}"
+    lines = export.export(str(tmp_path / "group" / f"seed_{seed}"), "onnx", str(out))
+    assert "argmax equal to JAX's on 1,000 of 1,000" in lines[-1]
+    images = np.zeros((1, 28, 28, 1), np.float32)
+    logits[seed] = export.onnx_logits(str(out / "model.onnx"), images)
+  assert np.abs(logits[3] - logits[1]).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    (["--workdir={missing}", "--format=onnx", "--out={out}"], "is not a directory"),
+    (["--workdir={dense}", "--format=onnx", "--out={out}", "--page"], "--page runs the TF.js"),
+    (["--workdir={dense}", "--format=onnx", "--out={file}"], "cannot make this folder"),
+    (["--workdir={dense}", "--format=keras", "--out={out}"], "--format"),
+    (["--workdir={dense}", "--out={out}"], "--format"),
+  ],
+)
+def test_a_bad_command_is_one_line(trained, tmp_path, args, message):
+  (tmp_path / "file").write_text("x")
+  names = {"missing": tmp_path / "missing", "out": tmp_path / "out", "file": tmp_path / "file"}
+  done = _export(*(a.format(dense=trained["dense"], **names) for a in args))
+  assert done.returncode != 0 and message in done.stderr
+  assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+  assert (tmp_path / "file").read_text() == "x"
+
+
+def test_the_page_refuses_inputs_that_are_not_28x28_pixels(tmp_path):
+  config = dense_config.get_config()
+  config.data.features, config.data.num_features = "pca", 16
+  _train(config, tmp_path / "run", steps=4)
+  with pytest.raises(ExportError, match=r"--page draws 28x28 images .* shape \(16,\)"):
+    export.export(str(tmp_path / "run"), "tfjs", str(tmp_path / "out"), page=True)
+  assert not (tmp_path / "out").exists()
+
+
+def test_find_tfjs_looks_in_the_named_node_modules_first(tmp_path, monkeypatch):
+  package = tmp_path / "node_modules" / "@tensorflow" / "tfjs"
+  package.mkdir(parents=True)
+  (package / "package.json").write_text("{}")
+  monkeypatch.setenv("CONVNET_NODE_MODULES", str(tmp_path / "node_modules"))
+  assert web.find_tfjs() == str(package)
+
+
+def test_the_page_preprocesses_garments_and_digits_as_their_datasets():
+  assert web.preprocessing("fashion-mnist") == "garment"
+  assert web.preprocessing("fashion_mnist") == "garment"
+  assert web.preprocessing("mnist_5k") == web.preprocessing("kmnist") == "digit"
+
+
+def test_the_page_shows_one_test_image_of_each_class_first():
+  labels = np.array([0, 0, 1, 0, 2, 1, 2, 2])
+  assert web.example_indices(labels, 5).tolist() == [0, 2, 4, 1, 3]
+  assert web.example_indices(labels, 2).tolist() == [0, 2]
+
+
+# ----------------------------------------------------------------------------
+# The page, in chromium
+
+
+def serve(folder):
+  """An HTTP server of `folder` on a free loopback port, in a thread; returns it."""
+
+  class Handler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+      pass
+
+  server = http.server.ThreadingHTTPServer(
+    ("127.0.0.1", 0), functools.partial(Handler, directory=str(folder))
+  )
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  return server
+
+
+def check_page(out, images, reference, screenshot=None):
+  """Loads the page in chromium and checks it as a person and as JAX would; returns its PNG."""
+  from playwright.sync_api import sync_playwright
+
+  chromium = _chromium()
+  server = serve(out)
+  errors = []
+  try:
+    with sync_playwright() as playwright:
+      browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+      page = browser.new_page(viewport={"width": 900, "height": 760})
+      page.on("pageerror", lambda e: errors.append(str(e)))
+      page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+      page.goto(f"http://127.0.0.1:{server.server_port}/index.html")
+      page.wait_for_function("window.convnet.ready || window.convnet.error", timeout=60_000)
+      assert page.evaluate("window.convnet.error") is None
+      assert "TF.js 4.22.0, cpu backend" in page.inner_text("#status")
+      # Every given test image, classified by the page as JAX classifies it.
+      data = base64.b64encode(np.ascontiguousarray(images, "<f4").tobytes()).decode()
+      got = page.evaluate("([data, n]) => window.convnet.classify(data, n)", [data, len(images)])
+      probabilities = np.array(got["probabilities"]).reshape(reference.shape)
+      np.testing.assert_array_equal(got["classes"], reference.argmax(-1))
+      assert np.abs(probabilities - export.softmax(reference)).max() < 1e-5
+      # The gallery's predictions are JAX's.
+      examples = json.loads((out / "examples.json").read_text())
+      assert page.evaluate("window.convnet.examplePredictions") == examples["jax_predictions"]
+      # A stroke drawn with the mouse: a "7", fitted to 20x20 and centred by its mass.
+      box = page.locator("#drawing").bounding_box()
+      x, y = box["x"], box["y"]
+      page.mouse.move(x + 90, y + 60)
+      page.mouse.down()
+      for t in np.linspace(0, 1, 12):
+        page.mouse.move(x + 90 + 110 * t, y + 60)
+      for t in np.linspace(0, 1, 12):
+        page.mouse.move(x + 200 - 70 * t, y + 60 + 170 * t)
+      page.mouse.up()
+      page.wait_for_function("window.convnet.lastProbabilities !== null")
+      drawn = np.array(page.evaluate("window.convnet.lastInput")).reshape(28, 28)
+      rows, cols = np.nonzero(drawn)
+      assert max(np.ptp(rows), np.ptp(cols)) + 1 == 20 and drawn.max() <= 1.0
+      centre = [(drawn.sum(1 - a) * (np.arange(28) + 0.5)).sum() / drawn.sum() for a in (0, 1)]
+      np.testing.assert_allclose(centre, [14, 14], atol=0.5)
+      assert abs(sum(page.evaluate("window.convnet.lastProbabilities")) - 1) < 1e-5
+      assert page.locator("#bars .bar").count() == 10
+      png = page.screenshot(path=screenshot, full_page=True)
+      browser.close()
+  finally:
+    server.shutdown()
+  assert errors == []
+  return png
+
+
+def test_the_page_classifies_as_jax_does_and_draws(trained, tmp_path):
+  _node()
+  _chromium()
+  import matplotlib.image
+
+  out = tmp_path / "page"
+  lines = export.export(trained["convnet"], "tfjs", str(out), page=True)
+  assert any("Wrote the page" in line for line in lines)
+  assert {"index.html", "page.js", "tf.min.js", "examples.json", "model.json"} <= set(
+    os.listdir(out)
+  )
+  from convnet import visualize
+
+  run = visualize.load_run(trained["convnet"])
+  images = run.dataset.test.images
+  png = check_page(out, images, export.jax_logits(run.model, run.params, images))
+  pixels = matplotlib.image.imread(io.BytesIO(png))
+  assert pixels.shape[0] >= 600 and pixels.shape[1] >= 800
+  # Not blank: the black canvas, the white stroke and the coloured bars are all there.
+  assert pixels[..., :3].std() > 0.1 and len(np.unique(pixels[..., :3].reshape(-1, 3), axis=0)) > 50
+
+
+@pytest.mark.slow
+def test_the_quick_starts_models_agree_with_jax_on_every_test_image_everywhere(tmp_path):
+  # The README's quick start, as written (10 epochs of the embedded digits), for the convnet and
+  # the dense baseline: ONNX in onnxruntime, TF.js in Node.js and in the page in chromium.
+  _node()
+  _chromium()
+  from convnet import visualize
+
+  for config in ("mnist", "dense"):
+    workdir = tmp_path / config
+    done = subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "convnet.main",
+        f"--config=configs/{config}.py",
+        f"--workdir={workdir}",
+      ]
+      + ["--config.data.source=embedded"],
+      capture_output=True,
+      text=True,
+      timeout=600,
+      env=cpu_env(),
+      cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    for fmt, runtime in (("onnx", "onnxruntime"), ("tfjs", "TF.js in Node.js")):
+      out = tmp_path / f"{config}_{fmt}"
+      args = [f"--workdir={workdir}", f"--format={fmt}", f"--out={out}"]
+      done = _export(*args, *(["--page"] if fmt == "tfjs" else []))
+      assert done.returncode == 0, done.stderr
+      line = f"{runtime}: argmax equal to JAX's on 1,000 of 1,000 test images"
+      assert line in done.stdout
+      assert json.loads((out / "agreement.json").read_text())["agrees"]
+    run = visualize.load_run(str(workdir))
+    images = run.dataset.test.images
+    check_page(
+      tmp_path / f"{config}_tfjs", images, export.jax_logits(run.model, run.params, images)
+    )
