@@ -19,12 +19,17 @@ Preprocessing, for 28x28 images with pixels in [0, 1]:
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import functools
+import http.server
 import json
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,7 +44,13 @@ NO_NODE = (
   "it needs Node.js (`node` on PATH) and @tensorflow/tfjs (`npm ci` in the convnet checkout, "
   "or CONVNET_NODE_MODULES set to a node_modules folder that holds it)"
 )
+NO_BROWSER = (
+  "it needs chromium (Debian's package, or CONVNET_CHROMIUM naming a Chromium or Chrome) and "
+  "Playwright (pip install 'convnet[export]')"
+)
 NUM_EXAMPLES = 12  # test images the page shows
+# A "7" drawn on the page's 280x280 canvas: strokes of (x, y) points, for checks and screenshots.
+SEVEN = (((90, 60), (200, 60), (130, 230)),)
 PAGE_FILES = ("index.html", "page.js")
 
 
@@ -176,3 +187,102 @@ def write_page(out: str, dataset: Any, reference_logits: np.ndarray) -> list[str
     "then open http://localhost:8000"
   )
   return lines
+
+
+# ----------------------------------------------------------------------------
+# The page in a browser
+
+
+def find_chromium() -> str | None:
+  """A Chromium or Chrome to drive: $CONVNET_CHROMIUM, else the first on PATH; or None."""
+  named = os.environ.get("CONVNET_CHROMIUM")
+  if named:
+    return named
+  names = ("chromium", "chromium-browser", "google-chrome")
+  return next(filter(None, map(shutil.which, names)), None)
+
+
+def browser_available() -> bool:
+  """Whether `browse` can run: a Chromium is found and Playwright imports."""
+  try:
+    import playwright.sync_api  # noqa: F401
+  except ImportError:
+    return False
+  return find_chromium() is not None
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+  def log_message(self, *args):
+    pass
+
+
+@contextlib.contextmanager
+def browse(folder: str, timeout_s: float = 60) -> Iterator[Any]:
+  """The page in `folder`, served on a loopback port and loaded in headless Chromium.
+
+  Yields a Playwright `Page` once the model has loaded (`window.convnet.ready`),
+  with a 900x760 viewport.
+
+  Raises:
+    ExportError: no Chromium or Playwright, the page could not load the model,
+      or it reported a JavaScript error.
+  """
+  if not browser_available():
+    raise ExportError("cannot open the page: " + NO_BROWSER)
+  from playwright.sync_api import sync_playwright
+
+  handler = functools.partial(_QuietHandler, directory=os.path.abspath(folder))
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  errors = []
+  try:
+    with sync_playwright() as playwright:
+      browser = playwright.chromium.launch(executable_path=find_chromium(), args=["--no-sandbox"])
+      try:
+        page = browser.new_page(viewport={"width": 900, "height": 760})
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(f"http://127.0.0.1:{server.server_port}/index.html")
+        ready = "window.convnet && (window.convnet.ready || window.convnet.error)"
+        page.wait_for_function(ready, timeout=timeout_s * 1000)
+        error = page.evaluate("window.convnet.error")
+        if error:
+          raise ExportError(f"the page could not load the model: {error}")
+        yield page
+      finally:
+        browser.close()
+  finally:
+    server.shutdown()
+    server.server_close()
+  if errors:
+    raise ExportError(f"the page reported an error: {errors[0]}")
+
+
+def page_predict(page: Any, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The page's classes (N,) and probabilities (N, K) for `images`, float32 (N, 28, 28, 1)."""
+  data = base64.b64encode(np.ascontiguousarray(images, "<f4").tobytes()).decode()
+  got = page.evaluate("([data, n]) => window.convnet.classify(data, n)", [data, len(images)])
+  classes = np.array(got["classes"])
+  return classes, np.array(got["probabilities"], np.float32).reshape(len(images), -1)
+
+
+def draw(page: Any, strokes: Sequence[Sequence[tuple[float, float]]] = SEVEN, steps: int = 12):
+  """Draws `strokes` with the mouse on the page's canvas (280x280 coordinates).
+
+  Returns:
+    What the page made of the drawing, float32 (28, 28), and its class
+    probabilities (K,).
+  """
+  box = page.locator("#drawing").bounding_box()
+  scale = box["width"] / 280
+  for stroke in strokes:
+    page.mouse.move(box["x"] + stroke[0][0] * scale, box["y"] + stroke[0][1] * scale)
+    page.mouse.down()
+    for (x0, y0), (x1, y1) in zip(stroke[:-1], stroke[1:], strict=True):
+      for t in np.linspace(0, 1, steps)[1:]:
+        x, y = x0 + (x1 - x0) * t, y0 + (y1 - y0) * t
+        page.mouse.move(box["x"] + x * scale, box["y"] + y * scale)
+    page.mouse.up()
+  page.wait_for_function("window.convnet.lastProbabilities !== null")
+  drawn = np.array(page.evaluate("window.convnet.lastInput"), np.float32).reshape(28, 28)
+  return drawn, np.array(page.evaluate("window.convnet.lastProbabilities"), np.float32)
