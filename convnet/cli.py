@@ -93,6 +93,7 @@ def define(
     options = options[0] if options else {}
     help_name = "help_string" if kind == "config_file" else "help"  # enum's third is its values
     definer(name, default, flag_values=flag_values, **{help_name: help_text}, **options)
+    _list_in_short_help(flag_values, name)
   if required:
     flags.mark_flags_as_required(list(required), flag_values=flag_values)
 
@@ -106,6 +107,16 @@ def define_config_flag(flag_values: flags.FlagValues) -> None:
     flag_values=flag_values,
     lock_config=True,
   )
+  _list_in_short_help(flag_values, "config")
+
+
+def _list_in_short_help(flag_values: flags.FlagValues, name: str) -> None:
+  """Lists flag `name` in `--helpshort`, which shows the flags of the program's own module.
+
+  absl files a flag under the module that called its definer, which is this
+  one; `--helpshort` lists those of the program (`sys.argv[0]`) only.
+  """
+  flag_values.register_key_flag_for_module(sys.argv[0], flag_values[name])
 
 
 def start(argv: list[str], quiet: bool = True, compilation_cache: bool = True) -> None:

@@ -28,10 +28,13 @@ also says what each format can hold.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shutil
 import sys
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -114,6 +117,8 @@ def describe_agreement(runtime: str, result: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------------------
 # Exporting a run
 
+AGREEMENT = "agreement.json"
+
 
 def export(
   workdir: str,
@@ -122,8 +127,16 @@ def export(
   checkpoint: str = "latest",
   page: bool = False,
   verify: bool = True,
+  echo: Callable[[str], None] | None = None,
 ) -> list[str]:
   """Exports a run's model to `out` and checks it against JAX on the test split.
+
+  The files are written to a temporary folder and checked there; only then
+  are they copied into `out`, so a refused or failed export leaves `out` as
+  it was. `agreement.json` in `out` keeps, for each format, the step and
+  checkpoint exported and each runtime's agreement (none with `verify`
+  off). A folder that holds a page gets the page again with a TF.js model,
+  so that its examples are always the model's.
 
   Args:
     workdir: a `convnet.main` workdir, or one `seed_<s>/` of a group.
@@ -131,7 +144,8 @@ def export(
     out: the folder to write (made if missing; files of other names are kept).
     checkpoint: "latest" or "best" (see `checkpoints.restore_params`).
     page: also write the drawing page (TF.js only; see `convnet.web`).
-    verify: run the exported model on the test split and write `agreement.json`.
+    verify: run the exported model on the test split, in every runtime found.
+    echo: called with each line as it is made (the command prints them).
 
   Returns:
     Lines that say what was written and how it agrees with JAX.
@@ -139,15 +153,27 @@ def export(
   Raises:
     ExportError: the format cannot hold a setting of the model, `--page` with
       ONNX or with inputs that are not 28x28 images, the exported model
-      disagrees with JAX, or a runtime it needs is missing.
+      disagrees with JAX, or a runtime it needs cannot start.
     CheckpointError, WorkdirError: the run cannot be read, or `out` written.
   """
   from convnet import visualize, web
+
+  lines = []
+
+  def say(line: str) -> None:
+    lines.append(line)
+    if echo:
+      echo(line)
 
   if fmt not in FORMATS:
     raise ExportError(f"--format={fmt} is not one of {', '.join(FORMATS)}")
   if page and fmt != "tfjs":
     raise ExportError("--page runs the TF.js model: use it with --format=tfjs")
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise ExportError(f"--out={out} is a file: name a folder (it is made if it is missing)")
+  if fmt == "tfjs" and not page and os.path.exists(os.path.join(out, web.EXAMPLES)):
+    page = True
+    say(f"{out} holds a page: it is written again for this model")
   run = visualize.load_run(workdir, checkpoint)
   dataset = run.dataset
   if page:
@@ -161,65 +187,101 @@ def export(
     "step": run.step,
     "checkpoint": checkpoint,
   }
-  out = workdir_lib.make_dir(out, "--out")
-  lines = []
-  if fmt == "onnx":
-    path = os.path.join(out, "model.onnx")
-    model = formats.to_onnx(
-      layers, dataset.input_shape, {k: json.dumps(v) for k, v in metadata.items()}
-    )
-    with workdir_lib.atomic_open(path, "wb") as f:
-      f.write(model.SerializeToString())
-    lines.append(f"Wrote {path} ({os.path.getsize(path):,} bytes)")
-  else:
-    model_json, weights = formats.to_tfjs(layers, dataset.input_shape, metadata)
-    workdir_lib.atomic_write(os.path.join(out, "model.json"), json.dumps(model_json))
-    with workdir_lib.atomic_open(os.path.join(out, "weights.bin"), "wb") as f:
-      f.write(weights)
-    lines.append(f"Wrote {out}/model.json and weights.bin ({len(weights):,} bytes)")
+  files = _format_files(fmt, layers, dataset.input_shape, metadata)
   images = dataset.test.images
   reference = jax_logits(run.model, run.params, images) if verify or page else None
-  if page:
-    lines += web.write_page(out, dataset, reference)
-  if verify:
-    lines.append(_verify(fmt, out, images, reference))
-  if verify and page:
-    lines.append(_verify_page(out, images, reference))
+  with tempfile.TemporaryDirectory(prefix="convnet-export-") as staging:
+    for name, data in files.items():
+      with open(os.path.join(staging, name), "wb") as f:
+        f.write(data)
+    if page:
+      for line in web.write_page(staging, run.config.data, dataset, reference):
+        say(line)
+    results = []
+    if verify:
+      results = _verify(fmt, staging, images, reference, say)
+      if page:
+        results += _verify_page(staging, images, reference, say)
+    _publish(staging, workdir_lib.make_dir(out, "--out"), say)
+  _record_agreement(out, fmt, metadata, results)
   return lines
 
 
-def _verify(fmt: str, out: str, images: np.ndarray, reference: np.ndarray) -> str:
-  """Runs the exported model on `images`; writes agreement.json; raises if it disagrees."""
+def _format_files(fmt: str, layers, input_shape, metadata) -> dict[str, bytes]:
+  """The files of the format: {name: bytes}."""
+  if fmt == "onnx":
+    model = formats.to_onnx(layers, input_shape, {k: json.dumps(v) for k, v in metadata.items()})
+    return {"model.onnx": model.SerializeToString()}
+  model_json, weights = formats.to_tfjs(layers, input_shape, metadata)
+  return {"model.json": json.dumps(model_json).encode(), "weights.bin": weights}
+
+
+def _publish(staging: str, out: str, say: Callable[[str], None]) -> None:
+  """Copies every file of `staging` into `out`, each atomically."""
+  names = sorted(os.listdir(staging))
+  for name in names:
+    with (
+      open(os.path.join(staging, name), "rb") as f,
+      workdir_lib.atomic_open(os.path.join(out, name), "wb") as g,
+    ):
+      shutil.copyfileobj(f, g)
+  sizes = sum(os.path.getsize(os.path.join(out, name)) for name in names)
+  say(f"Wrote {', '.join(names)} to {out} ({sizes:,} bytes)")
+
+
+def _record_agreement(out: str, fmt: str, metadata, results: list[dict[str, Any]]) -> None:
+  """Sets `fmt`'s entry of out/agreement.json: the step and checkpoint, and `results`."""
+  path = os.path.join(out, AGREEMENT)
+  recorded = {}
+  try:
+    with open(path) as f:
+      recorded = json.load(f)
+  except (OSError, ValueError):
+    pass  # none yet, or not ours: written anew
+  if not isinstance(recorded, dict):
+    recorded = {}
+  recorded[fmt] = {
+    "step": metadata["step"],
+    "checkpoint": metadata["checkpoint"],
+    "checked": bool(results),
+    "runtimes": results,
+  }
+  workdir_lib.atomic_write(path, json.dumps(recorded, indent=2) + "\n")
+
+
+def _verify(fmt, folder, images, reference, say) -> list[dict[str, Any]]:
+  """Runs the exported model in `folder` on `images`; raises if it disagrees with JAX."""
   from convnet import web
 
   probabilities = None
   if fmt == "onnx":
-    runtime, logits = "onnxruntime", onnx_logits(os.path.join(out, "model.onnx"), images)
+    runtime, logits = "onnxruntime", onnx_logits(os.path.join(folder, "model.onnx"), images)
   else:
     node = web.node_runtime()
     if node is None:
-      return "Not checked in Node.js: " + web.NO_NODE
+      say("Not checked in Node.js: " + web.NO_NODE)
+      return []
     runtime = "TF.js in Node.js"
-    ((logits, probabilities),) = web.node_predict([(out, images)], node)
-  result = agreement(reference, logits, probabilities)
-  path = os.path.join(out, "agreement.json")
-  workdir_lib.atomic_write(path, json.dumps({"runtime": runtime, **result}, indent=2) + "\n")
+    ((logits, probabilities),) = web.node_predict([(folder, images)], node)
+  result = {"runtime": runtime, **agreement(reference, logits, probabilities)}
   line = describe_agreement(runtime, result)
   if not result["agrees"]:
     raise ExportError(f"the exported model disagrees with JAX: {line}")
-  return line
+  say(line)
+  return [result]
 
 
-def _verify_page(out: str, images: np.ndarray, reference: np.ndarray) -> str:
-  """Classifies `images` in the page, in headless Chromium; raises if it disagrees with JAX.
-
-  The result joins agreement.json as "page".
-  """
+def _verify_page(folder, images, reference, say) -> list[dict[str, Any]]:
+  """Classifies `images` in the page, in headless Chromium; raises if it disagrees with JAX."""
   from convnet import web
 
   if not web.browser_available():
-    return "The page not checked in a browser: " + web.NO_BROWSER
-  with web.browse(out) as page:
+    say("The page not checked in a browser: " + web.NO_BROWSER)
+    return []
+  if not os.path.exists(os.path.join(folder, "tf.min.js")):
+    say("The page not checked in a browser: it loads TF.js from the web (" + web.NO_NODE + ")")
+    return []
+  with web.browse(folder) as page:
     classes, probabilities = web.page_predict(page, images)
   result = {
     "runtime": "TF.js in the page, in Chromium",
@@ -230,16 +292,11 @@ def _verify_page(out: str, images: np.ndarray, reference: np.ndarray) -> str:
   result["agrees"] = (
     result["argmax_equal"] == len(images) and result["max_abs_probability_difference"] <= ATOL
   )
-  path = os.path.join(out, "agreement.json")
-  recorded = {}
-  if os.path.exists(path):  # the Node.js check's, where it ran
-    with open(path) as f:
-      recorded = json.load(f)
-  workdir_lib.atomic_write(path, json.dumps({**recorded, "page": result}, indent=2) + "\n")
   line = describe_agreement(result["runtime"], result)
   if not result["agrees"]:
     raise ExportError(f"the page disagrees with JAX: {line}")
-  return line
+  say(line)
+  return [result]
 
 
 # ----------------------------------------------------------------------------
@@ -273,15 +330,21 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 def main(argv):
   cli.start(argv)
   try:
-    lines = export(
-      FLAGS.workdir, FLAGS.format, FLAGS.out, FLAGS.checkpoint, FLAGS.page, FLAGS.verify
+    export(
+      FLAGS.workdir,
+      FLAGS.format,
+      FLAGS.out,
+      FLAGS.checkpoint,
+      FLAGS.page,
+      FLAGS.verify,
+      echo=functools.partial(print, flush=True),
     )
   except ImportError as e:
     sys.exit(f"error: {e.name or e} is not installed: pip install 'convnet[export]'")
   except ConvnetError as e:
     sys.exit(f"error: {e}")
-  for line in lines:
-    print(line)
+  except KeyboardInterrupt:
+    sys.exit(f"error: interrupted; {FLAGS.out} holds only whole files of this or earlier exports")
 
 
 if __name__ == "__main__":

@@ -350,8 +350,10 @@ def to_tfjs(
       )
       shape = [*_shape_after(shape[:-1], layer.window, layer.strides, layer.pads), shape[-1]]
     elif isinstance(layer, Head):
-      if layer.kind == "flatten":
+      if layer.kind == "flatten" and len(shape) > 1:
         add("Flatten", layer.name, data_format="channels_last")
+      elif layer.kind == "flatten":
+        pass  # already a vector (PCA or selected features): TF.js's Flatten refuses one
       else:
         add("Reshape", f"{layer.name}_positions", target_shape=[-1, shape[-1]])
         kind = "GlobalAveragePooling1D" if layer.kind == "global_avg" else "GlobalMaxPooling1D"

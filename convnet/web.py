@@ -49,9 +49,9 @@ NO_BROWSER = (
   "Playwright (pip install 'convnet[export]')"
 )
 NUM_EXAMPLES = 12  # test images the page shows
+EXAMPLES = "examples.json"  # the page's test images, labels and JAX's predictions
 # A "7" drawn on the page's 280x280 canvas: strokes of (x, y) points, for checks and screenshots.
 SEVEN = (((90, 60), (200, 60), (130, 230)),)
-PAGE_FILES = ("index.html", "page.js")
 
 
 def find_tfjs() -> str | None:
@@ -134,13 +134,17 @@ def check_page_input(data_config: Mapping[str, Any], input_shape: Sequence[int])
     raise ExportError(
       f"--page draws 28x28 images of pixels, and this run's model reads examples of shape "
       f"{tuple(input_shape)} (data.source={data_config.get('source')!r}, "
-      f"data.features={features!r}); export it without --page"
+      f"data.features={features!r}, data.layout={layout!r}); export it without --page"
     )
 
 
-def preprocessing(dataset_name: str) -> str:
-  """How the page makes a drawing into an input: "garment" or "digit" (see the module doc)."""
-  return "garment" if "fashion" in dataset_name.lower() else "digit"
+def preprocessing(*names: str) -> str:
+  """How the page makes a drawing into an input: "garment" or "digit" (see the module doc).
+
+  `names` are the dataset's: its `data.name` (an IDX folder's name says
+  nothing, "fashion_mnist" does) and the name the source gave it.
+  """
+  return "garment" if any("fashion" in name.lower() for name in names) else "digit"
 
 
 def example_indices(labels: np.ndarray, count: int) -> np.ndarray:
@@ -151,11 +155,14 @@ def example_indices(labels: np.ndarray, count: int) -> np.ndarray:
   return np.array(firsts + rest.tolist(), int)[:count]
 
 
-def write_page(out: str, dataset: Any, reference_logits: np.ndarray) -> list[str]:
+def write_page(
+  out: str, data_config: Mapping[str, Any], dataset: Any, reference_logits: np.ndarray
+) -> list[str]:
   """Writes the page beside an exported TF.js model in `out`.
 
   Args:
     out: the folder that holds `model.json`.
+    data_config: the run's `data` config (its name chooses the preprocessing).
     dataset: the run's `input_pipeline.Dataset`; `NUM_EXAMPLES` of its test
       images (`example_indices`) go to `examples.json`, with JAX's predictions.
     reference_logits: JAX's logits on the whole test split, float32 (N, K).
@@ -163,29 +170,28 @@ def write_page(out: str, dataset: Any, reference_logits: np.ndarray) -> list[str
   Returns:
     Lines that say what was written and how to open the page.
   """
-  for name in PAGE_FILES:
-    shutil.copyfile(os.path.join(STATIC, name), os.path.join(out, name))
+  shutil.copyfile(os.path.join(STATIC, "page.js"), os.path.join(out, "page.js"))
+  tfjs = find_tfjs()
+  with open(os.path.join(STATIC, "index.html")) as f:
+    html = f.read().replace("TFJS_SCRIPT", "tf.min.js" if tfjs else TFJS_CDN)
+  with open(os.path.join(out, "index.html"), "w") as f:
+    f.write(html)
   shown = example_indices(dataset.test.labels, NUM_EXAMPLES)
   images = dataset.test.images[shown]
   examples = {
     "dataset": dataset.name,
-    "preprocessing": preprocessing(dataset.name),
+    "preprocessing": preprocessing(data_config.get("name", ""), dataset.name),
     "class_names": list(dataset.class_names),
     "images": np.round(images.reshape(len(images), -1), 4).tolist(),
     "labels": dataset.test.labels[shown].tolist(),
     "jax_predictions": reference_logits[shown].argmax(-1).tolist(),
   }
-  workdir_lib.atomic_write(os.path.join(out, "examples.json"), json.dumps(examples))
+  workdir_lib.atomic_write(os.path.join(out, EXAMPLES), json.dumps(examples))
   lines = []
-  tfjs = find_tfjs()
   if tfjs:
     shutil.copyfile(os.path.join(tfjs, "dist", "tf.min.js"), os.path.join(out, "tf.min.js"))
   else:
     lines.append(f"No local TF.js found, so the page loads it from {TFJS_CDN} ({NO_NODE})")
-  lines.append(
-    f"Wrote the page {out}/index.html: python -m http.server --directory {out} 8000, "
-    "then open http://localhost:8000"
-  )
   return lines
 
 
@@ -229,6 +235,9 @@ def browse(folder: str, timeout_s: float = 60) -> Iterator[Any]:
   """
   if not browser_available():
     raise ExportError("cannot open the page: " + NO_BROWSER)
+  if not os.path.isfile(os.path.join(folder, "index.html")):
+    raise ExportError(f"{folder} holds no page (index.html): export to it with --page")
+  from playwright.sync_api import Error as PlaywrightError
   from playwright.sync_api import sync_playwright
 
   handler = functools.partial(_QuietHandler, directory=os.path.abspath(folder))
@@ -237,14 +246,24 @@ def browse(folder: str, timeout_s: float = 60) -> Iterator[Any]:
   errors = []
   try:
     with sync_playwright() as playwright:
-      browser = playwright.chromium.launch(executable_path=find_chromium(), args=["--no-sandbox"])
+      try:
+        browser = playwright.chromium.launch(executable_path=find_chromium(), args=["--no-sandbox"])
+      except PlaywrightError as e:
+        raise ExportError(
+          f"cannot start Chromium {find_chromium()} ({_first_line(e)}); install Debian's "
+          "chromium, or set CONVNET_CHROMIUM to a Chromium or Chrome"
+        ) from None
       try:
         page = browser.new_page(viewport={"width": 900, "height": 760})
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.goto(f"http://127.0.0.1:{server.server_port}/index.html")
-        ready = "window.convnet && (window.convnet.ready || window.convnet.error)"
-        page.wait_for_function(ready, timeout=timeout_s * 1000)
+        try:
+          page.goto(f"http://127.0.0.1:{server.server_port}/index.html")
+          ready = "window.convnet && (window.convnet.ready || window.convnet.error)"
+          page.wait_for_function(ready, timeout=timeout_s * 1000)
+        except PlaywrightError as e:
+          detail = errors[0] if errors else _first_line(e)
+          raise ExportError(f"the page in {folder} did not load ({detail})") from None
         error = page.evaluate("window.convnet.error")
         if error:
           raise ExportError(f"the page could not load the model: {error}")
@@ -256,6 +275,11 @@ def browse(folder: str, timeout_s: float = 60) -> Iterator[Any]:
     server.server_close()
   if errors:
     raise ExportError(f"the page reported an error: {errors[0]}")
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__
 
 
 def page_predict(page: Any, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -103,10 +103,20 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
 
 
 def remedy(error: BaseException) -> str:
-  """What to do about a write that failed with `error`: make room, or make the folder writable."""
+  """What to do about a write that failed with `error`.
+
+  Make the folder writable, move what stands in the file's place (a folder of
+  the file's name, a file where a folder of its path should be), or make room.
+  """
   why = reason(error)
   denied = {os.strerror(c) for c in (errno.EROFS, errno.EACCES, errno.EPERM)}
-  fix = "make the folder writable" if why in denied else "free some space"
+  in_the_way = {os.strerror(c) for c in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST)}
+  if why in denied:
+    fix = "make the folder writable"
+  elif why in in_the_way:
+    fix = "move what stands at that path"
+  else:
+    fix = "free some space"
   return f"{fix}, then run the same command again"
 
 

@@ -377,6 +377,26 @@ def programs():
 
 
 @pytest.mark.parametrize(
+  "module, flag",
+  [
+    ("convnet.main", "workdir"),
+    ("convnet.export", "format"),
+    ("convnet.visualize", "grad_cam_block"),
+    ("convnet.sweep", "[no]vmap_seeds"),
+    ("convnet.summary", "config"),
+    ("convnet.benchmark", "frameworks"),
+  ],
+)
+def test_helpshort_lists_the_programs_own_flags(module, flag):
+  # absl files flags under the module that defined them (convnet.cli for all of these), and
+  # --helpshort lists only the program's: without care it lists none.
+  done = subprocess.run(
+    [sys.executable, "-m", module, "--helpshort"], cwd=REPO, env=ENV, capture_output=True, text=True
+  )
+  assert f"  --{flag}" in done.stdout, done.stdout + done.stderr  # (absl exits 1 after help)
+
+
+@pytest.mark.parametrize(
   "name, message",
   [
     ("main, no flags", "error: --config and --workdir are required"),

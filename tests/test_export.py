@@ -119,6 +119,7 @@ CASES = {
     {"conv.features": (4,), "conv.padding": 1, "pool.type": "none"},
     None,
   ),
+  "dense_on_features": ((16,), {"name": "dense"}, None),  # data.features="pca", say
   "3d_dense": ((8, 8, 8, 1), {"name": "dense", "dense_activation": "sigmoid"}, None),
   "gelu": ((28, 28, 1), {"dense_activation": "gelu"}, "TF.js cannot hold dense_0's activation"),
 }
@@ -265,11 +266,11 @@ def test_the_command_exports_onnx_that_agrees_on_every_test_image(trained, name,
   out = tmp_path / "onnx"
   done = _export(f"--workdir={trained[name]}", "--format=onnx", f"--out={out}")
   assert done.returncode == 0, done.stderr
-  assert f"Wrote {out}/model.onnx" in done.stdout
+  assert f"Wrote model.onnx to {out} (" in done.stdout
   assert [line for line in done.stderr.splitlines() if line[:1] in "WE"] == []  # no warnings
   assert "onnxruntime: argmax equal to JAX's on 1,000 of 1,000 test images" in done.stdout
-  agreement = json.loads((out / "agreement.json").read_text())
-  assert agreement["agrees"] and agreement["images"] == 1000
+  (result,) = _agreement(out, "onnx", step=30)
+  assert result["runtime"] == "onnxruntime" and result["agrees"] and result["images"] == 1000
 
 
 @pytest.mark.parametrize("name", ["convnet", "dense"])
@@ -282,21 +283,72 @@ def test_the_command_exports_tfjs_that_agrees_in_node(trained, name, tmp_path):
   model_json = json.loads((out / "model.json").read_text())
   assert model_json["userDefinedMetadata"]["class_names"] == [str(k) for k in range(10)]
   assert model_json["userDefinedMetadata"]["checkpoint"] == "best"
-  assert json.loads((out / "agreement.json").read_text())["agrees"]
+  (result,) = _agreement(out, "tfjs", checkpoint="best")
+  assert result["runtime"] == "TF.js in Node.js" and result["agrees"]
+
+
+def _agreement(out, fmt, step=None, checkpoint="latest"):
+  """The runtimes' results that out/agreement.json records for `fmt`, after checking its run."""
+  entry = json.loads((out / "agreement.json").read_text())[fmt]
+  assert entry["checkpoint"] == checkpoint and (step is None or entry["step"] == step)
+  assert entry["checked"] == bool(entry["runtimes"])
+  return entry["runtimes"]
 
 
 def test_without_node_the_tfjs_export_says_it_was_not_checked(trained, tmp_path, monkeypatch):
   monkeypatch.setattr(web, "node_runtime", lambda: None)
   lines = export.export(trained["dense"], "tfjs", str(tmp_path))
-  assert lines[-1].startswith("Not checked in Node.js: it needs Node.js")
-  assert (tmp_path / "model.json").exists() and not (tmp_path / "agreement.json").exists()
+  assert "Not checked in Node.js: it needs Node.js" in lines[0]
+  assert (tmp_path / "model.json").exists() and _agreement(tmp_path, "tfjs") == []
 
 
-def test_an_export_that_disagrees_with_jax_is_an_error(trained, tmp_path, monkeypatch):
+def test_an_export_that_disagrees_with_jax_leaves_the_folder_as_it_was(
+  trained, tmp_path, monkeypatch
+):
+  export.export(trained["convnet"], "onnx", str(tmp_path))
+  before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
   real = export.onnx_logits
   monkeypatch.setattr(export, "onnx_logits", lambda path, images: real(path, images)[:, ::-1])
   with pytest.raises(ExportError, match="the exported model disagrees with JAX: onnxruntime"):
     export.export(trained["dense"], "onnx", str(tmp_path))
+  assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_refused_export_makes_no_folder(trained, tmp_path):
+  config = mnist.get_config()
+  config.model.dense_activation = "gelu"
+  _train(config, tmp_path / "run", steps=2)
+  with pytest.raises(ExportError, match="TF.js cannot hold dense_0's activation 'gelu'"):
+    export.export(str(tmp_path / "run"), "tfjs", str(tmp_path / "out"))
+  assert not (tmp_path / "out").exists()
+  export.export(str(tmp_path / "run"), "onnx", str(tmp_path / "out"))  # ONNX holds it
+
+
+def test_each_format_keeps_its_own_agreement_with_the_step_it_exported(trained, tmp_path):
+  _node()
+  export.export(trained["dense"], "tfjs", str(tmp_path))
+  export.export(trained["dense"], "onnx", str(tmp_path))
+  assert _agreement(tmp_path, "tfjs", step=30)[0]["agrees"]  # not overwritten by ONNX's
+  assert _agreement(tmp_path, "onnx", step=30)[0]["agrees"]
+  export.export(trained["dense"], "tfjs", str(tmp_path), checkpoint="best", verify=False)
+  assert _agreement(tmp_path, "tfjs", checkpoint="best") == []  # no stale check left
+  assert _agreement(tmp_path, "onnx", step=30)[0]["agrees"]
+
+
+def test_a_folder_that_holds_a_page_gets_it_again_for_a_new_model(trained, tmp_path):
+  export.export(trained["convnet"], "tfjs", str(tmp_path), page=True, verify=False)
+  lines = export.export(trained["dense"], "tfjs", str(tmp_path), verify=False)
+  assert lines[0] == f"{tmp_path} holds a page: it is written again for this model"
+  from convnet import visualize
+
+  run = visualize.load_run(trained["dense"])
+  examples = json.loads((tmp_path / "examples.json").read_text())
+  images = np.array(examples["images"], np.float32).reshape(-1, 28, 28, 1)
+  logits = export.jax_logits(run.model, run.params, images)
+  assert examples["jax_predictions"] == logits.argmax(-1).tolist()
+  assert (
+    json.loads((tmp_path / "model.json").read_text())["userDefinedMetadata"]["model"] == "dense"
+  )
 
 
 def test_one_seed_of_a_group_exports_its_own_weights(tmp_path):
@@ -310,7 +362,7 @@ def test_one_seed_of_a_group_exports_its_own_weights(tmp_path):
   for seed in (3, 1):
     out = tmp_path / f"onnx_{seed}"
     lines = export.export(str(tmp_path / "group" / f"seed_{seed}"), "onnx", str(out))
-    assert "argmax equal to JAX's on 1,000 of 1,000" in lines[-1]
+    assert "argmax equal to JAX's on 1,000 of 1,000" in lines[0]
     images = np.zeros((1, 28, 28, 1), np.float32)
     logits[seed] = export.onnx_logits(str(out / "model.onnx"), images)
   assert np.abs(logits[3] - logits[1]).max() > 1e-3
@@ -321,7 +373,7 @@ def test_one_seed_of_a_group_exports_its_own_weights(tmp_path):
   [
     (["--workdir={missing}", "--format=onnx", "--out={out}"], "is not a directory"),
     (["--workdir={dense}", "--format=onnx", "--out={out}", "--page"], "--page runs the TF.js"),
-    (["--workdir={dense}", "--format=onnx", "--out={file}"], "cannot make this folder"),
+    (["--workdir={dense}", "--format=onnx", "--out={file}"], "is a file: name a folder"),
     (["--workdir={dense}", "--format=keras", "--out={out}"], "--format"),
     (["--workdir={dense}", "--out={out}"], "--format"),
   ],
@@ -353,7 +405,7 @@ def test_find_tfjs_looks_in_the_named_node_modules_first(tmp_path, monkeypatch):
 
 
 def test_the_page_preprocesses_garments_and_digits_as_their_datasets():
-  assert web.preprocessing("fashion-mnist") == "garment"
+  assert web.preprocessing("", "fashion-mnist") == "garment"
   assert web.preprocessing("fashion_mnist") == "garment"
   assert web.preprocessing("mnist_5k") == web.preprocessing("kmnist") == "digit"
 
@@ -399,10 +451,12 @@ def test_the_page_classifies_as_jax_does_and_reads_a_drawing(trained, tmp_path):
 
   out = tmp_path / "page"
   lines = export.export(trained["convnet"], "tfjs", str(out), page=True)
-  assert lines[-1].startswith(
+  assert lines[-2].startswith(
     "TF.js in the page, in Chromium: argmax equal to JAX's on 1,000 of 1,000 test images"
   )
-  assert json.loads((out / "agreement.json").read_text())["page"]["agrees"]
+  node, in_page = _agreement(out, "tfjs")
+  assert node["agrees"] and in_page["agrees"] and in_page["runtime"].startswith("TF.js in the page")
+  assert 'src="tf.min.js"' in (out / "index.html").read_text()
   assert {"index.html", "page.js", "tf.min.js", "examples.json", "model.json"} <= set(
     os.listdir(out)
   )
@@ -426,6 +480,36 @@ def test_the_page_fits_a_garment_to_the_whole_image_and_centres_it(trained, tmp_
   rows, cols = np.nonzero(drawn > 0)
   assert np.ptp(rows) + 1 == 28  # the 7 is taller than wide: its height fills the image
   assert abs((cols.min() + cols.max()) / 2 - 13.5) <= 0.5  # and its box is centred
+
+
+def test_without_a_local_tfjs_the_page_loads_it_from_the_web_and_is_not_checked(
+  trained, tmp_path, monkeypatch
+):
+  monkeypatch.setattr(web, "find_tfjs", lambda: None)
+  monkeypatch.setattr(web, "node_runtime", lambda: None)
+  lines = export.export(trained["dense"], "tfjs", str(tmp_path), page=True)
+  assert lines[0].startswith("No local TF.js found, so the page loads it from https://")
+  assert "The page not checked in a browser: it loads TF.js from the web" in lines[2]
+  html = (tmp_path / "index.html").read_text()
+  assert f'src="{web.TFJS_CDN}"' in html and not (tmp_path / "tf.min.js").exists()
+
+
+def test_a_chromium_that_cannot_start_is_one_line(trained, tmp_path, monkeypatch):
+  _browser()
+  export.export(trained["dense"], "tfjs", str(tmp_path), page=True, verify=False)
+  monkeypatch.setenv("CONVNET_CHROMIUM", str(tmp_path / "no-chromium"))
+  with pytest.raises(ExportError, match="cannot start Chromium .*no-chromium") as raised:
+    with web.browse(str(tmp_path)):
+      pass
+  assert "\n" not in str(raised.value)
+  with pytest.raises(ExportError, match="holds no page"):
+    with web.browse(str(tmp_path / "elsewhere")):
+      pass
+
+
+def test_the_page_chooses_garments_by_the_data_name_too():
+  assert web.preprocessing("fashion_mnist", "my_idx_folder") == "garment"
+  assert web.preprocessing("mnist", "mnist_5k") == "digit"
 
 
 def test_a_page_whose_model_cannot_load_is_one_line(trained, tmp_path):
@@ -472,7 +556,7 @@ def test_the_quick_starts_models_agree_with_jax_on_every_test_image_everywhere(t
       assert done.returncode == 0, done.stderr
       line = f"{runtime}: argmax equal to JAX's on 1,000 of 1,000 test images"
       assert line in done.stdout
-      assert json.loads((out / "agreement.json").read_text())["agrees"]
+      assert all(result["agrees"] for result in _agreement(out, fmt))
     run = visualize.load_run(str(workdir))
     images = run.dataset.test.images
     check_page(

@@ -252,6 +252,15 @@ def test_what_to_do_about_a_failed_write_follows_its_cause():
   read_only = OSError(errno.EROFS, os.strerror(errno.EROFS))
   assert workdir_lib.remedy(full).startswith("free some space")
   assert workdir_lib.remedy(read_only).startswith("make the folder writable")
+  for code in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST):  # a folder where a file goes, ...
+    in_the_way = OSError(code, os.strerror(code))
+    assert workdir_lib.remedy(in_the_way).startswith("move what stands at that path")
+
+
+def test_a_folder_where_a_file_goes_is_named_with_what_to_do(tmp_path):
+  (tmp_path / "metrics.jsonl").mkdir()
+  with pytest.raises(WorkdirError, match=r"metrics.jsonl \(Is a directory\); move what stands"):
+    workdir_lib.atomic_write(str(tmp_path / "metrics.jsonl"), "{}")
 
 
 def test_the_best_epochs_weights_stay_readable_and_visualize_draws_them(config, tmp_path):

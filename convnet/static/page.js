@@ -159,14 +159,17 @@ function showExamples() {
   images.forEach((image, i) => {
     const cell = document.createElement('div');
     const differs = classes[i] !== examples.jax_predictions[i];
-    cell.className = differs ? 'example differs' : 'example';
+    const wrong = classes[i] !== examples.labels[i];
+    cell.className = differs ? 'example differs' : wrong ? 'example wrong' : 'example';
     const canvas = document.createElement('canvas');
     canvas.width = SIZE; canvas.height = SIZE;
     drawImage(canvas, image);
     const name = (k) => examples.class_names[k];
     const caption = document.createElement('div');
-    caption.textContent = `${name(examples.labels[i])}: ${name(classes[i])} ` +
+    caption.textContent = `${name(examples.labels[i])} → ${name(classes[i])} ` +
                           `(${name(examples.jax_predictions[i])})`;
+    caption.title = `label ${name(examples.labels[i])}, this page ${name(classes[i])}, ` +
+                    `JAX ${name(examples.jax_predictions[i])}`;
     cell.append(canvas, caption);
     grid.appendChild(cell);
   });
@@ -175,6 +178,10 @@ function showExamples() {
 
 async function start() {
   try {
+    if (typeof tf === 'undefined') {
+      throw new Error('TF.js did not load: tf.min.js is missing beside the page, or it is ' +
+                      'loaded from jsDelivr and this browser is offline');
+    }
     await tf.setBackend('cpu');
     examples = await (await fetch('examples.json')).json();
     model = await tf.loadLayersModel('model.json');
@@ -186,7 +193,10 @@ async function start() {
     convnet.ready = true;
   } catch (error) {
     convnet.error = String(error);
-    document.getElementById('status').textContent = `Could not load the model: ${error}`;
+    const served = location.protocol === 'file:' ?
+      ' Browsers do not let a page opened as a file read its model: serve the folder, ' +
+      '`python -m http.server --directory FOLDER 8000`, and open http://localhost:8000.' : '';
+    document.getElementById('status').textContent = `Could not load the model: ${error}.${served}`;
   }
 }
 
