@@ -189,7 +189,7 @@ async function start() {
     showExamples();
     document.getElementById('status').textContent =
       `Model of ${examples.dataset} loaded (TF.js ${tf.version.tfjs}, ${tf.getBackend()} ` +
-      `backend). Draw a ${examples.preprocessing} in the black square.`;
+      `backend). Draw a ${examples.preprocessing} in the black square, filling most of it.`;
     convnet.ready = true;
   } catch (error) {
     convnet.error = String(error);
