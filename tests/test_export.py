@@ -1,8 +1,8 @@
 """`convnet.export`: ONNX and TF.js exports agree with JAX, in onnxruntime, Node.js and chromium.
 
 The Node.js and browser tests need `node`, `npm ci`'s @tensorflow/tfjs and
-Debian's chromium with Playwright (scripts/install.sh installs them); without them they skip,
-unless CONVNET_REQUIRE_WEB=1 (as in `.ci/run`), where they fail.
+Debian's chromium with Playwright (scripts/install.sh installs them); without them they fail,
+saying what is missing.
 """
 
 import io
@@ -21,15 +21,12 @@ from convnet.configs import dense as dense_config
 from convnet.configs import mnist
 from convnet.errors import ExportError
 
-REQUIRE_WEB = os.environ.get("CONVNET_REQUIRE_WEB") == "1"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _need(what: str, present: bool):
   if not present:
-    if REQUIRE_WEB:
-      pytest.fail(f"{what} is missing and CONVNET_REQUIRE_WEB=1: run scripts/install.sh")
-    pytest.skip(f"{what} is missing (scripts/install.sh installs it)")
+    pytest.fail(f"{what} is missing: run scripts/install.sh")
 
 
 def _node():
