@@ -142,6 +142,53 @@ def difference_interval(a: Sequence[float], b: Sequence[float]) -> dict[str, flo
   return {"difference": difference, "ci_low": difference - half, "ci_high": difference + half}
 
 
+def against_reference(
+  records: Sequence[Mapping[str, Any]], reference: str | None = None
+) -> list[dict[str, Any]]:
+  """Each other setting's test accuracy minus the reference setting's, with Welch's 95% interval.
+
+  Test accuracy is at the epoch of best validation accuracy (`METRICS["test"]`),
+  as fractions (0.01 is one percentage point), one value per finished seed.
+  `reference` is a setting's label as the report prints it (`padding=VALID`) or
+  its full setting name; by default the sweep's first setting, which the
+  shipped sweeps make the book's choice where they hold it. Each row has
+  `label`, `model`, `seeds`, `difference`, `ci_low` and `ci_high` (NaN with
+  fewer than 2 seeds on either side). Settings with no finished seed are left
+  out.
+
+  Raises:
+    DataError: `reference` names no setting, or the reference has no finished seed.
+  """
+  rows = summarize(records)
+  if not rows:
+    return []
+  if reference is None:
+    base = rows[0]
+  else:
+    matches = [r for r in rows if reference in (r["label"], r["setting"])]
+    if not matches:
+      labels = ", ".join(repr(r["label"]) for r in rows)
+      raise DataError(f"--reference={reference!r} names no setting of this sweep; one of {labels}")
+    base = matches[0]
+  values = {}
+  for record in records:
+    if record["status"] == "done" and METRICS["test"] in record:
+      values.setdefault(record["setting"], []).append(record[METRICS["test"]])
+  if base["setting"] not in values:
+    raise DataError(f"the reference setting {base['label']!r} has no finished seed to compare with")
+  return [
+    {
+      "label": row["label"],
+      "reference": base["label"],
+      "model": row["model"],
+      "seeds": len(values[row["setting"]]),
+      **difference_interval(values[row["setting"]], values[base["setting"]]),
+    }
+    for row in rows
+    if row["setting"] != base["setting"] and row["setting"] in values
+  ]
+
+
 def matched_pairs(
   records: Sequence[Mapping[str, Any]], tolerance: float = 0.05
 ) -> list[dict[str, Any]]:

@@ -1,13 +1,15 @@
 r"""Tables and plots of a sweep's records: mean, spread and 95% intervals over seeds.
 
-  python -m convnet.report DIR [--out=DIR]
+  python -m convnet.report DIR [--out=DIR] [--reference=LABEL]
 
 Reads `DIR/records/*.json`, written by `convnet.sweep`, and writes:
 - `report.md` and `report.csv`: one row per setting (the cells that differ
   only by seed), in sweep order: mean ± standard deviation and a 95%
   confidence interval of the mean (Student's t over seeds) of the best
   validation accuracy and of the test accuracy at that epoch; parameters,
-  FLOPs per training example, wall time and examples/s;
+  FLOPs per training example, wall time and examples/s; then each setting's
+  test accuracy minus a reference setting's (`--reference`, by default the
+  first) with Welch's 95% interval;
 - `accuracy.png`: validation and test accuracy against the swept setting;
 - `params.png`, when the sweep has more than one model: test accuracy against
   parameter count, one series per model (convnet against dense);
@@ -58,8 +60,17 @@ def _percent(row: Mapping[str, Any], name: str) -> tuple[str, str]:
   return f"{100 * mean:.2f} ± {spread}", ci
 
 
-def markdown(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]]) -> str:
-  """The table of settings, then the cells that did not finish."""
+def markdown(
+  rows: Sequence[Mapping[str, Any]],
+  records: Sequence[Mapping[str, Any]],
+  reference: str | None = None,
+) -> str:
+  """The table of settings, each setting against `reference`, then the cells that did not finish.
+
+  The table against `reference` (see `analysis.against_reference`) is left out
+  where the sweep tunes a learning rate or draws a learning curve: those have
+  tables of their own.
+  """
   lines = [
     "| setting | model | parameters | MFLOP/example | seeds | validation % (mean ± std) "
     "| validation 95% CI | test % (mean ± std) | test 95% CI | wall time (s) |",
@@ -107,6 +118,8 @@ def markdown(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, A
       )
 
   curve = learning_curve.section(records)
+  if not tuned and not curve:
+    lines += reference_markdown(analysis.against_reference(records, reference))
   if curve:
     lines += ["", *curve]
   if any(row["vmap_group_size"] > 1 for row in rows):
@@ -122,6 +135,28 @@ def markdown(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, A
       error = (r.get("error") or "").splitlines()[0] if r.get("error") else ""
       lines.append(f"- `{r['cell']}`: {r['status']}: {error}")
   return "\n".join(lines) + "\n"
+
+
+def reference_markdown(differences: Sequence[Mapping[str, Any]]) -> list[str]:
+  """The table of each setting minus the reference setting; nothing for fewer than two settings."""
+  if not differences:
+    return []
+  lines = [
+    "",
+    f"Each setting minus {differences[0]['reference']}, test accuracy at best validation "
+    "(percentage points), with Welch's 95% interval:",
+    "",
+    "| setting | model | seeds | difference | 95% CI |",
+    "|---|---|---|---|---|",
+  ]
+  for d in differences:
+    ci = (
+      "–" if math.isnan(d["ci_low"]) else f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"
+    )
+    lines.append(
+      f"| {d['label']} | {d['model']} | {d['seeds']} | {100 * d['difference']:+.2f} | {ci} |"
+    )
+  return lines
 
 
 def tuned_markdown(tuned: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -319,15 +354,24 @@ def plot_learning_rate(tuned: Sequence[Mapping[str, Any]], path: str, title: str
   plt.close(fig)
 
 
-def write_report(records: Sequence[Mapping[str, Any]], out_dir: str, title: str = "") -> list[str]:
-  """Writes the table, the CSV and the plots; returns their paths."""
+def write_report(
+  records: Sequence[Mapping[str, Any]],
+  out_dir: str,
+  title: str = "",
+  reference: str | None = None,
+) -> list[str]:
+  """Writes the table, the CSV and the plots; returns their paths.
+
+  `reference`: the setting the others are compared with (`markdown`); by default the first.
+  """
   from convnet import workdir as workdir_lib  # imports JAX, which the rest of a report doesn't need
 
-  workdir_lib.make_dir(out_dir, "--out")
   rows = analysis.summarize(records)
+  text = markdown(rows, records, reference)  # before writing anything: it may refuse `reference`
+  workdir_lib.make_dir(out_dir, "--out")
   paths = {name: os.path.join(out_dir, name) for name in ("report.md", "report.csv")}
   with open(paths["report.md"], "w") as f:
-    f.write(markdown(rows, records))
+    f.write(text)
   write_csv(rows, paths["report.csv"])
   finished = [r for r in rows if r["seeds"]]
   if finished:
@@ -357,17 +401,27 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_string(
     "out", None, "Where to write the report; default: the sweep directory.", flag_values=flag_values
   )
+  flags.DEFINE_string(
+    "reference",
+    None,
+    "The setting every other is compared with, by its label in the report's table "
+    "(e.g. 'padding=VALID'); default: the sweep's first setting.",
+    flag_values=flag_values,
+  )
 
 
 def main(argv):
   if len(argv) != 2:
     given = f"; got {' '.join(map(repr, argv[1:]))}" if len(argv) > 2 else ""
     cli.usage_error(
-      f"give one sweep directory: python -m convnet.report SWEEP_DIR [--out=DIR]{given}"
+      f"give one sweep directory: python -m convnet.report SWEEP_DIR [--out=DIR] "
+      f"[--reference=LABEL]{given}"
     )
   try:
     records = analysis.load_records(argv[1])
-    paths = write_report(records, FLAGS.out or argv[1], describe(records, argv[1]))
+    paths = write_report(
+      records, FLAGS.out or argv[1], describe(records, argv[1]), FLAGS.reference
+    )
   except ConvnetError as e:
     sys.exit(f"error: {e}")
   with open(paths[0]) as f:

@@ -451,3 +451,84 @@ def test_long_labels_wrap_under_their_points_without_warnings(tmp_path):
     report.write_report(records, str(tmp_path))
   image = matplotlib.image.imread(tmp_path / "accuracy.png")
   assert image.shape[1] >= 120 * (1.6 * 4 + 2) - 1  # room for four wrapped labels side by side
+
+
+def _padding_records():
+  p = "model.conv.padding"
+  return [
+    _record(0, {p: "VALID", "seed": 0}, 0.9, 0.90),
+    _record(1, {p: "VALID", "seed": 1}, 0.9, 0.91),
+    _record(2, {p: "SAME", "seed": 0}, 0.9, 0.95),
+    _record(3, {p: "SAME", "seed": 1}, 0.9, 0.97),
+    _record(4, {p: "FULL", "seed": 0}, 0.9, 0.80),
+    _record(5, {p: "FULL", "seed": 1}, status="failed", error="OOM"),
+    _record(6, {p: "NONE", "seed": 0}, status="failed", error="OOM"),
+  ]
+
+
+def test_each_setting_is_compared_with_the_first_by_welchs_interval():
+  differences = analysis.against_reference(_padding_records())
+  # NONE has no finished seed: left out; the first setting is the reference.
+  assert [d["label"] for d in differences] == ["padding=SAME", "padding=FULL"]
+  same, full = differences
+  assert same["reference"] == "padding=VALID" and same["seeds"] == 2
+  # The numbers of test_convnet_minus_dense_at_matched_parameters, worked by hand there.
+  assert same["difference"] == pytest.approx(0.055)
+  se = math.sqrt(0.0002 / 2 + 0.00005 / 2)
+  assert same["ci_high"] - same["difference"] == pytest.approx(6.18811 * se, rel=1e-4)
+  assert same["difference"] - same["ci_low"] == pytest.approx(6.18811 * se, rel=1e-4)
+  # One seed says nothing about the spread.
+  assert full["difference"] == pytest.approx(0.80 - 0.905) and math.isnan(full["ci_low"])
+  table = report.markdown(analysis.summarize(_padding_records()), _padding_records())
+  assert "Each setting minus padding=VALID" in table
+  assert "| padding=SAME | convnet | 2 | +5.50 | [" in table
+  assert "| padding=FULL | convnet | 1 | -10.50 | – |" in table
+
+
+def test_the_reference_is_chosen_by_label_or_setting_and_a_bad_one_is_named():
+  records = _padding_records()
+  by_label = analysis.against_reference(records, "padding=SAME")
+  by_setting = analysis.against_reference(records, "model.conv.padding=SAME")
+  assert by_label == by_setting
+  assert [d["label"] for d in by_label] == ["padding=VALID", "padding=FULL"]
+  assert by_label[0]["difference"] == pytest.approx(-0.055)
+  with pytest.raises(DataError, match=r"--reference='SAME' names no setting.*'padding=VALID'"):
+    analysis.against_reference(records, "SAME")
+  with pytest.raises(DataError, match="'padding=NONE' has no finished seed"):
+    analysis.against_reference(records, "padding=NONE")
+  # One setting: nothing to compare, and no table.
+  assert analysis.against_reference(records[:2]) == []
+  assert "minus" not in report.markdown(analysis.summarize(records[:2]), records[:2])
+
+
+def test_a_refused_reference_leaves_the_report_as_it_was(tmp_path):
+  sweep_dir = _write(tmp_path, _padding_records())
+  report.write_report(_padding_records(), sweep_dir)
+  before = open(tmp_path / "report.md").read()
+  with pytest.raises(DataError, match="names no setting"):
+    report.write_report(_padding_records(), sweep_dir, reference="padding=SMAE")
+  assert open(tmp_path / "report.md").read() == before
+  done = subprocess.run(
+    [sys.executable, "-m", "convnet.report", sweep_dir, "--reference=padding=SMAE"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+  )
+  assert done.returncode == 1 and "Traceback" not in done.stderr
+  assert done.stderr.strip().startswith("error: --reference='padding=SMAE' names no setting")
+  assert len(done.stderr.strip().splitlines()) == 1
+  assert open(tmp_path / "report.md").read() == before
+
+
+def test_tuned_and_learning_curve_sweeps_keep_their_own_tables():
+  tuned = _tuned_pair_records()
+  assert "Each setting minus" not in report.markdown(analysis.summarize(tuned), tuned)
+  n = "data.num_train"
+  curve = [
+    _record(i, {"model.name": m, n: size, "seed": s}, 0.9, 0.9 + i / 100, model=m)
+    for i, (m, size, s) in enumerate(
+      [(m, size, s) for m in ("convnet", "dense") for size in (50, 100) for s in (0, 1)]
+    )
+  ]
+  table = report.markdown(analysis.summarize(curve), curve)
+  assert "Learning curve:" in table and "Each setting minus" not in table
