@@ -419,9 +419,7 @@ def main(argv):
     )
   try:
     records = analysis.load_records(argv[1])
-    paths = write_report(
-      records, FLAGS.out or argv[1], describe(records, argv[1]), FLAGS.reference
-    )
+    paths = write_report(records, FLAGS.out or argv[1], describe(records, argv[1]), FLAGS.reference)
   except ConvnetError as e:
     sys.exit(f"error: {e}")
   with open(paths[0]) as f:
