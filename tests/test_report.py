@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -532,3 +533,69 @@ def test_tuned_and_learning_curve_sweeps_keep_their_own_tables():
   ]
   table = report.markdown(analysis.summarize(curve), curve)
   assert "Learning curve:" in table and "Each setting minus" not in table
+
+
+def _sweeps_sh_references():
+  """{sweep: reference label} as scripts/sweeps.sh passes them to the report."""
+  with open(os.path.join(REPO, "scripts", "sweeps.sh")) as f:
+    text = f.read()
+  found = dict(re.findall(r"^\s*(\w+)\) reference=\(\"?--reference=([^\"\)]+)\"?\)", text, re.M))
+  assert set(found) == {"kernel_size", "depth_width"}, found  # the pattern still reads the script
+  return found
+
+
+@pytest.mark.parametrize("name", ["kernel_size", "depth_width"])
+def test_the_references_sweeps_sh_names_are_settings_of_their_sweeps(name):
+  """A label that drifts from the sweep's (a renamed field, a reordered axis) stops a report."""
+  from convnet import sweep
+  from convnet.configs import mnist
+
+  reference = _sweeps_sh_references()[name]
+  module = sweep.load_sweep_module(os.path.join(REPO, "configs", "sweeps", f"{name}.py"))
+  records = [
+    _record(cell.index, cell.overrides, 0.9, 0.9 + cell.index / 1000, setting=cell.setting)
+    for cell in sweep.expand(module.sweep)
+  ]
+  differences = analysis.against_reference(records, reference)
+  assert differences and all(d["reference"] == reference for d in differences)
+  # The reference is the book's convnet: each of its fields is configs/mnist.py's.
+  (cell,) = [
+    c
+    for c in sweep.expand(module.sweep)
+    if c.overrides.get("seed") == 0
+    and any(
+      r["label"] == reference and r["setting"] == c.setting for r in analysis.summarize(records)
+    )
+  ]
+  book = mnist.get_config()
+  for field, value in cell.overrides.items():
+    if field != "seed":
+      assert book[field] == value, field
+
+
+@pytest.mark.slow
+def test_sweeps_sh_writes_each_report_beside_the_records_it_came_from(tmp_path):
+  """The script's plumbing, on a sweep of one step a cell: report, records and sweep.json."""
+  env = dict(
+    os.environ,
+    PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+    RESULTS=str(tmp_path / "results"),
+    SWEEPS="padding",
+  )
+  done = subprocess.run(
+    ["scripts/sweeps.sh", "embedded", str(tmp_path / "runs"), "--sweep.max_steps=1"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  out = tmp_path / "results" / "padding"
+  assert "Each setting minus padding=VALID" in (out / "report.md").read_text()
+  records = sorted(os.listdir(out / "records"))
+  assert records == sorted(os.listdir(tmp_path / "runs" / "padding" / "records"))
+  assert len(records) == 6 and (out / "sweep.json").exists()
+  # The copied records are a sweep directory of their own: the report reads them again.
+  again = analysis.load_records(str(out))
+  assert [r["status"] for r in again] == ["done"] * 6
+  assert analysis.against_reference(again)[0]["label"] == "padding=SAME"
