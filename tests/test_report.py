@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -599,3 +600,18 @@ def test_sweeps_sh_writes_each_report_beside_the_records_it_came_from(tmp_path):
   again = analysis.load_records(str(out))
   assert [r["status"] for r in again] == ["done"] * 6
   assert analysis.against_reference(again)[0]["label"] == "padding=SAME"
+  # ... and a sweep resumes from them elsewhere, as the README says: nothing is trained again.
+  elsewhere = tmp_path / "elsewhere" / "padding"
+  os.makedirs(elsewhere)
+  shutil.copytree(out / "records", elsewhere / "records")
+  shutil.copy(out / "sweep.json", elsewhere / "sweep.json")
+  done = subprocess.run(
+    ["scripts/sweeps.sh", "embedded", str(tmp_path / "elsewhere"), "--sweep.max_steps=1"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "0 cells run, 0 failed" in done.stderr
+  assert not os.path.exists(elsewhere / "groups")
