@@ -25,6 +25,8 @@ METRICS = {
 }
 # Fields every record has, whatever its status; the rest depend on the status.
 RECORD_FIELDS = ("cell", "index", "setting", "overrides", "config", "status")
+# The fields that name a test set: settings that differ in one are never subtracted.
+DATASET_FIELDS = ("data.name", "data.source", "data.idx_dir", "data.tfds_data_dir")
 # The field a sweep's grid of learning rates varies; arms are tuned over it.
 LEARNING_RATE = "optimizer.learning_rate"
 
@@ -142,51 +144,87 @@ def difference_interval(a: Sequence[float], b: Sequence[float]) -> dict[str, flo
   return {"difference": difference, "ci_low": difference - half, "ci_high": difference + half}
 
 
+def names_setting(overrides: Mapping[str, Any], reference: str) -> bool:
+  """Whether `reference`'s `field=value` parts (space-separated) all hold for `overrides`.
+
+  A field may be named by any dotted suffix (`padding` for `model.conv.padding`)
+  and a value as the report prints it (`16,32,32`, `2x2`), so that a setting's
+  label names it however many of the sweep's settings have finished.
+  """
+  parts = reference.split()
+  for part in parts:
+    key, equals, value = part.partition("=")
+    if not equals or not any(
+      (field == key or field.endswith("." + key)) and formatting.setting_value(v) == value
+      for field, v in overrides.items()
+      if field != "seed"
+    ):
+      return False
+  return bool(parts)
+
+
 def against_reference(
   records: Sequence[Mapping[str, Any]], reference: str | None = None
 ) -> list[dict[str, Any]]:
-  """Each other setting's test accuracy minus the reference setting's, with Welch's 95% interval.
+  """Each setting's test accuracy minus a reference's on the same test set, with Welch's 95% CI.
 
   Test accuracy is at the epoch of best validation accuracy (`METRICS["test"]`),
   as fractions (0.01 is one percentage point), one value per finished seed.
-  `reference` is a setting's label as the report prints it (`padding=VALID`) or
-  its full setting name; by default the sweep's first setting, which the
-  shipped sweeps make the book's choice where they hold it. Each row has
-  `label`, `model`, `seeds`, `difference`, `ci_low` and `ci_high` (NaN with
-  fewer than 2 seeds on either side). Settings with no finished seed are left
-  out.
+  Settings on different test sets (differing in `DATASET_FIELDS`) are never
+  subtracted. By default each test set's reference is its first setting with a
+  finished seed. `reference` names one setting instead: its label as the report
+  prints it (`padding=VALID`), its full setting name, or `field=value` parts
+  that only it satisfies (`names_setting`); then only the settings on its test
+  set are compared, and none if it has no finished seed. Each row has `label`,
+  `reference` (the reference's label), `model`, `seeds`, `difference`,
+  `ci_low` and `ci_high` (NaN with fewer than 2 seeds on either side).
 
   Raises:
-    DataError: `reference` names no setting, or the reference has no finished seed.
+    DataError: `reference` names no setting, or more than one.
   """
   rows = summarize(records)
-  if not rows:
-    return []
-  if reference is None:
-    base = rows[0]
-  else:
-    matches = [r for r in rows if reference in (r["label"], r["setting"])]
-    if not matches:
-      labels = ", ".join(repr(r["label"]) for r in rows)
-      raise DataError(f"--reference={reference!r} names no setting of this sweep; one of {labels}")
-    base = matches[0]
-  values = {}
+  values: dict[str, list[float]] = {}
   for record in records:
     if record["status"] == "done" and METRICS["test"] in record:
       values.setdefault(record["setting"], []).append(record[METRICS["test"]])
-  if base["setting"] not in values:
-    raise DataError(f"the reference setting {base['label']!r} has no finished seed to compare with")
-  return [
-    {
-      "label": row["label"],
-      "reference": base["label"],
-      "model": row["model"],
-      "seeds": len(values[row["setting"]]),
-      **difference_interval(values[row["setting"]], values[base["setting"]]),
-    }
-    for row in rows
-    if row["setting"] != base["setting"] and row["setting"] in values
-  ]
+  overrides = {r["setting"]: r["overrides"] for r in records}
+
+  def test_set(row):
+    return tuple(formatting.setting_value(row.get(f)) for f in DATASET_FIELDS)
+
+  if reference is None:
+    bases = {}
+    for row in rows:
+      if row["setting"] in values:
+        bases.setdefault(test_set(row), row)
+  else:
+    matches = [r for r in rows if reference in (r["label"], r["setting"])] or [
+      r for r in rows if names_setting(overrides[r["setting"]], reference)
+    ]
+    labels = ", ".join(repr(r["label"]) for r in (matches if len(matches) > 1 else rows))
+    if not matches:
+      raise DataError(f"--reference={reference!r} names no setting of this sweep; one of {labels}")
+    if len(matches) > 1:
+      raise DataError(
+        f"--reference={reference!r} names {len(matches)} settings ({labels}): "
+        "give one's whole label"
+      )
+    bases = {test_set(matches[0]): matches[0]} if matches[0]["setting"] in values else {}
+  differences = []
+  for row in rows:
+    base = bases.get(test_set(row))
+    if base is None or row["setting"] == base["setting"] or row["setting"] not in values:
+      continue
+    differences.append(
+      {
+        "label": row["label"],
+        "reference": base["label"],
+        "model": row["model"],
+        "seeds": len(values[row["setting"]]),
+        **difference_interval(values[row["setting"]], values[base["setting"]]),
+      }
+    )
+  return differences
 
 
 def matched_pairs(

@@ -8,8 +8,9 @@ Reads `DIR/records/*.json`, written by `convnet.sweep`, and writes:
   confidence interval of the mean (Student's t over seeds) of the best
   validation accuracy and of the test accuracy at that epoch; parameters,
   FLOPs per training example, wall time and examples/s; then each setting's
-  test accuracy minus a reference setting's (`--reference`, by default the
-  first) with Welch's 95% interval;
+  test accuracy minus a reference setting's on the same test set
+  (`--reference`, by default the first) with Welch's 95% interval, except
+  where the sweep pairs convnets with dense networks, tunes rates or varies N;
 - `accuracy.png`: validation and test accuracy against the swept setting;
 - `params.png`, when the sweep has more than one model: test accuracy against
   parameter count, one series per model (convnet against dense);
@@ -41,7 +42,7 @@ import numpy as np
 from absl import app, flags
 
 from convnet import analysis, cli, learning_curve, sources
-from convnet.errors import ConvnetError
+from convnet.errors import ConvnetError, DataError
 
 # ----------------------------------------------------------------------------
 # Writing
@@ -65,11 +66,17 @@ def markdown(
   records: Sequence[Mapping[str, Any]],
   reference: str | None = None,
 ) -> str:
-  """The table of settings, each setting against `reference`, then the cells that did not finish.
+  """The table of settings, each setting against a reference, then the cells that did not finish.
 
-  The table against `reference` (see `analysis.against_reference`) is left out
-  where the sweep tunes a learning rate or draws a learning curve: those have
-  tables of their own.
+  Each setting is compared with a reference setting on its test set
+  (`analysis.against_reference`: `reference`, or by default each test set's
+  first), except in sweeps with tables of their own: by default, sweeps of
+  convnet-dense pairs; always, sweeps that tune a learning rate or draw a
+  learning curve.
+
+  Raises:
+    DataError: `reference` names no setting or several, or the sweep tunes a
+      learning rate or draws a learning curve.
   """
   lines = [
     "| setting | model | parameters | MFLOP/example | seeds | validation % (mean ± std) "
@@ -118,8 +125,21 @@ def markdown(
       )
 
   curve = learning_curve.section(records)
-  if not tuned and not curve:
-    lines += reference_markdown(analysis.against_reference(records, reference))
+  if reference is not None and (tuned or curve):
+    compared = "arms at their tuned learning rates" if tuned else "models at each N"
+    raise DataError(
+      f"--reference={reference!r}: this sweep's report compares {compared}, not settings with "
+      "a reference; leave --reference out"
+    )
+  if not tuned and not curve and (reference is not None or not pairs):
+    differences = analysis.against_reference(records, reference)
+    lines += reference_markdown(differences)
+    if reference is not None and not differences:
+      lines += [
+        "",
+        f"No setting is compared with {reference}: it has no finished seed, or no other "
+        "setting shares its test set.",
+      ]
   if curve:
     lines += ["", *curve]
   if any(row["vmap_group_size"] > 1 for row in rows):
@@ -138,23 +158,24 @@ def markdown(
 
 
 def reference_markdown(differences: Sequence[Mapping[str, Any]]) -> list[str]:
-  """The table of each setting minus the reference setting; nothing for fewer than two settings."""
+  """The table of each setting minus its reference (`analysis.against_reference`), if any."""
   if not differences:
     return []
   lines = [
     "",
-    f"Each setting minus {differences[0]['reference']}, test accuracy at best validation "
-    "(percentage points), with Welch's 95% interval:",
+    "Each setting minus a reference setting on the same test set, test accuracy at best "
+    "validation (percentage points), with Welch's 95% interval:",
     "",
-    "| setting | model | seeds | difference | 95% CI |",
-    "|---|---|---|---|---|",
+    "| setting | minus | model | seeds | difference | 95% CI |",
+    "|---|---|---|---|---|---|",
   ]
   for d in differences:
     ci = (
       "–" if math.isnan(d["ci_low"]) else f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"
     )
     lines.append(
-      f"| {d['label']} | {d['model']} | {d['seeds']} | {100 * d['difference']:+.2f} | {ci} |"
+      f"| {d['label']} | {d['reference']} | {d['model']} | {d['seeds']} "
+      f"| {100 * d['difference']:+.2f} | {ci} |"
     )
   return lines
 
@@ -363,6 +384,9 @@ def write_report(
   """Writes the table, the CSV and the plots; returns their paths.
 
   `reference`: the setting the others are compared with (`markdown`); by default the first.
+
+  Raises:
+    DataError: as `markdown`, before anything is written.
   """
   from convnet import workdir as workdir_lib  # imports JAX, which the rest of a report doesn't need
 
@@ -404,8 +428,9 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_string(
     "reference",
     None,
-    "The setting every other is compared with, by its label in the report's table "
-    "(e.g. 'padding=VALID'); default: the sweep's first setting.",
+    "The setting every other on its test set is compared with: its label in the report's "
+    "table (e.g. 'padding=VALID') or field=value parts only it has; default: each test set's "
+    "first setting. Not for sweeps that tune the learning rate or vary data.num_train.",
     flag_values=flag_values,
   )
 

@@ -482,9 +482,9 @@ def test_each_setting_is_compared_with_the_first_by_welchs_interval():
   # One seed says nothing about the spread.
   assert full["difference"] == pytest.approx(0.80 - 0.905) and math.isnan(full["ci_low"])
   table = report.markdown(analysis.summarize(_padding_records()), _padding_records())
-  assert "Each setting minus padding=VALID" in table
-  assert "| padding=SAME | convnet | 2 | +5.50 | [" in table
-  assert "| padding=FULL | convnet | 1 | -10.50 | – |" in table
+  assert "Each setting minus a reference setting on the same test set" in table
+  assert "| padding=SAME | padding=VALID | convnet | 2 | +5.50 | [" in table
+  assert "| padding=FULL | padding=VALID | convnet | 1 | -10.50 | – |" in table
 
 
 def test_the_reference_is_chosen_by_label_or_setting_and_a_bad_one_is_named():
@@ -496,8 +496,13 @@ def test_the_reference_is_chosen_by_label_or_setting_and_a_bad_one_is_named():
   assert by_label[0]["difference"] == pytest.approx(-0.055)
   with pytest.raises(DataError, match=r"--reference='SAME' names no setting.*'padding=VALID'"):
     analysis.against_reference(records, "SAME")
-  with pytest.raises(DataError, match="'padding=NONE' has no finished seed"):
-    analysis.against_reference(records, "padding=NONE")
+  # A reference with no finished seed compares nothing, and the report says so.
+  assert analysis.against_reference(records, "padding=NONE") == []
+  table = report.markdown(analysis.summarize(records), records, "padding=NONE")
+  assert "No setting is compared with padding=NONE: it has no finished seed" in table
+  # By default, the first setting with a finished seed is the reference.
+  records[0]["status"] = records[1]["status"] = "failed"
+  assert [d["reference"] for d in analysis.against_reference(records)] == ["padding=SAME"]
   # One setting: nothing to compare, and no table.
   assert analysis.against_reference(records[:2]) == []
   assert "minus" not in report.markdown(analysis.summarize(records[:2]), records[:2])
@@ -509,6 +514,8 @@ def test_a_refused_reference_leaves_the_report_as_it_was(tmp_path):
   before = open(tmp_path / "report.md").read()
   with pytest.raises(DataError, match="names no setting"):
     report.write_report(_padding_records(), sweep_dir, reference="padding=SMAE")
+  with pytest.raises(DataError, match="compares arms at their tuned learning rates"):
+    report.write_report(_tuned_pair_records(), sweep_dir, reference="name=convnet")
   assert open(tmp_path / "report.md").read() == before
   done = subprocess.run(
     [sys.executable, "-m", "convnet.report", sweep_dir, "--reference=padding=SMAE"],
@@ -534,6 +541,8 @@ def test_tuned_and_learning_curve_sweeps_keep_their_own_tables():
   ]
   table = report.markdown(analysis.summarize(curve), curve)
   assert "Learning curve:" in table and "Each setting minus" not in table
+  with pytest.raises(DataError, match="compares models at each N"):
+    report.markdown(analysis.summarize(curve), curve, "name=convnet num_train=50")
 
 
 def _sweeps_sh_references():
@@ -592,7 +601,7 @@ def test_sweeps_sh_writes_each_report_beside_the_records_it_came_from(tmp_path):
   )
   assert done.returncode == 0, done.stderr[-2000:]
   out = tmp_path / "results" / "padding"
-  assert "Each setting minus padding=VALID" in (out / "report.md").read_text()
+  assert "| padding=SAME | padding=VALID | convnet | 3 |" in (out / "report.md").read_text()
   records = sorted(os.listdir(out / "records"))
   assert records == sorted(os.listdir(tmp_path / "runs" / "padding" / "records"))
   assert len(records) == 6 and (out / "sweep.json").exists()
@@ -615,3 +624,87 @@ def test_sweeps_sh_writes_each_report_beside_the_records_it_came_from(tmp_path):
   assert done.returncode == 0, done.stderr[-2000:]
   assert "0 cells run, 0 failed" in done.stderr
   assert not os.path.exists(elsewhere / "groups")
+
+
+def test_a_reference_is_named_by_its_fields_however_many_settings_finished():
+  f, p = "model.conv.features", "model.pool.type"
+  book = {f: (16, 32, 32), p: ("max", "max", "none")}
+  sweep_ = [
+    {f: (16,), p: ("max",)},
+    {f: (16, 32), p: ("max", "max")},
+    book,
+    {f: (8, 16, 16), p: ("max", "max", "none")},
+  ]
+  records = [
+    _record(i * 2 + s, overrides | {"seed": s}, 0.9, 0.90 + i / 100 + s / 1000)
+    for i, overrides in enumerate(sweep_)
+    for s in (0, 1)
+  ]
+  label = "features=16,32,32 type=max,max,none"
+  assert [d["label"] for d in analysis.against_reference(records, label)] == [
+    "features=16 type=max",
+    "features=16,32 type=max,max",
+    "features=8,16,16 type=max,max,none",
+  ]
+  # Without the one- and two-block settings the labels shorten; the reference still holds.
+  partial = records[4:]
+  assert [r["label"] for r in analysis.summarize(partial)] == [
+    "features=16,32,32",
+    "features=8,16,16",
+  ]
+  (d,) = analysis.against_reference(partial, label)
+  assert d["reference"] == "features=16,32,32" and d["difference"] == pytest.approx(0.01)
+  # A whole dotted name, or any suffix of it, names the field.
+  assert analysis.against_reference(partial, "model.conv.features=16,32,32") == [d]
+  assert analysis.against_reference(partial, "conv.features=16,32,32") == [d]
+  # An exact label wins over a label that others extend; parts that several settings have are
+  # refused with their labels.
+  pooling = [
+    _record(0, {p: "none", "seed": 0}, 0.9, 0.9),
+    _record(1, {p: "none", "model.conv.strides": ((2, 2), (1, 1)), "seed": 0}, 0.9, 0.8),
+    _record(2, {p: "max", "seed": 0}, 0.9, 0.7),
+  ]
+  d = analysis.against_reference(pooling, "type=none")
+  assert [x["label"] for x in d] == ["type=none strides=2x2,1x1", "type=max"]
+  assert analysis.against_reference(pooling, "strides=2x2,1x1")[0]["label"] == "type=none"
+  with pytest.raises(DataError, match="names 2 settings.*give one's whole label"):
+    analysis.against_reference(records, "type=max,max,none")
+  with pytest.raises(DataError, match="names no setting"):
+    analysis.against_reference(records, "features")  # a part without a value
+
+
+def test_settings_on_different_test_sets_are_never_subtracted():
+  n, m = "data.name", "model.name"
+  records = [
+    _record(i, {n: data, m: model, "seed": s}, 0.9, acc + s / 100, model=model)
+    for i, (data, model, s, acc) in enumerate(
+      [
+        (data, model, s, acc)
+        for data, base in (("clean", 0.90), ("noisy", 0.70))
+        for model, acc in (("dense", base), ("convnet", base + 0.02))
+        for s in (0, 1)
+      ]
+    )
+  ]
+  differences = analysis.against_reference(records)
+  assert [(d["label"], d["reference"]) for d in differences] == [
+    ("data.name=clean model.name=convnet", "data.name=clean model.name=dense"),
+    ("data.name=noisy model.name=convnet", "data.name=noisy model.name=dense"),
+  ]
+  assert [d["difference"] for d in differences] == pytest.approx([0.02, 0.02])
+  # A named reference: only its own test set is compared.
+  (d,) = analysis.against_reference(records, "data.name=noisy model.name=convnet")
+  assert (d["label"], d["difference"]) == ("data.name=noisy model.name=dense", pytest.approx(-0.02))
+
+
+def test_pair_sweeps_compare_with_a_reference_only_when_asked():
+  pairs = [
+    _record(i, {"model.name": m, "seed": s}, 0.9, t, model=m, params=33194)
+    for i, (m, s, t) in enumerate(
+      [("convnet", 0, 0.95), ("convnet", 1, 0.97), ("dense", 0, 0.9), ("dense", 1, 0.91)]
+    )
+  ]
+  table = report.markdown(analysis.summarize(pairs), pairs)
+  assert "Convnet minus dense" in table and "Each setting minus" not in table
+  table = report.markdown(analysis.summarize(pairs), pairs, "name=dense")
+  assert "| name=convnet | name=dense | convnet | 2 | +5.50 |" in table
