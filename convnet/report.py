@@ -61,6 +61,13 @@ def _percent(row: Mapping[str, Any], name: str) -> tuple[str, str]:
   return f"{100 * mean:.2f} ± {spread}", ci
 
 
+def difference_ci(difference: Mapping[str, Any]) -> str:
+  """`[+0.54, +2.33]`: a difference's 95% interval in percentage points; `–` where it has none."""
+  if math.isnan(difference["ci_low"]):
+    return "–"
+  return f"[{100 * difference['ci_low']:+.2f}, {100 * difference['ci_high']:+.2f}]"
+
+
 def markdown(
   rows: Sequence[Mapping[str, Any]],
   records: Sequence[Mapping[str, Any]],
@@ -111,9 +118,7 @@ def markdown(
       "|---|---|---|---|---|",
     ]
     for p in pairs:
-      ci = (
-        "–" if math.isnan(p["ci_low"]) else f"[{100 * p['ci_low']:+.2f}, {100 * p['ci_high']:+.2f}]"
-      )
+      ci = difference_ci(p)
       convnet, dense = (
         p[m]["label"] + (f" at {p[m]['learning_rate']:g}" if tuned else "")
         for m in ("convnet", "dense")
@@ -170,9 +175,7 @@ def reference_markdown(differences: Sequence[Mapping[str, Any]]) -> list[str]:
     "|---|---|---|---|---|---|",
   ]
   for d in differences:
-    ci = (
-      "–" if math.isnan(d["ci_low"]) else f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"
-    )
+    ci = difference_ci(d)
     lines.append(
       f"| {d['label']} | {d['reference']} | {d['model']} | {d['seeds']} "
       f"| {100 * d['difference']:+.2f} | {ci} |"

@@ -592,14 +592,14 @@ def test_sweeps_sh_writes_each_report_beside_the_records_it_came_from(tmp_path):
     RESULTS=str(tmp_path / "results"),
     SWEEPS="padding",
   )
-  done = subprocess.run(
-    ["scripts/sweeps.sh", "embedded", str(tmp_path / "runs"), "--sweep.max_steps=1"],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-  )
-  assert done.returncode == 0, done.stderr[-2000:]
+
+  def sweeps_sh(runs):
+    command = ["scripts/sweeps.sh", "embedded", str(runs), "--sweep.max_steps=1"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+  sweeps_sh(tmp_path / "runs")
   out = tmp_path / "results" / "padding"
   assert "| padding=SAME | padding=VALID | convnet | 3 |" in (out / "report.md").read_text()
   records = sorted(os.listdir(out / "records"))
@@ -614,15 +614,7 @@ def test_sweeps_sh_writes_each_report_beside_the_records_it_came_from(tmp_path):
   os.makedirs(elsewhere)
   shutil.copytree(out / "records", elsewhere / "records")
   shutil.copy(out / "sweep.json", elsewhere / "sweep.json")
-  done = subprocess.run(
-    ["scripts/sweeps.sh", "embedded", str(tmp_path / "elsewhere"), "--sweep.max_steps=1"],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-  )
-  assert done.returncode == 0, done.stderr[-2000:]
-  assert "0 cells run, 0 failed" in done.stderr
+  assert "0 cells run, 0 failed" in sweeps_sh(tmp_path / "elsewhere").stderr
   assert not os.path.exists(elsewhere / "groups")
 
 
