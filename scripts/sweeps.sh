@@ -88,7 +88,7 @@ for sweep in $sweeps; do
   [[ -d $runs/$sweep/records ]] || continue
   case $sweep in
     kernel_size) reference=(--reference=kernel_size=3) ;;
-    depth_width) reference=("--reference=features=16,32,32 type=max,max,none") ;;
+    depth_width) reference=(--reference=features=16,32,32) ;;
     *) reference=() ;;
   esac
   python -m convnet.report "$runs/$sweep" --out="$results/$sweep" "${reference[@]}" || status=1
