@@ -46,8 +46,8 @@ else
 fi
 results=${RESULTS:+$(realpath -m -- "$RESULTS")}
 cd "$(dirname "$0")/.."
-runs=${runs:-$PWD/runs/sweeps/$dataset}
-results=${results:-$PWD/results/$dataset}
+runs=${runs:-$(realpath -m runs/sweeps/"$dataset")}
+results=${results:-$(realpath -m results/"$dataset")}
 
 case $dataset in
   embedded) data=(--sweep.data.source=embedded) ;;
@@ -92,7 +92,7 @@ for sweep in $sweeps; do
     *) reference=() ;;
   esac
   python -m convnet.report "$runs/$sweep" --out="$results/$sweep" "${reference[@]}" || status=1
-  if [[ $(realpath -m "$runs/$sweep") != $(realpath -m "$results/$sweep") ]]; then
+  if [[ $runs != "$results" ]]; then  # both resolved above
     rm -rf "$results/$sweep/records"
     cp -r "$runs/$sweep/records" "$runs/$sweep/sweep.json" "$results/$sweep/"
   fi
