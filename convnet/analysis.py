@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from convnet import formatting
+from convnet import display
 from convnet.errors import DataError
 
 METRICS = {
@@ -155,7 +155,7 @@ def names_setting(overrides: Mapping[str, Any], reference: str) -> bool:
   for part in parts:
     key, equals, value = part.partition("=")
     if not equals or not any(
-      (field == key or field.endswith("." + key)) and formatting.setting_value(v) == value
+      (field == key or field.endswith("." + key)) and display.setting_value(v) == value
       for field, v in overrides.items()
       if field != "seed"
     ):
@@ -190,7 +190,7 @@ def against_reference(
   overrides = {r["setting"]: r["overrides"] for r in records}
 
   def test_set(row):
-    return tuple(formatting.setting_value(row.get(f)) for f in DATASET_FIELDS)
+    return tuple(display.setting_value(row.get(f)) for f in DATASET_FIELDS)
 
   if reference is None:
     bases = {}
@@ -354,7 +354,7 @@ def short_label(
   for field in fields:
     if field in overrides:
       name = short_name(field, names_among or fields)
-      parts.append(f"{name}={formatting.setting_value(overrides[field])}")
+      parts.append(f"{name}={display.setting_value(overrides[field])}")
   return " ".join(parts)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from convnet import analysis, formatting
+from convnet import analysis, display
 
 SIZE = "data.num_train"
 # Fields a sweep may set per size, alongside N; not part of what a model is when N fixes them.
@@ -75,7 +75,7 @@ def model_label(
     if field in VALUE_FORMATS:
       parts.append(VALUE_FORMATS[field].format(value))
     else:
-      parts.append(f"{analysis.short_name(field, all_fields)}={formatting.setting_value(value)}")
+      parts.append(f"{analysis.short_name(field, all_fields)}={display.setting_value(value)}")
   return ", ".join([model, " ".join(parts)]) if parts else model
 
 

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from convnet import formatting
+from convnet import display
 from convnet.errors import ConfigError
 from convnet.ops import Padding, padding_only_window
 
@@ -205,9 +205,9 @@ def _check_shapes(
       if min(out) < 1:
         what = "kernel" if stage == "conv" else "pooling window"
         raise ConfigError(
-          f"{field}: block {i}'s {formatting.shape(window)} {what} does not fit its "
-          f"{formatting.shape(spatial)} input under padding {padding!r} (the output would be "
-          f"{formatting.shape(out)}); use a smaller {field.split('.')[-1]}, padding 'SAME', "
+          f"{field}: block {i}'s {display.shape(window)} {what} does not fit its "
+          f"{display.shape(spatial)} input under padding {padding!r} (the output would be "
+          f"{display.shape(out)}); use a smaller {field.split('.')[-1]}, padding 'SAME', "
           f"or fewer blocks"
         )
       spatial = out
@@ -223,7 +223,7 @@ def _check_pool_padding(index: int, block: ConvBlockSpec, value: Any) -> None:
     window = block.pool_window
     raise ConfigError(
       f"model.pool.padding={value!r}: block {index} pads spatial axis {axis} by {amount} on the "
-      f"{side} side, so a {formatting.shape(window)} pooling window there would hold only "
+      f"{side} side, so a {display.shape(window)} pooling window there would hold only "
       f"padding (no finite max or average); use padding < window on each side "
       f"(at most {window[axis] - 1} there)"
     )

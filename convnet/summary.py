@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import app, flags
 
-from convnet import cli, config_checks, formatting, input_pipeline, models, ops, sources, steps
+from convnet import cli, config_checks, display, input_pipeline, models, ops, sources, steps
 from convnet.errors import ConvnetError
 from convnet.model_config import feature_map_shapes
 
@@ -268,7 +268,7 @@ def _window(window, strides, padding) -> str:
   """`3x3, stride 1x1, VALID` or `3x3, stride 1x1, pad (1,1),(1,1)`."""
   if not isinstance(padding, str):
     padding = "pad " + ",".join(f"({low},{high})" for low, high in padding)
-  return f"{formatting.shape(window)}, stride {formatting.shape(strides)}, {padding}"
+  return f"{display.shape(window)}, stride {display.shape(strides)}, {padding}"
 
 
 def totals(rows: Sequence[Row]) -> dict[str, int]:
@@ -289,11 +289,11 @@ def format_table(rows: Sequence[Row], title: str = "") -> str:
   body = []
   for row in rows:
     if row.receptive_field is not None:
-      field, jump = formatting.shape(row.receptive_field) or "-", formatting.shape(row.jump) or "-"
+      field, jump = display.shape(row.receptive_field) or "-", display.shape(row.jump) or "-"
     elif row.input_seen == spatial:
       field, jump = "whole input", "-"
     else:
-      field, jump = f"{formatting.shape(row.input_seen)} of {formatting.shape(spatial)} seen", "-"
+      field, jump = f"{display.shape(row.input_seen)} of {display.shape(spatial)} seen", "-"
     body.append(
       (
         row.name,

@@ -44,7 +44,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from convnet import cli, config_checks, formatting, train
+from convnet import cli, config_checks, display, train
 from convnet import seeds as seeds_lib
 from convnet import workdir as workdir_lib
 from convnet.errors import (
@@ -110,7 +110,7 @@ class Cell:
 
 def cell_name(overrides: Mapping[str, Any]) -> str:
   """A name for a directory: `field=value` pairs, joined by commas."""
-  name = ",".join(f"{k}={formatting.setting_value(v, ('_',))}" for k, v in overrides.items())
+  name = ",".join(f"{k}={display.setting_value(v, ('_',))}" for k, v in overrides.items())
   name = re.sub(r"[^A-Za-z0-9._=,+-]", "", name)
   if len(name) > 150:  # Keeps paths short; the hash keeps names apart.
     name = name[:130] + "-" + hashlib.sha1(name.encode()).hexdigest()[:12]
@@ -360,7 +360,7 @@ def run_sweep(
   for i, group in enumerate(todo):
     if i:
       eta = (time.perf_counter() - start) / i * (len(todo) - i)
-      eta_text = formatting.duration(eta)
+      eta_text = display.duration(eta)
     else:
       eta_text = "after the first cell"
     logging.info(
@@ -413,7 +413,7 @@ def run_sweep(
     "Sweep shard %d/%d done in %s: %d cells run, %d failed%s",
     index,
     count,
-    formatting.duration(time.perf_counter() - start),
+    display.duration(time.perf_counter() - start),
     len(written),
     len(failed),
     f" ({', '.join(failed)})" if failed else "",

@@ -32,8 +32,8 @@ from convnet import (
   augment,
   checkpoints,
   config_checks,
+  display,
   epochs,
-  formatting,
   input_pipeline,
   models,
   optim,
@@ -145,7 +145,7 @@ def _finished_result(config, workdir: str, error: WorkdirReadOnlyError) -> dict[
   if step < total_steps or not result:
     raise WorkdirReadOnlyError(f"{error} (its run stopped at step {step} of {total_steps})")
   result |= loop.get("result", {})
-  logging.info("Run already finished at step %d: %s", step, formatting.metrics_line(result))
+  logging.info("Run already finished at step %d: %s", step, display.metrics_line(result))
   return result
 
 
@@ -440,7 +440,7 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
   done = "Run already finished" if already_finished else "Finished"
   for member, result in zip(members, results, strict=True):
     prefix = f"{member.name}: " if member.name else ""
-    logging.info("%s%s at step %d: %s", prefix, done, step, formatting.metrics_line(result))
+    logging.info("%s%s at step %d: %s", prefix, done, step, display.metrics_line(result))
   return results
 
 
@@ -461,8 +461,8 @@ def _finish_record(member: Member, record: dict[str, Any], evals, wall_time_s: f
   member.writer.write(record)
   member.records.append(record)
   prefix = f"{member.name}: " if member.name else ""
-  epoch_text = formatting.epoch_number(record["epoch"])
-  logging.info("%sepoch %s: %s", prefix, epoch_text, formatting.metrics_line(record))
+  epoch_text = display.epoch_number(record["epoch"])
+  logging.info("%sepoch %s: %s", prefix, epoch_text, display.metrics_line(record))
 
 
 def _write_window(run: Run, step: int, window: list[list[float]], steps: int, seconds: float):
@@ -496,6 +496,6 @@ def _log_progress(step: int, run: Run, loss: float, rate: float, seconds_per_ste
     100 * in_epoch / run.steps_per_epoch,
     loss,
     f"{rate:,.0f}",
-    formatting.duration(epoch_eta),
-    formatting.duration(run_eta),
+    display.duration(epoch_eta),
+    display.duration(run_eta),
   )

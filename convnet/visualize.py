@@ -42,7 +42,7 @@ from convnet import (
   analysis,
   checkpoints,
   cli,
-  formatting,
+  display,
   input_pipeline,
   interpret,
   model_config,
@@ -201,7 +201,7 @@ def plot_filters(params: Mapping[str, Any], input_shape: Sequence[int], path: st
   if "conv_0" in params:
     kernel = np.asarray(params["conv_0"]["kernel"])  # (*window, in, out)
     tiles = np.moveaxis(kernel, -1, 0)
-    what = f"conv_0: {tiles.shape[0]} kernels of {formatting.shape(kernel.shape[:-2])}"
+    what = f"conv_0: {tiles.shape[0]} kernels of {display.shape(kernel.shape[:-2])}"
     if kernel.shape[-2] != 1 and not (kernel.shape[-2] == 3 and kernel.ndim == 4):
       tiles = tiles.sum(-1, keepdims=True)
       what += f", summed over {kernel.shape[-2]} input channels"
@@ -254,10 +254,10 @@ def plot_feature_maps(
       else:
         ax.axis("off")
     index = name.split("_")[1]
-    size = formatting.shape(fmap.shape[:-1])
+    size = display.shape(fmap.shape[:-1])
     section.suptitle(
       f"conv_{index} + {block.activation}: {fmap.shape[-1]} maps of {size} "
-      f"(kernel {formatting.shape(block.kernel_size)})",
+      f"(kernel {display.shape(block.kernel_size)})",
       fontsize=9,
     )
   return _save(fig, path)
@@ -432,7 +432,7 @@ def write_figures(
     cams = interpret.grad_cam(run.model, run.params, images, predictions[picks], block)
     shapes = model_config.feature_map_shapes(run.model.blocks, run.dataset.input_shape)
     size = next(shape for i, stage, shape in shapes if i == block and stage == "conv")
-    cam_label = f"Grad-CAM, conv_{block} ({formatting.shape(size)})"
+    cam_label = f"Grad-CAM, conv_{block} ({display.shape(size)})"
   sample = np.arange(min(SALIENCY_SAMPLE, len(test)))
   on_foreground, foreground = interpret.foreground_share(
     test.images[sample],
