@@ -11,6 +11,7 @@ computes.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -19,8 +20,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from convnet import input_pipeline, parallel
+from convnet import display, input_pipeline, parallel, steps
 from convnet.errors import ConfigError, RunInterrupted
+
+PROGRESS_EVERY_S = 10.0  # the longest a long evaluation goes without a log line
 
 
 def step_counts(config: ml_collections.ConfigDict, num_train: int) -> tuple[int, int]:
@@ -96,15 +99,16 @@ def evaluate(
   sharding=None,
   multiple_of: int = 1,
 ):
-  """Mean loss and accuracy over every example of a split, each counted once.
+  """Each metric's mean over every example of a split, each example counted once.
 
   `eval_fn(state, batch)` is a jitted `steps.eval_step`. Given one split, it
-  returns {"loss", "accuracy"} as floats. Given a sequence of splits, one per
-  seed, `state` is stacked, `eval_fn` is vmapped, and it returns one such dict
-  per seed, each seed on its own split (reduced inputs, `data.features`, are
-  fitted on each seed's training split, so even test splits differ). With
-  `sharding`, each batch is put on the devices split by it. Sums are float64.
-  `batch_size` and `multiple_of`: see `eval_batches`.
+  returns {metric: mean} as floats, with the metrics of
+  `steps.example_metrics` ("loss", "accuracy", ...). Given a sequence of
+  splits, one per seed, `state` is stacked, `eval_fn` is vmapped, and it
+  returns one such dict per seed, each seed on its own split (reduced inputs,
+  `data.features`, are fitted on each seed's training split, so even test
+  splits differ). With `sharding`, each batch is put on the devices split by
+  it. Sums are float64. `batch_size` and `multiple_of`: see `eval_batches`.
   """
   single = isinstance(splits, input_pipeline.Split)
   if single:
@@ -114,16 +118,24 @@ def evaluate(
     batches = map(stack, zip(*per_seed, strict=True))
   if sharding is not None:
     batches = (parallel.put(batch, sharding) for batch in batches)
-  sums = [eval_fn(state, batch) for batch in batches]
+  sums, started, logged = [], time.perf_counter(), time.perf_counter()
+  num_batches = -(-len(splits if single else splits[0]) // batch_size)
+  for i, batch in enumerate(batches, 1):
+    sums.append(eval_fn(state, batch))
+    if i % 16 == 0 and i < num_batches:  # A long evaluation says how far it has got.
+      jax.block_until_ready(sums[-1])
+      now = time.perf_counter()
+      if now - logged > PROGRESS_EVERY_S:
+        eta = (now - started) / i * (num_batches - i)
+        logging.info("Evaluating: batch %d/%d, ETA %s", i, num_batches, display.duration(eta))
+        logged = now
   totals = {
     k: np.atleast_1d(np.sum([s[k] for s in jax.device_get(sums)], axis=0, dtype=np.float64))
     for k in sums[0]
   }
   results = [
-    {"loss": float(loss_sum / count), "accuracy": float(correct / count)}
-    for loss_sum, correct, count in zip(
-      totals["loss_sum"], totals["correct"], totals["count"], strict=True
-    )
+    {k: float(v) for k, v in steps.means({k: v[i] for k, v in totals.items()}).items()}
+    for i in range(len(totals["count"]))
   ]
   return results[0] if single else results
 
@@ -132,14 +144,14 @@ def epoch_record(
   step: int,
   steps_per_epoch: int,
   sums: Mapping[str, float],
-  batch_size: int,
   seconds: float,
-  steps_timed: int,
+  examples_timed: int,
 ) -> dict[str, Any]:
   """The training half of an epoch's record in metrics.jsonl.
 
-  `sums` holds the epoch's "loss_sum" (of per-step mean losses), "correct" and
-  "steps" so far; `steps_timed` steps ran in `seconds`. "epoch" is a whole
+  `sums` holds the epoch's summed metrics so far and their "count" of
+  examples (see `steps.train_step`): each metric becomes `train_<name>`, its
+  mean. `examples_timed` examples were trained in `seconds`. "epoch" is a whole
   number at an epoch's end, and a fraction where `max_steps` stops a run within
   an epoch.
   """
@@ -147,9 +159,8 @@ def epoch_record(
     "kind": "epoch",
     "step": step,
     "epoch": step // steps_per_epoch if step % steps_per_epoch == 0 else step / steps_per_epoch,
-    "train_loss": sums["loss_sum"] / sums["steps"],
-    "train_accuracy": sums["correct"] / (sums["steps"] * batch_size),
-    "train_examples_per_sec": steps_timed * batch_size / seconds,
+    **{f"train_{k}": v for k, v in steps.means(sums).items()},
+    "train_examples_per_sec": examples_timed / seconds,
   }
 
 

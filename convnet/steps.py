@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +43,35 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
   if label_smoothing:
     one_hot = optax.smooth_labels(one_hot, label_smoothing)
   return optax.softmax_cross_entropy(logits, one_hot)
+
+
+def example_metrics(logits_BK: jax.Array, labels_B: jax.Array) -> dict[str, jax.Array]:
+  """Every metric of a batch, per example: each value has shape (B,).
+
+  The steps sum each one over the batch (the eval step over its real examples
+  only) and return the sums with the number of examples, "count"; the loop
+  divides, so each metric reaches metrics.jsonl, the log, TensorBoard and the
+  result as the mean over an epoch or a split (`train_<name>`,
+  `validation_<name>`, `test_<name>`). A new metric is one more entry here
+  (docs/adding_a_metric.md). "loss" is the cross-entropy; the loss the
+  optimizer minimises (`train_step`) may add label smoothing and L1.
+  """
+  return {
+    "loss": cross_entropy(logits_BK, labels_B),
+    "accuracy": (jnp.argmax(logits_BK, -1) == labels_B).astype(jnp.float32),
+  }
+
+
+def summed_metrics(logits_BK: jax.Array, labels_B: jax.Array, mask_B=None) -> dict[str, jax.Array]:
+  """`example_metrics` summed over the batch (where `mask_B` is 1), and "count", the examples."""
+  mask_B = jnp.ones(labels_B.shape, jnp.float32) if mask_B is None else mask_B
+  sums = {k: jnp.sum(v * mask_B) for k, v in example_metrics(logits_BK, labels_B).items()}
+  return sums | {"count": jnp.sum(mask_B)}
+
+
+def means(sums: Mapping[str, Any]) -> dict[str, Any]:
+  """Each summed metric divided by "count": the means over the examples summed."""
+  return {k: v / sums["count"] for k, v in sums.items() if k != "count"}
 
 
 def split_batch(batch: Batch, microbatch_size: int, sharding=None) -> Batch:
@@ -87,10 +117,12 @@ def train_step(
   masking: augment.Masking | None = None,
   key: jax.Array | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step on a batch; returns the new state and the batch's metrics.
+  """One optimizer step on a batch; returns the new state and the batch's summed metrics.
 
-  The loss is the batch's mean cross-entropy, plus `l1_penalty` times the
-  kernels' L1 norm when that is set; the reported loss is the cross-entropy.
+  The loss minimised is the batch's mean cross-entropy (with `label_smoothing`),
+  plus `l1_penalty` times the kernels' L1 norm when that is set. The metrics
+  are `summed_metrics` of the batch before the step: every entry of
+  `example_metrics` summed over the batch, and "count", its size.
   With `microbatch_size` (a divisor of the batch size), the gradient is summed
   over microbatches of that size, one after another: the same step up to float
   rounding, and faster on a CPU, where a small microbatch's activations stay in
@@ -107,27 +139,25 @@ def train_step(
 
   def loss_fn(params, batch):
     logits = state.apply_fn({"params": params}, batch["image"])
-    loss_sum = cross_entropy(logits, batch["label"], label_smoothing).sum()
-    correct = jnp.sum(jnp.argmax(logits, -1) == batch["label"])
-    return loss_sum / batch_size, correct
+    loss = cross_entropy(logits, batch["label"], label_smoothing).sum() / batch_size
+    return loss, summed_metrics(logits, batch["label"])
 
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  grad_fn = jax.grad(loss_fn, has_aux=True)
   if not microbatch_size or microbatch_size >= batch_size:
-    (loss, correct), grads = grad_fn(state.params, batch)
+    grads, metrics = grad_fn(state.params, batch)
   else:
 
     def accumulate(totals, microbatch):
-      (loss, correct), grads = grad_fn(state.params, microbatch)
-      return jax.tree.map(jnp.add, totals, (loss, correct, grads)), None
+      return jax.tree.map(jnp.add, totals, grad_fn(state.params, microbatch)), None
 
-    zeros = (jnp.zeros(()), jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, state.params))
-    (loss, correct, grads), _ = jax.lax.scan(
-      accumulate, zeros, split_batch(batch, microbatch_size, batch_sharding)
-    )
+    microbatches = split_batch(batch, microbatch_size, batch_sharding)
+    first = jax.tree.map(lambda x: x[0], microbatches)
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params, first))
+    (grads, metrics), _ = jax.lax.scan(accumulate, zeros, microbatches)
   if l1_penalty:
     grads = jax.tree.map(jnp.add, grads, jax.grad(lambda p: l1_penalty * l1_norm(p))(state.params))
   state = state.apply_gradients(grads=grads)
-  return state, {"loss": loss, "correct": correct}
+  return state, metrics
 
 
 def eval_step(
@@ -136,7 +166,7 @@ def eval_step(
   microbatch_size: int = 0,
   batch_sharding: jax.sharding.NamedSharding | None = None,
 ) -> dict[str, jax.Array]:
-  """Sums of loss and correct predictions over the examples where `mask` is 1.
+  """`summed_metrics` of a batch: each metric summed over the examples where "mask" is 1.
 
   With `microbatch_size` (a divisor of the batch size), the batch runs in
   microbatches of that size, one after another; with `batch_sharding`, split
@@ -146,14 +176,7 @@ def eval_step(
 
   def sums(batch):
     logits = state.apply_fn({"params": state.params}, batch["image"])
-    mask = batch["mask"]
-    loss = cross_entropy(logits, batch["label"])
-    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-    return {
-      "loss_sum": jnp.sum(loss * mask),
-      "correct": jnp.sum(correct * mask),
-      "count": jnp.sum(mask),
-    }
+    return summed_metrics(logits, batch["label"], batch["mask"])
 
   if not microbatch_size or microbatch_size >= batch["label"].shape[0]:
     return sums(batch)
@@ -223,11 +246,11 @@ def train_steps(
   mesh, they and the state are replicated, and with `batch_sharding` each
   device gathers and computes on its own slice of every batch. One
   compiled program serves every `count`: steps past it leave the state as it
-  is and report zeros. Returns the new state and per-step metrics of shape
-  (steps_per_call,). `key` is the run's masking key (`augment.key`), used
-  with `masking`. `step_options` are `train_step`'s other keyword arguments
-  (`label_smoothing`, `microbatch_size`, `l1_penalty`, `batch_sharding`,
-  `masking`).
+  is and report zeros. Returns the new state and each step's summed metrics
+  (see `train_step`), each of shape (steps_per_call,). `key` is the run's
+  masking key (`augment.key`), used with `masking`. `step_options` are
+  `train_step`'s other keyword arguments (`label_smoothing`,
+  `microbatch_size`, `l1_penalty`, `batch_sharding`, `masking`).
   """
 
   def one_step(state, i):
@@ -237,7 +260,7 @@ def train_steps(
       return train_step(state, batch, key=key, **step_options)
 
     def skip(state):
-      return state, {"loss": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.int32)}
+      return state, jax.tree.map(jnp.zeros_like, jax.eval_shape(run, state)[1])
 
     return jax.lax.cond(i < count, run, skip, state)
 

@@ -107,16 +107,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       good checkpoint is kept.
     RunInterrupted: SIGTERM or SIGINT arrived; a checkpoint was saved.
   """
+  return train_members(config, workdir)[0]
+
+
+def train_members(
+  config: ml_collections.ConfigDict, workdir: str, seeds: list[int] | None = None
+) -> list[dict[str, Any]]:
+  """One run (`seeds` None) or one per seed trained together; a result for each.
+
+  The one set-up of `train_and_evaluate` and `convnet.seeds.train_seeds`: the
+  config checked, `workdir` made and locked, signals turned into stop
+  requests, a resumed run's configs checked before any data is read, then
+  `set_up` and `fit`. Seeds go to `workdir/seed_<s>/`, their checkpoints to
+  `workdir/checkpoints/`.
+  """
   config_checks.validate(config)
-  workdir = workdir_lib.make_dir(workdir)
-  # In a multi-host run, process 0 holds the lock for them all.
-  lock = workdir_lib.lock(workdir) if parallel.is_main_process() else contextlib.nullcontext()
-  try:
-    with lock, preemption.stop_requests() as stop:
-      check_before_loading(workdir, [(workdir, config)])
-      return fit(_set_up(config, workdir), stop)[0]
-  except WorkdirReadOnlyError as e:  # Only the lock raises it: nothing can be written there.
-    return _finished_result(config, workdir, e)
+  with workdir_lib.run_dir(workdir) as workdir:
+    if seeds is None:
+      member_dirs = [(workdir, config)]
+    else:
+      member_dirs = [(checkpoints.seed_dir(workdir, s), seed_config(config, s)) for s in seeds]
+    # In a multi-host run, process 0 holds the lock for them all.
+    main = parallel.is_main_process()
+    lock = workdir_lib.lock(workdir) if main else contextlib.nullcontext()
+    try:
+      with lock, preemption.stop_requests() as stop:
+        check_before_loading(workdir, member_dirs)
+        return fit(set_up(config, workdir, member_dirs, vmapped=seeds is not None), stop)
+    except WorkdirReadOnlyError as e:  # Only the lock raises it: nothing can be written there.
+      if seeds is not None:
+        raise
+      return [_finished_result(config, workdir, e)]
+
+
+def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+  """A copy of `config` with its seed set."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.seed = seed
+  return config
 
 
 def check_before_loading(workdir: str, member_dirs) -> None:
@@ -266,71 +295,118 @@ def resume(
   return manager, best, state, loop, records
 
 
-def _set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
+def set_up(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  member_dirs: list[tuple[str, ml_collections.ConfigDict]],
+  vmapped: bool = False,
+) -> Run:
+  """A run ready for `fit`: data, model, state (restored where there is a checkpoint), steps.
+
+  One member is a single run (`train_and_evaluate`), data parallel over the
+  config's mesh. With `vmapped`, each member is a seed (`convnet.seeds`): the
+  members' data, states, orders and masking keys are stacked along a leading
+  axis, and the steps and evaluation are vmapped, on one device.
+
+  Args:
+    config: the run's config; with `vmapped`, each member's differs in its seed only.
+    workdir: where the checkpoints go.
+    member_dirs: each member's folder (config.json, metrics.jsonl, events) and config.
+    vmapped: train the members together, one per seed.
+  """
   started_at = time.perf_counter()
-  mesh = parallel.create_mesh(config.mesh_shape)
-  parallel.check_batch_sizes(config, mesh.size)
-  dataset = input_pipeline.load(config.data, config.seed)
-  model, tx, steps_per_epoch, total_steps = model_and_optimizer(config, dataset)
-  state = steps_lib.create_train_state(jax.random.key(config.seed), model, dataset.input_shape, tx)
-  num_params = models.count_params(state.params)
-  flops = steps_lib.train_flops_per_example(config, state, dataset.input_shape)
+  configs = [c for _, c in member_dirs]
+  seeds = [c.seed for c in configs]
+  if vmapped:
+    mesh_size, batch_sharding, jit_options = 1, None, {}
+    place, combine = jax.device_put, epochs.stack
+  else:
+    mesh = parallel.create_mesh(config.mesh_shape)
+    mesh_size, batch_sharding = mesh.size, parallel.batch_sharding(mesh)
+    replicated = parallel.replicated(mesh)
+    jit_options = {"out_shardings": replicated}
+    place, combine = functools.partial(parallel.put, sharding=replicated), lambda xs: xs[0]
+  parallel.check_batch_sizes(config, mesh_size)
+  datasets = [input_pipeline.load(c.data, c.seed) for c in configs]
+  data = datasets[0]
+  model, tx, steps_per_epoch, total_steps = model_and_optimizer(config, data)
+  states = [
+    steps_lib.create_train_state(jax.random.key(s), model, data.input_shape, tx) for s in seeds
+  ]
+  num_params = models.count_params(states[0].params)
+  flops = steps_lib.train_flops_per_example(config, states[0], data.input_shape)
   logging.info(
-    "%s on %s: %s parameters, %.2f MFLOP per training example; "
-    "%d train, %d validation, %d test examples of shape %s; data parallel over %d device(s) "
-    "in %d process(es)",
+    "%s%s on %s: %s parameters, %.2f MFLOP per training example; "
+    "%d train, %d validation, %d test examples of shape %s; %s",
+    f"{len(seeds)} seeds at once of " if vmapped else "",
     config.model.name,
-    dataset.name,
+    data.name,
     f"{num_params:,}",
     flops / 1e6,
-    len(dataset.train),
-    len(dataset.validation),
-    len(dataset.test),
-    dataset.input_shape,
-    mesh.size,
-    jax.process_count(),
+    len(data.train),
+    len(data.validation),
+    len(data.test),
+    data.input_shape,
+    "one device"
+    if vmapped
+    else f"data parallel over {mesh_size} device(s) in {jax.process_count()} process(es)",
   )
-  batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-  state = parallel.put(state, replicated)
   main = parallel.is_main_process()
-  constants = run_constants(config, [dataset], steps_per_epoch)
-  manager, best, state, loop, (records,) = resume(
-    config, workdir, state, [(workdir, config)], constants, total_steps, main
+  manager, best, state, loop, records = resume(
+    config,
+    workdir,
+    place(combine(states)),
+    member_dirs,
+    run_constants(config, datasets, steps_per_epoch),
+    total_steps,
+    main,
   )
-  train_fn, eval_fn = step_functions(config, dataset.input_shape, batch_sharding)
-  steps_fn = jax.jit(train_fn, out_shardings=replicated, donate_argnums=0)
-  eval_fn = jax.jit(eval_fn, out_shardings=replicated)
+  train_fn, eval_fn = step_functions(config, data.input_shape, batch_sharding)
+  if vmapped:
+    train_fn = jax.vmap(train_fn, in_axes=(0, 0, 0, 0, None, None, 0))
+    eval_fn = jax.vmap(eval_fn)
+  steps_fn = jax.jit(train_fn, donate_argnums=0, **jit_options)
+  eval_fn = jax.jit(eval_fn, **jit_options)
+  multiple_of = math.lcm(config.microbatch_size or 1, mesh_size)
 
   def evaluate(state, name: str):
-    split = getattr(dataset, name)
-    if not len(split):
+    splits = [getattr(d, name) for d in datasets]
+    if not len(splits[0]):
       return None
-    multiple_of = math.lcm(config.microbatch_size or 1, mesh.size)
-    return [
-      epochs.evaluate(eval_fn, state, split, config.eval_batch_size, batch_sharding, multiple_of)
-    ]
+    if not vmapped:
+      splits = splits[0]
+    results = epochs.evaluate(
+      eval_fn, state, splits, config.eval_batch_size, batch_sharding, multiple_of
+    )
+    return results if vmapped else [results]
 
-  images, labels = parallel.put((dataset.train.images, dataset.train.labels), replicated)
+  def orders(epoch: int) -> jax.Array:
+    length = steps_per_epoch * config.batch_size
+    return place(combine([epochs.epoch_order(len(data.train), s, epoch, length) for s in seeds]))
+
+  result = {"num_params": num_params, "train_flops_per_example": flops}
+  if vmapped:
+    result["vmap_group_size"] = len(seeds)
   return Run(
     config=config,
     workdir=workdir,
     state=state,
-    images=images,
-    labels=labels,
-    orders=lambda e: parallel.put(
-      epochs.epoch_order(len(labels), config.seed, e, steps_per_epoch * config.batch_size),
-      replicated,
-    ),
+    images=place(combine([d.train.images for d in datasets])),
+    labels=place(combine([d.train.labels for d in datasets])),
+    orders=orders,
     steps_fn=steps_fn,
-    key=parallel.put(augment.key(config.seed), replicated),
+    key=place(combine([augment.key(s) for s in seeds])),
     evaluate=evaluate,
-    members=[Member("", workdir_lib.MetricsWriter(workdir, main, config, records), records)],
+    members=[
+      Member(f"seed {c.seed}" if vmapped else "", workdir_lib.MetricsWriter(d, main, c, r), r)
+      for (d, c), r in zip(member_dirs, records, strict=True)
+    ],
     manager=manager,
     best=best,
-    loop=loop | {"result": {"num_params": num_params, "train_flops_per_example": flops}},
+    loop=loop | {"result": result} | ({"seeds": seeds} if vmapped else {}),
     steps_per_epoch=steps_per_epoch,
     total_steps=total_steps,
-    result={"num_params": num_params, "train_flops_per_example": flops},
+    result=result,
     started_at=started_at,
   )
 
@@ -348,10 +424,7 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
   """
   config, state, members = run.config, run.state, run.members
   steps_per_epoch, total_steps = run.steps_per_epoch, run.total_steps
-  sums = {
-    key: np.zeros(len(members)) + run.loop.get(f"epoch_{key}", 0.0)
-    for key in ("loss_sum", "correct", "steps")
-  }
+  sums = epoch_sums(run.loop, len(members), config.batch_size)
   step = int(np.ravel(state.step)[0])
   first_step, already_finished = step, step >= total_steps
   start_time = time.perf_counter() - run.loop["wall_time_s"]
@@ -366,22 +439,21 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
     """Adds the pending steps' metrics to the epoch's sums and their losses to the window."""
     pending_from = step - sum(count for _, count in pending) - len(window[0])
     for metrics, count in jax.device_get(pending):
-      loss = np.reshape(metrics["loss"], (len(members), -1))[:, :count]
-      correct = np.reshape(metrics["correct"], (len(members), -1))[:, :count]
+      metrics = {k: np.reshape(v, (len(members), -1))[:, :count] for k, v in metrics.items()}
       for i, member in enumerate(members):
-        for value, right in zip(loss[i], correct[i], strict=True):
+        for j in range(count):
+          value = metrics["loss"][i, j] / metrics["count"][i, j]
           if not math.isfinite(value):
             at = pending_from + len(window[i])
             message = epochs.diverged_message(config, run.manager, at, value)
             raise DivergedError(f"{member.name}: {message}" if member.name else message)
           window[i].append(float(value))
-          sums["loss_sum"][i] += window[i][-1]
-          sums["correct"][i] += float(right)
-          sums["steps"][i] += 1
+          for k, v in metrics.items():
+            sums.setdefault(k, np.zeros(len(members)))[i] += float(v[i, j])
     pending.clear()
 
   def save(wall_time_s: float) -> None:
-    loop = {f"epoch_{k}": v.tolist() for k, v in sums.items()} | {"window_losses": window}
+    loop = {"epoch_sums": {k: v.tolist() for k, v in sums.items()}, "window_losses": window}
     checkpoints.save(run.manager, state, run.loop | loop | {"wall_time_s": wall_time_s})
 
   while step < total_steps:
@@ -398,6 +470,10 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
       count = _next_stop(config, step, epoch_end) - step
       start = step - epoch * steps_per_epoch
       profiler.before_call(step)
+      if step == first_step:
+        logging.info(
+          "Compiling the training steps (a later run reads them from the compilation cache)"
+        )
       state, metrics = run.steps_fn(state, run.images, run.labels, order, start, count, run.key)
       if step == first_step:  # data read, model built, steps compiled (or found in the cache)
         logging.info("First steps began %.2f s into the run", time.perf_counter() - run.started_at)
@@ -416,12 +492,15 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
         save(time.perf_counter() - start_time)
     flush_pending()
     seconds = time.perf_counter() - epoch_start
+    if epoch_end - first_step <= steps_per_epoch:  # the first evaluation of this process
+      logging.info("Evaluating on validation and test (compiling the evaluation step first)")
     evals = {name: run.evaluate(state, name) for name in ("validation", "test")}
     wall_time_s = time.perf_counter() - start_time
     done = epoch_end - epoch * steps_per_epoch - index
     for i, member in enumerate(members):
+      member_sums = {k: v[i] for k, v in sums.items()}
       record = epochs.epoch_record(
-        step, steps_per_epoch, {k: v[i] for k, v in sums.items()}, config.batch_size, seconds, done
+        step, steps_per_epoch, member_sums, seconds, done * config.batch_size
       )
       evals_i = {name: values[i] for name, values in evals.items() if values}
       _finish_record(member, record, evals_i, wall_time_s)
@@ -442,6 +521,28 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
     prefix = f"{member.name}: " if member.name else ""
     logging.info("%s%s at step %d: %s", prefix, done, step, display.metrics_line(result))
   return results
+
+
+def epoch_sums(loop: dict[str, Any], num_members: int, batch_size: int) -> dict[str, np.ndarray]:
+  """The epoch's summed metrics so far, one entry per member, from a checkpoint's `loop`.
+
+  Empty at a fresh start. Checkpoints written before the steps returned sums
+  held the per-step mean losses' sum, the correct predictions and the steps
+  ("epoch_loss_sum", "epoch_correct", "epoch_steps"): they are read as the
+  same sums, and those keys leave `loop`.
+  """
+  old = {
+    k: loop.pop(f"epoch_{k}") for k in ("loss_sum", "correct", "steps") if f"epoch_{k}" in loop
+  }
+  if len(old) == 3:
+    saved = {
+      "loss": np.multiply(old["loss_sum"], batch_size),
+      "accuracy": old["correct"],
+      "count": np.multiply(old["steps"], batch_size),
+    }
+  else:
+    saved = loop.get("epoch_sums", {})
+  return {k: np.zeros(num_members) + np.asarray(v, np.float64) for k, v in saved.items()}
 
 
 def _next_stop(config: ml_collections.ConfigDict, step: int, epoch_end: int) -> int:

@@ -192,6 +192,29 @@ def make_dir(path: str, what: str = "--workdir") -> str:
   return path
 
 
+@contextlib.contextmanager
+def run_dir(path: str, what: str = "--workdir") -> Iterator[str]:
+  """`make_dir(path)` for a run; if the run fails before writing there, the folder goes again.
+
+  A folder this call made, which holds nothing but the run's `.lock` when the
+  run raises (bad data, a source that needs the network), is removed, so a
+  failed first try leaves no empty workdir behind. A folder that was there
+  before is left as it is.
+  """
+  existed = os.path.isdir(path) if str(path).strip() else True
+  path = make_dir(path, what)
+  try:
+    yield path
+  except BaseException:
+    if not existed:
+      with contextlib.suppress(OSError):
+        if os.listdir(path) in ([], [".lock"]):
+          with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(path, ".lock"))
+          os.rmdir(path)
+    raise
+
+
 def atomic_write(path: str, text: str) -> None:
   """Writes `text` to `path` atomically (see `atomic_open`)."""
   with atomic_open(path) as f:
@@ -413,19 +436,25 @@ def partial_epoch(record: Mapping[str, Any]) -> bool:
 
 # TensorBoard's scalars: each tag holds one statistic. Logged steps ("train" records) give the
 # mean over their logging window; epoch records give the whole epoch's means and evaluations.
-TAGS = {
-  "train": {"train_loss": "train/loss", "train_examples_per_sec": "train/examples_per_sec"},
-  "epoch": {
-    "train_loss": "epoch/train_loss",
-    "train_accuracy": "epoch/train_accuracy",
-    "train_examples_per_sec": "epoch/train_examples_per_sec",
-    "validation_loss": "validation/loss",
-    "validation_accuracy": "validation/accuracy",
-    "test_loss": "test/loss",
-    "test_accuracy": "test/accuracy",
-    "wall_time_s": "epoch/wall_time_s",
-  },
+# Every metric of a record gets a tag by its prefix: `train_loss` of a "train" record is
+# `train/loss`, of an epoch record `epoch/train_loss`; `test_accuracy` is `test/accuracy`.
+TAG_PREFIXES = {
+  "train": {"train_": "train/"},
+  "epoch": {"train_": "epoch/train_", "validation_": "validation/", "test_": "test/"},
 }
+EPOCH_TAGS = {"wall_time_s": "epoch/wall_time_s"}
+
+
+def tag(kind: str, key: str) -> str | None:
+  """The TensorBoard tag of field `key` of a metrics record of `kind`; None for other fields."""
+  if kind == "epoch" and key in EPOCH_TAGS:
+    return EPOCH_TAGS[key]
+  for prefix, replacement in TAG_PREFIXES.get(kind, {}).items():
+    if key.startswith(prefix):
+      return replacement + key.removeprefix(prefix)
+  return None
+
+
 # The scalars that TensorBoard's HParams view shows beside each run's hyperparameters.
 HPARAMS_METRICS = ("validation/accuracy", "validation/loss", "test/accuracy", "test/loss")
 
@@ -442,7 +471,7 @@ class MetricsWriter:
   """Appends records to `workdir/metrics.jsonl` (one write a line) and to TensorBoard.
 
   A record's numbers go to TensorBoard as scalars at its "step", under the
-  tags of `TAGS` (one statistic a tag). With a `config`, the run's
+  tags `tag` gives (one statistic a tag). With a `config`, the run's
   hyperparameters go to TensorBoard's HParams view too (tensorboardX), with
   validation and test accuracy and loss as its metrics, so that the runs of a
   sweep can be compared there. A writer that is not `enabled` (in processes
@@ -499,10 +528,10 @@ class MetricsWriter:
   def _add_scalars(self, record: Mapping[str, Any]) -> None:
     from tensorboardX.summary import scalar
 
-    tags = TAGS.get(record.get("kind"), {})
     for key, value in record.items():
-      if key in tags and isinstance(value, float | int):
-        self._add_event(record["step"], scalar(tags[key], value))
+      name = tag(record.get("kind"), key)
+      if name and isinstance(value, float | int) and not isinstance(value, bool):
+        self._add_event(record["step"], scalar(name, value))
 
   def write(self, record: Mapping[str, Any]) -> None:
     if not self._enabled:
