@@ -27,6 +27,7 @@ train, and a run the other way on it is refused.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import itertools
@@ -44,7 +45,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from convnet import cli, config_checks, display, train
+from convnet import checkpoints, cli, config_checks, display, train
 from convnet import seeds as seeds_lib
 from convnet import workdir as workdir_lib
 from convnet.errors import (
@@ -245,21 +246,11 @@ def _write_record(sweep_dir: str, cell: Cell, config, workdir: str, result: Mapp
 
 
 def _result_fields(result: Mapping[str, Any]) -> dict[str, Any]:
-  keys = (
-    "num_params",
-    "train_flops_per_example",
-    "best_validation_accuracy",
-    "best_epoch",
-    "test_accuracy_at_best_validation",
-    "validation_accuracy",
-    "test_accuracy",
-    "train_loss",
-    "epoch",
-    "wall_time_s",
-    "train_examples_per_sec",
-    "vmap_group_size",
-  )
-  fields = {k: result[k] for k in keys if k in result}
+  """A run's result as a record's fields: every metric it reports, its size and its cost.
+
+  The run's FLOP count is `flops_per_example`; `vmap_group_size` is 1 for a cell trained alone.
+  """
+  fields = {k: v for k, v in result.items() if k not in ("kind", "step")}
   fields["flops_per_example"] = fields.pop("train_flops_per_example", None)
   return {"status": "done", "vmap_group_size": 1} | fields
 
@@ -326,6 +317,35 @@ def _groups(cells: Sequence[Cell], vmap_seeds: bool) -> list[list[Cell]]:
   return list(groups.values())
 
 
+def _train_recorded(
+  what: str, size: int, train_group: Callable[[], list[dict[str, Any]]]
+) -> list[dict[str, Any]] | None:
+  """Each cell's record fields from `train_group()`, a cell or a group of `size` seeds.
+
+  A cell that fails or diverges is recorded as such, and the sweep goes on;
+  None when another process holds the workdir (the records are its to write).
+  A signal's `RunInterrupted` stops the sweep, after the run saved its checkpoint.
+  """
+  try:
+    results = [_result_fields(r) | {"vmap_group_size": size} for r in train_group()]
+  except RunInterrupted:
+    raise
+  except WorkdirInUseError as e:
+    logging.warning("Skipping %s: %s", what[0].lower() + what[1:], e)
+    return None
+  except DivergedError as e:
+    logging.error("%s diverged: %s", what, e)
+    return [_failure(e, "diverged")] * size
+  except Exception as e:
+    logging.error("%s failed: %s: %s", what, type(e).__name__, e)
+    return [_failure(e)] * size
+  return results
+
+
+def _train_cell(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+  return [train.train_and_evaluate(config, workdir)]
+
+
 def run_sweep(
   base: ml_collections.ConfigDict,
   cells: Sequence[Cell],
@@ -372,41 +392,21 @@ def run_sweep(
       eta_text,
     )
     if len(group) == 1:
-      cell = group[0]
-      workdir = os.path.join(sweep_dir, "cells", cell.name)
-      try:
-        result = _result_fields(train.train_and_evaluate(configs[cell.name], workdir))
-      except RunInterrupted:  # Saved by the cell: the sweep stops, and a rerun resumes it.
-        raise
-      except WorkdirInUseError as e:  # Another process runs this cell: its record is theirs.
-        logging.warning("Skipping cell %s: %s", cell.name, e)
-        continue
-      except DivergedError as e:  # Recorded; the sweep goes on.
-        logging.error("Cell %s diverged: %s", cell.name, e)
-        result = _failure(e, "diverged")
-      except Exception as e:  # Recorded; the sweep goes on.
-        logging.error("Cell %s failed: %s: %s", cell.name, type(e).__name__, e)
-        result = _failure(e)
-      written.append(_write_record(sweep_dir, cell, configs[cell.name], workdir, result))
+      what = f"Cell {group[0].name}"
+      workdirs = [os.path.join(sweep_dir, "cells", group[0].name)]
+      train_group = functools.partial(_train_cell, configs[group[0].name], workdirs[0])
+    else:
+      what = f"Group {group[0].setting}"
+      group_dir = os.path.join(sweep_dir, "groups", group[0].setting)
+      seeds = [configs[c.name].seed for c in group]
+      workdirs = [checkpoints.seed_dir(group_dir, s) for s in seeds]
+      train_group = functools.partial(
+        seeds_lib.train_seeds, configs[group[0].name], seeds, group_dir
+      )
+    results = _train_recorded(what, len(group), train_group)
+    if results is None:
       continue
-    group_dir = os.path.join(sweep_dir, "groups", group[0].setting)
-    seeds = [configs[c.name].seed for c in group]
-    try:
-      trained = seeds_lib.train_seeds(configs[group[0].name], seeds, group_dir)
-      results = [_result_fields(r) | {"vmap_group_size": len(group)} for r in trained]
-    except RunInterrupted:  # Saved by the group: the sweep stops, and a rerun resumes it.
-      raise
-    except WorkdirInUseError as e:  # Another process runs this group: its records are theirs.
-      logging.warning("Skipping group %s: %s", group[0].setting, e)
-      continue
-    except DivergedError as e:  # Recorded for every seed of the group; the sweep goes on.
-      logging.error("Group %s diverged: %s", group[0].setting, e)
-      results = [_failure(e, "diverged")] * len(group)
-    except Exception as e:  # Recorded for every seed of the group; the sweep goes on.
-      logging.error("Group %s failed: %s: %s", group[0].setting, type(e).__name__, e)
-      results = [_failure(e)] * len(group)
-    for cell, seed, result in zip(group, seeds, results, strict=True):
-      workdir = os.path.join(group_dir, f"seed_{seed}")
+    for cell, workdir, result in zip(group, workdirs, results, strict=True):
       written.append(_write_record(sweep_dir, cell, configs[cell.name], workdir, result))
   failed = [r["cell"] for r in written if r["status"] != "done"]
   logging.info(
@@ -436,7 +436,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
         "config_file",
         "sweep",
         None,
-        "A sweep file (configs/sweeps/); --sweep.x=y changes every cell's config.",
+        "A sweep file, or an installed sweep's name (python -m convnet.configs lists them); "
+        "--sweep.x=y changes every cell's config.",
       ),
       ("string", "workdir", None, "The sweep's directory: cell workdirs and records."),
       ("string", "shard", "0/1", "i/n: run cells i, i+n, i+2n, ... of the sweep."),
