@@ -450,3 +450,71 @@ def test_workdir_files_get_the_modes_open_gives_them(config, tmp_path):
   for name in ("a.txt", "b.bin", "config.json"):
     assert os.stat(tmp_path / name).st_mode & 0o777 == 0o644, name
   assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.bin", "config.json"]  # no temporary left
+
+
+def _bad_data(config, tmp_path):
+  """A config whose data cannot be read: an IDX folder with no files in it."""
+  config.data.source = "idx"
+  config.data.idx_dir = str(tmp_path / "no_such_idx_dir")
+  return config
+
+
+def test_a_run_that_fails_before_writing_leaves_no_workdir(config, tmp_path):
+  from convnet import seeds
+  from convnet.errors import DataError
+
+  for name, run in (
+    ("run", lambda c, w: train.train_and_evaluate(c, w)),
+    ("group", lambda c, w: seeds.train_seeds(c, [0, 1], w)),
+  ):
+    workdir = tmp_path / "runs" / name
+    with pytest.raises(DataError):
+      run(_bad_data(config, tmp_path), str(workdir))
+    assert not workdir.exists(), f"{name}: {sorted(os.listdir(workdir))}"
+  # The parent the run made for it stays: only the workdir itself is the run's to remove.
+  assert (tmp_path / "runs").is_dir()
+
+
+def test_a_failed_run_keeps_a_folder_that_was_there_or_that_it_wrote_in(config, tmp_path):
+  from convnet.errors import DataError
+
+  existing = tmp_path / "existing"
+  existing.mkdir()
+  with pytest.raises(DataError):
+    train.train_and_evaluate(_bad_data(config.copy_and_resolve_references(), tmp_path), existing)
+  assert existing.is_dir()  # made by the user: kept, even empty
+  # A run that wrote checkpoints, then is rerun on other data and refused, keeps everything.
+  config.num_epochs, config.max_steps = 1, 2
+  workdir = tmp_path / "trained"
+  train.train_and_evaluate(config.copy_and_resolve_references(), str(workdir))
+  before = sorted(os.listdir(workdir))
+  config.max_steps = -1
+  with pytest.raises(CheckpointError, match="data.source"):
+    train.train_and_evaluate(_bad_data(config, tmp_path), str(workdir))
+  assert sorted(os.listdir(workdir)) == before
+
+
+def test_the_log_says_what_it_compiles_and_how_far_a_long_evaluation_is(
+  config, embedded, tmp_path, caplog, monkeypatch
+):
+  config.num_epochs, config.steps_per_epoch = 2, 2
+  with caplog.at_level("INFO"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  text = caplog.text
+  assert text.count("Compiling the training steps") == 1
+  assert text.count("Evaluating on validation and test") == 1  # the first evaluation only
+  assert text.index("Compiling the training steps") < text.index("First steps began")
+
+  monkeypatch.setattr(epochs, "PROGRESS_EVERY_S", 0.0)
+  state = steps_lib.create_train_state(
+    jax.random.key(0),
+    models.create_model(config.model, (28, 28, 1), 10),
+    (28, 28, 1),
+    optim.create_optimizer(config.optimizer, 10, 10),
+  )
+  images = input_pipeline.scale(embedded.test_images[:200])
+  split = input_pipeline.Split(images, embedded.test_labels[:200].astype(np.int32))
+  caplog.clear()
+  with caplog.at_level("INFO"):
+    epochs.evaluate(jax.jit(steps_lib.eval_step), state, split, batch_size=5)
+  assert "Evaluating: batch 16/40" in caplog.text and "batch 32/40" in caplog.text
