@@ -200,8 +200,9 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   """The run's result from its records: the last epoch's, and the best by validation.
 
   Adds `best_validation_accuracy` (where there is a validation split),
-  `best_epoch` and `test_accuracy_at_best_validation` (see `best_record`) to
-  the last epoch record's metrics. No epoch records give {}.
+  `best_epoch` and, for every test metric, `test_<name>_at_best_validation`
+  (`test_accuracy_at_best_validation`, ...; see `best_record`) to the last
+  epoch record's metrics. No epoch records give {}.
   """
   best = best_record(records)
   if best is None:
@@ -210,7 +211,8 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   if "validation_accuracy" in final:
     final["best_validation_accuracy"] = best["validation_accuracy"]
   final["best_epoch"] = best["epoch"]
-  final["test_accuracy_at_best_validation"] = best["test_accuracy"]
+  for key in (k for k in best if k.startswith("test_")):
+    final[f"{key}_at_best_validation"] = best[key]
   final.pop("kind")
   return final
 

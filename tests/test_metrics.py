@@ -86,6 +86,8 @@ def test_a_new_metric_reaches_records_log_tensorboard_and_result(top_2, config, 
       top_1, top_2_value = record[f"{split}_accuracy"], record[f"{split}_{NAME}"]
       assert top_1 <= top_2_value <= 1.0, (split, top_1, top_2_value)
   assert result[f"test_{NAME}"] == epochs[-1][f"test_{NAME}"]
+  best = max(epochs, key=lambda r: r["validation_accuracy"])
+  assert result[f"test_{NAME}_at_best_validation"] == best[f"test_{NAME}"]
   assert f"test_{NAME}=" in caplog.text
   expected = _numpy_top_2(config, str(tmp_path / "run"))
   assert result[f"test_{NAME}"] == pytest.approx(expected, abs=1e-6)
