@@ -1,4 +1,4 @@
-r"""The dense baseline on Shapes3D, with about as many parameters as configs/shapes3d.py.
+r"""The dense baseline on Shapes3D, with about as many parameters as the `shapes3d` config.
 
 Flatten the 16x16x16 volume, dense 8 relu, dense 10. Data and training as
 configs/shapes3d.py.

@@ -1,4 +1,4 @@
-r"""The dense baseline on spoken digits, with as many parameters as configs/spoken_digits.py.
+r"""The dense baseline on spoken digits, with as many parameters as the `spoken_digits` config.
 
 Flatten the (40, 64, 1) spectrogram, dense 64 relu, dense 10: 164,554
 parameters against the convnet's 162,218. Data and training as

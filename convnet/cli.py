@@ -5,6 +5,11 @@ mistake on the command line (an unknown flag, a missing or malformed value, a
 config file that is missing or raises, an override of a field the config
 lacks) ends in one line, `error: ...`, naming the flag, field or file, and
 exit status 2, as for any usage error; never in a traceback.
+
+A config flag (`--config`, `--sweep`) takes a file's path or the name of an
+installed config (`--config=mnist`, `--sweep=kernel_size`; see
+`resolve_config_names`). JAX's probe of platforms that this machine lacks
+stays out of the log (`logs.hide_platform_probes`).
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ from typing import NoReturn
 from absl import flags, logging
 from ml_collections.config_flags import config_flags
 
-from convnet import logs
+from convnet import configs, logs
 
 USAGE_ERROR = 2  # the exit status of a command-line mistake, as argparse's
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# The installed configs that each config flag takes by name; any other takes convnet.configs'.
+CONFIG_PACKAGES = {"config": configs.CONFIGS, "sweep": configs.SWEEPS}
 
 
 def usage_error(message: str) -> NoReturn:
@@ -61,20 +68,40 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
   Returns:
     The arguments that are not flags, the program's name first.
   """
+  logs.hide_platform_probes()
   if flag_values is flags.FLAGS:
     accept_jax_flags()
+  typed, argv = argv, resolve_config_names(argv, flag_values)
   files = config_files(argv, flag_values)
-  for name, argument in files.items():
-    problem = _missing_file(argument.split(":", 1)[0])
-    if problem:
-      usage_error(f"--{name}={argument}: {problem}")
   try:
     with logs.muted("config_flags"):  # the error line says what its warnings would
       rest = flag_values(argv)
     _check_loaded(flag_values, files)
   except Exception as e:  # Anything the parsers or a config file raise is the user's to fix.
-    usage_error(describe(e, argv, flag_values))
+    usage_error(describe(e, typed, flag_values, files))
   return rest
+
+
+def resolve_config_names(argv: list[str], flag_values: flags.FlagValues) -> list[str]:
+  """`argv` with each config flag's installed config name replaced by the config's file.
+
+  A config flag takes a file's path, or the name of an installed config:
+  `--config=mnist` or `--config=convnet.configs.mnist`, `--sweep=kernel_size`
+  (see `convnet.configs`), with an optional `:ARG` for `get_config(ARG)`. A
+  path that exists wins over a name. A value that is neither is a usage error
+  (one line, exit status 2) that lists the names.
+  """
+  argv = list(argv)
+  for name, argument in config_files(argv, flag_values).items():
+    path, colon, arg = argument.partition(":")
+    if os.path.isfile(path):
+      continue
+    package = CONFIG_PACKAGES.get(name, configs.CONFIGS)
+    found = configs.find(path, package)
+    if found is None:
+      usage_error(f"--{name}={argument}: {_not_a_config(path, package)}")
+    _set_argument(argv, name, found + colon + arg)
+  return argv
 
 
 def define(
@@ -103,7 +130,8 @@ def define_config_flag(flag_values: flags.FlagValues) -> None:
   config_flags.DEFINE_config_file(
     "config",
     None,
-    "A config file (see configs/); override fields with --config.x=y.",
+    "A config file, or an installed config's name (python -m convnet.configs lists them); "
+    "override fields with --config.x=y.",
     flag_values=flag_values,
     lock_config=True,
   )
@@ -160,15 +188,25 @@ def config_files(argv: list[str], flag_values: flags.FlagValues) -> dict[str, st
   return {name: value for name, value in given.items() if value is not None}
 
 
-def describe(error: Exception, argv: list[str], flag_values: flags.FlagValues) -> str:
-  """One line, without `error: `, that names what on the command line `error` is about."""
+def describe(
+  error: Exception,
+  argv: list[str],
+  flag_values: flags.FlagValues,
+  loaded: dict[str, str] | None = None,
+) -> str:
+  """One line, without `error: `, that names what on the command line `error` is about.
+
+  `loaded` maps each config flag to the file it loaded, where that is not what
+  `argv` gives (an installed config's name); by default what `argv` gives.
+  """
   files = config_files(argv, flag_values)
+  loaded = files if loaded is None else loaded
   for name, argument in files.items():
     if _returned_none(flag_values, name):
       return f"--{name}={argument}: get_config() returned None; end it with `return config`"
   if files:
     name, argument = next(iter(files.items()))  # An entry point loads one config file.
-    raised = _raised_in(error, argument.split(":", 1)[0])
+    raised = _raised_in(error, loaded.get(name, argument).split(":", 1)[0])
     if raised:  # by the config file, or by code it runs
       return f"--{name}={argument}: {raised}; fix the file, or pick another"
   if isinstance(error, AttributeError) and getattr(error, "name", None) == "get_config":
@@ -210,20 +248,24 @@ def errors_in_file(path: str, flag: str) -> Iterator[None]:
 # The kinds of mistake
 
 
-def _missing_file(path: str) -> str | None:
-  """What is wrong with `path` as a config file, if it is not a file at all."""
-  if os.path.isfile(path):
-    return None
+def _not_a_config(path: str, package: str) -> str:
+  """What is wrong with `path`, neither a file nor an installed config's name in `package`."""
+  names = configs.names(package)
+  kind = "sweeps" if package == configs.SWEEPS else "configs"
+  listing = f"the installed {kind}: {', '.join(names)} (python -m convnet.configs describes them)"
   if os.path.isdir(path):
-    return "is a directory; name a config file, e.g. configs/mnist.py"
+    return f"is a directory; give a file, or name one of {listing}"
+  if os.sep not in path and "/" not in path and not path.endswith(".py"):  # meant as a name
+    close = difflib.get_close_matches(path.rsplit(".", 1)[-1], names, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"no such file, nor an installed config of that name{hint}; {listing}"
   directory = os.path.dirname(path) or "."
-  hint = ""
   if os.path.isdir(directory):
-    names = [n for n in os.listdir(directory) if n.endswith(".py") and not n.startswith("_")]
-    close = difflib.get_close_matches(os.path.basename(path), names, n=1)
+    files = [n for n in os.listdir(directory) if n.endswith(".py") and not n.startswith("_")]
+    close = difflib.get_close_matches(os.path.basename(path), files, n=1)
     if close:
-      hint = f"; did you mean {os.path.join(os.path.dirname(path), close[0])}?"
-  return f"no such file{hint}"
+      return f"no such file; did you mean {os.path.join(os.path.dirname(path), close[0])}?"
+  return f"no such file; give a file, or name one of {listing}"
 
 
 def _check_loaded(flag_values: flags.FlagValues, files: dict[str, str]) -> None:
@@ -309,6 +351,16 @@ def _argument(argv: list[str], name: str) -> str | None:
     if match:
       value = match[2] if match[1] else (argv[i + 1] if i + 1 < len(argv) else None)
   return value
+
+
+def _set_argument(argv: list[str], name: str, value: str) -> None:
+  """Makes `value` the value of every `--name` in `argv`, in place."""
+  for i, arg in enumerate(argv[1:], 1):
+    match = re.fullmatch(rf"(--?{re.escape(name)})(=.*)?", arg, re.DOTALL)
+    if match and match[2]:
+      argv[i] = f"{match[1]}={value}"
+    elif match and i + 1 < len(argv):
+      argv[i + 1] = value
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:

@@ -1,4 +1,4 @@
-r"""The learning curve of configs/sweeps/learning_curve.py on the full Fashion-MNIST.
+r"""The `learning_curve` sweep on the full Fashion-MNIST: 64 to 51,000 training images.
 
 The same five models at the book's size, 5 seeds, 10 epochs of at least 26
 steps, on nested training subsets of 64 to 51,000 images (51,000: all that the

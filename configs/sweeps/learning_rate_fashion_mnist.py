@@ -1,4 +1,4 @@
-r"""The tuned convnet-against-dense pairs of configs/sweeps/learning_rate.py on Fashion-MNIST.
+r"""The `learning_rate` sweep on Fashion-MNIST: convnet against dense pairs, tuned over rates.
 
 The six models (about 8.5k, 33k and 131k parameters), 10 epochs of the full
 51,000 training images (the book's batch of 128, one pass an epoch), RMSprop

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from convnet import sources
+from convnet import logs, sources
 
 SIZE = 16
 INPUT_SHAPE = (SIZE, SIZE, SIZE, 1)
@@ -138,7 +138,9 @@ def occupancy(
   grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
   grid = grid.astype(np.float32)
   volumes = np.empty((n, SIZE, SIZE, SIZE), np.float32)
-  for start in range(0, n, _CHUNK):
+  batches = range(0, n, _CHUNK)
+  what = f"Voxelising {n:,} Shapes3D solids, {_CHUNK} a batch"
+  for start in logs.progress(batches, what, len(batches), "batches"):
     part = slice(start, min(start + _CHUNK, n))
     # A point p of the grid is inside when R^T (p - c) / r is inside the unit shape.
     pose = (rotations[part] / radii[part, None, None]).astype(np.float32)

@@ -42,10 +42,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from scipy import signal
 
-from convnet import cache, cli, sources
+from convnet import cache, cli, logs, sources
 from convnet.errors import ConfigError, ConvnetError, DataError
 from convnet.workdir import atomic_open, atomic_write
 
@@ -333,14 +333,21 @@ def generate(params: Params, workers: int | None = None) -> dict[str, np.ndarray
     return synthesise(voices[v], speed, pitch, DIGIT_WORDS[digit])
 
   with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-    clips = list(pool.map(clip, jobs))
+    made = pool.map(clip, jobs)
+    clips = list(logs.progress(made, "Speaking the digits with espeak-ng", len(jobs), "clips"))
   _check_distinct(clips, jobs, voices)
   # One generator per clip, keyed by the seed and the clip's position: the same seed gives
   # the same offsets and noise whatever order the clips were made in.
+  clips_and_jobs = logs.progress(
+    enumerate(zip(clips, jobs, strict=True)),
+    "Computing the spoken digits' spectrograms",
+    len(jobs),
+    "clips",
+  )
   images = np.stack(
     [
       spectrogram(c, np.random.default_rng([params.seed, i]), params, _describe(job, voices))
-      for i, (c, job) in enumerate(zip(clips, jobs, strict=True))
+      for i, (c, job) in clips_and_jobs
     ]
   )[..., None]
   voice = np.array([job[0] for job in jobs], np.int64)
@@ -424,7 +431,8 @@ def load_arrays(params: Params, root: str | None = None) -> tuple[dict[str, np.n
   path = os.path.join(folder, CACHE_FILE)
   if not os.path.exists(path):
     try:
-      os.makedirs(folder, exist_ok=True)  # before a minute of synthesis, not after
+      os.makedirs(folder, exist_ok=True)  # before minutes of synthesis, not after
+      logging.info("Making the spoken digits (once; cached in %s)", folder)
       _write(folder, generate(params), fingerprint(params, version))
     except OSError as e:
       raise DataError(
