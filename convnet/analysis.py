@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from convnet import display
+from convnet import display, models
 from convnet.errors import DataError
 
 METRICS = {
@@ -99,8 +99,8 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
   for record in sorted(records, key=lambda r: r["index"]):
     settings.setdefault(record["setting"], []).append(record)
   fields = varying_fields(records)
-  # What a convnet and a dense network must share to be compared: the varying fields outside
-  # `model.` (the data, the optimizer).
+  # What two models must share to be compared: the varying fields outside `model.` (the data,
+  # the optimizer).
   shared = [f for f in fields if not f.startswith("model.")]
   rows = []
   for setting, cells in settings.items():
@@ -228,16 +228,24 @@ def against_reference(
 
 
 def matched_pairs(
-  records: Sequence[Mapping[str, Any]], tolerance: float = 0.05
+  records: Sequence[Mapping[str, Any]],
+  tolerance: float = 0.05,
+  baseline: str = models.BASELINE,
 ) -> list[dict[str, Any]]:
-  """Convnet against dense at matched parameter counts (within `tolerance`), on test accuracy.
+  """Each model against the baseline model at matched parameter counts, on test accuracy.
 
-  Each convnet setting is paired with the dense setting of the nearest
-  parameter count, if that is within `tolerance` of it, among the dense
-  settings that share its other fields (the data, the optimizer: every varying
-  field outside `model.`). When the sweep varies the learning rate, the
-  settings are the tuned arms of `tune_learning_rate`, each at its own chosen
-  rate.
+  Each setting of a model other than `baseline` (a `model.name`; by default
+  `models.BASELINE`, the dense network) is paired with the baseline's setting
+  of the nearest parameter count, if that is within `tolerance` of it, among
+  the baseline's settings that share its other fields (the data, the
+  optimizer: every varying field outside `model.`). When the sweep varies the
+  learning rate, the settings are the tuned arms of `tune_learning_rate`, each
+  at its own chosen rate.
+
+  Returns:
+    One pair per paired setting, in sweep order: `model` and `baseline` (the
+    two `summarize` rows, or `tune_learning_rate` arms), and the
+    `difference_interval` of their test accuracies (model minus baseline).
   """
   if LEARNING_RATE in varying_fields(records):
     rows = [arm for arm in tune_learning_rate(records) if arm["seeds"]]
@@ -249,16 +257,15 @@ def matched_pairs(
     return [r[METRICS["test"]] for r in done if r["setting"] == row["setting"]]
 
   pairs = []
-  for convnet in (r for r in rows if r["model"] == "convnet"):
-    dense = [r for r in rows if r["model"] == "dense" and r["context"] == convnet["context"]]
-    if not dense:
+  for row in (r for r in rows if r["model"] != baseline):
+    candidates = [r for r in rows if r["model"] == baseline and r["context"] == row["context"]]
+    if not candidates:
       continue
-    match = min(dense, key=lambda d: abs(d["num_params"] - convnet["num_params"]))
-    if abs(match["num_params"] - convnet["num_params"]) > tolerance * convnet["num_params"]:
+    match = min(candidates, key=lambda b: abs(b["num_params"] - row["num_params"]))
+    if abs(match["num_params"] - row["num_params"]) > tolerance * row["num_params"]:
       continue
     pairs.append(
-      {"convnet": convnet, "dense": match}
-      | difference_interval(accuracies(convnet), accuracies(match))
+      {"model": row, "baseline": match} | difference_interval(accuracies(row), accuracies(match))
     )
   return pairs
 
@@ -283,8 +290,8 @@ def tune_learning_rate(records: Sequence[Mapping[str, Any]]) -> list[dict[str, A
   Of rates with equal means, the smallest is chosen. An arm with no competing
   rate has `learning_rate` None and no statistics.
 
-  Each arm has `label`, `model`, `context` (what a convnet and a dense
-  arm must share to be compared), `grid` (its rates, ascending),
+  Each arm has `label`, `model`, `context` (what the arms of two models
+  must share to be compared), `grid` (its rates, ascending),
   `learning_rate` and `setting` (the chosen rate and its setting), `set_aside`
   ({rate: reason}), `rates` (the `summarize` row of each rate, ascending, with
   its `learning_rate`), and the chosen row's `seeds`, `num_params` and
@@ -348,7 +355,7 @@ def short_label(
   """`kernel_size=5`: `fields` by their last name, or more of it where that is shared.
 
   With `data.name` and `model.name` both among `names_among` (by default,
-  `fields`): `data.name=x model.name=convnet`.
+  `fields`): `data.name=x model.name=y`.
   """
   parts = []
   for field in fields:

@@ -12,7 +12,7 @@ from typing import Any
 
 import ml_collections
 
-from convnet import input_pipeline, model_config
+from convnet import input_pipeline, models
 from convnet.errors import ConfigError
 from convnet.optim import OPTIMIZERS, SCHEDULES
 
@@ -65,13 +65,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
     config.l1_penalty,
     "is a finite number, 0 or more",
   )
-  if config.data.features != "pixels":
-    _require(
-      config.model.name == "dense",
-      "model.name",
-      config.model.name,
-      f"must be 'dense' with data.features={config.data.features!r}, which gives flat vectors",
-    )
+  _require(
+    config.model.name in models.REGISTRY,
+    "model.name",
+    config.model.name,
+    f"is one of {', '.join(models.REGISTRY)}",
+  )
+  flat = [name for name in models.REGISTRY if models.takes_flat_inputs(name)]
+  _require(
+    config.data.features == "pixels" or config.model.name in flat,
+    "model.name",
+    config.model.name,
+    f"must be {' or '.join(map(repr, flat))} with data.features={config.data.features!r}, "
+    "which gives flat vectors",
+  )
   _require(
     config.data.layout in input_pipeline.LAYOUTS,
     "data.layout",
@@ -108,12 +115,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     "data.source",
     source,
     f"is one of {', '.join(input_pipeline.SOURCES)}",
-  )
-  _require(
-    config.model.name in model_config.MODELS,
-    "model.name",
-    config.model.name,
-    f"is one of {', '.join(model_config.MODELS)}",
   )
 
 

@@ -22,8 +22,9 @@ for TF.js, and the page in headless Chromium, where they are installed, see
 `convnet.web`), compares it with JAX, writes `agreement.json` and prints the
 agreement; a disagreement is an error.
 
-The files are written from the model's layers by `convnet.formats`, which
-also says what each format can hold.
+The run is read by `convnet.trained`; the files are written from the
+model's layers by `convnet.formats`, which also says what each format can
+hold.
 """
 
 from __future__ import annotations
@@ -154,9 +155,9 @@ def export(
     ExportError: the format cannot hold a setting of the model, `--page` with
       ONNX or with inputs that are not 28x28 images, the exported model
       disagrees with JAX, or a runtime it needs cannot start.
-    CheckpointError, WorkdirError: the run cannot be read, or `out` written.
+    CheckpointError, WorkdirError: the run cannot be read (`trained.load`), or `out` written.
   """
-  from convnet import visualize, web
+  from convnet import trained, web
 
   lines = []
 
@@ -174,7 +175,7 @@ def export(
   if fmt == "tfjs" and not page and os.path.exists(os.path.join(out, web.EXAMPLES)):
     page = True
     say(f"{out} holds a page: it is written again for this model")
-  run = visualize.load_run(workdir, checkpoint)
+  run = trained.load(workdir, checkpoint)
   dataset = run.dataset
   if page:
     web.check_page_input(run.config.data, dataset.input_shape)

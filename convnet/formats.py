@@ -1,8 +1,8 @@
 """A trained model's layers, written as an ONNX graph and as a TensorFlow.js LayersModel.
 
-`layers` lists what a `models.ConvNet` or `models.DenseNet` computes, with its
-trained weights and every padding resolved for the input; `to_onnx` and
-`to_tfjs` write those layers in each format from the format's own
+`layers` gives the layers a model lists (`convnet.models.layers`) with
+their trained weights and every padding resolved for the input; `to_onnx`
+and `to_tfjs` write those layers in each format from the format's own
 definitions: ONNX through the `onnx` package's graph builders (the operators
 of the ONNX specification), the LayersModel as the JSON topology and weight
 manifest that `tf.loadLayersModel` reads. `convnet.export` checks what they
@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from convnet import model_config, models, ops
+from convnet import model_config, ops
 from convnet.errors import ExportError
+from convnet.models import layers as model_layers
 
 ONNX_OPSET = 20  # the first with Gelu, whose tanh form is Flax's nn.gelu
 _TFJS_ACTIVATIONS = {
@@ -38,12 +39,12 @@ _TFJS_ACTIVATIONS = {
 
 
 # ----------------------------------------------------------------------------
-# The model as a list of layers
+# The model's layers, with their weights
 
 
 @dataclasses.dataclass(frozen=True)
 class Conv:
-  """A convolution, channels last; `kernel` (*kernel_size, in, out), `bias` (out,)."""
+  """A `layers.Conv` with its weights: `kernel` (*kernel_size, in, out), `bias` (out,)."""
 
   name: str
   kernel: np.ndarray
@@ -56,7 +57,7 @@ class Conv:
 
 @dataclasses.dataclass(frozen=True)
 class Pool:
-  """Max or average pooling over the real inputs of each window (padding is never counted)."""
+  """A `layers.Pool`, its padding resolved: the real inputs of each window are pooled."""
 
   name: str
   kind: str  # "max" or "avg"
@@ -66,17 +67,13 @@ class Pool:
   same: bool
 
 
-@dataclasses.dataclass(frozen=True)
-class Head:
-  """Feature maps to a vector: "flatten" (channels last), "global_avg" or "global_max"."""
-
-  name: str
-  kind: str
+# A head has no weights and no padding: the model's own record serves.
+Head = model_layers.Head
 
 
 @dataclasses.dataclass(frozen=True)
 class Dense:
-  """`activation(x @ kernel + bias)`; `kernel` (in, out)."""
+  """A `layers.Dense` with its weights: `activation(x @ kernel + bias)`; `kernel` (in, out)."""
 
   name: str
   kernel: np.ndarray
@@ -93,7 +90,7 @@ def _window_pads(spatial, window, strides, padding) -> tuple[tuple, bool]:
 
 
 def layers(model: Any, params: Mapping[str, Any], input_shape: Sequence[int]) -> list[Layer]:
-  """The layers of a `models.ConvNet` or `models.DenseNet` with its trained `params`.
+  """The layers a model lists (`model.layers`, see `convnet.models`) with its trained `params`.
 
   Args:
     model: the module `models.create_model` built for the run.
@@ -104,42 +101,25 @@ def layers(model: Any, params: Mapping[str, Any], input_shape: Sequence[int]) ->
     The layers in order; every "SAME" or explicit padding is resolved into
     (low, high) amounts for this input.
   """
-
-  def dense(name: str, activation: str) -> Dense:
-    p = params[name]
-    return Dense(name, np.asarray(p["kernel"]), np.asarray(p["bias"]), activation)
-
   out: list[Layer] = []
-  if isinstance(model, models.DenseNet):
-    out.append(Head("flatten", "flatten"))
-  else:
-    spatial = tuple(input_shape[:-1])
-    for i, block in enumerate(model.blocks):
-      p = params[f"conv_{i}"]
-      pads, same = _window_pads(spatial, block.kernel_size, block.strides, block.padding)
-      out.append(
-        Conv(
-          f"conv_{i}",
-          np.asarray(p["kernel"]),
-          np.asarray(p["bias"]),
-          block.strides,
-          pads,
-          same,
-          block.activation,
-        )
-      )
-      spatial = _shape_after(spatial, block.kernel_size, block.strides, pads)
-      if block.pooling != "none":
-        pads, same = _window_pads(
-          spatial, block.pool_window, block.pool_strides, block.pool_padding
-        )
-        out.append(
-          Pool(f"pool_{i}", block.pooling, block.pool_window, block.pool_strides, pads, same)
-        )
-        spatial = _shape_after(spatial, block.pool_window, block.pool_strides, pads)
-    out.append(Head("head", model.head))
-  out += [dense(f"dense_{i}", model.dense_activation) for i in range(len(model.dense_features))]
-  out.append(dense("logits", "linear"))
+  spatial = tuple(input_shape[:-1])
+  for layer in model.layers:
+    if isinstance(layer, model_layers.Conv):
+      p = params[layer.name]
+      pads, same = _window_pads(spatial, layer.kernel_size, layer.strides, layer.padding)
+      kernel, bias = np.asarray(p["kernel"]), np.asarray(p["bias"])
+      out.append(Conv(layer.name, kernel, bias, layer.strides, pads, same, layer.activation))
+      spatial = _shape_after(spatial, layer.kernel_size, layer.strides, pads)
+    elif isinstance(layer, model_layers.Pool):
+      pads, same = _window_pads(spatial, layer.window, layer.strides, layer.padding)
+      out.append(Pool(layer.name, layer.kind, layer.window, layer.strides, pads, same))
+      spatial = _shape_after(spatial, layer.window, layer.strides, pads)
+    elif isinstance(layer, model_layers.Head):
+      out.append(Head(layer.name, layer.kind))
+    else:
+      p = params[layer.name]
+      kernel, bias = np.asarray(p["kernel"]), np.asarray(p["bias"])
+      out.append(Dense(layer.name, kernel, bias, layer.activation))
   return out
 
 

@@ -1,12 +1,14 @@
 """What a trained network computes, for interpreting it: predictions, feature maps, gradients.
 
-Everything here takes a Linen module (`convnet.models.ConvNet` or `DenseNet`),
-its parameters and a batch of examples `(N, *spatial, channels)`, and returns
-NumPy arrays; `convnet.visualize` draws them. The model is a static argument
-of the jitted functions, so each model compiles once per batch shape.
+Everything here takes a model (a Linen module of `convnet.models`, which lists
+its `layers`), its parameters and a batch of examples `(N, *spatial,
+channels)`, and returns NumPy arrays; `convnet.visualize` draws them. The
+model is a static argument of the jitted functions, so each model compiles
+once per batch shape.
 - `predict`: softmax probabilities;
 - `feature_maps`, `feature_map_gradients`: each conv block's activations and
-  the gradient of a class's logit with respect to them;
+  the gradient of a class's logit with respect to them (conv block k is the
+  model's k-th convolution, see `models.layers.apply`);
 - `saliency`: the gradient of a class's logit with respect to the input;
 - `grad_cam`: Grad-CAM on a conv block, on the input's grid;
 - `foreground_share`, `confusion_matrix`, `confident_mistakes`,
@@ -23,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from convnet import epochs, input_pipeline, summary
+from convnet.models import layers
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -89,7 +92,7 @@ def feature_map_gradients(model, params, images, classes, name: str):
 
   Both are (N, *block's spatial shape, block's features), for images
   (N, *spatial, channels) and classes (N,). The gradients are taken through
-  the model's `perturbations` (see `models.ConvNet`).
+  the model's `perturbations` (see `models.layers.apply`).
   """
   maps = feature_maps(model, params, images)
   zeros = {key: jnp.zeros_like(value) for key, value in maps.items()}
@@ -103,10 +106,11 @@ def feature_centres(model, input_shape: Sequence[int], block: int) -> list[np.nd
   Output o's receptive field begins at `field_start + o * jump` and spans
   `receptive_field` inputs (see `convnet.summary`), so its centre lies at
   `field_start + (receptive_field - 1) / 2 + o * jump`, in input pixels (or
-  steps). `input_shape` is one example's, channels last; `block` must be a
-  conv block of the `ConvNet` `model`.
+  steps). `input_shape` is one example's, channels last; `block` indexes the
+  model's convolutions (`layers.convs`).
   """
-  row = next(r for r in summary.model_rows(model, input_shape) if r.name == f"conv_{block}")
+  name = layers.convs(model.layers)[block].name
+  row = next(r for r in summary.model_rows(model, input_shape) if r.name == name)
   return [
     start + (size - 1) / 2 + jump * np.arange(n)
     for start, size, jump, n in zip(
@@ -126,12 +130,12 @@ def grad_cam(
   centre of its receptive field and interpolated linearly between centres;
   each map is scaled to a maximum of 1 (a map with no positive evidence is all
   zeros). `images` are (N, *spatial, channels); `classes` (N,) default to the
-  predicted ones; `model` must be a `ConvNet`.
+  predicted ones; `model` must have a convolution (`layers.convs`).
   """
   images = np.asarray(images)
   if classes is None:
     classes = predict(model, params, images).argmax(-1)
-  block = block % len(model.blocks)
+  block = block % len(layers.convs(model.layers))
   maps, grads = feature_map_gradients(model, params, images, classes, f"activation_{block}")
   spatial_axes = tuple(range(1, maps.ndim - 1))
   weights = grads.mean(axis=spatial_axes, keepdims=True)

@@ -10,8 +10,9 @@ rate `analysis.tune_learning_rate` chose on validation accuracy alone.
 - `learning_curve_rows`: per (model, N), the test accuracy at the epoch of best
   validation accuracy (mean and Student's t 95% interval over seeds), the
   chosen rate and the step budget;
-- `convnet_minus_dense`: per N, each convnet minus each dense model that shares
-  its other fields, with Welch's 95% interval;
+- `minus_baseline`: per N, each model minus each line of the baseline model
+  (`models.BASELINE`, the dense network) that shares its other fields, with
+  Welch's 95% interval;
 - `section` (markdown lines) and `write_plot` (`learning_curve.png`).
 """
 
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from convnet import analysis, display
+from convnet.models import BASELINE
 
 SIZE = "data.num_train"
 # Fields a sweep may set per size, alongside N; not part of what a model is when N fixes them.
@@ -135,28 +137,39 @@ def learning_curve_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, 
   return [row for rows in lines.values() for row in sorted(rows, key=lambda r: r["num_train"])]
 
 
-def convnet_minus_dense(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-  """Per N, each convnet minus each dense model on test accuracy, with Welch's 95% interval.
+def minus_baseline(
+  rows: Sequence[Mapping[str, Any]], baseline: str = BASELINE
+) -> list[dict[str, Any]]:
+  """Per N, each model minus each baseline line on test accuracy, with Welch's 95% interval.
 
-  A dense row is paired with a convnet row of the same N whose other non-model
-  overrides (the data, say) it shares; the rows are at their tuned rates.
+  A row of the `baseline` model (a `model.name`; by default `models.BASELINE`)
+  is paired with each row of another model at the same N whose other
+  non-model overrides (the data, say) it shares; the rows are at their tuned
+  rates. Each pair has `num_train`, `model_name`, `model` and `baseline` (the
+  two lines' labels) and the `analysis.difference_interval` of their test
+  accuracies.
   """
   pairs = []
-  for convnet in (r for r in rows if r["model_name"] == "convnet"):
+  for row in (r for r in rows if r["model_name"] != baseline):
     shared = {
       k: v
-      for k, v in convnet["overrides"].items()
+      for k, v in row["overrides"].items()
       if not k.startswith("model.") and k not in ("seed", analysis.LEARNING_RATE)
     }
-    for dense in rows:
-      same = all(dense["overrides"].get(k) == v for k, v in shared.items())
-      if dense["model_name"] != "dense" or not same:
+    for other in rows:
+      same = all(other["overrides"].get(k) == v for k, v in shared.items())
+      if other["model_name"] != baseline or not same:
         continue
-      if not convnet["accuracies"] or not dense["accuracies"]:
+      if not row["accuracies"] or not other["accuracies"]:
         continue
       pairs.append(
-        {"num_train": convnet["num_train"], "convnet": convnet["model"], "dense": dense["model"]}
-        | analysis.difference_interval(convnet["accuracies"], dense["accuracies"])
+        {
+          "num_train": row["num_train"],
+          "model_name": row["model_name"],
+          "model": row["model"],
+          "baseline": other["model"],
+        }
+        | analysis.difference_interval(row["accuracies"], other["accuracies"])
       )
   return pairs
 
@@ -207,13 +220,14 @@ def section(records: Sequence[Mapping[str, Any]]) -> list[str]:
     cells = {r["model"]: _cell(r) for r in at_n}
     budget_ = " | ".join(_values(at_n, k) for k in ("batch_size", "steps_per_epoch", "steps"))
     lines.append(f"| {n} | {budget_} | " + " | ".join(cells.get(m, "–") for m in models) + " |")
-  pairs = convnet_minus_dense(rows)
+  pairs = minus_baseline(rows)
   if pairs:
-    columns = list(dict.fromkeys((p["convnet"], p["dense"]) for p in pairs))
+    columns = list(dict.fromkeys((p["model"], p["baseline"]) for p in pairs))
+    names = " and ".join(dict.fromkeys(p["model_name"] for p in pairs))
     lines += [
       "",
-      "Convnet minus dense by training-set size: test accuracy (percentage points) at the "
-      "same N, with Welch's 95% interval"
+      f"{names[:1].upper() + names[1:]} minus {BASELINE} by training-set size: test "
+      "accuracy (percentage points) at the same N, with Welch's 95% interval"
       + (", each arm at its tuned learning rate" if tuned else "")
       + ":",
       "",
@@ -221,7 +235,7 @@ def section(records: Sequence[Mapping[str, Any]]) -> list[str]:
       "|---|" + "---|" * len(columns),
     ]
     for n in sizes:
-      cells = {(p["convnet"], p["dense"]): p for p in pairs if p["num_train"] == n}
+      cells = {(p["model"], p["baseline"]): p for p in pairs if p["num_train"] == n}
       lines.append(f"| {n} | " + " | ".join(_difference(cells.get(c)) for c in columns) + " |")
   return lines
 

@@ -6,8 +6,8 @@ number of blocks. `conv_blocks` resolves them into one `ConvBlockSpec` per
 block and checks every feature map's shape against the data's input shape,
 and every pooling padding against its window (a window of padding only has no
 finite max or average), so an impossible setting stops with a `ConfigError`
-that names the field before anything is compiled. `convnet.models.create_model`
-builds the modules from what this module returns.
+that names the field before anything is compiled. The model modules
+(`convnet.models`) build their modules from what this module returns.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 POOLINGS = ("max", "avg", "none")
 HEADS = ("flatten", "global_avg", "global_max")
-MODELS = ("convnet", "dense")
 IMPLEMENTATIONS = ("matmul", "lax")
 
 

@@ -10,10 +10,11 @@ Reads `DIR/records/*.json`, written by `convnet.sweep`, and writes:
   FLOPs per training example, wall time and examples/s; then each setting's
   test accuracy minus a reference setting's on the same test set
   (`--reference`, by default the first) with Welch's 95% interval, except
-  where the sweep pairs convnets with dense networks, tunes rates or varies N;
+  where the sweep pairs models with the baseline (`models.BASELINE`, the
+  dense network), tunes rates or varies N;
 - `accuracy.png`: validation and test accuracy against the swept setting;
 - `params.png`, when the sweep has more than one model: test accuracy against
-  parameter count, one series per model (convnet against dense);
+  parameter count, one series per model;
 - `learning_rate.png`, when the sweep varies the learning rate (below);
 - `learning_curve.png` and learning-curve tables, when the sweep varies
   `data.num_train` (see `convnet.learning_curve`).
@@ -22,8 +23,8 @@ When a sweep gives each setting a grid of learning rates (`optimizer.learning_ra
 among its varying fields), each arm (a setting without its rate and seed) is
 tuned: `analysis.tune_learning_rate` picks the rate with the best mean validation
 accuracy over seeds, never looking at test accuracy; `report.md` gains a
-table of the chosen rates with the test accuracy there, the convnet-minus-dense
-table compares the arms at their own chosen rates, and `learning_rate.png`
+table of the chosen rates with the test accuracy there, the table of each
+model minus the baseline compares the arms at their own chosen rates, and `learning_rate.png`
 plots each arm's accuracy against the rate.
 """
 
@@ -77,9 +78,9 @@ def markdown(
 
   Each setting is compared with a reference setting on its test set
   (`analysis.against_reference`: `reference`, or by default each test set's
-  first), except in sweeps with tables of their own: by default, sweeps of
-  convnet-dense pairs; always, sweeps that tune a learning rate or draw a
-  learning curve.
+  first), except in sweeps with tables of their own: by default, sweeps that
+  pair models with the baseline (`analysis.matched_pairs`); always, sweeps
+  that tune a learning rate or draw a learning curve.
 
   Raises:
     DataError: `reference` names no setting or several, or the sweep tunes a
@@ -107,27 +108,8 @@ def markdown(
   if tuned:
     lines += ["", *tuned_markdown(tuned)]
   pairs = analysis.matched_pairs(records)
-  if pairs:
-    at_rates = ", each arm at its tuned learning rate" if tuned else ""
-    lines += [
-      "",
-      "Convnet minus dense at matched parameter counts, test accuracy (percentage points), "
-      f"with Welch's 95% interval{at_rates}:",
-      "",
-      "| convnet | dense | parameters (convnet / dense) | difference | 95% CI |",
-      "|---|---|---|---|---|",
-    ]
-    for p in pairs:
-      ci = difference_ci(p)
-      convnet, dense = (
-        p[m]["label"] + (f" at {p[m]['learning_rate']:g}" if tuned else "")
-        for m in ("convnet", "dense")
-      )
-      lines.append(
-        f"| {convnet} | {dense} | "
-        f"{p['convnet']['num_params']:,.0f} / {p['dense']['num_params']:,.0f} | "
-        f"{100 * p['difference']:+.2f} | {ci} |"
-      )
+  for model in dict.fromkeys(p["model"]["model"] for p in pairs):
+    lines += ["", *pairs_markdown([p for p in pairs if p["model"]["model"] == model], bool(tuned))]
 
   curve = learning_curve.section(records)
   if reference is not None and (tuned or curve):
@@ -160,6 +142,30 @@ def markdown(
       error = (r.get("error") or "").splitlines()[0] if r.get("error") else ""
       lines.append(f"- `{r['cell']}`: {r['status']}: {error}")
   return "\n".join(lines) + "\n"
+
+
+def pairs_markdown(pairs: Sequence[Mapping[str, Any]], tuned: bool) -> list[str]:
+  """The table of one model's settings minus the baseline's (`analysis.matched_pairs`)."""
+  model, baseline = pairs[0]["model"]["model"], pairs[0]["baseline"]["model"]
+  at_rates = ", each arm at its tuned learning rate" if tuned else ""
+  lines = [
+    f"{model[:1].upper() + model[1:]} minus {baseline} at matched parameter counts, test "
+    f"accuracy (percentage points), with Welch's 95% interval{at_rates}:",
+    "",
+    f"| {model} | {baseline} | parameters ({model} / {baseline}) | difference | 95% CI |",
+    "|---|---|---|---|---|",
+  ]
+  for p in pairs:
+    labels = (
+      p[side]["label"] + (f" at {p[side]['learning_rate']:g}" if tuned else "")
+      for side in ("model", "baseline")
+    )
+    lines.append(
+      f"| {' | '.join(labels)} | "
+      f"{p['model']['num_params']:,.0f} / {p['baseline']['num_params']:,.0f} | "
+      f"{100 * p['difference']:+.2f} | {difference_ci(p)} |"
+    )
+  return lines
 
 
 def reference_markdown(differences: Sequence[Mapping[str, Any]]) -> list[str]:

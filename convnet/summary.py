@@ -46,7 +46,8 @@ from absl import app, flags
 
 from convnet import cli, config_checks, display, input_pipeline, models, ops, sources, steps
 from convnet.errors import ConvnetError
-from convnet.model_config import feature_map_shapes
+from convnet.model_config import output_length
+from convnet.models import layers
 
 # (FLOPs, transcendentals) per output of each activation, as XLA's cost analysis counts the
 # program as written; `tests/test_summary.py` measures them again.
@@ -107,15 +108,19 @@ class Row:
 
 
 def receptive_fields(
-  windows: Sequence[tuple[Sequence[int], Sequence[int]]], rank: int
+  windows: Sequence[tuple[Sequence[int], Sequence[int]]], rank: int, before: Row | None = None
 ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
   """(size, jump) per spatial axis after each (window, stride) of a stack of convs and pools.
 
   Args:
     windows: one (kernel or pooling window, strides) pair per layer, in order.
     rank: number of spatial axes.
+    before: the row the windows apply to (its receptive field and jump); by
+      default the input, where both are 1.
   """
   size, jump = (1,) * rank, (1,) * rank
+  if before is not None:
+    size, jump = before.receptive_field, before.jump
   fields = []
   for window, strides in windows:
     size = tuple(r + (k - 1) * j for r, k, j in zip(size, window, jump, strict=True))
@@ -136,8 +141,7 @@ def layer_rows(
 
 
 def model_rows(model, input_shape: Sequence[int]) -> list[Row]:
-  """The table's rows for a `models.ConvNet` or `models.DenseNet` on this input shape."""
-  num_classes = model.num_classes
+  """The table's rows for the layers a model lists (`model.layers`) on this input shape."""
   input_shape = tuple(input_shape)
   spatial, channels = input_shape[:-1], input_shape[-1]
   rank = len(spatial)
@@ -151,103 +155,105 @@ def model_rows(model, input_shape: Sequence[int]) -> list[Row]:
       field_start=(0,) * rank,
     )
   ]
-  if isinstance(model, models.DenseNet):
-    rows.append(Row("flatten", "flatten", (math.prod(input_shape),), input_seen=spatial))
-    return rows + _dense_rows(model.dense_features, model.dense_activation, num_classes, rows[-1])
-  stages = []
-  for i, block in enumerate(model.blocks):
-    stages.append(("conv", i, block, block.kernel_size, block.strides, block.padding))
-    if block.pooling != "none":
-      stages.append(("pool", i, block, block.pool_window, block.pool_strides, block.pool_padding))
-  shapes = [out for _, _, out in feature_map_shapes(model.blocks, input_shape)]
-  fields = receptive_fields([(window, strides) for _, _, _, window, strides, _ in stages], rank)
-  # Per axis: where the first output's receptive field starts, in input pixels (padding makes it
-  # negative), and which offsets from there it sees (a stride wider than its window leaves gaps).
-  start, jump_in = (0,) * rank, (1,) * rank
+  # Per axis: which offsets from the first output's field start it sees (a stride wider than its
+  # window leaves gaps).
   offsets = [{0}] * rank
-  for (kind, i, block, window, strides, padding), out, (size, jump) in zip(
-    stages, shapes, fields, strict=True
-  ):
-    pads = ops.explicit_padding(rows[-1].output_shape[:-1], window, strides, padding)
-    start = tuple(a - low * j for a, (low, _), j in zip(start, pads, jump_in, strict=True))
-    offsets = [
-      {t * j + d for t in range(k) for d in axis_offsets}
-      for axis_offsets, k, j in zip(offsets, window, jump_in, strict=True)
-    ]
-    positions = math.prod(out)
-    if kind == "conv":
-      taps = _conv_taps(
-        rows[-1].output_shape[:-1], out, window, strides, pads, model.implementation
+  last = len(model.layers) - 1
+  for index, layer in enumerate(model.layers):
+    before = rows[-1]
+    if isinstance(layer, layers.Conv | layers.Pool):
+      window = layer.kernel_size if isinstance(layer, layers.Conv) else layer.window
+      ((size, jump),) = receptive_fields([(window, layer.strides)], rank, before)
+      pads = ops.explicit_padding(before.output_shape[:-1], window, layer.strides, layer.padding)
+      out = tuple(
+        output_length(n, k, s, pad)
+        for n, k, s, pad in zip(before.output_shape[:-1], window, layer.strides, pads, strict=True)
       )
-      act_flops, act_transcendentals = ACTIVATION_COSTS[block.activation]
-      outputs = positions * block.features
-      row = Row(
-        f"conv_{i}",
-        f"conv {block.features}@{_window(window, strides, padding)}, {block.activation}",
-        (*out, block.features),
-        weights=math.prod(window) * channels * block.features,
-        biases=block.features,
-        flops=2 * taps * channels * block.features + outputs * (1 + act_flops),
-        transcendentals=outputs * act_transcendentals,
-        receptive_field=size,
-        jump=jump,
-        field_start=start,
+      # Where the first output's receptive field starts, in input pixels (padding makes it
+      # negative).
+      start = tuple(
+        a - low * j for a, (low, _), j in zip(before.field_start, pads, before.jump, strict=True)
       )
-      channels = block.features
+      offsets = [
+        {t * j + d for t in range(k) for d in axis_offsets}
+        for axis_offsets, k, j in zip(offsets, window, before.jump, strict=True)
+      ]
+      field = {"receptive_field": size, "jump": jump, "field_start": start}
+      if isinstance(layer, layers.Conv):
+        rows.append(_conv_row(layer, before, out, pads, channels, field))
+        channels = layer.features
+      else:
+        rows.append(_pool_row(layer, out, channels, field))
+    elif isinstance(layer, layers.Head):
+      rows.append(_head_row(layer, before, spatial, offsets, channels))
     else:
-      comparisons = (math.prod(window) - 1) * positions * channels
-      if block.pooling == "avg":  # then a division by the count of real inputs per window
-        comparisons += positions * channels
-      row = Row(
-        f"pool_{i}",
-        f"{block.pooling}-pool {_window(window, strides, padding)}",
-        (*out, channels),
-        flops=comparisons,
-        receptive_field=size,
-        jump=jump,
-        field_start=start,
-      )
-    rows.append(row)
-    jump_in = jump
-  last = rows[-1]
+      rows.append(_dense_row(layer, before, index == last))
+  return rows
+
+
+def _conv_row(layer, before: Row, out, pads, channels: int, field) -> Row:
+  taps = _conv_taps(
+    before.output_shape[:-1], out, layer.kernel_size, layer.strides, pads, layer.implementation
+  )
+  act_flops, act_transcendentals = ACTIVATION_COSTS[layer.activation]
+  outputs = math.prod(out) * layer.features
+  return Row(
+    layer.name,
+    f"conv {layer.features}@{_window(layer.kernel_size, layer.strides, layer.padding)}, "
+    f"{layer.activation}",
+    (*out, layer.features),
+    weights=math.prod(layer.kernel_size) * channels * layer.features,
+    biases=layer.features,
+    flops=2 * taps * channels * layer.features + outputs * (1 + act_flops),
+    transcendentals=outputs * act_transcendentals,
+    **field,
+  )
+
+
+def _pool_row(layer, out, channels: int, field) -> Row:
+  comparisons = (math.prod(layer.window) - 1) * math.prod(out) * channels
+  if layer.kind == "avg":  # then a division by the count of real inputs per window
+    comparisons += math.prod(out) * channels
+  return Row(
+    layer.name,
+    f"{layer.kind}-pool {_window(layer.window, layer.strides, layer.padding)}",
+    (*out, channels),
+    flops=comparisons,
+    **field,
+  )
+
+
+def _head_row(layer, before: Row, spatial, offsets, channels: int) -> Row:
+  """The head's row; `input_seen` counts the input positions the last feature maps see."""
   seen = tuple(
     len({a + o * j + d for o in range(m) for d in axis_offsets} & set(range(n)))
     for n, m, a, j, axis_offsets in zip(
-      spatial, last.output_shape[:-1], start, last.jump, offsets, strict=True
+      spatial, before.output_shape[:-1], before.field_start, before.jump, offsets, strict=True
     )
   )
-  if model.head == "flatten":
-    rows.append(Row("flatten", "flatten", (math.prod(last.output_shape),), input_seen=seen))
-  else:  # a reduction over positions; the mean divides once per channel
-    reductions = (math.prod(last.output_shape[:-1]) - 1) * channels
-    divisions = channels if model.head == "global_avg" else 0
-    operation = model.head.replace("_", " ") + "-pool"
-    rows.append(
-      Row(model.head, operation, (channels,), flops=reductions + divisions, input_seen=seen)
-    )
-  return rows + _dense_rows(model.dense_features, model.dense_activation, num_classes, rows[-1])
+  if layer.kind == "flatten":
+    return Row("flatten", "flatten", (math.prod(before.output_shape),), input_seen=seen)
+  # A reduction over positions; the mean divides once per channel.
+  reductions = (math.prod(before.output_shape[:-1]) - 1) * channels
+  divisions = channels if layer.kind == "global_avg" else 0
+  operation = layer.kind.replace("_", " ") + "-pool"
+  return Row(layer.kind, operation, (channels,), flops=reductions + divisions, input_seen=seen)
 
 
-def _dense_rows(dense_features, activation, num_classes, head: Row) -> list[Row]:
-  rows = []
-  width = head.output_shape[-1]
-  layers = [(f"dense_{i}", f, activation) for i, f in enumerate(dense_features)]
-  for name, features, act in [*layers, ("logits", num_classes, "linear")]:
-    act_flops, act_transcendentals = ACTIVATION_COSTS[act]
-    rows.append(
-      Row(
-        name,
-        f"dense {features}" + (f", {act}" if name != "logits" else ""),
-        (features,),
-        weights=width * features,
-        biases=features,
-        flops=2 * width * features + features * (1 + act_flops),
-        transcendentals=features * act_transcendentals,
-        input_seen=head.input_seen,
-      )
-    )
-    width = features
-  return rows
+def _dense_row(layer, before: Row, is_last: bool) -> Row:
+  """A dense layer's row; the last one's (the logits) names no activation."""
+  width = before.output_shape[-1]
+  act_flops, act_transcendentals = ACTIVATION_COSTS[layer.activation]
+  return Row(
+    layer.name,
+    f"dense {layer.features}" + ("" if is_last else f", {layer.activation}"),
+    (layer.features,),
+    weights=width * layer.features,
+    biases=layer.features,
+    flops=2 * width * layer.features + layer.features * (1 + act_flops),
+    transcendentals=layer.features * act_transcendentals,
+    input_seen=before.input_seen,
+  )
 
 
 def _conv_taps(spatial, out, window, strides, pads, implementation: str) -> int:
@@ -393,12 +399,16 @@ def summary_text(config: ml_collections.ConfigDict, xla: bool = True) -> str:
   """
   config_checks.validate(config)
   input_shape, num_classes = input_pipeline.input_spec(config.data)
-  rows = layer_rows(config.model, input_shape, num_classes)
+  model = models.create_model(config.model, input_shape, num_classes)
+  rows = model_rows(model, input_shape)
   data = sources.title(config.data)
-  model = config.model.name + (
-    f" ({config.model.implementation} implementation)" if config.model.name == "convnet" else ""
-  )
-  text = format_table(rows, f"{model} on {data}: input {input_shape}, {num_classes} classes")
+  implementations = {
+    layer.implementation for layer in model.layers if isinstance(layer, layers.Conv | layers.Pool)
+  }
+  name = config.model.name
+  if implementations:
+    name += f" ({', '.join(sorted(implementations))} implementation)"
+  text = format_table(rows, f"{name} on {data}: input {input_shape}, {num_classes} classes")
   if not xla:
     return text
   total, counts = totals(rows), xla_counts(config.model, input_shape, num_classes)

@@ -9,10 +9,11 @@ Loads the run's config and its latest checkpoint (or, with
   (from `metrics.jsonl`);
 - `filters.png`: the first layer's kernels (a dense model's first-layer
   weights, shaped like the input);
-- `feature_maps_<n>.png`: every conv block's feature maps for test image n;
+- `feature_maps_<n>.png`: every conv block's feature maps for test image n
+  (a conv block is one of the model's convolutions and the poolings after it);
 - `saliency.png`: the first test image of each class, the gradient of its
   predicted class's logit with respect to the input, and Grad-CAM on the last
-  conv block;
+  conv block (for a model with convolutions);
 - `confusion.png`: the test set's confusion matrix;
 - `mistakes.png`: the most confidently misclassified test images.
 
@@ -20,21 +21,17 @@ A workdir of seeds trained together (`convnet.seeds`, `convnet.sweep
 --vmap_seeds`) is one `seed_<s>/` folder; its weights come from the group's
 stacked checkpoint. A sweep directory gets the report's table and plots,
 drawn by `convnet.report`. What the figures show is computed by
-`convnet.interpret`; the run is read with `convnet.workdir` and
-`convnet.checkpoints`.
+`convnet.interpret`; the run is read by `convnet.trained`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
-import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
@@ -43,63 +40,20 @@ from convnet import (
   checkpoints,
   cli,
   display,
-  input_pipeline,
   interpret,
-  model_config,
-  models,
   report,
   sources,
-  steps,
+  summary,
+  trained,
 )
 from convnet import workdir as workdir_lib
 from convnet.errors import CheckpointError, ConfigError, ConvnetError
+from convnet.models import layers
 
 DPI = 100
 FEATURE_MAP_COLUMNS = 8
 NUM_MISTAKES = 16
 SALIENCY_SAMPLE = 1000  # test images whose saliency's share on the foreground is measured
-
-
-# ----------------------------------------------------------------------------
-# Loading a run
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-  """A trained run: its config, data, model, parameters and metrics."""
-
-  workdir: str
-  config: ml_collections.ConfigDict
-  dataset: input_pipeline.Dataset
-  model: Any
-  params: Any
-  step: int
-  records: list[dict[str, Any]]
-
-
-def load_run(workdir: str, checkpoint: str = "latest") -> Run:
-  """Reads a run's config, data, checkpoint and metrics from its workdir.
-
-  `workdir` is a `convnet.main` workdir, or one `seed_<s>/` of a group;
-  `checkpoint` is "latest" or "best" (see `checkpoints.restore_params`).
-
-  Raises:
-    CheckpointError: `workdir` is not a directory, has no config or checkpoint,
-      or its checkpoint does not fit the model its config describes.
-  """
-  if not os.path.isdir(workdir):
-    raise CheckpointError(f"--workdir={workdir} is not a directory")
-  config = workdir_lib.read_config(workdir)
-  params, step = checkpoints.restore_params(workdir, checkpoint)
-  dataset = input_pipeline.load(config.data, config.seed)
-  model = models.create_model(config.model, dataset.input_shape, dataset.num_classes)
-  expected = jax.eval_shape(steps.init_params, model, jax.random.key(0), dataset.input_shape)
-  shapes = jax.tree.map(np.shape, params)
-  if shapes != jax.tree.map(lambda x: x.shape, expected):
-    raise CheckpointError(
-      f"the checkpoint in {workdir} does not fit the model its config.json describes"
-    )
-  return Run(workdir, config, dataset, model, params, step, workdir_lib.read_metrics(workdir))
 
 
 # ----------------------------------------------------------------------------
@@ -192,26 +146,28 @@ def plot_curves(records: Sequence[Mapping[str, Any]], path: str, title: str = ""
   return _save(fig, path)
 
 
-def plot_filters(params: Mapping[str, Any], input_shape: Sequence[int], path: str, title="") -> str:
+def plot_filters(
+  model, params: Mapping[str, Any], input_shape: Sequence[int], path: str, title=""
+) -> str:
   """The first layer's kernels, one tile each, blue negative and red positive.
 
-  For a dense model, each first-layer unit's weights are shaped like the input.
+  For a model whose first layer with weights is dense, each of its units'
+  weights are shaped like the input.
   """
   plt = _pyplot()
-  if "conv_0" in params:
-    kernel = np.asarray(params["conv_0"]["kernel"])  # (*window, in, out)
+  first = next(layer for layer in model.layers if isinstance(layer, layers.Conv | layers.Dense))
+  kernel = np.asarray(params[first.name]["kernel"])
+  if isinstance(first, layers.Conv):  # kernel (*window, in, out)
     tiles = np.moveaxis(kernel, -1, 0)
-    what = f"conv_0: {tiles.shape[0]} kernels of {display.shape(kernel.shape[:-2])}"
+    what = f"{first.name}: {tiles.shape[0]} kernels of {display.shape(kernel.shape[:-2])}"
     if kernel.shape[-2] != 1 and not (kernel.shape[-2] == 3 and kernel.ndim == 4):
       tiles = tiles.sum(-1, keepdims=True)
       what += f", summed over {kernel.shape[-2]} input channels"
-  else:
-    first = sorted(k for k in params if k.startswith("dense_")) or ["logits"]
-    kernel = np.asarray(params[first[0]]["kernel"])  # (inputs, units)
+  else:  # kernel (inputs, units)
     tiles = kernel.T.reshape(kernel.shape[1], *input_shape)
     if len(input_shape) == 1:  # Features with no channel axis (PCA, selected pixels).
       tiles = tiles[..., None]
-    what = f"{first[0]}: the weights of its {kernel.shape[1]} units, shaped like the input"
+    what = f"{first.name}: the weights of its {kernel.shape[1]} units, shaped like the input"
   columns = min(8, len(tiles))
   rows = math.ceil(len(tiles) / columns)
   fig, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.3 * rows + 0.8), squeeze=False)
@@ -232,9 +188,16 @@ def plot_filters(params: Mapping[str, Any], input_shape: Sequence[int], path: st
 
 
 def plot_feature_maps(
-  image: np.ndarray, maps: Mapping[str, np.ndarray], blocks, path: str, title: str = ""
+  image: np.ndarray,
+  maps: Mapping[str, np.ndarray],
+  convs: Sequence[layers.Conv],
+  path: str,
+  title: str = "",
 ) -> str:
-  """One image and every conv block's feature maps for it, one tile per channel."""
+  """One image and every conv block's feature maps for it, one tile per channel.
+
+  `maps` holds `activation_{k}` for the k-th of `convs` (`interpret.feature_maps`).
+  """
   plt = _pyplot()
   rows = [math.ceil(m.shape[-1] / FEATURE_MAP_COLUMNS) for m in maps.values()]
   fig = plt.figure(figsize=(1.2 * FEATURE_MAP_COLUMNS + 2.2, 1.15 * sum(rows) + 0.5 * len(rows)))
@@ -243,9 +206,7 @@ def plot_feature_maps(
   _show(ax, example_map(image))
   ax.set_title(title or "input", fontsize=9)
   sections = right.subfigures(len(maps), 1, height_ratios=rows, squeeze=False)[:, 0]
-  for section, (name, fmap), block, n_rows in zip(
-    sections, maps.items(), blocks, rows, strict=True
-  ):
+  for section, fmap, conv, n_rows in zip(sections, maps.values(), convs, rows, strict=True):
     axes = section.subplots(n_rows, FEATURE_MAP_COLUMNS, squeeze=False)
     vmax = float(fmap.max()) or 1.0
     for c, ax in enumerate(axes.flat):
@@ -253,11 +214,10 @@ def plot_feature_maps(
         _show(ax, fmap[..., c], cmap="viridis", vmin=min(float(fmap.min()), 0.0), vmax=vmax)
       else:
         ax.axis("off")
-    index = name.split("_")[1]
     size = display.shape(fmap.shape[:-1])
     section.suptitle(
-      f"conv_{index} + {block.activation}: {fmap.shape[-1]} maps of {size} "
-      f"(kernel {display.shape(block.kernel_size)})",
+      f"{conv.name} + {conv.activation}: {fmap.shape[-1]} maps of {size} "
+      f"(kernel {display.shape(conv.kernel_size)})",
       fontsize=9,
     )
   return _save(fig, path)
@@ -376,7 +336,7 @@ def plot_mistakes(
 # All the figures of a workdir
 
 
-def describe(run: Run) -> str:
+def describe(run: trained.TrainedRun) -> str:
   """`convnet on fashion_mnist, step 4,680`: a short title for the figures."""
   dataset = sources.title(run.config.data)
   return f"{run.config.model.name} on {dataset}, step {run.step:,}"
@@ -391,14 +351,19 @@ def write_figures(
 ) -> list[str]:
   """Writes every figure of a run's workdir, or a sweep's report; returns their paths.
 
-  `checkpoint`: "latest" or "best" (see `load_run`).
+  `checkpoint`: "latest" or "best" (see `trained.load`).
+
+  Raises:
+    ConfigError: `grad_cam_block` names a conv block the model lacks.
+    CheckpointError, WorkdirError, DataError: as `trained.load`, or `out` cannot be written.
   """
   workdir = os.path.abspath(workdir)
   if os.path.isdir(os.path.join(workdir, "records")):
     records = analysis.load_records(workdir)
     return report.write_report(records, out or workdir, report.describe(records, workdir))
-  run = load_run(workdir, checkpoint)
-  num_blocks = len(getattr(run.model, "blocks", ()))
+  run = trained.load(workdir, checkpoint)
+  convs = layers.convs(run.model.layers)
+  num_blocks = len(convs)
   if num_blocks and not -num_blocks <= grad_cam_block < num_blocks:
     raise ConfigError(
       f"--grad_cam_block={grad_cam_block}: the model has {num_blocks} conv blocks; "
@@ -411,28 +376,29 @@ def write_figures(
   names = run.dataset.class_names
   paths = [
     plot_curves(run.records, os.path.join(out, "curves.png"), title),
-    plot_filters(run.params, run.dataset.input_shape, os.path.join(out, "filters.png"), title),
+    plot_filters(
+      run.model, run.params, run.dataset.input_shape, os.path.join(out, "filters.png"), title
+    ),
   ]
-  is_convnet = isinstance(run.model, models.ConvNet)
-  if is_convnet:
+  if convs:
     picks = np.arange(min(num_images, len(test)))
     maps = interpret.feature_maps(run.model, run.params, test.images[picks])
     for n in picks:
       path = os.path.join(out, f"feature_maps_{n}.png")
       label = f"test image {n}: {names[test.labels[n]]}"
       one = {k: v[n] for k, v in maps.items()}
-      paths.append(plot_feature_maps(test.images[n], one, run.model.blocks, path, label))
+      paths.append(plot_feature_maps(test.images[n], one, convs, path, label))
   probs = interpret.predict(run.model, run.params, test.images)
   predictions = probs.argmax(-1)
   picks = interpret.first_of_each_class(test.labels, run.dataset.num_classes)
   images = test.images[picks]
   cams, cam_label = None, ""
-  if is_convnet:
-    block = grad_cam_block % len(run.model.blocks)
+  if convs:
+    block = grad_cam_block % num_blocks
     cams = interpret.grad_cam(run.model, run.params, images, predictions[picks], block)
-    shapes = model_config.feature_map_shapes(run.model.blocks, run.dataset.input_shape)
-    size = next(shape for i, stage, shape in shapes if i == block and stage == "conv")
-    cam_label = f"Grad-CAM, conv_{block} ({display.shape(size)})"
+    rows = summary.model_rows(run.model, run.dataset.input_shape)
+    size = next(row.output_shape[:-1] for row in rows if row.name == convs[block].name)
+    cam_label = f"Grad-CAM, {convs[block].name} ({display.shape(size)})"
   sample = np.arange(min(SALIENCY_SAMPLE, len(test)))
   on_foreground, foreground = interpret.foreground_share(
     test.images[sample],
@@ -508,8 +474,6 @@ def main(argv):
     )
   except ConvnetError as e:
     sys.exit(f"error: {e}")
-  for path in paths:
-    logging.info("Wrote %s", path)
   print("Wrote " + ", ".join(paths))
 
 

@@ -132,10 +132,9 @@ def _model(shape, overrides, seed=0):
   model = models.create_model(model_config(**overrides), shape, 10)
   params = steps.init_params(model, jax.random.key(seed), shape)
   # Random biases too (they start at zero), so that a bias in the wrong place shows.
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-  params = jax.tree.unflatten(
-    tree, [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
+  noise = np.random.default_rng(seed + 1)  # NumPy's: no program to compile for each shape
+  params = jax.tree.map(
+    lambda p: np.asarray(p) + 0.1 * noise.standard_normal(p.shape, np.float32), params
   )
   images = np.random.default_rng(seed).random((32, *shape), np.float32)
   return model, params, images
@@ -311,6 +310,7 @@ def test_an_export_that_disagrees_with_jax_leaves_the_folder_as_it_was(
   assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+@pytest.mark.slow  # a run of its own, then an export
 def test_a_refused_export_makes_no_folder(trained, tmp_path):
   config = mnist.get_config()
   config.model.dense_activation = "gelu"
@@ -336,9 +336,9 @@ def test_a_folder_that_holds_a_page_gets_it_again_for_a_new_model(trained, tmp_p
   export.export(trained["convnet"], "tfjs", str(tmp_path), page=True, verify=False)
   lines = export.export(trained["dense"], "tfjs", str(tmp_path), verify=False)
   assert lines[0] == f"{tmp_path} holds a page: it is written again for this model"
-  from convnet import visualize
+  from convnet import trained as trained_runs
 
-  run = visualize.load_run(trained["dense"])
+  run = trained_runs.load(trained["dense"])
   examples = json.loads((tmp_path / "examples.json").read_text())
   images = np.array(examples["images"], np.float32).reshape(-1, 28, 28, 1)
   logits = export.jax_logits(run.model, run.params, images)
@@ -348,6 +348,7 @@ def test_a_folder_that_holds_a_page_gets_it_again_for_a_new_model(trained, tmp_p
   )
 
 
+@pytest.mark.slow  # a group trained, then two exports
 def test_one_seed_of_a_group_exports_its_own_weights(tmp_path):
   config = mnist.get_config()
   config.data.source = "embedded"
@@ -384,6 +385,7 @@ def test_a_bad_command_is_one_line(trained, tmp_path, args, message):
   assert (tmp_path / "file").read_text() == "x"
 
 
+@pytest.mark.slow  # a PCA run of its own
 def test_the_page_refuses_inputs_that_are_not_28x28_pixels(tmp_path):
   config = dense_config.get_config()
   config.data.features, config.data.num_features = "pca", 16
@@ -439,12 +441,13 @@ def check_page(out, images, reference, screenshot=None):
     return page.screenshot(path=screenshot, full_page=True)
 
 
+@pytest.mark.slow  # the page in Chromium
 def test_the_page_classifies_as_jax_does_and_reads_a_drawing(trained, tmp_path):
   _node()
   _browser()
   import matplotlib.image
 
-  from convnet import visualize
+  from convnet import trained as trained_runs
 
   out = tmp_path / "page"
   lines = export.export(trained["convnet"], "tfjs", str(out), page=True)
@@ -457,7 +460,7 @@ def test_the_page_classifies_as_jax_does_and_reads_a_drawing(trained, tmp_path):
   assert {"index.html", "page.js", "tf.min.js", "examples.json", "model.json"} <= set(
     os.listdir(out)
   )
-  run = visualize.load_run(trained["convnet"])
+  run = trained_runs.load(trained["convnet"])
   images = run.dataset.test.images
   png = check_page(out, images, export.jax_logits(run.model, run.params, images))
   pixels = matplotlib.image.imread(io.BytesIO(png))
@@ -522,11 +525,11 @@ def test_a_page_whose_model_cannot_load_is_one_line(trained, tmp_path):
 
 @pytest.mark.slow
 def test_the_quick_starts_models_agree_with_jax_on_every_test_image_everywhere(tmp_path):
-  # The README's quick start, as written (10 epochs of the embedded digits), for the convnet and
+  # The quick start, as written (10 epochs of the embedded digits), for the convnet and
   # the dense baseline: ONNX in onnxruntime, TF.js in Node.js and in the page in chromium.
   _node()
   _browser()
-  from convnet import visualize
+  from convnet import trained as trained_runs
 
   for config in ("mnist", "dense"):
     workdir = tmp_path / config
@@ -554,7 +557,7 @@ def test_the_quick_starts_models_agree_with_jax_on_every_test_image_everywhere(t
       line = f"{runtime}: argmax equal to JAX's on 1,000 of 1,000 test images"
       assert line in done.stdout
       assert all(result["agrees"] for result in _agreement(out, fmt))
-    run = visualize.load_run(str(workdir))
+    run = trained_runs.load(str(workdir))
     images = run.dataset.test.images
     check_page(
       tmp_path / f"{config}_tfjs", images, export.jax_logits(run.model, run.params, images)

@@ -94,9 +94,9 @@ def test_rows_per_size_are_at_the_validation_chosen_rate():
   assert learning_curve.budget(capped, 1000)["steps"] == 7
 
 
-def test_convnet_minus_dense_is_welch_at_the_same_size():
-  pairs = learning_curve.convnet_minus_dense(learning_curve.learning_curve_rows(_curve_records()))
-  assert [(p["num_train"], p["convnet"], p["dense"]) for p in pairs] == [
+def test_each_model_minus_the_baseline_is_welch_at_the_same_size():
+  pairs = learning_curve.minus_baseline(learning_curve.learning_curve_rows(_curve_records()))
+  assert [(p["num_train"], p["model"], p["baseline"]) for p in pairs] == [
     (n, "convnet", "dense") for n in SIZES
   ]
   for pair in pairs:
@@ -171,8 +171,8 @@ def test_the_dense_variants_are_named_and_each_compared_with_the_convnet():
     "dense, L1 0.0001",
   ]
   assert all(r["learning_rate"] is None for r in rows)  # no grid of rates: nothing tuned
-  pairs = learning_curve.convnet_minus_dense(rows)
-  assert [(p["num_train"], p["dense"]) for p in pairs] == [
+  pairs = learning_curve.minus_baseline(rows)
+  assert [(p["num_train"], p["baseline"]) for p in pairs] == [
     (n, label) for n in (100, 400) for label in labels[1:]
   ]
   lines = "\n".join(learning_curve.section(records))

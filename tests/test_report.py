@@ -179,7 +179,7 @@ def test_command_line(tmp_path):
     report.main(["report", nowhere])
 
 
-def test_convnet_minus_dense_at_matched_parameters():
+def test_each_model_minus_the_baseline_at_matched_parameters():
   """Welch's interval, checked against the formula worked by hand for two seeds a side."""
   records = [
     _record(0, {"model.name": "convnet", "seed": 0}, 0.9, 0.95, model="convnet", params=33194),
@@ -189,7 +189,7 @@ def test_convnet_minus_dense_at_matched_parameters():
     _record(4, {"model.name": "dense", "w": 9, "seed": 0}, 0.9, 0.5, model="dense", params=90000),
   ]
   (pair,) = analysis.matched_pairs(records)
-  assert pair["dense"]["num_params"] == 33400  # the nearest budget, not the 90k one
+  assert pair["baseline"]["num_params"] == 33400  # the nearest budget, not the 90k one
   assert pair["difference"] == pytest.approx(0.055)
   # Variances of the means: 0.0002 / 2 and 0.00005 / 2; Welch's degrees of freedom:
   # (1.25e-4)^2 / ((1e-4)^2 + (2.5e-5)^2) = 1.470588...; Student's t at 0.975 with those
@@ -219,7 +219,7 @@ def test_convnet_and_dense_are_paired_on_the_same_data_and_labels_tell_names_apa
     record(7, "noisy", "dense", 1, 0.72, 1002),
   ]
   pairs = analysis.matched_pairs(records)
-  labels = [(p["convnet"]["label"], p["dense"]["label"]) for p in pairs]
+  labels = [(p["model"]["label"], p["baseline"]["label"]) for p in pairs]
   assert labels == [
     ("data.name=clean model.name=convnet", "data.name=clean model.name=dense"),
     ("data.name=noisy model.name=convnet", "data.name=noisy model.name=dense"),
@@ -235,6 +235,31 @@ def test_convnet_and_dense_are_paired_on_the_same_data_and_labels_tell_names_apa
   ]
   # Without dense runs on the noisy data, its convnets go unpaired.
   assert len(analysis.matched_pairs(records[:6])) == 1
+
+
+def test_every_model_is_compared_with_the_baseline_whatever_the_sweeps_order():
+  # The dense baseline comes first in the sweep; each other model gets its own table against it.
+  runs = [("dense", 33400, 0.90, 0.91), ("convnet", 33194, 0.95, 0.97), ("tiny", 32000, 0.6, 0.7)]
+  records = [
+    _record(2 * i + s, {"model.name": m, "seed": s}, 0.9, (a, b)[s], model=m, params=p)
+    for i, (m, p, a, b) in enumerate(runs)
+    for s in (0, 1)
+  ]
+  pairs = analysis.matched_pairs(records)
+  assert [(p["model"]["model"], p["baseline"]["model"]) for p in pairs] == [
+    ("convnet", "dense"),
+    ("tiny", "dense"),
+  ]
+  assert [p["difference"] for p in pairs] == pytest.approx([0.055, -0.255])
+  table = report.markdown(analysis.summarize(records), records)
+  assert "Convnet minus dense at matched parameter counts" in table
+  assert "| convnet | dense | parameters (convnet / dense) | difference | 95% CI |" in table
+  assert "| name=convnet | name=dense | 33,194 / 33,400 | +5.50 |" in table
+  assert "Tiny minus dense at matched parameter counts" in table
+  assert "| name=tiny | name=dense | 32,000 / 33,400 | -25.50 |" in table
+  # Another baseline, named by data: the dense network is then compared with it.
+  (pair,) = analysis.matched_pairs(records[:4], baseline="convnet")
+  assert (pair["model"]["model"], pair["difference"]) == ("dense", pytest.approx(-0.055))
 
 
 def test_titles_name_the_sweep_its_data_and_its_epochs():
@@ -359,10 +384,10 @@ def _tuned_pair_records():
   )
 
 
-def test_convnet_minus_dense_compares_arms_at_their_own_tuned_rates():
+def test_model_minus_baseline_compares_arms_at_their_own_tuned_rates():
   records = _tuned_pair_records()
   (pair,) = analysis.matched_pairs(records)
-  assert (pair["convnet"]["learning_rate"], pair["dense"]["learning_rate"]) == (1e-3, 3e-3)
+  assert (pair["model"]["learning_rate"], pair["baseline"]["learning_rate"]) == (1e-3, 3e-3)
   expected = analysis.difference_interval([0.95, 0.97], [0.90, 0.91])
   assert pair["difference"] == pytest.approx(0.055)
   assert (pair["ci_low"], pair["ci_high"]) == pytest.approx(
@@ -405,7 +430,7 @@ def test_sweeps_without_a_learning_rate_axis_are_reported_as_before(tmp_path):
   ]
   assert analysis.tune_learning_rate(pair) == []
   (matched,) = analysis.matched_pairs(pair)
-  assert matched["difference"] == pytest.approx(0.055) and "learning_rate" not in matched["convnet"]
+  assert matched["difference"] == pytest.approx(0.055) and "learning_rate" not in matched["model"]
   paths = report.write_report(pair, str(tmp_path))
   assert "learning_rate.png" not in [os.path.basename(p) for p in paths]
 
@@ -474,7 +499,7 @@ def test_each_setting_is_compared_with_the_first_by_welchs_interval():
   assert [d["label"] for d in differences] == ["padding=SAME", "padding=FULL"]
   same, full = differences
   assert same["reference"] == "padding=VALID" and same["seeds"] == 2
-  # The numbers of test_convnet_minus_dense_at_matched_parameters, worked by hand there.
+  # The numbers of test_each_model_minus_the_baseline_at_matched_parameters, worked by hand there.
   assert same["difference"] == pytest.approx(0.055)
   se = math.sqrt(0.0002 / 2 + 0.00005 / 2)
   assert same["ci_high"] - same["difference"] == pytest.approx(6.18811 * se, rel=1e-4)
@@ -607,7 +632,7 @@ def test_sweeps_sh_writes_each_report_beside_the_records_it_came_from(tmp_path):
   again = analysis.load_records(str(out))
   assert [r["status"] for r in again] == ["done"] * 6
   assert analysis.against_reference(again)[0]["label"] == "padding=SAME"
-  # ... and a sweep resumes from them elsewhere, as the README says: nothing is trained again.
+  # ... and a sweep resumes from them elsewhere, as docs/sweeps.md says: nothing is trained again.
   elsewhere = tmp_path / "elsewhere" / "padding"
   os.makedirs(elsewhere)
   shutil.copytree(out / "records", elsewhere / "records")

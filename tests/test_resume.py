@@ -1,6 +1,6 @@
 """A resumed run is the same run: what it keeps, what may change, and what it refuses.
 
-The README's Reliability section, promises 1, 2, 7 and 9 to 11: run constants
+docs/reliability.md, promises 1, 2, 7 and 9 to 11: run constants
 saved and checked, `max_steps` stops that resume exactly under every schedule,
 result-neutral changes allowed (and the others refused before any data is
 read), the best checkpoint kept, metrics and TensorBoard files that never hold
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from test_train import _events
 
-from convnet import checkpoints, input_pipeline, sweep, train, visualize
+from convnet import checkpoints, input_pipeline, sweep, train, trained
 from convnet import workdir as workdir_lib
 from convnet.errors import CheckpointError, ConfigError, WorkdirError, WorkdirReadOnlyError
 
@@ -263,6 +263,7 @@ def test_a_folder_where_a_file_goes_is_named_with_what_to_do(tmp_path):
     workdir_lib.atomic_write(str(tmp_path / "metrics.jsonl"), "{}")
 
 
+@pytest.mark.slow  # four epochs; the rule itself is tested on the manager above
 def test_the_best_epochs_weights_stay_readable_and_visualize_draws_them(config, tmp_path):
   config.num_epochs = 4
   config.checkpoint_keep = 1
@@ -275,7 +276,7 @@ def test_the_best_epochs_weights_stay_readable_and_visualize_draws_them(config, 
   assert _steps(tmp_path) == sorted({best_step, 52})
   params, step = checkpoints.restore_params(str(tmp_path), "best")
   assert step == best_step
-  run = visualize.load_run(str(tmp_path), "best")
+  run = trained.load(str(tmp_path), "best")
   assert run.step == best_step
   _same_tree(run.params, params)
   with pytest.raises(CheckpointError, match="checkpoint='newest' is not one of latest, best"):

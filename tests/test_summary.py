@@ -22,6 +22,7 @@ from convnet import input_pipeline, models, summary
 from convnet.configs import dense as dense_config
 from convnet.configs import mnist as mnist_config
 from convnet.errors import ConfigError, DataError
+from convnet.model_config import ACTIVATIONS
 from convnet.sources import idx
 from tests.conftest import model_config, write_idx_dir
 
@@ -274,11 +275,11 @@ def test_lax_flops_equal_the_compiled_count():
   assert total["flops"] == counts["flops_compiled"] == 1_554_458
 
 
-@pytest.mark.parametrize("activation", list(models.ACTIVATIONS))
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
 def test_activation_costs_are_xlas(activation):
-  assert set(summary.ACTIVATION_COSTS) == set(models.ACTIVATIONS)
+  assert set(summary.ACTIVATION_COSTS) == set(ACTIVATIONS)
   n = 1000
-  lowered = jax.jit(models.ACTIVATIONS[activation]).lower(jax.ShapeDtypeStruct((1, n), jnp.float32))
+  lowered = jax.jit(ACTIVATIONS[activation]).lower(jax.ShapeDtypeStruct((1, n), jnp.float32))
   cost = lowered.cost_analysis()
   flops, transcendentals = summary.ACTIVATION_COSTS[activation]
   assert cost.get("flops", 0.0) == flops * n

@@ -12,7 +12,17 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from convnet import checkpoints, input_pipeline, interpret, models, seeds, steps, train, visualize
+from convnet import (
+  checkpoints,
+  input_pipeline,
+  interpret,
+  models,
+  seeds,
+  steps,
+  train,
+  trained,
+  visualize,
+)
 from convnet.configs import mnist
 from convnet.errors import CheckpointError, ConfigError
 from convnet.sources import embedded
@@ -99,6 +109,7 @@ def test_every_figure_of_a_convnet_run_is_drawn(convnet_run, tmp_path):
   assert _read_png(os.path.join(out, "confusion.png")).shape[:2] == (800, 900)
 
 
+@pytest.mark.slow  # a run of its own, then every figure
 def test_a_dense_run_gets_its_first_layer_weights_and_no_conv_figures(tmp_path):
   workdir = str(tmp_path / "dense")
   config = _config("dense")
@@ -114,8 +125,8 @@ def test_a_dense_run_gets_its_first_layer_weights_and_no_conv_figures(tmp_path):
     _assert_drawn(path)
 
 
-def test_load_run_restores_the_last_checkpoint(convnet_run):
-  run = visualize.load_run(convnet_run)
+def test_a_trained_run_is_read_with_its_last_checkpoint(convnet_run):
+  run = trained.load(convnet_run)
   assert run.step == 40
   steps_per_epoch = len(run.dataset.train) // 128
   assert [r["epoch"] for r in run.records if r["kind"] == "epoch"] == [1, 40 / steps_per_epoch]
@@ -139,7 +150,7 @@ def test_one_seed_of_a_group_gets_its_own_weights(tmp_path):
   config.num_epochs = 1
   config.steps_per_call = 4
   seeds.train_seeds(config, [3, 1], str(tmp_path))  # stacked in this order, not sorted
-  runs = {seed: visualize.load_run(str(tmp_path / f"seed_{seed}")) for seed in (3, 1)}
+  runs = {seed: trained.load(str(tmp_path / f"seed_{seed}")) for seed in (3, 1)}
   for seed, other in ((3, 1), (1, 3)):
     assert runs[seed].step == 8 and runs[seed].config.seed == seed
     # Its weights give the test loss the group logged for this seed, and not the other's.
@@ -274,6 +285,7 @@ def test_a_sequence_of_many_channels_counts_every_value_as_a_pixel():
   np.testing.assert_array_equal(visualize.example_map(sequence[0]), image[0, ..., 0])
 
 
+@pytest.mark.slow  # a whole run and its figures; the sequence drawing's own test is quick
 def test_a_sequence_layout_run_gets_its_figures(config, tmp_path):
   config.data.layout = "sequence"
   config.model.conv.kernel_size = 3
@@ -295,8 +307,9 @@ def test_curves_need_an_epoch(tmp_path):
   assert not os.listdir(tmp_path)
 
 
-def test_a_sweep_directory_gets_the_reports_figures(tmp_path):
-  os.makedirs(tmp_path / "records")
+def _write_sweep_records(sweep_dir):
+  """Records of a finished sweep of two kernel sizes, two seeds each, in `sweep_dir`/records."""
+  os.makedirs(sweep_dir / "records")
   for i, (kernel, seed, accuracy) in enumerate(
     [(3, 0, 0.9), (3, 1, 0.92), (5, 0, 0.93), (5, 1, 0.95)]
   ):
@@ -314,8 +327,12 @@ def test_a_sweep_directory_gets_the_reports_figures(tmp_path):
       "wall_time_s": 1.0,
       "train_examples_per_sec": 100.0,
     }
-    with open(tmp_path / "records" / f"{record['cell']}.json", "w") as f:
+    with open(sweep_dir / "records" / f"{record['cell']}.json", "w") as f:
       json.dump(record, f)
+
+
+def test_a_sweep_directory_gets_the_reports_figures(tmp_path):
+  _write_sweep_records(tmp_path)
   paths = visualize.write_figures(str(tmp_path), str(tmp_path / "out"))
   assert sorted(os.path.basename(p) for p in paths) == ["accuracy.png", "report.csv", "report.md"]
   _assert_drawn(str(tmp_path / "out" / "accuracy.png"))
@@ -329,6 +346,17 @@ def _visualize(*args):
     text=True,
     timeout=120,
   )
+
+
+def test_the_command_lists_each_file_it_wrote_once(tmp_path):
+  _write_sweep_records(tmp_path)
+  done = _visualize(f"--workdir={tmp_path}", f"--out={tmp_path / 'out'}")
+  assert done.returncode == 0, done.stderr
+  written = sorted(os.listdir(tmp_path / "out"))
+  assert written == ["accuracy.png", "report.csv", "report.md"]
+  output = done.stdout + done.stderr
+  for name in written:
+    assert output.count(str(tmp_path / "out" / name)) == 1, output
 
 
 def test_command_line_names_a_bad_workdir(tmp_path):
