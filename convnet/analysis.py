@@ -125,8 +125,28 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
       blank = dict.fromkeys(("mean", "std", "ci_low", "ci_high"), math.nan)
       stats_ = interval(values) if values else blank
       row |= {f"{name}_{k}": v for k, v in stats_.items()}
+    for name in other_test_metrics(records):
+      values = [r[f"{name}{AT_BEST}"] for r in done if f"{name}{AT_BEST}" in r]
+      row |= {f"{name}_{k}": v for k, v in (interval(values) if values else blank).items()}
     rows.append(row)
   return rows
+
+
+AT_BEST = "_at_best_validation"
+
+
+def other_test_metrics(records: Sequence[Mapping[str, Any]]) -> list[str]:
+  """The test metrics the records hold beside accuracy (`test_loss`, ...), sorted.
+
+  Each is a record's `test_<name>_at_best_validation`: whatever metric the
+  steps report (`steps.example_metrics`) reaches the report this way.
+  """
+  keys = {k for r in records if r.get("status") == "done" for k in r}
+  return sorted(
+    k.removesuffix(AT_BEST)
+    for k in keys
+    if k.startswith("test_") and k.endswith(AT_BEST) and k != METRICS["test"]
+  )
 
 
 def difference_interval(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:

@@ -104,6 +104,7 @@ def markdown(
       f"| {row['label']} | {row['model']} | {params} | {flops} | {seeds} | {validation} "
       f"| {validation_ci} | {test} | {test_ci} | {wall} |"
     )
+  lines += other_metrics_markdown(rows, analysis.other_test_metrics(records))
   tuned = analysis.tune_learning_rate(records)
   if tuned:
     lines += ["", *tuned_markdown(tuned)]
@@ -210,6 +211,26 @@ def tuned_markdown(tuned: Sequence[Mapping[str, Any]]) -> list[str]:
       f"| {arm['label']} | {arm['model']} | {chosen} | {grid} | {set_aside} | {arm['seeds']} "
       f"| {validation} | {test} | {test_ci} |"
     )
+  return lines
+
+
+def other_metrics_markdown(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[str]:
+  """A table of the test metrics beside accuracy, mean ± std at best validation; [] if none."""
+  if not names:
+    return []
+  lines = [
+    "",
+    "Other test metrics at the epoch of best validation accuracy (mean ± std over seeds):",
+    "",
+    "| setting | " + " | ".join(n.removeprefix("test_") for n in names) + " |",
+    "|---|" + "---|" * len(names),
+  ]
+  for row in rows:
+    cells = [
+      "–" if math.isnan(row[f"{n}_mean"]) else f"{row[f'{n}_mean']:.4f} ± {row[f'{n}_std']:.4f}"
+      for n in names
+    ]
+    lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
   return lines
 
 

@@ -15,7 +15,18 @@ import jax
 import numpy as np
 import pytest
 
-from convnet import checkpoints, input_pipeline, models, optim, seeds, steps, sweep, train
+from convnet import (
+  analysis,
+  checkpoints,
+  input_pipeline,
+  models,
+  optim,
+  report,
+  seeds,
+  steps,
+  sweep,
+  train,
+)
 from tests.test_train import _events
 
 PAGE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "adding_a_metric.md")
@@ -132,6 +143,11 @@ def test_a_new_metric_reaches_each_seed_and_the_sweep_record(top_2, config, tmp_
     record = json.load(f)
   assert record[f"test_{NAME}"] == pytest.approx(results[0][f"test_{NAME}"], abs=1e-6)
   assert record[f"validation_{NAME}"] >= record["validation_accuracy"]
+  records = analysis.load_records(str(tmp_path / "sweep"))
+  (row,) = analysis.summarize(records)
+  assert row[f"test_{NAME}_mean"] == record[f"test_{NAME}_at_best_validation"]
+  table = report.markdown([row], records)
+  assert f"| {NAME} |" in table.replace("| loss | ", "| ")  # a column of the metrics table
 
 
 def test_old_checkpoints_epoch_sums_are_read_as_sums():
