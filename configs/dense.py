@@ -5,7 +5,7 @@ parameters as the first convnet.
 
   python -m convnet.main --config=configs/dense.py --workdir=runs/dense
 
-Measured (see the README's results table): on the 5,000 embedded digits, 91.70%
+Measured (docs/findings.md, single runs): on the 5,000 embedded digits, 91.70%
 test accuracy after 10 epochs, 1.9 s; on the full Fashion-MNIST (`idx` source,
 Debian's files), 86.55%, 4.8 s; 2 vCPUs, 2026-11-27.
 """

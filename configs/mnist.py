@@ -11,7 +11,7 @@ TFDS downloads MNIST once. Offline, on the 5,000 digits shipped in the package:
   python -m convnet.main --config=configs/mnist.py --workdir=runs/mnist_5k \
       --config.data.source=embedded
 
-Measured (see the README's results table): on the 5,000 embedded digits, 94.60%
+Measured (docs/findings.md, single runs): on the 5,000 embedded digits, 94.60%
 test accuracy after 10 epochs (95.10% at the best validation epoch), 8.1 s on 2
 vCPUs, 2026-11-27; 94.50% (95.10%) on 2026-11-30 on a CPU with AVX-512, where
 float rounding differs.

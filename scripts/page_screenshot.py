@@ -1,4 +1,4 @@
-r"""A screenshot of the export page with a digit drawn on it, as in the README.
+r"""A screenshot of the export page with a digit drawn on it, as in docs/export.md.
 
   python -m convnet.export --workdir=runs/mnist_5k --format=tfjs --out=runs/mnist_5k/tfjs --page
   python scripts/page_screenshot.py --page=runs/mnist_5k/tfjs --out=docs/export_page.png

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the README's results table: the book's convnet and its dense baseline on the
+# Reproduces the single runs of docs/findings.md: the book's convnet and its dense baseline on the
 # full Fashion-MNIST (IDX files) and on the embedded MNIST digits; MNIST-1D's CNN and MLP,
 # plain and shuffled; spoken digits (clean and noisy) and Shapes3D, each convnet against its
 # dense baseline.

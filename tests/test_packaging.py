@@ -1,4 +1,4 @@
-"""The installed package: the README's script from any folder, the wheel, and the extras.
+"""The installed package: the docs' research script from any folder, the wheel, and the extras.
 
 The default install has no TensorFlow and no tensorflow-datasets (they are the
 `tfds` extra); the last tests hide them from a subprocess to check what works
@@ -27,7 +27,7 @@ IMPORT_EVERY_CONFIG = textwrap.dedent(
   names = []
   for package in (convnet.configs, convnet.configs.sweeps):
     for module in pkgutil.iter_modules(package.__path__):
-      if not module.ispkg:
+      if not module.ispkg and not module.name.startswith("_"):  # __main__ lists them
         config = importlib.import_module(f"{package.__name__}.{module.name}").get_config()
         assert config, module.name
         names.append(f"{package.__name__}.{module.name}")
@@ -56,17 +56,17 @@ def _repo_modules(folder: str, package: str) -> set[str]:
   return paths
 
 
-def _readme_research_blocks() -> list[str]:
-  """The Python blocks of the README's "From a research script" section, in order."""
-  with open(os.path.join(REPO, "README.md")) as f:
+def _research_blocks() -> list[str]:
+  """The Python blocks of docs/training.md's "From a research script" section, in order."""
+  with open(os.path.join(REPO, "docs", "training.md")) as f:
     text = f.read()
   section = text.split("## From a research script", 1)[1].split("\n## ", 1)[0]
   return re.findall(r"```python\n(.*?)```", section, re.DOTALL)
 
 
-def _readme_research_script() -> str:
-  """The README's "From a research script" example: that section's first Python block."""
-  return _readme_research_blocks()[0]
+def _research_script() -> str:
+  """docs/training.md's "From a research script" example: that section's first Python block."""
+  return _research_blocks()[0]
 
 
 def _run_script(folder, name: str, text: str) -> list[str]:
@@ -80,12 +80,12 @@ def _run_script(folder, name: str, text: str) -> list[str]:
 
 
 @pytest.mark.slow  # about 20 s on 2 vCPUs, most of it compiling the 5x5 SAME convnet's steps
-def test_the_readme_research_script_runs_from_any_folder(tmp_path):
-  script = _readme_research_script()
-  # The README trains for the config's 10 epochs; here 16 steps, set just before the run, keep the
+def test_the_research_script_runs_from_any_folder(tmp_path):
+  script = _research_script()
+  # The page trains for the config's 10 epochs; here 16 steps, set just before the run, keep the
   # test short (compiling the steps is most of it). Nothing else of the script changes.
   anchor = "result = train.train_and_evaluate("
-  assert anchor in script, "the README's research script no longer calls train_and_evaluate"
+  assert anchor in script, "the docs' research script no longer calls train_and_evaluate"
   script = script.replace(anchor, f"config.num_epochs = 1\nconfig.max_steps = 16\n{anchor}", 1)
   check = textwrap.dedent(
     """
@@ -102,7 +102,7 @@ def test_the_readme_research_script_runs_from_any_folder(tmp_path):
   assert (tmp_path / "runs" / "k5" / "metrics.jsonl").exists()
 
   # The section's NNX block, as written, on the run the first block left in runs/k5.
-  nnx_block = _readme_research_blocks()[1]
+  nnx_block = _research_blocks()[1]
   assert "models.to_nnx(" in nnx_block
   check = "\nprint('logits', tuple(logits.shape), float(abs(logits).sum()) > 0)\n"
   assert _run_script(tmp_path, "nnx_script.py", nnx_block + check)[-1] == "logits (8, 10) True"

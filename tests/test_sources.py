@@ -1,4 +1,4 @@
-"""The source registry: its interface, lazy imports, and the README's worked example, trained."""
+"""The source registry: its interface, lazy imports, and the docs' worked example, trained."""
 
 import ast
 import inspect
@@ -14,22 +14,23 @@ from convnet import input_pipeline, sources
 from convnet.errors import ConfigError
 from tests.conftest import train_briefly
 
-README = os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAGE = os.path.join(REPO, "docs", "data.md")
 
 
-def _readme_example() -> tuple[str, dict[str, str]]:
-  """The module and the registry line that the README's "Adding a data source" shows."""
-  with open(README) as f:
+def _page_example() -> tuple[str, dict[str, str]]:
+  """The module and the registry line that docs/data.md's "Adding a data source" shows."""
+  with open(PAGE) as f:
     text = f.read()
-  section = text.split("### Adding a data source", 1)[1].split("\n#", 1)[0]
+  section = text.split("## Adding a data source", 1)[1].split("\n#", 1)[0]
   module, line = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
   return module, ast.literal_eval("{" + line.strip() + "}")
 
 
 @pytest.fixture
 def noisy_bars(tmp_path, monkeypatch):
-  """The README's example module, written out and registered by its one registry line."""
-  code, entry = _readme_example()
+  """The page's example module, written out and registered by its one registry line."""
+  code, entry = _page_example()
   ((name, module_name),) = entry.items()
   package, _, file_stem = module_name.rpartition(".")
   assert package == sources.__name__
@@ -66,7 +67,7 @@ def test_sources_are_imported_only_when_used():
     assert loaded == ["convnet.sources.embedded"], loaded
     """
   )
-  root = os.path.dirname(README)
+  root = REPO
   result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr
 
@@ -91,7 +92,7 @@ def test_check_name_names_the_field_and_the_choices():
   )
 
 
-def test_the_readme_example_source_trains(noisy_bars, tmp_path):
+def test_the_page_example_source_trains(noisy_bars, tmp_path):
   from convnet.configs import mnist
 
   config = mnist.get_config()

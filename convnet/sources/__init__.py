@@ -19,7 +19,7 @@ Both read only the `data_config` fields they need and raise ConfigError for a
 field that cannot work, DataError for data that cannot be read. What comes
 after (the validation split, scaling, features) is `input_pipeline`'s job, the
 same for every source. A new source is one module and one line in `REGISTRY`
-(the README's "Adding a data source" shows one). A module is imported only when
+(docs/data.md's "Adding a data source" shows one). A module is imported only when
 its source is used, so TensorFlow, say, is imported only for "tfds".
 """
 
