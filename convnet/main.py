@@ -51,6 +51,11 @@ def main(argv):
     devices = jax.devices()
   except RuntimeError as e:  # A backend asked for (--jax_platforms=tpu, say) that cannot start.
     cli.usage_error(f"JAX cannot start its backend: {str(e).splitlines()[0]}")
+  try:
+    # What can be refused without a device or any data is refused before anything is logged.
+    train.check_before_starting(FLAGS.config, FLAGS.workdir)
+  except ConvnetError as e:
+    sys.exit(f"error: {e}")
   logging.info("JAX devices: %s (process %d of %d)", devices, jax.process_index(),
                jax.process_count())  # fmt: skip
   try:

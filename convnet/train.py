@@ -148,6 +148,21 @@ def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.
   return config
 
 
+def check_before_starting(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """The checks of `train_and_evaluate` that need no data, device or write, for a command.
+
+  Raises:
+    ConfigError: the config cannot work (`config_checks.validate`).
+    WorkdirError: `workdir` is empty, or a file stands where it or a parent must be.
+    CheckpointError: `workdir` holds a run whose config differs in a field that
+      changes the result.
+  """
+  config_checks.validate(config)
+  workdir_lib.check_dir(workdir)
+  if os.path.isdir(workdir) and checkpoints.has_checkpoints(workdir):
+    workdir_lib.check_resumable(os.path.abspath(workdir), config)
+
+
 def check_before_loading(workdir: str, member_dirs) -> None:
   """What can be checked of a resumed run before its data is loaded: each member's config.
 

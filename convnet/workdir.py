@@ -174,6 +174,29 @@ def _umask() -> int:
   return mask
 
 
+def check_dir(path: str, what: str = "--workdir") -> None:
+  """What `make_dir` would refuse, found without making anything: an empty name, or a file
+  where `path` or one of its parents must be a folder.
+
+  Raises:
+    WorkdirError: naming `what` and the path.
+  """
+  if not str(path).strip():
+    raise WorkdirError(f"{what} is empty: name a folder (it is made if it is missing)")
+  path = os.path.abspath(path)
+  for folder in [path, *reversed(_parents(path))]:
+    if os.path.exists(folder) and not os.path.isdir(folder):
+      raise WorkdirError(f"{what}={path}: {folder} is a file, not a folder; name another")
+
+
+def _parents(path: str) -> list[str]:
+  parents = []
+  while (parent := os.path.dirname(path)) != path:
+    parents.append(parent)
+    path = parent
+  return parents
+
+
 def make_dir(path: str, what: str = "--workdir") -> str:
   """Makes the folder `path` (and its parents) if it is missing; returns it as an absolute path.
 

@@ -518,3 +518,24 @@ def test_the_log_says_what_it_compiles_and_how_far_a_long_evaluation_is(
   with caplog.at_level("INFO"):
     epochs.evaluate(jax.jit(steps_lib.eval_step), state, split, batch_size=5)
   assert "Evaluating: batch 16/40" in caplog.text and "batch 32/40" in caplog.text
+
+
+def test_main_refuses_what_it_can_before_logging_anything(tmp_path):
+  # A value that parses but cannot work, a workdir under a file, and a changed config on a
+  # workdir that holds checkpoints: each is the command's only line, before devices or layers.
+  (tmp_path / "a_file").write_text("")
+  assert _main(tmp_path / "trained", "--config.max_steps=2").returncode == 0
+  cases = [
+    (["--config.num_epochs=-1"], "error: num_epochs=-1"),
+    (["--config.data.source=embeded"], "error: data.source='embeded'"),
+    (["--workdir=" + str(tmp_path / "a_file" / "run")], "is a file, not a folder"),
+    (
+      ["--workdir=" + str(tmp_path / "trained"), "--config.model.dense_features=(32,)"],
+      "holds checkpoints of a run with another config: model.dense_features",
+    ),
+  ]
+  for args, message in cases:
+    result = _main(tmp_path, *args)
+    assert result.returncode == 1, args
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], (args, lines)
