@@ -258,7 +258,7 @@ def _not_a_config(path: str, package: str) -> str:
   if os.sep not in path and "/" not in path and not path.endswith(".py"):  # meant as a name
     close = difflib.get_close_matches(path.rsplit(".", 1)[-1], names, n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
-    return f"no such file, nor an installed config of that name{hint}; {listing}"
+    return f"no such file, nor an installed {kind[:-1]} of that name{hint}; {listing}"
   directory = os.path.dirname(path) or "."
   if os.path.isdir(directory):
     files = [n for n in os.listdir(directory) if n.endswith(".py") and not n.startswith("_")]
@@ -287,10 +287,28 @@ def _unknown_flag(error: flags.UnrecognizedFlagError, flag_values: flags.FlagVal
   root = name.split(".", 1)[0]
   if "." in name and root in flag_values and config_flags.is_config_flag(flag_values[root]):
     return f"{shown}: an override of --{root}, which is not set; give --{root}=FILE first"
+  field = _config_field(name, flag_values)
   close = re.search(r"Did you mean: ([^?]*)", str(error))
   close = " or ".join(f"--{n.strip()}" for n in close[1].split(",")) if close else ""
+  close = f"--{field}" if field else close  # `--num_epochs` for `--config.num_epochs`
   hint = f" (did you mean {close}?)" if close else ""
   return f"{shown}: no such flag{hint}; {program()} --helpshort lists the flags"
+
+
+def _config_field(name: str, flag_values: flags.FlagValues) -> str | None:
+  """`config.num_epochs` where `name` is a field of a config flag's loaded config; else None."""
+  for flag_name in flag_values:
+    flag = flag_values[flag_name]
+    if not config_flags.is_config_flag(flag) or flag.value is None:
+      continue
+    node = flag.value
+    for part in name.split("."):
+      node = node.get(part, None) if hasattr(node, "get") else None
+      if node is None:
+        break
+    else:
+      return f"{flag_name}.{name}"
+  return None
 
 
 _EXPECTED = {"int": "an int", "float": "a number", "bool": "true or false"}

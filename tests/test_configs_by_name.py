@@ -116,7 +116,7 @@ def test_a_misspelt_name_is_one_line_that_lists_the_names(
   package = configs.SWEEPS if kind == "sweeps" else configs.CONFIGS
   names = ", ".join(configs.names(package))
   assert line == (
-    f"error: {argument}: no such file, nor an installed config of that name{hint}; "
+    f"error: {argument}: no such file, nor an installed {kind[:-1]} of that name{hint}; "
     f"the installed {kind}: {names} (python -m convnet.configs describes them)"
   )
 
@@ -204,3 +204,28 @@ def test_an_installed_config_trains_by_name_from_any_folder(site, tmp_path):
   last = records[-1]
   # The quick start reaches about 0.94 after its 10 epochs; chance is 0.1.
   assert last["epoch"] == 10 and last["test_accuracy"] > 0.85, last
+
+
+@pytest.mark.parametrize(
+  "program, argv, expected",
+  [
+    # A config field given as a flag of its own: the hint is the override, not a lookalike flag.
+    ("main", ["--config=mnist", "--num_epochs=1"], "(did you mean --config.num_epochs?)"),
+    (
+      "main",
+      ["--config=mnist", "--model.conv.kernel_size=5"],
+      "(did you mean --config.model.conv.kernel_size?)",
+    ),
+    ("sweep", ["--sweep=stride", "--num_epochs=2"], "(did you mean --sweep.num_epochs?)"),
+    # A misspelt name is named for what it is: a sweep, or a config.
+    ("sweep", ["--sweep=kernel_sise"], "nor an installed sweep of that name (did you mean"),
+    ("main", ["--config=mnsit"], "nor an installed config of that name (did you mean mnist?)"),
+  ],
+)
+def test_a_slip_gets_the_hint_that_fixes_it(program, argv, expected, monkeypatch, capsys):
+  assert expected in _refused(program, argv, monkeypatch, capsys)
+
+
+def test_a_flag_that_is_no_config_field_keeps_absls_suggestion(monkeypatch, capsys):
+  line = _refused("main", ["--config=mnist", "--num_procesess=2"], monkeypatch, capsys)
+  assert "(did you mean --num_processes?)" in line
