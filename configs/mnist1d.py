@@ -8,6 +8,9 @@ package, with no download.
 
   python -m convnet.main --config=configs/mnist1d.py --workdir=runs/mnist1d
 
+Measured (docs/findings.md, single runs; 2 vCPUs, 2026-11-27): 92.50% test accuracy after
+176 epochs (92.30% at the best validation epoch), 27 s; shuffled, 58.10%.
+
 The shuffled control (one fixed permutation of every sequence's positions):
 
   python -m convnet.main --config=configs/mnist1d.py --workdir=runs/mnist1d_shuffled \

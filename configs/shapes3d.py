@@ -6,6 +6,9 @@ generated on the spot (convnet/sources/shapes3d.py): 5,000 training volumes, 15%
 them held out for validation, and 1,000 test volumes.
 
   python -m convnet.main --config=configs/shapes3d.py --workdir=runs/shapes3d
+
+Measured (docs/findings.md, single runs; 2 vCPUs, 2026-11-27): 88.70% test accuracy after
+40 epochs (88.10% at the best validation epoch), 167 s.
 """
 
 import ml_collections

@@ -4,6 +4,9 @@ Flatten the 16x16x16 volume, dense 8 relu, dense 10. Data and training as
 configs/shapes3d.py.
 
   python -m convnet.main --config=configs/shapes3d_dense.py --workdir=runs/shapes3d_dense
+
+Measured (docs/findings.md, single runs; 2 vCPUs, 2026-11-27): 48.10% test accuracy after
+40 epochs (45.80% at the best validation epoch), 11 s.
 """
 
 import ml_collections

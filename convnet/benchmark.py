@@ -33,12 +33,14 @@ import multiprocessing
 import os
 import platform
 import statistics
+import sys
 import time
 
 from absl import app, flags
 
 from convnet import cli
 from convnet import frameworks as frameworks_lib
+from convnet.errors import ConvnetError, DataError, WorkdirError
 
 FRAMEWORKS = ("project", "flax", "torch", "keras")
 INPUT_SHAPE, NUM_CLASSES = frameworks_lib.INPUT_SHAPE, frameworks_lib.NUM_CLASSES
@@ -373,9 +375,32 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   )
 
 
+def check_paths(fashion_mnist_dir: str, out: str) -> None:
+  """The time-to-accuracy data (when asked for) and the folder of `out`, checked up front.
+
+  Raises:
+    DataError: `fashion_mnist_dir` lacks one of the four IDX files.
+    WorkdirError: `out`'s folder does not exist, or `out` is a folder.
+  """
+  if fashion_mnist_dir:
+    from convnet.sources import idx
+
+    try:
+      idx.find_idx_files(fashion_mnist_dir)
+    except DataError as e:
+      raise DataError(f"--fashion_mnist_dir: {e}") from None
+  folder = os.path.dirname(os.path.abspath(out))
+  if not os.path.isdir(folder) or os.path.isdir(out):
+    raise WorkdirError(f"--out={out}: name a file in a folder that exists")
+
+
 def main(argv):
   cli.start(argv, quiet=False, compilation_cache=False)  # its timings include compiling
   FLAGS = flags.FLAGS
+  try:  # What would fail after the measurements is refused before them.
+    check_paths(FLAGS.fashion_mnist_dir, FLAGS.out)
+  except ConvnetError as e:
+    sys.exit(f"error: {e}")
   frameworks, skipped = available_frameworks(FLAGS.frameworks)
   if skipped:
     print(f"skipped (not installed): {', '.join(skipped)}")

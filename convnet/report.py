@@ -226,12 +226,16 @@ def other_metrics_markdown(rows: Sequence[Mapping[str, Any]], names: Sequence[st
     "|---|" + "---|" * len(names),
   ]
   for row in rows:
-    cells = [
-      "–" if math.isnan(row[f"{n}_mean"]) else f"{row[f'{n}_mean']:.4f} ± {row[f'{n}_std']:.4f}"
-      for n in names
-    ]
+    cells = [_mean_std(row[f"{n}_mean"], row[f"{n}_std"]) for n in names]
     lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
   return lines
+
+
+def _mean_std(mean: float, std: float) -> str:
+  """`0.9604 ± 0.0012`; `0.9604 ± –` with one seed; `–` with none."""
+  if math.isnan(mean):
+    return "–"
+  return f"{mean:.4f} ± " + ("–" if math.isnan(std) else f"{std:.4f}")
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str) -> None:

@@ -53,3 +53,19 @@ def test_seeds_at_once_and_one_after_another():
   r = benchmark.measure_seeds(2, 8, 4, {"steps_per_call": 2, "microbatch_size": 4}, rounds=1)
   assert r["vmap_microbatch_size"] == 2
   assert r["vmap_examples_per_sec"] > 0 and r["sequential_examples_per_sec"] > 0
+
+
+def test_paths_that_would_fail_after_the_measurements_are_refused_before_them(tmp_path):
+  from convnet import benchmark
+  from convnet.errors import DataError, WorkdirError
+
+  out = str(tmp_path / "benchmark.json")
+  benchmark.check_paths("", out)  # no time-to-accuracy run, a file in a folder that exists
+  with pytest.raises(DataError, match="--fashion_mnist_dir: .*no such folder"):
+    benchmark.check_paths(str(tmp_path / "missing"), out)
+  (tmp_path / "idx").mkdir()
+  with pytest.raises(DataError, match="missing train-images-idx3-ubyte"):
+    benchmark.check_paths(str(tmp_path / "idx"), out)
+  for bad in (str(tmp_path / "no_folder" / "b.json"), str(tmp_path)):
+    with pytest.raises(WorkdirError, match="--out="):
+      benchmark.check_paths("", bad)
