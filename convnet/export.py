@@ -280,7 +280,7 @@ def _verify_page(folder, images, reference, say) -> list[dict[str, Any]]:
     say("The page not checked in a browser: " + web.NO_BROWSER)
     return []
   if not os.path.exists(os.path.join(folder, "tf.min.js")):
-    say("The page not checked in a browser: it loads TF.js from the web (" + web.NO_NODE + ")")
+    say("The page not checked in a browser: it loads TF.js from the web")
     return []
   with web.browse(folder) as page:
     classes, probabilities = web.page_predict(page, images)

@@ -191,7 +191,7 @@ def write_page(
   if tfjs:
     shutil.copyfile(os.path.join(tfjs, "dist", "tf.min.js"), os.path.join(out, "tf.min.js"))
   else:
-    lines.append(f"No local TF.js found, so the page loads it from {TFJS_CDN} ({NO_NODE})")
+    lines.append(f"No local TF.js found, so the page loads it from {TFJS_CDN}")
   return lines
 
 

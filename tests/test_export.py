@@ -490,6 +490,8 @@ def test_without_a_local_tfjs_the_page_loads_it_from_the_web_and_is_not_checked(
   lines = export.export(trained["dense"], "tfjs", str(tmp_path), page=True)
   assert lines[0].startswith("No local TF.js found, so the page loads it from https://")
   assert "The page not checked in a browser: it loads TF.js from the web" in lines[2]
+  # What Node.js and npm ci are for is said once, where the model goes unchecked.
+  assert sum(web.NO_NODE in line for line in lines) == 1, lines
   html = (tmp_path / "index.html").read_text()
   assert f'src="{web.TFJS_CDN}"' in html and not (tmp_path / "tf.min.js").exists()
 
