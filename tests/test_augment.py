@@ -114,6 +114,7 @@ def _masked(config):
   return config
 
 
+@pytest.mark.slow  # three runs
 def test_a_masked_run_is_the_same_run_for_its_seed_and_not_the_unmasked_one(config, tmp_path):
   plain = train.train_and_evaluate(config.copy_and_resolve_references(), str(tmp_path / "plain"))
   config = _masked(config)
@@ -125,6 +126,7 @@ def test_a_masked_run_is_the_same_run_for_its_seed_and_not_the_unmasked_one(conf
   assert first["train_loss"] != plain["train_loss"]
 
 
+@pytest.mark.slow  # a group and two runs, as in tests/test_sweep.py's vmapped seeds
 def test_masked_seeds_trained_together_match_separate_runs(config, tmp_path):
   config = _masked(config)
   config.microbatch_size = 128
@@ -135,6 +137,7 @@ def test_masked_seeds_trained_together_match_separate_runs(config, tmp_path):
       np.testing.assert_allclose(together[key], alone[key], rtol=1e-4, err_msg=key)
 
 
+@pytest.mark.slow  # two runs; the masks' dependence on the step alone is tested above
 def test_a_masked_run_stopped_and_resumed_is_the_uninterrupted_run(config, tmp_path):
   config = _masked(config)
   config.max_steps = -1
@@ -182,9 +185,9 @@ def test_a_1d_convnet_over_spectrogram_frames_has_the_expected_parameters():
   model_config.pool.strides = 2
   model_config.head = "global_avg"
   model = models.create_model(model_config, (64, 40), 10)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 64, 40)))["params"]
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 64, 40)))["params"]
   assert params["conv_0"]["kernel"].shape == (3, 40, 16)
   # 3*40*16+16, 3*16*32+32, 3*32*32+32; the head pools to 32 numbers: 32*64+64, 64*10+10.
   expected = (1936) + (1568) + (3104) + (2112) + (650)
   assert models.count_params(params) == expected
-  assert model.apply({"params": params}, jnp.zeros((5, 64, 40))).shape == (5, 10)
+  assert jax.jit(model.apply)({"params": params}, jnp.zeros((5, 64, 40))).shape == (5, 10)

@@ -27,6 +27,7 @@ def test_flops_come_from_xla_and_match_the_layer_arithmetic():
   assert 2.5 * forward < flops["train_flops_per_example"] < 3.5 * forward
 
 
+@pytest.mark.slow  # a worker process that compiles and times the steps
 def test_throughput_of_the_project_path_in_a_worker():
   options = {"steps_per_call": 2, "microbatch_size": 4}
   results = benchmark.measure_throughput(["project"], 8, 1, 32, 16, options)
@@ -49,6 +50,7 @@ def test_throughput_of_the_project_path_in_a_worker():
   assert table.splitlines()[2].startswith("| 8 | project |")
 
 
+@pytest.mark.slow  # compiles and times a group's steps both ways
 def test_seeds_at_once_and_one_after_another():
   r = benchmark.measure_seeds(2, 8, 4, {"steps_per_call": 2, "microbatch_size": 4}, rounds=1)
   assert r["vmap_microbatch_size"] == 2

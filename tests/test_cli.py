@@ -321,7 +321,8 @@ def _run(*args, timeout=120):
 
 @pytest.fixture(scope="module")
 def programs():
-  """Each entry point, run with a mistake; started together, since each spends seconds importing."""
+  """Each entry point, run with a mistake (and one run without); started together, since each
+  spends seconds importing."""
   commands = {
     "main, no flags": ["-m", "convnet.main"],
     "main, missing file": ["-m", "convnet.main", "--config=configs/mnst.py", "--workdir=/nowhere"],
@@ -361,6 +362,16 @@ def programs():
     "export": ["-m", "convnet.export", "--workdir=/nowhere", "--format=keras", "--out=/nowhere"],
     "benchmark": ["-m", "convnet.benchmark", "--frameworks=jax"],
     "spoken_digits": ["-m", "convnet.sources.spoken_digits", "--name=digits"],
+    # Not a mistake: JAX's flags and a tuple override, accepted.
+    "summary, jax flags": [
+      "-m",
+      "convnet.summary",
+      "--config=configs/mnist.py",
+      "--config.data.source=embedded",
+      "--config.model.conv.kernel_size=((5, 5), 3, 3)",
+      "--jax_platforms=cpu",
+      "--jax_enable_x64=false",
+    ],
   }
   started = {
     name: subprocess.Popen(
@@ -376,24 +387,39 @@ def programs():
   return {name: (p.communicate(timeout=300), p.returncode) for name, p in started.items()}
 
 
-@pytest.mark.parametrize(
-  "module, flag",
-  [
-    ("convnet.main", "workdir"),
-    ("convnet.export", "format"),
-    ("convnet.visualize", "grad_cam_block"),
-    ("convnet.sweep", "[no]vmap_seeds"),
-    ("convnet.summary", "config"),
-    ("convnet.benchmark", "frameworks"),
-  ],
-)
-def test_helpshort_lists_the_programs_own_flags(module, flag):
+HELP_FLAGS = {
+  "convnet.main": "workdir",
+  "convnet.export": "format",
+  "convnet.visualize": "grad_cam_block",
+  "convnet.sweep": "[no]vmap_seeds",
+  "convnet.summary": "config",
+  "convnet.benchmark": "frameworks",
+}
+
+
+@pytest.fixture(scope="module")
+def helpshort():
+  """Each program's --helpshort output, stdout then stderr; the programs started together."""
+  started = {
+    module: subprocess.Popen(
+      [sys.executable, "-m", module, "--helpshort"],
+      cwd=REPO,
+      env=ENV,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for module in HELP_FLAGS
+  }
+  return {module: p.communicate(timeout=300) for module, p in started.items()}
+
+
+@pytest.mark.parametrize("module", list(HELP_FLAGS))
+def test_helpshort_lists_the_programs_own_flags(helpshort, module):
   # absl files flags under the module that defined them (convnet.cli for all of these), and
   # --helpshort lists only the program's: without care it lists none.
-  done = subprocess.run(
-    [sys.executable, "-m", module, "--helpshort"], cwd=REPO, env=ENV, capture_output=True, text=True
-  )
-  assert f"  --{flag}" in done.stdout, done.stdout + done.stderr  # (absl exits 1 after help)
+  stdout, stderr = helpshort[module]
+  assert f"  --{HELP_FLAGS[module]}" in stdout, stdout + stderr  # (absl exits 1 after help)
 
 
 @pytest.mark.parametrize(
@@ -424,18 +450,10 @@ def test_each_program_prints_one_line_for_a_mistake(programs, name, message):
   assert _one_error_line(stderr).startswith(message)
 
 
-def test_jax_flags_and_a_tuple_override_are_accepted():
-  done = _run(
-    "-m",
-    "convnet.summary",
-    "--config=configs/mnist.py",
-    "--config.data.source=embedded",
-    "--config.model.conv.kernel_size=((5, 5), 3, 3)",
-    "--jax_platforms=cpu",
-    "--jax_enable_x64=false",
-  )
-  assert done.returncode == 0, done.stderr
-  kernels = [line.split()[2] for line in done.stdout.splitlines() if line.startswith("conv_")]
+def test_jax_flags_and_a_tuple_override_are_accepted(programs):
+  (stdout, stderr), returncode = programs["summary, jax flags"]
+  assert returncode == 0, stderr
+  kernels = [line.split()[2] for line in stdout.splitlines() if line.startswith("conv_")]
   assert kernels == ["16@5x5,", "32@3x3,", "32@3x3,"]
 
 
@@ -465,6 +483,7 @@ for _ in range(3):
 """
 
 
+@pytest.mark.slow  # a process that trains, then restores three times
 def test_a_refused_checkpoint_leaves_nothing_after_its_line():
   """Orbax's abandoned reads printed "Event loop is closed" tracebacks at exit (2 runs in 4)."""
   done = _run("-c", REFUSED_CHECKPOINT, timeout=300)

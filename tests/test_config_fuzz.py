@@ -135,7 +135,7 @@ def _analytic(model, input_shape):
   def blockwise(value, is_single):
     return [value] * n if is_single(value) else list(value)
 
-  def is_size(v):  # as the README says: an int, or a tuple of ints, is one size
+  def is_size(v):  # as docs/training.md says: an int, or a tuple of ints, is one size
     return isinstance(v, int) or all(isinstance(x, int) for x in v)
 
   def is_padding(v):  # "VALID", "SAME", an int, or (low, high) pairs of ints

@@ -257,6 +257,7 @@ def _export(*args):
   )
 
 
+@pytest.mark.slow  # a process each; the quick start's models run it in all three runtimes
 @pytest.mark.parametrize("name", ["convnet", "dense"])
 def test_the_command_exports_onnx_that_agrees_on_every_test_image(trained, name, tmp_path):
   out = tmp_path / "onnx"
@@ -269,6 +270,7 @@ def test_the_command_exports_onnx_that_agrees_on_every_test_image(trained, name,
   assert result["runtime"] == "onnxruntime" and result["agrees"] and result["images"] == 1000
 
 
+@pytest.mark.slow  # a process each; the quick start's models run it in all three runtimes
 @pytest.mark.parametrize("name", ["convnet", "dense"])
 def test_the_command_exports_tfjs_that_agrees_in_node(trained, name, tmp_path):
   _node()

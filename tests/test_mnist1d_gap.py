@@ -63,23 +63,44 @@ def test_the_variants_patch_and_flax_restores():
   assert epochs.epoch_order is plain_order
 
 
-@pytest.mark.parametrize(
-  "flags, message",
-  [
-    (["--out="], "error: --out is empty: name a folder"),
-    (["--out=OUT", "--variants="], "error: --variants: give one or more of flax, torch_init"),
-    (["--out=OUT", "--variants=nope"], "error: --variants: give one or more of"),
-  ],
-)
-def test_bad_flags_are_one_line_before_any_training(tmp_path, flags, message):
-  flags = [f.replace("OUT", str(tmp_path / "out")) for f in flags]
-  done = subprocess.run(
-    [sys.executable, os.path.join(REPO, "scripts", "mnist1d_gap.py"), *flags],
-    cwd=tmp_path,
-    capture_output=True,
-    text=True,
-    timeout=120,
-  )
-  lines = [line for line in done.stderr.splitlines() if not line.startswith(("I1", "W1"))]
-  assert done.returncode != 0 and lines == [lines[0]] and lines[0].startswith(message), done.stderr
-  assert not os.listdir(tmp_path)  # nothing trained, nothing written
+BAD_FLAGS = {
+  "empty out": (["--out="], "error: --out is empty: name a folder"),
+  "no variants": (
+    ["--out=OUT", "--variants="],
+    "error: --variants: give one or more of flax, torch_init",
+  ),
+  "unknown variant": (["--out=OUT", "--variants=nope"], "error: --variants: give one or more of"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_flag_runs(tmp_path_factory):
+  """The script run with each mistake, each in a folder of its own; started together, since each
+  spends seconds importing."""
+  started = {}
+  for name, (given, _) in BAD_FLAGS.items():
+    folder = tmp_path_factory.mktemp("bad_flags")
+    given = [f.replace("OUT", str(folder / "out")) for f in given]
+    started[name] = (
+      folder,
+      subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "scripts", "mnist1d_gap.py"), *given],
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+      ),
+    )
+  return {
+    name: (folder, process.communicate(timeout=120)[1], process.returncode)
+    for name, (folder, process) in started.items()
+  }
+
+
+@pytest.mark.parametrize("name", list(BAD_FLAGS))
+def test_bad_flags_are_one_line_before_any_training(bad_flag_runs, name):
+  folder, stderr, returncode = bad_flag_runs[name]
+  message = BAD_FLAGS[name][1]
+  lines = [line for line in stderr.splitlines() if not line.startswith(("I1", "W1"))]
+  assert returncode != 0 and lines == [lines[0]] and lines[0].startswith(message), stderr
+  assert not os.listdir(folder)  # nothing trained, nothing written

@@ -184,19 +184,20 @@ def _numpy_pool(x, window, strides, padding, kind):
   return out
 
 
+SLOW = {"marks": pytest.mark.slow}  # the quick tier keeps each rank, padding and pooling once
 BLOCK_CASES = [
   ((31,), 3, 1, "VALID", "max", 2, 2, "VALID"),
-  ((31,), 4, 2, "SAME", "avg", 3, 2, "SAME"),
+  pytest.param((31,), 4, 2, "SAME", "avg", 3, 2, "SAME", **SLOW),
   ((13, 12), 3, 1, "VALID", "max", 2, 2, "VALID"),
-  ((13, 12), 3, 2, "SAME", "avg", 3, 2, "SAME"),
-  ((13, 12), 5, 1, "SAME", "max", 3, 1, "SAME"),
+  pytest.param((13, 12), 3, 2, "SAME", "avg", 3, 2, "SAME", **SLOW),
+  pytest.param((13, 12), 5, 1, "SAME", "max", 3, 1, "SAME", **SLOW),
   ((13, 12), 3, 1, ((2, 1), (0, 3)), "avg", 3, 2, ((1, 1), (1, 0))),
-  ((13, 12), 2, 3, ((1, 0), (1, 1)), "max", 2, 2, ((0, 1), (1, 1))),
-  ((7, 8, 9), 3, 1, "VALID", "max", 2, 2, "VALID"),
+  pytest.param((13, 12), 2, 3, ((1, 0), (1, 1)), "max", 2, 2, ((0, 1), (1, 1)), **SLOW),
+  pytest.param((7, 8, 9), 3, 1, "VALID", "max", 2, 2, "VALID", **SLOW),
   ((7, 8, 9), 3, 2, "SAME", "avg", 2, 2, "SAME"),
   # The widest pooling padding allowed, window - 1: edge windows hold one input each.
   ((13, 12), 3, 1, "VALID", "max", 3, 2, ((2, 2), (0, 2))),
-  ((7, 8, 9), 2, 1, "VALID", "avg", 3, 3, ((2, 2), (0, 2), (2, 1))),
+  pytest.param((7, 8, 9), 2, 1, "VALID", "avg", 3, 3, ((2, 2), (0, 2), (2, 1)), **SLOW),
 ]
 
 
@@ -308,8 +309,9 @@ def test_model_config_is_plain_data():
   assert models.count_params(_param_shapes(model, (28, 28, 1))) == 33_194
 
 
+@pytest.mark.slow  # the page's NNX block also runs as written in tests/test_packaging.py
 def test_a_trained_model_runs_from_nnx_code(config, tmp_path, monkeypatch):
-  """The README's NNX recipe: a trained run's weights in a `flax.nnx` module compute the same."""
+  """docs/training.md's NNX recipe: a trained run's weights in a `flax.nnx` module agree."""
   from flax import nnx
 
   from convnet import checkpoints, train

@@ -37,8 +37,8 @@ def test_conv_matches_lax(spatial, window, strides, padding):
     dims = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, _channels_last(len(spatial)))
     return jax.lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=dims)
 
-  ours = ops.conv(x, kernel, strides, padding)
-  np.testing.assert_allclose(ours, reference(x, kernel), rtol=1e-4, atol=1e-4)
+  ours = jax.jit(lambda x, k: ops.conv(x, k, strides, padding))(x, kernel)
+  np.testing.assert_allclose(ours, jax.jit(reference)(x, kernel), rtol=1e-4, atol=1e-4)
   for a, b in zip(
     _grads(lambda x, k: ops.conv(x, k, strides, padding), x, kernel),
     _grads(reference, x, kernel),
@@ -63,7 +63,9 @@ def test_pooling_matches_lax(pooling, spatial, window, strides, padding):
   def reference(x, _):
     return models.pool(x, pooling, window, strides, padding, "lax")
 
-  np.testing.assert_allclose(ours(x, 0.0), reference(x, 0.0), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    jax.jit(ours)(x, 0.0), jax.jit(reference)(x, 0.0), rtol=1e-5, atol=1e-5
+  )
   np.testing.assert_allclose(
     _grads(ours, x, 0.0)[0], _grads(reference, x, 0.0)[0], rtol=1e-5, atol=1e-5
   )
@@ -83,7 +85,11 @@ def test_max_pool_gradient_goes_to_the_first_of_tied_maxima(window, strides):
 
 MODEL_CASES = [
   ((28, 28, 1), {}),
-  ((28, 28, 1), {"conv.padding": "SAME", "pool.type": "avg", "pool.window": 3}),
+  pytest.param(
+    (28, 28, 1),
+    {"conv.padding": "SAME", "pool.type": "avg", "pool.window": 3},
+    marks=pytest.mark.slow,
+  ),
   (
     (61, 2),
     {
@@ -93,7 +99,11 @@ MODEL_CASES = [
       "pool.type": ("max", "avg", "none"),
     },
   ),
-  ((12, 13, 14, 2), {"conv.features": (4, 5), "pool.type": "max", "conv.padding": 1}),
+  pytest.param(  # 3D: quick in tests/test_models.py against TensorFlow
+    (12, 13, 14, 2),
+    {"conv.features": (4, 5), "pool.type": "max", "conv.padding": 1},
+    marks=pytest.mark.slow,
+  ),
 ]
 
 

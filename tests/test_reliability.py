@@ -1,4 +1,4 @@
-"""The README's reliability promises, one test (or more) each.
+"""docs/reliability.md's promises, one test (or more) each.
 
 1. exact resume after SIGKILL; SIGTERM and SIGINT save before exiting;
 2. atomic outputs (a torn metrics line: see test_train.test_resume_mid_epoch_is_exact);
@@ -382,6 +382,7 @@ def _csv_rows(n, label=3):
     ("pixels.csv", _csv_rows(20).replace("0,", "300,", 1), "whole numbers in 0..255"),
   ],
 )
+@pytest.mark.filterwarnings("error::UserWarning")  # the error's line is all the user sees
 def test_bad_embedded_files_are_named(tmp_path, name, content, message):
   path = tmp_path / name
   if content == "truncated":

@@ -55,7 +55,7 @@ def _steps(workdir):
   "schedule",
   [
     pytest.param("constant", marks=pytest.mark.slow),
-    "cosine",
+    pytest.param("cosine", marks=pytest.mark.slow),  # quick: tests/test_train.py's resumes
     pytest.param("warmup_cosine", marks=pytest.mark.slow),
   ],
 )

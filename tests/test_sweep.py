@@ -259,7 +259,23 @@ def test_a_failed_rerun_of_another_config_keeps_the_finished_records(
     assert sweep.read_record(str(tmp_path), cell) == before[cell.name]
 
 
-@pytest.mark.parametrize("features", [pytest.param("pixels", marks=pytest.mark.slow), "pca"])
+def test_a_small_dense_groups_seeds_match_separate_runs(config, tmp_path):
+  """The quick tier's check of vmapped seeds, on a model that compiles in a moment."""
+  config.model.name = "dense"
+  config.model.dense_features = (8,)
+  config.max_steps = 6
+  config.steps_per_call = 4  # the second call runs 2 of its 4 steps
+  results = seeds.train_seeds(config, [0, 3], str(tmp_path / "group"))
+  for seed, together in zip([0, 3], results, strict=True):
+    alone = train.train_and_evaluate(seeds.seed_config(config, seed), str(tmp_path / f"s{seed}"))
+    assert together["step"] == alone["step"] == 6 and together["vmap_group_size"] == 2
+    for key in ("train_loss", "validation_loss", "test_loss"):
+      np.testing.assert_allclose(together[key], alone[key], rtol=1e-4, err_msg=key)
+  assert results[0]["test_loss"] != results[1]["test_loss"]  # two seeds, two models
+
+
+@pytest.mark.slow  # a group and two runs for each setting
+@pytest.mark.parametrize("features", ["pixels", "pca"])
 def test_vmapped_seeds_match_separate_runs(config, tmp_path, features):
   config.max_steps = 6
   config.steps_per_call = 4

@@ -9,6 +9,7 @@ fixed 100 of each class are held out as the test split.
 from __future__ import annotations
 
 import importlib.resources
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,8 +59,11 @@ def load_embedded(path: str | None = None) -> sources.RawData:
   """
   path = path or embedded_path()
   try:
-    # Read as floats, so that a label such as 4.7 is refused by name, not truncated.
-    table = np.loadtxt(path, delimiter=",", dtype=np.float64)
+    # Read as floats, so that a label such as 4.7 is refused by name, not truncated. An empty
+    # file is refused below, in one line, without NumPy's warning before it.
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", "loadtxt: input contained no data", UserWarning)
+      table = np.loadtxt(path, delimiter=",", dtype=np.float64)
   except FileNotFoundError:
     raise DataError(f"{path}: no such file") from None
   except (ValueError, EOFError, OSError) as e:
