@@ -81,7 +81,7 @@ def _numpy_top_2(config, workdir) -> float:
   data = input_pipeline.load(config.data, config.seed)
   model = models.create_model(config.model, data.input_shape, data.num_classes)
   params, _ = checkpoints.restore_params(workdir)
-  logits = np.asarray(model.apply({"params": params}, data.test.images))
+  logits = np.asarray(jax.jit(model.apply)({"params": params}, data.test.images))
   top = np.argsort(-logits, axis=-1)[:, :2]
   return float(np.mean(np.any(top == data.test.labels[:, None], axis=-1)))
 
@@ -178,7 +178,7 @@ def test_eval_step_sums_every_metric_over_real_examples_only(config, embedded):
   mask = (np.arange(40) < 25).astype(np.float32)
   sums = jax.jit(steps.eval_step)(state, {"image": images, "label": labels, "mask": mask})
   assert float(sums["count"]) == 25
-  logits = np.asarray(state.apply_fn({"params": state.params}, images))[:25]
+  logits = np.asarray(jax.jit(state.apply_fn)({"params": state.params}, images))[:25]
   assert float(sums["accuracy"]) == np.sum(np.argmax(logits, -1) == labels[:25])
   expected_loss = np.sum(np.asarray(steps.cross_entropy(logits, labels[:25])))
   np.testing.assert_allclose(float(sums["loss"]), expected_loss, rtol=1e-5)
