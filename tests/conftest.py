@@ -2,8 +2,10 @@
 
 import dataclasses
 import os
+import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # TensorFlow stays off any GPU.
@@ -143,4 +145,42 @@ def start_processes(commands, env=None) -> list[subprocess.Popen]:
       text=True,
     )
     for command in commands
+  ]
+
+
+# What pip builds the package from: copied, so that a build leaves no build/ in the repository.
+PACKAGE_FILES = ("convnet", "configs", "setup.cfg", "pyproject.toml", "README.md")
+PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input", "-q"]
+
+
+def copy_package_source(destination) -> str:
+  """The files pip builds the package from, copied into `destination` (caches left out)."""
+  ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+  for name in PACKAGE_FILES:
+    path = os.path.join(REPO, name)
+    if os.path.isdir(path):
+      shutil.copytree(path, os.path.join(destination, name), ignore=ignore)
+    else:
+      shutil.copy(path, os.path.join(destination, name))
+  return str(destination)
+
+
+def book_state(config, input_shape=(28, 28, 1), num_classes=10, seed=0):
+  """A fresh train state of `config`'s model, for steps run by hand."""
+  from convnet import models, optim, steps
+
+  model = models.create_model(config.model, input_shape, num_classes)
+  tx = optim.create_optimizer(config.optimizer, 10, 10)
+  return steps.create_train_state(jax.random.key(seed), model, input_shape, tx)
+
+
+def main_command(workdir, *flags) -> list[str]:
+  """`python -m convnet.main` on the book's config file, in `workdir`, with `flags`."""
+  return [
+    sys.executable,
+    "-m",
+    "convnet.main",
+    "--config=configs/mnist.py",
+    f"--workdir={workdir}",
+    *flags,
   ]

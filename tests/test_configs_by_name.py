@@ -9,7 +9,6 @@ import importlib
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ import pytest
 from absl import flags
 
 from convnet import cli, configs, main, summary, sweep
+from tests.conftest import PIP, copy_package_source
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRAMS = {"main": main, "sweep": sweep, "summary": summary}
@@ -167,16 +167,11 @@ def site(tmp_path_factory):
   no build/ folder is left in the repository.
   """
   root = tmp_path_factory.mktemp("installed")
-  source = root / "source"
-  ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-  for folder in ("convnet", "configs"):
-    shutil.copytree(os.path.join(REPO, folder), source / folder, ignore=ignore)
-  for name in ("setup.cfg", "pyproject.toml", "README.md"):
-    shutil.copy(os.path.join(REPO, name), source / name)
-  pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input", "-q"]
+  (root / "source").mkdir()
+  source = copy_package_source(root / "source")
   options = ["--no-deps", "--no-index", "--no-build-isolation", "--target", root / "site"]
   installed = subprocess.run(
-    [*pip, "install", *options, "."], cwd=source, capture_output=True, text=True
+    [*PIP, "install", *options, "."], cwd=source, capture_output=True, text=True
   )
   assert installed.returncode == 0, installed.stderr[-3000:]
   return root / "site"

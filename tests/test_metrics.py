@@ -20,13 +20,13 @@ from convnet import (
   checkpoints,
   input_pipeline,
   models,
-  optim,
   report,
   seeds,
   steps,
   sweep,
   train,
 )
+from tests.conftest import book_state
 from tests.test_train import _events
 
 PAGE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "adding_a_metric.md")
@@ -167,12 +167,7 @@ def test_old_checkpoints_epoch_sums_are_read_as_sums():
 
 
 def test_eval_step_sums_every_metric_over_real_examples_only(config, embedded):
-  state = steps.create_train_state(
-    jax.random.key(0),
-    models.create_model(config.model, (28, 28, 1), 10),
-    (28, 28, 1),
-    optim.create_optimizer(config.optimizer, 10, 10),
-  )
+  state = book_state(config)
   images = input_pipeline.scale(embedded.test_images[:40])
   labels = embedded.test_labels[:40].astype(np.int32)
   mask = (np.arange(40) < 25).astype(np.float32)

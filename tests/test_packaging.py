@@ -7,13 +7,14 @@ without them, and that what does not says in one line which extra to install.
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
 import zipfile
 
 import pytest
+
+from tests.conftest import PIP, copy_package_source
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTALL_TFDS = "pip install 'convnet[tfds]'"  # what a message without the `tfds` extra says to run
@@ -111,15 +112,10 @@ def test_the_research_script_runs_from_any_folder(tmp_path):
 def test_the_wheel_holds_the_configs_the_digits_and_the_page(tmp_path):
   # Built from a copy, offline, with the build tools already installed (the `test` extra): an
   # in-tree build would leave build/ in the repository, whose stale files end up in later wheels.
-  source = tmp_path / "source"
-  ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-  for folder in ("convnet", "configs"):
-    shutil.copytree(os.path.join(REPO, folder), source / folder, ignore=ignore)
-  for name in ("setup.cfg", "pyproject.toml", "README.md"):
-    shutil.copy(os.path.join(REPO, name), source / name)
-  pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input", "-q"]
+  (tmp_path / "source").mkdir()
+  source = copy_package_source(tmp_path / "source")
   build = subprocess.run(
-    [*pip, "wheel", "--no-deps", "--no-index", "--no-build-isolation", "-w", tmp_path, source],
+    [*PIP, "wheel", "--no-deps", "--no-index", "--no-build-isolation", "-w", tmp_path, source],
     capture_output=True,
     text=True,
   )
@@ -136,7 +132,7 @@ def test_the_wheel_holds_the_configs_the_digits_and_the_page(tmp_path):
 
   site = tmp_path / "site"
   install = subprocess.run(
-    [*pip, "install", "--no-deps", "--no-index", "--target", site, wheel],
+    [*PIP, "install", "--no-deps", "--no-index", "--target", site, wheel],
     capture_output=True,
     text=True,
   )

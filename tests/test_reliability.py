@@ -36,6 +36,7 @@ from convnet.errors import (
   WorkdirInUseError,
 )
 from convnet.sources import embedded as embedded_source
+from tests.conftest import main_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = ("wall_time_s", "train_examples_per_sec")
@@ -54,15 +55,7 @@ FLAGS = {
 
 
 def _main_command(workdir, **extra):
-  flags = FLAGS | extra
-  return [
-    sys.executable,
-    "-m",
-    "convnet.main",
-    "--config=configs/mnist.py",
-    f"--workdir={workdir}",
-    *[f"--config.{k}={v}" for k, v in flags.items()],
-  ]
+  return main_command(workdir, *[f"--config.{k}={v}" for k, v in (FLAGS | extra).items()])
 
 
 def _configure(config, **extra):

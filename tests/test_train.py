@@ -4,7 +4,6 @@ import functools
 import json
 import os
 import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -14,7 +13,7 @@ from flax import traverse_util
 from convnet import config_checks, epochs, input_pipeline, models, optim, train
 from convnet import steps as steps_lib
 from convnet.errors import CheckpointError, ConfigError
-from tests.conftest import start_processes
+from tests.conftest import book_state, main_command, start_processes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -273,17 +272,13 @@ def test_bad_configs_stop_before_compiling(config, tmp_path, monkeypatch, field,
 
 
 def _main_command(workdir, *overrides) -> list[str]:
-  return [
-    sys.executable,
-    "-m",
-    "convnet.main",
-    "--config=configs/mnist.py",
-    f"--workdir={workdir}",
+  return main_command(
+    workdir,
     "--config.data.source=embedded",
     "--config.batch_size=256",
     "--config.log_every_steps=2",
     *overrides,
-  ]
+  )
 
 
 def _main(workdir, *overrides):
@@ -517,12 +512,7 @@ def test_the_log_says_what_it_compiles_and_how_far_a_long_evaluation_is(
   assert text.index("Compiling the training steps") < text.index("First steps began")
 
   monkeypatch.setattr(epochs, "PROGRESS_EVERY_S", 0.0)
-  state = steps_lib.create_train_state(
-    jax.random.key(0),
-    models.create_model(config.model, (28, 28, 1), 10),
-    (28, 28, 1),
-    optim.create_optimizer(config.optimizer, 10, 10),
-  )
+  state = book_state(config)
   images = input_pipeline.scale(embedded.test_images[:200])
   split = input_pipeline.Split(images, embedded.test_labels[:200].astype(np.int32))
   caplog.clear()
