@@ -11,7 +11,7 @@ as:
   `tf.loadLayersModel` reads (the book's runtime). With `--page`, the folder
   also gets a page (`index.html`) that classifies a digit or garment drawn on
   a canvas, and a few test images; serve it with
-  `python -m http.server --directory OUT`.
+  `python -m http.server --bind 127.0.0.1 --directory OUT`.
 - `onnx`: `model.onnx` (opset 20), for onnxruntime and other ONNX runtimes.
 
 Both take the model's input as the run saw it, float32 (N, *input_shape),

@@ -122,7 +122,9 @@ def train_step(
   The loss minimised is the batch's mean cross-entropy (with `label_smoothing`),
   plus `l1_penalty` times the kernels' L1 norm when that is set. The metrics
   are `summed_metrics` of the batch before the step: every entry of
-  `example_metrics` summed over the batch, and "count", its size.
+  `example_metrics` summed over the batch, and "count", its size; with
+  `label_smoothing`, also "smoothed_loss", the smoothed cross-entropy's sum,
+  so that "loss" is the plain cross-entropy in training as in evaluation.
   With `microbatch_size` (a divisor of the batch size), the gradient is summed
   over microbatches of that size, one after another: the same step up to float
   rounding, and faster on a CPU, where a small microbatch's activations stay in
@@ -139,8 +141,11 @@ def train_step(
 
   def loss_fn(params, batch):
     logits = state.apply_fn({"params": params}, batch["image"])
-    loss = cross_entropy(logits, batch["label"], label_smoothing).sum() / batch_size
-    return loss, summed_metrics(logits, batch["label"])
+    smoothed = cross_entropy(logits, batch["label"], label_smoothing).sum()
+    metrics = summed_metrics(logits, batch["label"])
+    if label_smoothing:  # The loss minimised, under its own name: "loss" stays the plain one.
+      metrics["smoothed_loss"] = smoothed
+    return smoothed / batch_size, metrics
 
   grad_fn = jax.grad(loss_fn, has_aux=True)
   if not microbatch_size or microbatch_size >= batch_size:

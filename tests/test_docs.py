@@ -120,6 +120,22 @@ def test_every_shell_block_parses():
         assert done.returncode == 0, f"{page}: a sh block does not parse: {done.stderr}\n{code}"
 
 
+def test_every_server_a_page_starts_listens_on_this_machine_only():
+  # `http.server` binds every interface unless told otherwise: the page's folder (a trained
+  # model and test images) would be served to the whole network.
+  servers = [
+    (page, line)
+    for page in PAGES
+    for language, code in _blocks(_read(page))
+    if language == "sh"
+    for line in code.splitlines()
+    if "http.server" in line
+  ]
+  assert servers, "no page starts a server: this test checks nothing"
+  for page, line in servers:
+    assert "--bind 127.0.0.1" in line, f"{page}: {line}"
+
+
 def test_every_link_and_image_resolves():
   problems = []
   for page in PAGES:

@@ -177,3 +177,33 @@ def test_eval_step_sums_every_metric_over_real_examples_only(config, embedded):
   assert float(sums["accuracy"]) == np.sum(np.argmax(logits, -1) == labels[:25])
   expected_loss = np.sum(np.asarray(steps.cross_entropy(logits, labels[:25])))
   np.testing.assert_allclose(float(sums["loss"]), expected_loss, rtol=1e-5)
+
+
+def test_with_label_smoothing_the_loss_is_the_plain_cross_entropy_and_the_smoothed_one_is_named(
+  config, embedded, tmp_path
+):
+  # One name, one quantity: `train_loss` is the cross-entropy that `validation_loss` is; the
+  # loss the optimizer minimises with label smoothing is `train_smoothed_loss`.
+  state = book_state(config)
+  images = input_pipeline.scale(embedded.train_images[:64])
+  labels = embedded.train_labels[:64].astype(np.int32)
+  logits = np.asarray(jax.jit(state.apply_fn)({"params": state.params}, images))
+  step = jax.jit(lambda s, b: steps.train_step(s, b, label_smoothing=0.2))
+  _, sums = step(state, {"image": images, "label": labels})
+  means = steps.means(sums)
+  plain = float(np.mean(steps.cross_entropy(logits, labels)))
+  smoothed = float(np.mean(steps.cross_entropy(logits, labels, 0.2)))
+  assert means["loss"] == pytest.approx(plain, rel=1e-5)
+  assert means["smoothed_loss"] == pytest.approx(smoothed, rel=1e-5)
+  assert abs(smoothed - plain) > 1e-3  # the two differ, so the test tells them apart
+  _, unsmoothed = jax.jit(steps.train_step)(state, {"image": images, "label": labels})
+  assert "smoothed_loss" not in unsmoothed  # no label smoothing, no second loss
+
+  config.label_smoothing = 0.2
+  config.num_epochs, config.steps_per_epoch = 1, 4
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  (record,) = [r for r in _records(tmp_path / "run") if r["kind"] == "epoch"]
+  assert record["train_loss"] > 0 and record["train_smoothed_loss"] > 0
+  assert abs(record["train_smoothed_loss"] - record["train_loss"]) > 1e-4
+  scalars, _ = _events(str(tmp_path / "run"))
+  assert "epoch/train_smoothed_loss" in scalars and "validation/smoothed_loss" not in scalars
