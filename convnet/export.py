@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
@@ -46,6 +45,8 @@ from convnet import workdir as workdir_lib
 from convnet.errors import ConvnetError, ExportError
 
 FORMATS = ("tfjs", "onnx")
+# The file of each format that a runtime opens first, and that names the others: published last.
+MANIFESTS = {"tfjs": "model.json", "onnx": "model.onnx"}
 # Logits of JAX and of an exported model agree when |a - b| <= ATOL + RTOL * |a|: float32
 # arithmetic in another order (see `agreement`).
 ATOL, RTOL = 1e-4, 1e-4
@@ -203,8 +204,10 @@ def export(
       results = _verify(fmt, staging, images, reference, say)
       if page:
         results += _verify_page(staging, images, reference, say)
-    _publish(staging, workdir_lib.make_dir(out, "--out"), say)
-  _record_agreement(out, fmt, metadata, results)
+    out = workdir_lib.make_dir(out, "--out")
+    with workdir_lib.folder_lock(out, "--out"):  # one export at a time publishes into `out`
+      _publish(staging, out, MANIFESTS[fmt], say)
+      _record_agreement(out, fmt, metadata, results)
   return lines
 
 
@@ -217,15 +220,10 @@ def _format_files(fmt: str, layers, input_shape, metadata) -> dict[str, bytes]:
   return {"model.json": json.dumps(model_json).encode(), "weights.bin": weights}
 
 
-def _publish(staging: str, out: str, say: Callable[[str], None]) -> None:
-  """Copies every file of `staging` into `out`, each atomically."""
+def _publish(staging: str, out: str, manifest: str, say: Callable[[str], None]) -> None:
+  """Copies every file of `staging` into `out` as one (`workdir.publish`), `manifest` last."""
   names = sorted(os.listdir(staging))
-  for name in names:
-    with (
-      open(os.path.join(staging, name), "rb") as f,
-      workdir_lib.atomic_open(os.path.join(out, name), "wb") as g,
-    ):
-      shutil.copyfileobj(f, g)
+  workdir_lib.publish({n: os.path.join(staging, n) for n in names}, out, last=[manifest])
   sizes = sum(os.path.getsize(os.path.join(out, name)) for name in names)
   say(f"Wrote {', '.join(names)} to {out} ({sizes:,} bytes)")
 

@@ -283,7 +283,7 @@ def plot_learning_curve(rows: Sequence[Mapping[str, Any]], path: str, title: str
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  _save(fig, path)
   plt.close(fig)
 
 
@@ -297,3 +297,10 @@ def write_plot(records: Sequence[Mapping[str, Any]], out_dir: str, title: str = 
   path = os.path.join(out_dir, "learning_curve.png")
   plot_learning_curve(rows, path, title)
   return path
+
+
+def _save(fig, path: str) -> None:
+  """The figure as a PNG, written atomically: a stop while writing leaves the old one whole."""
+  from convnet import workdir as workdir_lib  # imports JAX, which the rest of a report doesn't need
+
+  workdir_lib.save_figure(fig, path, dpi=120)

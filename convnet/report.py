@@ -242,8 +242,10 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str) -> None:
   columns = list(rows[0])
   for row in rows[1:]:
     columns += [c for c in row if c not in columns]
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, columns)
+  from convnet import workdir as workdir_lib  # imports JAX, which the rest of a report doesn't need
+
+  with workdir_lib.atomic_open(path, "w") as f:
+    writer = csv.DictWriter(f, columns, lineterminator="\r\n")
     writer.writeheader()
     for row in rows:
       writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()})
@@ -273,6 +275,13 @@ def numeric_axis(rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> st
   values = [row.get(fields[0]) for row in rows]
   numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
   return fields[0] if numbers else None
+
+
+def _save(fig, path: str) -> None:
+  """The figure as a PNG, written atomically: a stop while writing leaves the old one whole."""
+  from convnet import workdir as workdir_lib  # imports JAX, which the rest of a report doesn't need
+
+  workdir_lib.save_figure(fig, path, dpi=120)
 
 
 def plot_accuracy(
@@ -312,7 +321,7 @@ def plot_accuracy(
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  _save(fig, path)
   plt.close(fig)
 
 
@@ -342,7 +351,7 @@ def plot_params(rows: Sequence[Mapping[str, Any]], path: str, title: str = "") -
   ax.grid(alpha=0.3, which="both")
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  _save(fig, path)
   plt.close(fig)
 
 
@@ -405,7 +414,7 @@ def plot_learning_rate(tuned: Sequence[Mapping[str, Any]], path: str, title: str
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  _save(fig, path)
   plt.close(fig)
 
 
@@ -428,8 +437,7 @@ def write_report(
   text = markdown(rows, records, reference)  # before writing anything: it may refuse `reference`
   workdir_lib.make_dir(out_dir, "--out")
   paths = {name: os.path.join(out_dir, name) for name in ("report.md", "report.csv")}
-  with open(paths["report.md"], "w") as f:
-    f.write(text)
+  workdir_lib.atomic_write(paths["report.md"], text)
   write_csv(rows, paths["report.csv"])
   finished = [r for r in rows if r["seeds"]]
   if finished:

@@ -71,8 +71,7 @@ def _pyplot():
 
 def _save(fig, path: str) -> str:
   """Saves a PNG at the figure's own size (no tight bounding box), atomically; closes it."""
-  with workdir_lib.atomic_open(path, "wb") as f:
-    fig.savefig(f, format="png", dpi=DPI)
+  workdir_lib.save_figure(fig, path, DPI)
   _pyplot().close(fig)
   return path
 

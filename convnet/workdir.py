@@ -24,10 +24,11 @@ import json
 import math
 import os
 import re
+import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
 
 import ml_collections
@@ -75,6 +76,27 @@ ADDED_FIELDS = {
 
 
 @contextlib.contextmanager
+def _temporary(path: str, mode: str) -> Iterator[tuple[IO, str]]:
+  """(file, its path): a new file beside `path`, on disk when the block ends; gone if it raises.
+
+  Its name marks it as a writer's temporary file (`remove_stale_files` clears those a killed
+  writer left).
+  """
+  folder, name = os.path.split(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.{_writer_id()}.", suffix=".tmp")
+  try:
+    os.fchmod(fd, 0o666 & ~_umask())  # what open() gives a new file; mkstemp's is 0600
+    with os.fdopen(fd, mode) as f:
+      yield f, tmp
+      f.flush()
+      os.fsync(f.fileno())
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(tmp)
+    raise
+
+
+@contextlib.contextmanager
 def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
   """Opens a temporary file beside `path`, and renames it to `path` when the block ends.
 
@@ -82,24 +104,17 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
   rename. If the block raises, the temporary file is removed and `path` is left
   as it was.
   """
-  folder, name = os.path.split(os.path.abspath(path))
   try:
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.{_writer_id()}.", suffix=".tmp")
+    with _temporary(path, mode) as (f, tmp):
+      yield f
+    try:
+      os.replace(tmp, path)
+    except OSError:
+      with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+      raise
   except OSError as e:
     raise WorkdirError(f"cannot write {path} ({reason(e)}); {remedy(e)}") from None
-  try:
-    os.fchmod(fd, 0o666 & ~_umask())  # what open() gives a new file; mkstemp's is 0600
-    with os.fdopen(fd, mode) as f:
-      yield f
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException as e:
-    with contextlib.suppress(FileNotFoundError):
-      os.unlink(tmp)
-    if isinstance(e, OSError):
-      raise WorkdirError(f"cannot write {path} ({reason(e)}); {remedy(e)}") from None
-    raise
 
 
 def remedy(error: BaseException) -> str:
@@ -238,6 +253,76 @@ def run_dir(path: str, what: str = "--workdir") -> Iterator[str]:
     raise
 
 
+@contextlib.contextmanager
+def folder_lock(folder: str, what: str) -> Iterator[None]:
+  """Holds an `flock` on the folder itself while a writer publishes into it; leaves no file.
+
+  Raises:
+    WorkdirInUseError: another process holds it; `what` names the flag that gave `folder`.
+  """
+  fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise WorkdirInUseError(
+        f"{what}={folder} is being written by another process; wait for it to end, or use "
+        f"another {what}"
+      ) from None
+    yield
+  finally:
+    os.close(fd)  # which drops the lock
+
+
+def publish(sources: Mapping[str, str], folder: str, last: Sequence[str] = ()) -> None:
+  """Copies files into `folder` as one: every copy is written first, then all are renamed.
+
+  `sources` maps each name in `folder` to the file it copies. Each copy is
+  written and flushed beside its target under a temporary name; only when all
+  are written are they renamed over their targets, the names in `last` (a
+  file that names the others, such as TF.js's model.json) after the rest.
+  Hold `folder_lock` around it, so that no other writer's files mix in.
+
+  Raises:
+    WorkdirError: a target is a folder or a symbolic link (nothing is
+      written), or a copy cannot be written (the temporary copies are removed,
+      and `folder` is left as it was).
+  """
+  names = sorted(sources, key=lambda name: name in last)
+  for name in names:
+    target = os.path.join(folder, name)
+    if os.path.islink(target) or os.path.isdir(target):
+      kind = "a symbolic link" if os.path.islink(target) else "a folder"
+      raise WorkdirError(
+        f"{target} is {kind}, where a file is written: move it away, or write elsewhere"
+      )
+  written = []
+  try:
+    for name in names:
+      with _temporary(os.path.join(folder, name), "wb") as (g, tmp), open(sources[name], "rb") as f:
+        shutil.copyfileobj(f, g)
+      written.append(tmp)
+  except BaseException as e:
+    for tmp in written:
+      with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    if isinstance(e, OSError):
+      raise WorkdirError(f"cannot write in {folder} ({reason(e)}); {remedy(e)}") from None
+    raise
+  for name, tmp in zip(names, written, strict=True):
+    os.replace(tmp, os.path.join(folder, name))
+
+
+def save_figure(fig, path: str, dpi: int) -> str:
+  """Saves a Matplotlib figure as a PNG at `path` atomically (see `atomic_open`); returns `path`.
+
+  A signal or a full disk while it is written leaves the previous file whole.
+  """
+  with atomic_open(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=dpi)
+  return path
+
+
 def atomic_write(path: str, text: str) -> None:
   """Writes `text` to `path` atomically (see `atomic_open`)."""
   with atomic_open(path) as f:
@@ -245,7 +330,7 @@ def atomic_write(path: str, text: str) -> None:
 
 
 @contextlib.contextmanager
-def lock(workdir: str) -> Iterator[None]:
+def lock(workdir: str, what: str = "--workdir") -> Iterator[None]:
   """Holds `workdir/.lock` while a run writes there; another run on it stops at once.
 
   The lock is an `fcntl.flock`, which the system drops when its process ends,
@@ -261,7 +346,7 @@ def lock(workdir: str) -> Iterator[None]:
   except OSError as e:
     raise WorkdirReadOnlyError(
       f"{workdir} cannot be written ({reason(e)}): make it writable, or copy it and give the "
-      "copy as --workdir"
+      f"copy as {what}"
     ) from None
   with f:
     try:
@@ -270,7 +355,7 @@ def lock(workdir: str) -> Iterator[None]:
       f.seek(0)
       holder = f.read().strip() or "another process"
       raise WorkdirInUseError(
-        f"{workdir} is in use by {holder}; wait for that run to end, or use another --workdir"
+        f"{workdir} is in use by {holder}; wait for it to end, or use another {what}"
       ) from None
     f.seek(0)
     f.truncate()

@@ -19,7 +19,7 @@ from conftest import cpu_env, model_config
 from convnet import export, formats, models, seeds, steps, train, web
 from convnet.configs import dense as dense_config
 from convnet.configs import mnist
-from convnet.errors import ExportError
+from convnet.errors import ExportError, WorkdirError, WorkdirInUseError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -566,3 +566,72 @@ def test_the_quick_starts_models_agree_with_jax_on_every_test_image_everywhere(t
     check_page(
       tmp_path / f"{config}_tfjs", images, export.jax_logits(run.model, run.params, images)
     )
+
+
+def _files(folder) -> dict[str, bytes]:
+  """Every file under `folder`, by relative path, with its bytes (links: their targets' names)."""
+  found = {}
+  for root, dirs, names in os.walk(folder):
+    for name in names + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+      path = os.path.join(root, name)
+      key = os.path.relpath(path, folder)
+      found[key] = os.readlink(path).encode() if os.path.islink(path) else open(path, "rb").read()
+  return found
+
+
+def test_a_folder_where_a_file_goes_refuses_the_export_and_leaves_out_as_it_was(trained, tmp_path):
+  # An old TF.js export, with a folder now where its weights go: nothing of the new one lands.
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "model.json").write_text('{"old": true}')
+  (out / "weights.bin").mkdir()
+  before = _files(out)
+  with pytest.raises(WorkdirError, match=r"weights.bin is a folder, where a file is written"):
+    export.export(trained["dense"], "tfjs", str(out), verify=False)
+  assert _files(out) == before
+  assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
+def test_a_symbolic_link_where_a_file_goes_is_refused_and_its_target_untouched(trained, tmp_path):
+  elsewhere = tmp_path / "elsewhere.onnx"
+  elsewhere.write_bytes(b"not ours")
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "model.onnx").symlink_to(elsewhere)
+  with pytest.raises(WorkdirError, match=r"model.onnx is a symbolic link"):
+    export.export(trained["convnet"], "onnx", str(out), verify=False)
+  assert elsewhere.read_bytes() == b"not ours"
+
+
+def test_an_export_into_a_folder_another_export_holds_is_one_line_and_writes_nothing(
+  trained, tmp_path
+):
+  from convnet import workdir as workdir_lib
+
+  out = tmp_path / "out"
+  out.mkdir()
+  with workdir_lib.folder_lock(str(out), "--out"):  # another export, publishing into it
+    before = _files(out)
+    with pytest.raises(WorkdirInUseError, match=r"being written by another process.*another --out"):
+      export.export(trained["dense"], "tfjs", str(out), verify=False)
+    assert _files(out) == before
+
+
+def test_a_copy_that_fails_half_way_leaves_out_as_it_was(trained, tmp_path, monkeypatch):
+  import shutil
+
+  out = tmp_path / "out"
+  export.export(trained["convnet"], "tfjs", str(out), verify=False)
+  before = _files(out)
+  copies, real_copy = [], shutil.copyfileobj
+
+  def copy_then_fail(source, target):
+    copies.append(source)
+    if len(copies) == 2:  # the second file of the new export: the disk is full
+      raise OSError(28, "No space left on device")
+    real_copy(source, target)
+
+  monkeypatch.setattr(shutil, "copyfileobj", copy_then_fail)
+  with pytest.raises(WorkdirError, match="No space left on device"):
+    export.export(trained["dense"], "tfjs", str(out), verify=False)
+  assert _files(out) == before  # the convnet's pair, whole: not half of the dense network's

@@ -1,6 +1,7 @@
 """The sweep report: statistics over seeds, the table, the CSV and the plots."""
 
 import csv
+import io
 import json
 import math
 import os
@@ -723,3 +724,31 @@ def test_pair_sweeps_compare_with_a_reference_only_when_asked():
   assert "Convnet minus dense" in table and "Each setting minus" not in table
   table = report.markdown(analysis.summarize(pairs), pairs, "name=dense")
   assert "| name=convnet | name=dense | convnet | 2 | +5.50 |" in table
+
+
+def test_a_report_stopped_while_it_writes_leaves_every_earlier_file_whole(tmp_path, monkeypatch):
+  # A signal in the middle of drawing a figure: the figure of the report before it stays whole,
+  # and so do the table and the CSV written before; no temporary file is left in sight.
+  from matplotlib.figure import Figure
+
+  report.write_report(_kernel_records(), str(tmp_path))
+  before = {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path)}
+  real_savefig = Figure.savefig
+
+  def savefig_then_stop(fig, target, **kwargs):
+    buffer = io.BytesIO()
+    real_savefig(fig, buffer, **kwargs)
+    target.write(buffer.getvalue()[:100])  # a truncated PNG so far
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(Figure, "savefig", savefig_then_stop)
+  records = _kernel_records()
+  for record in records:
+    record["test_accuracy_at_best_validation"] = 0.5  # a new report, with other numbers
+  with pytest.raises(KeyboardInterrupt):
+    report.write_report(records, str(tmp_path))
+  assert (tmp_path / "accuracy.png").read_bytes() == before["accuracy.png"]
+  assert sorted(os.listdir(tmp_path)) == sorted(before)
+  for name in ("report.md", "report.csv"):  # each written whole: the new one, not half of it
+    assert (tmp_path / name).read_bytes() != before[name]
+    assert (tmp_path / name).read_bytes().endswith(b"\n")
