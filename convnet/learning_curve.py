@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from convnet import analysis, display
+from convnet import workdir as workdir_lib
 from convnet.models import BASELINE
 
 SIZE = "data.num_train"
@@ -283,7 +284,7 @@ def plot_learning_curve(rows: Sequence[Mapping[str, Any]], path: str, title: str
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  _save(fig, path)
+  workdir_lib.save_figure(fig, path, dpi=120)  # atomic: a stop leaves the old one whole
   plt.close(fig)
 
 
@@ -297,10 +298,3 @@ def write_plot(records: Sequence[Mapping[str, Any]], out_dir: str, title: str = 
   path = os.path.join(out_dir, "learning_curve.png")
   plot_learning_curve(rows, path, title)
   return path
-
-
-def _save(fig, path: str) -> None:
-  """The figure as a PNG, written atomically: a stop while writing leaves the old one whole."""
-  from convnet import workdir as workdir_lib  # imports JAX, which the rest of a report doesn't need
-
-  workdir_lib.save_figure(fig, path, dpi=120)

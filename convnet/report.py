@@ -43,6 +43,7 @@ import numpy as np
 from absl import app, flags
 
 from convnet import analysis, cli, learning_curve, sources
+from convnet import workdir as workdir_lib
 from convnet.errors import ConvnetError, DataError
 
 # ----------------------------------------------------------------------------
@@ -242,8 +243,6 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str) -> None:
   columns = list(rows[0])
   for row in rows[1:]:
     columns += [c for c in row if c not in columns]
-  from convnet import workdir as workdir_lib  # imports JAX, which the rest of a report doesn't need
-
   with workdir_lib.atomic_open(path, "w") as f:
     writer = csv.DictWriter(f, columns, lineterminator="\r\n")
     writer.writeheader()
@@ -275,13 +274,6 @@ def numeric_axis(rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> st
   values = [row.get(fields[0]) for row in rows]
   numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
   return fields[0] if numbers else None
-
-
-def _save(fig, path: str) -> None:
-  """The figure as a PNG, written atomically: a stop while writing leaves the old one whole."""
-  from convnet import workdir as workdir_lib  # imports JAX, which the rest of a report doesn't need
-
-  workdir_lib.save_figure(fig, path, dpi=120)
 
 
 def plot_accuracy(
@@ -321,7 +313,7 @@ def plot_accuracy(
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  _save(fig, path)
+  workdir_lib.save_figure(fig, path, dpi=120)  # atomic: a stop leaves the old one whole
   plt.close(fig)
 
 
@@ -351,7 +343,7 @@ def plot_params(rows: Sequence[Mapping[str, Any]], path: str, title: str = "") -
   ax.grid(alpha=0.3, which="both")
   ax.legend()
   fig.tight_layout()
-  _save(fig, path)
+  workdir_lib.save_figure(fig, path, dpi=120)  # atomic: a stop leaves the old one whole
   plt.close(fig)
 
 
@@ -414,7 +406,7 @@ def plot_learning_rate(tuned: Sequence[Mapping[str, Any]], path: str, title: str
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  _save(fig, path)
+  workdir_lib.save_figure(fig, path, dpi=120)  # atomic: a stop leaves the old one whole
   plt.close(fig)
 
 
@@ -431,8 +423,6 @@ def write_report(
   Raises:
     DataError: as `markdown`, before anything is written.
   """
-  from convnet import workdir as workdir_lib  # imports JAX, which the rest of a report doesn't need
-
   rows = analysis.summarize(records)
   text = markdown(rows, records, reference)  # before writing anything: it may refuse `reference`
   workdir_lib.make_dir(out_dir, "--out")
