@@ -29,7 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from convnet import epochs, logs
+from convnet import epochs, files, logs
 from convnet import workdir as workdir_lib
 from convnet.errors import CheckpointError, DivergedError, WorkdirError
 
@@ -245,7 +245,7 @@ def save(manager: ocp.CheckpointManager, state, loop: dict[str, Any]) -> None:
     kept = f"the checkpoint of step {latest} is kept" if latest is not None else "none was saved"
     raise WorkdirError(
       f"cannot write the checkpoint of step {step} in {manager.directory} "
-      f"({workdir_lib.reason(e)}); {kept}: {workdir_lib.remedy(e)} to resume"
+      f"({files.reason(e)}); {kept}: {files.remedy(e)} to resume"
     ) from None
 
 

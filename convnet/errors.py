@@ -17,6 +17,13 @@ class CheckpointError(ConvnetError):
   """A checkpoint or workdir that cannot be resumed; the message says how to start fresh."""
 
 
+class FileFormatError(ConvnetError):
+  """A file the project reads that is not what it should be: its kind, size, syntax or fields.
+
+  The message names the file (and the field or line) and what was found.
+  """
+
+
 class ExportError(ConvnetError):
   """A model that an export format cannot hold, or an export that disagrees with JAX."""
 

@@ -40,8 +40,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from convnet import checkpoints, cli, formats
-from convnet import workdir as workdir_lib
+from convnet import checkpoints, cli, files, formats
 from convnet.errors import ConvnetError, ExportError
 
 FORMATS = ("tfjs", "onnx")
@@ -189,11 +188,11 @@ def export(
     "step": run.step,
     "checkpoint": checkpoint,
   }
-  files = _format_files(fmt, layers, dataset.input_shape, metadata)
+  contents = _format_files(fmt, layers, dataset.input_shape, metadata)
   images = dataset.test.images
   reference = jax_logits(run.model, run.params, images) if verify or page else None
   with tempfile.TemporaryDirectory(prefix="convnet-export-") as staging:
-    for name, data in files.items():
+    for name, data in contents.items():
       with open(os.path.join(staging, name), "wb") as f:
         f.write(data)
     if page:
@@ -204,8 +203,8 @@ def export(
       results = _verify(fmt, staging, images, reference, say)
       if page:
         results += _verify_page(staging, images, reference, say)
-    out = workdir_lib.make_dir(out, "--out")
-    with workdir_lib.folder_lock(out, "--out"):  # one export at a time publishes into `out`
+    out = files.make_dir(out, "--out")
+    with files.folder_lock(out, "--out"):  # one export at a time publishes into `out`
       _publish(staging, out, MANIFESTS[fmt], say)
       _record_agreement(out, fmt, metadata, results)
   return lines
@@ -221,9 +220,9 @@ def _format_files(fmt: str, layers, input_shape, metadata) -> dict[str, bytes]:
 
 
 def _publish(staging: str, out: str, manifest: str, say: Callable[[str], None]) -> None:
-  """Copies every file of `staging` into `out` as one (`workdir.publish`), `manifest` last."""
+  """Copies every file of `staging` into `out` as one (`files.publish`), `manifest` last."""
   names = sorted(os.listdir(staging))
-  workdir_lib.publish({n: os.path.join(staging, n) for n in names}, out, last=[manifest])
+  files.publish({n: os.path.join(staging, n) for n in names}, out, last=[manifest])
   sizes = sum(os.path.getsize(os.path.join(out, name)) for name in names)
   say(f"Wrote {', '.join(names)} to {out} ({sizes:,} bytes)")
 
@@ -245,7 +244,7 @@ def _record_agreement(out: str, fmt: str, metadata, results: list[dict[str, Any]
     "checked": bool(results),
     "runtimes": results,
   }
-  workdir_lib.atomic_write(path, json.dumps(recorded, indent=2) + "\n")
+  files.atomic_write(path, json.dumps(recorded, indent=2) + "\n")
 
 
 def _verify(fmt, folder, images, reference, say) -> list[dict[str, Any]]:

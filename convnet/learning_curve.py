@@ -26,8 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from convnet import analysis, display
-from convnet import workdir as workdir_lib
+from convnet import analysis, display, files
 from convnet.models import BASELINE
 
 SIZE = "data.num_train"
@@ -284,7 +283,7 @@ def plot_learning_curve(rows: Sequence[Mapping[str, Any]], path: str, title: str
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  workdir_lib.save_figure(fig, path, dpi=120)  # atomic: a stop leaves the old one whole
+  files.save_figure(fig, path, dpi=120)  # atomic: a stop leaves the old one whole
   plt.close(fig)
 
 

@@ -42,8 +42,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from convnet import analysis, cli, learning_curve, sources
-from convnet import workdir as workdir_lib
+from convnet import analysis, cli, files, learning_curve, sources
 from convnet.errors import ConvnetError, DataError
 
 # ----------------------------------------------------------------------------
@@ -243,7 +242,7 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str) -> None:
   columns = list(rows[0])
   for row in rows[1:]:
     columns += [c for c in row if c not in columns]
-  with workdir_lib.atomic_open(path, "w") as f:
+  with files.atomic_open(path, "w") as f:
     writer = csv.DictWriter(f, columns, lineterminator="\r\n")
     writer.writeheader()
     for row in rows:
@@ -313,7 +312,7 @@ def plot_accuracy(
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  workdir_lib.save_figure(fig, path, dpi=120)  # atomic: a stop leaves the old one whole
+  files.save_figure(fig, path, dpi=120)  # atomic: a stop leaves the old one whole
   plt.close(fig)
 
 
@@ -343,7 +342,7 @@ def plot_params(rows: Sequence[Mapping[str, Any]], path: str, title: str = "") -
   ax.grid(alpha=0.3, which="both")
   ax.legend()
   fig.tight_layout()
-  workdir_lib.save_figure(fig, path, dpi=120)  # atomic: a stop leaves the old one whole
+  files.save_figure(fig, path, dpi=120)  # atomic: a stop leaves the old one whole
   plt.close(fig)
 
 
@@ -406,7 +405,7 @@ def plot_learning_rate(tuned: Sequence[Mapping[str, Any]], path: str, title: str
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  workdir_lib.save_figure(fig, path, dpi=120)  # atomic: a stop leaves the old one whole
+  files.save_figure(fig, path, dpi=120)  # atomic: a stop leaves the old one whole
   plt.close(fig)
 
 
@@ -425,9 +424,9 @@ def write_report(
   """
   rows = analysis.summarize(records)
   text = markdown(rows, records, reference)  # before writing anything: it may refuse `reference`
-  workdir_lib.make_dir(out_dir, "--out")
+  files.make_dir(out_dir, "--out")
   paths = {name: os.path.join(out_dir, name) for name in ("report.md", "report.csv")}
-  workdir_lib.atomic_write(paths["report.md"], text)
+  files.atomic_write(paths["report.md"], text)
   write_csv(rows, paths["report.csv"])
   finished = [r for r in rows if r["seeds"]]
   if finished:

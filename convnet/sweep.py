@@ -45,7 +45,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from convnet import checkpoints, cli, config_checks, display, train
+from convnet import checkpoints, cli, config_checks, display, files, train
 from convnet import seeds as seeds_lib
 from convnet import workdir as workdir_lib
 from convnet.errors import (
@@ -241,7 +241,7 @@ def _write_record(sweep_dir: str, cell: Cell, config, workdir: str, result: Mapp
     )
     return record
   os.makedirs(os.path.join(sweep_dir, "records"), exist_ok=True)
-  workdir_lib.atomic_write(record_path(sweep_dir, cell), json.dumps(record, indent=1) + "\n")
+  files.atomic_write(record_path(sweep_dir, cell), json.dumps(record, indent=1) + "\n")
   return record
 
 
@@ -361,9 +361,9 @@ def run_sweep(
   configs = {cell.name: apply_overrides(base, cell.overrides) for cell in cells}
   for cell in cells:
     config_checks.validate(configs[cell.name])
-  workdir_lib.make_dir(sweep_dir)
+  files.make_dir(sweep_dir)
   check_mode(sweep_dir, vmap_seeds)
-  workdir_lib.remove_stale_files(os.path.join(sweep_dir, "records"))
+  files.remove_stale_files(os.path.join(sweep_dir, "records"))
   index, count = shard
   groups = _groups(cells, vmap_seeds)[index::count]
   todo = [g for g in groups if not all(is_finished(sweep_dir, c, configs[c.name]) for c in g)]

@@ -34,6 +34,7 @@ from convnet import (
   config_checks,
   display,
   epochs,
+  files,
   input_pipeline,
   models,
   optim,
@@ -158,7 +159,7 @@ def check_before_starting(config: ml_collections.ConfigDict, workdir: str) -> No
       changes the result.
   """
   config_checks.validate(config)
-  workdir_lib.check_dir(workdir)
+  files.check_dir(workdir)
   if os.path.isdir(workdir) and checkpoints.has_checkpoints(workdir):
     workdir_lib.check_resumable(os.path.abspath(workdir), config)
 
@@ -169,7 +170,7 @@ def check_before_loading(workdir: str, member_dirs) -> None:
   Also removes the temporary files that killed writers left in the folders.
   """
   for folder in {workdir, *(d for d, _ in member_dirs)}:
-    workdir_lib.remove_stale_files(folder)
+    files.remove_stale_files(folder)
   if checkpoints.has_checkpoints(workdir):
     for member_dir, member_config in member_dirs:
       workdir_lib.check_resumable(member_dir, member_config)

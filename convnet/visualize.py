@@ -40,13 +40,13 @@ from convnet import (
   checkpoints,
   cli,
   display,
+  files,
   interpret,
   report,
   sources,
   summary,
   trained,
 )
-from convnet import workdir as workdir_lib
 from convnet.errors import CheckpointError, ConfigError, ConvnetError
 from convnet.models import layers
 
@@ -71,7 +71,7 @@ def _pyplot():
 
 def _save(fig, path: str) -> str:
   """Saves a PNG at the figure's own size (no tight bounding box), atomically; closes it."""
-  workdir_lib.save_figure(fig, path, DPI)
+  files.save_figure(fig, path, DPI)
   _pyplot().close(fig)
   return path
 
@@ -369,7 +369,7 @@ def write_figures(
       f"give 0 to {num_blocks - 1}, or -1 for the last"
     )
   out = out or os.path.join(workdir, "figures")
-  workdir_lib.make_dir(out, "--out")
+  files.make_dir(out, "--out")
   title = describe(run)
   test = run.dataset.test
   names = run.dataset.class_names

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from convnet import workdir as workdir_lib
+from convnet import files
 from convnet.errors import ExportError
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -186,7 +186,7 @@ def write_page(
     "labels": dataset.test.labels[shown].tolist(),
     "jax_predictions": reference_logits[shown].argmax(-1).tolist(),
   }
-  workdir_lib.atomic_write(os.path.join(out, EXAMPLES), json.dumps(examples))
+  files.atomic_write(os.path.join(out, EXAMPLES), json.dumps(examples))
   lines = []
   if tfjs:
     shutil.copyfile(os.path.join(tfjs, "dist", "tf.min.js"), os.path.join(out, "tf.min.js"))

@@ -18,22 +18,20 @@ full disk, a read-only mount) raises `WorkdirError`, naming the path.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import math
 import os
 import re
-import shutil
 import socket
-import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from typing import IO, Any
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import ml_collections
 from absl import logging
 
+from convnet import files
 from convnet.errors import CheckpointError, WorkdirError, WorkdirInUseError, WorkdirReadOnlyError
 
 CONFIG_FILE = "config.json"
@@ -72,167 +70,12 @@ ADDED_FIELDS = {
 
 
 # ----------------------------------------------------------------------------
-# Files
-
-
-@contextlib.contextmanager
-def _temporary(path: str, mode: str) -> Iterator[tuple[IO, str]]:
-  """(file, its path): a new file beside `path`, on disk when the block ends; gone if it raises.
-
-  Its name marks it as a writer's temporary file (`remove_stale_files` clears those a killed
-  writer left).
-  """
-  folder, name = os.path.split(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.{_writer_id()}.", suffix=".tmp")
-  try:
-    os.fchmod(fd, 0o666 & ~_umask())  # what open() gives a new file; mkstemp's is 0600
-    with os.fdopen(fd, mode) as f:
-      yield f, tmp
-      f.flush()
-      os.fsync(f.fileno())
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.unlink(tmp)
-    raise
-
-
-@contextlib.contextmanager
-def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
-  """Opens a temporary file beside `path`, and renames it to `path` when the block ends.
-
-  `mode` is "w" (text) or "wb" (bytes). The data is flushed to disk before the
-  rename. If the block raises, the temporary file is removed and `path` is left
-  as it was.
-  """
-  try:
-    with _temporary(path, mode) as (f, tmp):
-      yield f
-    try:
-      os.replace(tmp, path)
-    except OSError:
-      with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-      raise
-  except OSError as e:
-    raise WorkdirError(f"cannot write {path} ({reason(e)}); {remedy(e)}") from None
-
-
-def remedy(error: BaseException) -> str:
-  """What to do about a write that failed with `error`.
-
-  Make the folder writable, move what stands in the file's place (a folder of
-  the file's name, a file where a folder of its path should be), or make room.
-  """
-  why = reason(error)
-  denied = {os.strerror(c) for c in (errno.EROFS, errno.EACCES, errno.EPERM)}
-  in_the_way = {os.strerror(c) for c in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST)}
-  if why in denied:
-    fix = "make the folder writable"
-  elif why in in_the_way:
-    fix = "move what stands at that path"
-  else:
-    fix = "free some space"
-  return f"{fix}, then run the same command again"
-
-
-def _writer_id() -> str:
-  """This process, as the names of its temporary files give it: "host-pid"."""
-  return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def remove_stale_files(folder: str) -> None:
-  """Removes the temporary files that dead processes of this host left in `folder`.
-
-  `atomic_open` names its temporary files `.NAME.HOST-PID.XXXX.tmp`; a process
-  killed while writing leaves one behind. Files of live processes, and of other
-  hosts, are left alone.
-  """
-  host = socket.gethostname()
-  with contextlib.suppress(OSError):
-    for name in os.listdir(folder):
-      match = _TEMPORARY.fullmatch(name)
-      if match and match["host"] == host and not _alive(int(match["pid"])):
-        with contextlib.suppress(OSError):
-          os.unlink(os.path.join(folder, name))
-
-
-_TEMPORARY = re.compile(r"\..+\.(?P<host>[^.]+)-(?P<pid>\d+)\.[^.]+\.tmp")
-
-
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:  # Another user's live process.
-    return True
-  return True
-
-
-def reason(error: BaseException) -> str:
-  """Why a write failed, in a few words: the OSError inside `error`, or its first line."""
-  seen = error
-  while seen is not None:
-    if isinstance(seen, OSError) and seen.strerror:
-      return seen.strerror
-    seen = seen.__cause__ or seen.__context__
-  text = str(error).splitlines()[0][:200] if str(error) else ""
-  for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EFBIG):
-    if os.strerror(code) in str(error):
-      return os.strerror(code)
-  return f"{type(error).__name__}: {text}"
-
-
-def _umask() -> int:
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
-
-
-def check_dir(path: str, what: str = "--workdir") -> None:
-  """What `make_dir` would refuse, found without making anything: an empty name, or a file
-  where `path` or one of its parents must be a folder.
-
-  Raises:
-    WorkdirError: naming `what` and the path.
-  """
-  if not str(path).strip():
-    raise WorkdirError(f"{what} is empty: name a folder (it is made if it is missing)")
-  path = os.path.abspath(path)
-  for folder in [path, *reversed(_parents(path))]:
-    if os.path.exists(folder) and not os.path.isdir(folder):
-      raise WorkdirError(f"{what}={path}: {folder} is a file, not a folder; name another")
-
-
-def _parents(path: str) -> list[str]:
-  parents = []
-  while (parent := os.path.dirname(path)) != path:
-    parents.append(parent)
-    path = parent
-  return parents
-
-
-def make_dir(path: str, what: str = "--workdir") -> str:
-  """Makes the folder `path` (and its parents) if it is missing; returns it as an absolute path.
-
-  Raises:
-    WorkdirError: a file stands where a folder must be, or the folder cannot
-      be made; `what` names the flag or setting that gave `path`.
-  """
-  if not str(path).strip():
-    raise WorkdirError(f"{what} is empty: name a folder (it is made if it is missing)")
-  path = os.path.abspath(path)
-  try:
-    os.makedirs(path, exist_ok=True)
-  except OSError as e:
-    reason = e.strerror or type(e).__name__
-    raise WorkdirError(f"{what}={path}: cannot make this folder ({reason}); name another") from None
-  return path
+# The run's folder and its lock
 
 
 @contextlib.contextmanager
 def run_dir(path: str, what: str = "--workdir") -> Iterator[str]:
-  """`make_dir(path)` for a run; if the run fails before writing there, the folder goes again.
+  """`files.make_dir(path)` for a run; if the run fails before writing there, the folder goes again.
 
   A folder this call made, which holds nothing but the run's `.lock` when the
   run raises (bad data, a source that needs the network), is removed, so a
@@ -240,7 +83,7 @@ def run_dir(path: str, what: str = "--workdir") -> Iterator[str]:
   before is left as it is.
   """
   existed = os.path.isdir(path) if str(path).strip() else True
-  path = make_dir(path, what)
+  path = files.make_dir(path, what)
   try:
     yield path
   except BaseException:
@@ -251,82 +94,6 @@ def run_dir(path: str, what: str = "--workdir") -> Iterator[str]:
             os.unlink(os.path.join(path, ".lock"))
           os.rmdir(path)
     raise
-
-
-@contextlib.contextmanager
-def folder_lock(folder: str, what: str) -> Iterator[None]:
-  """Holds an `flock` on the folder itself while a writer publishes into it; leaves no file.
-
-  Raises:
-    WorkdirInUseError: another process holds it; `what` names the flag that gave `folder`.
-  """
-  fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-  try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      raise WorkdirInUseError(
-        f"{what}={folder} is being written by another process; wait for it to end, or use "
-        f"another {what}"
-      ) from None
-    yield
-  finally:
-    os.close(fd)  # which drops the lock
-
-
-def publish(sources: Mapping[str, str], folder: str, last: Sequence[str] = ()) -> None:
-  """Copies files into `folder` as one: every copy is written first, then all are renamed.
-
-  `sources` maps each name in `folder` to the file it copies. Each copy is
-  written and flushed beside its target under a temporary name; only when all
-  are written are they renamed over their targets, the names in `last` (a
-  file that names the others, such as TF.js's model.json) after the rest.
-  Hold `folder_lock` around it, so that no other writer's files mix in.
-
-  Raises:
-    WorkdirError: a target is a folder or a symbolic link (nothing is
-      written), or a copy cannot be written (the temporary copies are removed,
-      and `folder` is left as it was).
-  """
-  names = sorted(sources, key=lambda name: name in last)
-  for name in names:
-    target = os.path.join(folder, name)
-    if os.path.islink(target) or os.path.isdir(target):
-      kind = "a symbolic link" if os.path.islink(target) else "a folder"
-      raise WorkdirError(
-        f"{target} is {kind}, where a file is written: move it away, or write elsewhere"
-      )
-  written = []
-  try:
-    for name in names:
-      with _temporary(os.path.join(folder, name), "wb") as (g, tmp), open(sources[name], "rb") as f:
-        shutil.copyfileobj(f, g)
-      written.append(tmp)
-  except BaseException as e:
-    for tmp in written:
-      with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    if isinstance(e, OSError):
-      raise WorkdirError(f"cannot write in {folder} ({reason(e)}); {remedy(e)}") from None
-    raise
-  for name, tmp in zip(names, written, strict=True):
-    os.replace(tmp, os.path.join(folder, name))
-
-
-def save_figure(fig, path: str, dpi: int) -> str:
-  """Saves a Matplotlib figure as a PNG at `path` atomically (see `atomic_open`); returns `path`.
-
-  A signal or a full disk while it is written leaves the previous file whole.
-  """
-  with atomic_open(path, "wb") as f:
-    fig.savefig(f, format="png", dpi=dpi)
-  return path
-
-
-def atomic_write(path: str, text: str) -> None:
-  """Writes `text` to `path` atomically (see `atomic_open`)."""
-  with atomic_open(path) as f:
-    f.write(text)
 
 
 @contextlib.contextmanager
@@ -345,7 +112,7 @@ def lock(workdir: str, what: str = "--workdir") -> Iterator[None]:
     f = open(path, "a+")
   except OSError as e:
     raise WorkdirReadOnlyError(
-      f"{workdir} cannot be written ({reason(e)}): make it writable, or copy it and give the "
+      f"{workdir} cannot be written ({files.reason(e)}): make it writable, or copy it and give the "
       f"copy as {what}"
     ) from None
   with f:
@@ -375,7 +142,9 @@ def lock(workdir: str, what: str = "--workdir") -> Iterator[None]:
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Writes the resolved config to `workdir/config.json`."""
-  atomic_write(os.path.join(workdir, CONFIG_FILE), config.to_json_best_effort(indent=2) + "\n")
+  files.atomic_write(
+    os.path.join(workdir, CONFIG_FILE), config.to_json_best_effort(indent=2) + "\n"
+  )
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -521,7 +290,7 @@ def read_metrics(
     dropped += 1
   if dropped and rewrite:
     logging.info("Dropping %d record(s) of %s past step %d", dropped, path, last_step)
-    atomic_write(path, "".join(json.dumps(r) + "\n" for r in records))
+    files.atomic_write(path, "".join(json.dumps(r) + "\n" for r in records))
   return records
 
 
@@ -611,7 +380,7 @@ class MetricsWriter:
     from tensorboardX.event_file_writer import EventsWriter
     from tensorboardX.summary import hparams as hparams_summaries
 
-    suffix = f".{_writer_id()}-{time.time_ns()}"
+    suffix = f".{files.writer_id()}-{time.time_ns()}"
     # Written in this thread, so that a write that fails raises here, and nothing is left to
     # flush when the process exits.
     self._tensorboard = EventsWriter(os.path.join(self._workdir, "events"), suffix)
@@ -654,7 +423,9 @@ class MetricsWriter:
       self._tensorboard.flush()
     except OSError as e:
       self.close()
-      raise WorkdirError(f"cannot write in {self._workdir} ({reason(e)}); {remedy(e)}") from None
+      raise WorkdirError(
+        f"cannot write in {self._workdir} ({files.reason(e)}); {files.remedy(e)}"
+      ) from None
 
   def close(self) -> None:
     if self._tensorboard is not None:

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from convnet import analysis, cli, epochs, seeds, steps, workdir
+from convnet import analysis, cli, epochs, files, seeds, steps
 from convnet.configs.sweeps import mnist1d_paper
 from convnet.errors import ConvnetError
 
@@ -87,7 +87,7 @@ def main(argv):
   if unknown or not FLAGS.variants:
     cli.usage_error(f"--variants: give one or more of {', '.join(VARIANTS)}")
   try:
-    workdir.make_dir(FLAGS.out, "--out")
+    files.make_dir(FLAGS.out, "--out")
     train_variants()
   except ConvnetError as e:
     sys.exit(f"error: {e}")

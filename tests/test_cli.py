@@ -544,8 +544,7 @@ def test_work_abandoned_by_a_failed_orbax_call_is_not_reported_after_its_line(ca
 
 @pytest.mark.parametrize("where", ["a file", "under a file"])
 def test_a_workdir_that_cannot_be_made_is_one_line_before_anything_runs(config, tmp_path, where):
-  from convnet import train
-  from convnet import workdir as workdir_lib
+  from convnet import files, train
   from convnet.errors import WorkdirError
 
   blocker = tmp_path / "blocker"
@@ -554,5 +553,5 @@ def test_a_workdir_that_cannot_be_made_is_one_line_before_anything_runs(config, 
   with pytest.raises(WorkdirError, match=rf"^--workdir={path}: cannot make this folder"):
     train.train_and_evaluate(config, str(path))
   with pytest.raises(WorkdirError, match=r"^--out=.*: cannot make this folder"):
-    workdir_lib.make_dir(str(path), "--out")
+    files.make_dir(str(path), "--out")
   assert blocker.read_text() == "a file"

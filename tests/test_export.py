@@ -606,11 +606,11 @@ def test_a_symbolic_link_where_a_file_goes_is_refused_and_its_target_untouched(t
 def test_an_export_into_a_folder_another_export_holds_is_one_line_and_writes_nothing(
   trained, tmp_path
 ):
-  from convnet import workdir as workdir_lib
+  from convnet import files
 
   out = tmp_path / "out"
   out.mkdir()
-  with workdir_lib.folder_lock(str(out), "--out"):  # another export, publishing into it
+  with files.folder_lock(str(out), "--out"):  # another export, publishing into it
     before = _files(out)
     with pytest.raises(WorkdirInUseError, match=r"being written by another process.*another --out"):
       export.export(trained["dense"], "tfjs", str(out), verify=False)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from test_train import _events
 
-from convnet import checkpoints, input_pipeline, sweep, train, trained
+from convnet import checkpoints, files, input_pipeline, sweep, train, trained
 from convnet import workdir as workdir_lib
 from convnet.errors import CheckpointError, ConfigError, WorkdirError, WorkdirReadOnlyError
 
@@ -250,17 +250,17 @@ def test_a_partial_epoch_that_is_best_keeps_the_best_whole_epoch_too():
 def test_what_to_do_about_a_failed_write_follows_its_cause():
   full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
   read_only = OSError(errno.EROFS, os.strerror(errno.EROFS))
-  assert workdir_lib.remedy(full).startswith("free some space")
-  assert workdir_lib.remedy(read_only).startswith("make the folder writable")
+  assert files.remedy(full).startswith("free some space")
+  assert files.remedy(read_only).startswith("make the folder writable")
   for code in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST):  # a folder where a file goes, ...
     in_the_way = OSError(code, os.strerror(code))
-    assert workdir_lib.remedy(in_the_way).startswith("move what stands at that path")
+    assert files.remedy(in_the_way).startswith("move what stands at that path")
 
 
 def test_a_folder_where_a_file_goes_is_named_with_what_to_do(tmp_path):
   (tmp_path / "metrics.jsonl").mkdir()
   with pytest.raises(WorkdirError, match=r"metrics.jsonl \(Is a directory\); move what stands"):
-    workdir_lib.atomic_write(str(tmp_path / "metrics.jsonl"), "{}")
+    files.atomic_write(str(tmp_path / "metrics.jsonl"), "{}")
 
 
 @pytest.mark.slow  # four epochs; the rule itself is tested on the manager above

@@ -443,12 +443,13 @@ def test_profile_steps_write_a_trace_of_training(config, tmp_path):
 
 def test_workdir_files_get_the_modes_open_gives_them(config, tmp_path):
   """Atomic writes go through a temporary file; the result is readable as a plain write's is."""
+  from convnet import files
   from convnet import workdir as workdir_lib
 
   mask = os.umask(0o022)
   try:
-    workdir_lib.atomic_write(str(tmp_path / "a.txt"), "x")
-    with workdir_lib.atomic_open(str(tmp_path / "b.bin"), "wb") as f:
+    files.atomic_write(str(tmp_path / "a.txt"), "x")
+    with files.atomic_open(str(tmp_path / "b.bin"), "wb") as f:
       f.write(b"x")
     workdir_lib.write_config(str(tmp_path), config)
   finally:

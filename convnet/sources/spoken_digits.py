@@ -47,7 +47,7 @@ from scipy import signal
 
 from convnet import cache, cli, logs, sources
 from convnet.errors import ConfigError, ConvnetError, DataError
-from convnet.workdir import atomic_open, atomic_write
+from convnet.files import atomic_open, atomic_write
 
 # Bump when a change to this file changes the arrays it makes: old caches are then left alone.
 GENERATOR_VERSION = 1
