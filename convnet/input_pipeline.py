@@ -85,7 +85,10 @@ def load(data_config: Mapping[str, Any], seed: int) -> Dataset:
   Raises:
     ConfigError: for an unknown source, name or feature setting, or an
       impossible validation split; the message names the field.
-    DataError: naming the file or dataset that could not be read.
+    DataError: naming the file or dataset that could not be read, or whose
+      data cannot be used (see `sources.check_data`, which every source's
+      data passes: labels that are not class indices, float examples that are
+      not finite, splits of other shapes).
   """
   raw = sources.get(data_config["source"]).load(data_config)
   dataset = _split_validation(

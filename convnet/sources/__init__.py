@@ -61,7 +61,9 @@ def check_data(raw: RawData, origin: str | Mapping[str, str]) -> RawData:
 
   Usable: neither split is empty, each has as many labels as images, the
   labels are class indices (`check_labels`), the training labels hold two
-  classes at least, and both splits' examples have one shape.
+  classes at least, both splits' examples have one shape, and float examples
+  are finite (`check_finite`): one NaN would make the loss NaN at the first
+  step that draws it.
 
   `origin` names where the data came from, for the messages: one string for
   all of it, or a mapping from "train_images", "train_labels", "test_images"
@@ -85,6 +87,7 @@ def check_data(raw: RawData, origin: str | Mapping[str, str]) -> RawData:
     labels_by_split[split] = check_labels(
       labels, raw.num_classes, origin[f"{split}_labels"], training=split == "train"
     )
+    check_finite(images, origin[f"{split}_images"], f"{split} examples")
   if raw.train_images.shape[1:] != raw.test_images.shape[1:]:
     raise DataError(
       f"{origin['test_images']}: test images of shape {raw.test_images.shape[1:]} do not match "
@@ -92,6 +95,39 @@ def check_data(raw: RawData, origin: str | Mapping[str, str]) -> RawData:
     )
   return dataclasses.replace(
     raw, train_labels=labels_by_split["train"], test_labels=labels_by_split["test"]
+  )
+
+
+def check_finite(values: np.ndarray, origin: str, what: str) -> None:
+  """Refuses float `values` (any shape) holding NaN or an infinity; integers always pass.
+
+  One pass over the data (`np.isfinite`), made once, when a source is loaded.
+
+  Raises:
+    DataError: naming `origin` (the file or dataset), `what` ("train
+      examples"), how many values are not finite, and the first example
+      holding one.
+  """
+  values = np.asarray(values)
+  if values.dtype.kind not in "fc" or values.size == 0:
+    return
+  finite = np.isfinite(values)
+  if finite.all():
+    return
+  bad = finite.size - int(np.count_nonzero(finite))
+  first = int(np.argmin(finite.reshape(len(finite), -1).all(axis=1))) if values.ndim else 0
+  kinds = ", ".join(
+    f"{count:,} {name}"
+    for name, count in (
+      ("NaN", int(np.count_nonzero(np.isnan(values)))),
+      ("infinite", int(np.count_nonzero(np.isinf(values)))),
+    )
+    if count
+  )
+  raise DataError(
+    f"{origin}: {bad:,} of the {values.size:,} values of its {what} are not finite ({kinds}; "
+    f"the first in example {first}); a model cannot train on them: make or download the data "
+    f"again"
   )
 
 

@@ -10,6 +10,10 @@ A header is not trusted with memory: the byte count its shape promises
 file's size before anything is read, and no more than it promises is ever
 read, so a damaged or hostile header (a shape of 2**96 bytes, a small gzip
 that expands to gigabytes) is refused by name, at once.
+
+A folder may hold a file under more than one of its names (plain and gzipped,
+say, after `gunzip --keep`): every copy is read, and copies that disagree stop
+the run, naming both, rather than one being chosen silently.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import dataclasses
 import gzip
 import math
 import os
+import stat
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -49,6 +54,8 @@ _CHUNK_BYTES = 2**20
 _MAX_EXTRA_BYTES = 2**16
 # What to do about a file whose header and data disagree.
 _REMEDY = "the file is damaged or not IDX: download or write it again"
+# What to do about two copies of one file that disagree.
+_REMEDY_COPIES = "keep the right one and remove the other"
 # The four files of a dataset, by role, named as in MNIST's distribution.
 IDX_FILES = {
   "train_images": "train-images-idx3-ubyte",
@@ -95,18 +102,22 @@ def input_spec(data_config: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
 
   Read from the training images' header (checked against the file's size, see
   `read_idx_header`) and the training labels alone, which are checked as
-  `load` checks them.
+  `load` checks them; copies of these two under other names (`check_copies`)
+  must agree, the images' in their headers.
 
   Raises:
     ConfigError: `data.idx_dir` is empty.
     DataError: a file is missing or bad; the message names it.
   """
-  paths = find_idx_files(_idx_dir(data_config))
+  copies = find_idx_copies(_idx_dir(data_config))
+  paths = {key: found[0] for key, found in copies.items()}
   dtype, shape = read_idx_header(paths["train_images"])
   _check_images(paths["train_images"], dtype, shape)
   if shape[0] == 0:
     raise DataError(f"{paths['train_images']}: the train split is empty")
+  check_copies(copies["train_images"])
   labels = read_idx(paths["train_labels"])
+  check_copies(copies["train_labels"], labels)
   _check_label_file(paths["train_labels"], labels)
   num_classes = _num_classes(paths["train_labels"], labels)
   sources.check_labels(labels, num_classes, paths["train_labels"], training=True)
@@ -162,8 +173,13 @@ def _read(path: str, whole: bool) -> tuple[np.dtype, tuple[int, ...], np.ndarray
   """The type and shape of an IDX file, checked against its size, and its data if `whole`."""
   gzipped = False
   try:
-    with open(path, "rb") as file:
-      size = os.fstat(file.fileno()).st_size
+    # Opened without blocking and checked with fstat: a FIFO would hang a plain open.
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+      info = os.fstat(file.fileno())
+      if not stat.S_ISREG(info.st_mode):
+        raise DataError(f"{path}: {_not_a_file(info.st_mode)}")
+      os.set_blocking(file.fileno(), True)
+      size = info.st_size
       gzipped = file.read(2) == b"\x1f\x8b"
       file.seek(0)
       with gzip.GzipFile(fileobj=file) if gzipped else contextlib.nullcontext(file) as f:
@@ -254,24 +270,102 @@ def find_idx_files(idx_dir: str | os.PathLike) -> dict[str, str]:
   """Paths of the four standard IDX files in a folder, by role (the keys of IDX_FILES).
 
   A file may be named `train-images-idx3-ubyte` or `train-images.idx3-ubyte`,
-  with `.gz` or without.
+  with `.gz` or without; where a folder holds several of these copies, the
+  first in that order (see `find_idx_copies`, and `check_copies` for whether
+  they agree).
 
   Raises:
-    DataError: the folder or one of the files is missing.
+    DataError: the folder or one of the files is missing, or something other
+      than a regular file has a file's name.
+  """
+  return {key: copies[0] for key, copies in find_idx_copies(idx_dir).items()}
+
+
+def find_idx_copies(idx_dir: str | os.PathLike) -> dict[str, list[str]]:
+  """Every copy of each of the four standard IDX files in a folder, by role.
+
+  A role's copies are the names of `find_idx_files` that are present, in its
+  order: `train-images-idx3-ubyte`, `train-images-idx3-ubyte.gz`,
+  `train-images.idx3-ubyte`, `train-images.idx3-ubyte.gz`.
+
+  Raises:
+    DataError: the folder or one of the files is missing, or a folder, FIFO or
+      device has a file's name (it is named, not skipped).
   """
   idx_dir = os.fspath(idx_dir)
   if not os.path.isdir(idx_dir):
     raise DataError(f"{idx_dir}: no such folder (data.idx_dir)")
-  paths = {}
+  copies = {}
   for key, stem in IDX_FILES.items():
     prefix, suffix = stem.split("-idx")
     names = [f"{prefix}-idx{suffix}", f"{prefix}.idx{suffix}"]
     candidates = [os.path.join(idx_dir, n + ext) for n in names for ext in ("", ".gz")]
-    found = [p for p in candidates if os.path.isfile(p)]
+    found = []
+    for path in candidates:
+      try:
+        mode = os.stat(path).st_mode
+      except FileNotFoundError:
+        continue
+      except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+      if not stat.S_ISREG(mode):
+        raise DataError(f"{path}: {_not_a_file(mode)}")
+      found.append(path)
     if not found:
       raise DataError(f"{idx_dir}: missing {stem} (or {stem}.gz)")
-    paths[key] = found[0]
-  return paths
+    copies[key] = found
+  return copies
+
+
+def _not_a_file(mode: int) -> str:
+  """What a path that should be an IDX file is instead (from its `st_mode`), and what to do."""
+  kinds = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"),
+  )
+  kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+  return f"{kind}, where an IDX file should be; move it away"
+
+
+def check_copies(paths: list[str], array: np.ndarray | None = None) -> None:
+  """Refuses copies of one IDX file (as `find_idx_copies` gives them) that disagree.
+
+  The first copy is compared with each other one: their headers (type and
+  shape) always, and their data when `array` (the first copy's, as `read_idx`
+  gives it) is given, each other copy then read whole, with `read_idx`'s checks.
+
+  Raises:
+    DataError: naming both files and what differs (the type and shape, or how
+      many examples, and the first), asking to remove the wrong one.
+  """
+  first = paths[0]
+  dtype, shape = (array.dtype, array.shape) if array is not None else read_idx_header(first)
+  for other in paths[1:]:
+    other_dtype, other_shape = read_idx_header(other)
+    if (other_dtype, other_shape) != (dtype, shape):
+      raise DataError(
+        f"{first}: disagrees with {other}, another copy of the same file: shape {shape} of "
+        f"{dtype.name} against {other_shape} of {other_dtype.name}; {_REMEDY_COPIES}"
+      )
+    if array is None:
+      continue
+    other_array = read_idx(other)
+    if np.array_equal(array, other_array):
+      continue
+    differ = np.flatnonzero(
+      (array.reshape(len(array), -1) != other_array.reshape(len(other_array), -1)).any(axis=1)
+    )
+    if len(differ):
+      i = int(differ[0])
+      what = "label" if array.ndim == 1 else "example"
+      detail = f" ({array[i]} against {other_array[i]})" if array.ndim == 1 else ""
+      raise DataError(
+        f"{first}: disagrees with {other}, another copy of the same file: {len(differ):,} of "
+        f"its {len(array):,} {what}s differ, the first at index {i}{detail}; {_REMEDY_COPIES}"
+      )
 
 
 def load_idx_dir(idx_dir: str | os.PathLike, num_classes: int | None = None) -> sources.RawData:
@@ -285,12 +379,17 @@ def load_idx_dir(idx_dir: str | os.PathLike, num_classes: int | None = None) -> 
   Label files must hold integers: one of floats (type 0x0D or 0x0E) is
   refused even when every value is whole, since IDX labels are integers, and
   floats there are another file (a regression target, say) or a damaged one.
+  Where the folder holds a file under several names (`find_idx_copies`), every
+  copy is read and must hold the same array (`check_copies`).
 
   Raises:
-    DataError: naming the file at fault.
+    DataError: naming the file at fault (both files, for copies that disagree).
   """
-  paths = find_idx_files(idx_dir)
+  copies = find_idx_copies(idx_dir)
+  paths = {key: found[0] for key, found in copies.items()}
   arrays = {key: read_idx(path) for key, path in paths.items()}
+  for key, found in copies.items():
+    check_copies(found, arrays[key])
   for key in ("train_images", "test_images"):
     _check_images(paths[key], arrays[key].dtype, arrays[key].shape)
     if arrays[key].ndim == 3:

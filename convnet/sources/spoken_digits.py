@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import zipfile
@@ -46,8 +47,8 @@ from absl import app, flags, logging
 from scipy import signal
 
 from convnet import cache, cli, logs, sources
-from convnet.errors import ConfigError, ConvnetError, DataError
-from convnet.files import atomic_open, atomic_write
+from convnet.errors import ConfigError, ConvnetError, DataError, FileFormatError
+from convnet.files import atomic_open, atomic_write, read_json, save_figure
 
 # Bump when a change to this file changes the arrays it makes: old caches are then left alone.
 GENERATOR_VERSION = 1
@@ -452,9 +453,10 @@ def _find_cached(params: Params, root: str) -> str:
     if not (name.startswith(prefix) and os.path.isfile(record)):
       continue
     try:
-      with open(record) as f:
-        found = json.load(f)
-    except (OSError, ValueError):
+      found = read_json(record)
+    except (OSError, FileFormatError):
+      continue  # not a record of this dataset's parameters: look on
+    if not isinstance(found, dict):
       continue
     found.pop("espeak_ng", None)
     if found == wanted and os.path.isfile(os.path.join(root, name, CACHE_FILE)):
@@ -474,21 +476,45 @@ def _write(folder: str, arrays: dict[str, np.ndarray], record: dict) -> None:
 
 
 def _read(path: str) -> dict[str, np.ndarray]:
-  """Reads and checks a cache file; a DataError naming it if it is damaged."""
+  """Reads and checks a cache file; a DataError naming it if it is damaged.
+
+  Damaged: not a regular file, not the arrays `generate` makes, images of
+  another shape than their labels', or spectrograms that are not finite (one
+  NaN would make the loss NaN at the first step that draws it).
+  """
+  remedy = "delete its folder to generate it again"
   try:
-    with np.load(path, allow_pickle=False) as data:
-      arrays = {k: data[k] for k in ARRAYS}
+    # Opened without blocking and checked first: np.load would wait forever on a FIFO.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as file:
+      mode = os.fstat(fd).st_mode
+      if not stat.S_ISREG(mode):
+        raise DataError(f"{path}: the spoken-digit cache is not a regular file; {remedy}")
+      os.set_blocking(fd, True)
+      with np.load(file, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in ARRAYS}
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
     raise DataError(
-      f"{path}: damaged spoken-digit cache ({type(e).__name__}: {e}); delete its folder to "
-      f"generate it again"
+      f"{path}: damaged spoken-digit cache ({type(e).__name__}: {e}); {remedy}"
     ) from None
   for split in ("train", "test"):
     n = len(arrays[f"{split}_labels"])
-    if arrays[f"{split}_images"].shape != (n, *INPUT_SHAPE) or len(arrays[f"{split}_voices"]) != n:
+    images = arrays[f"{split}_images"]
+    if images.shape != (n, *INPUT_SHAPE) or len(arrays[f"{split}_voices"]) != n:
       raise DataError(
         f"{path}: damaged spoken-digit cache ({split} images of shape "
-        f"{arrays[f'{split}_images'].shape} for {n} labels); delete its folder to generate it again"
+        f"{images.shape} for {n} labels); {remedy}"
+      )
+    if images.dtype != np.float32:
+      raise DataError(
+        f"{path}: damaged spoken-digit cache ({split} images of type {images.dtype}, not "
+        f"float32); {remedy}"
+      )
+    bad = images.size - int(np.count_nonzero(np.isfinite(images)))
+    if bad:
+      raise DataError(
+        f"{path}: damaged spoken-digit cache ({bad:,} of the {images.size:,} values of its "
+        f"{split} spectrograms are not finite: NaN or infinite); {remedy}"
       )
   return arrays
 
@@ -516,7 +542,7 @@ def plot(arrays: dict[str, np.ndarray], path: str) -> None:
     ax.set_ylabel("mel band", fontsize=8)
     ax.tick_params(labelsize=7)
   fig.colorbar(image, ax=axes, shrink=0.8, label="standardised log-mel power")
-  fig.savefig(path, dpi=64)
+  save_figure(fig, path, dpi=64)  # atomic, and never through a symbolic link
   plt.close(fig)
 
 

@@ -11,11 +11,16 @@ reads a prepared ArrayRecord dataset, and a builder's metadata, without
 TensorFlow; TensorFlow is imported only to download or prepare a dataset, or to
 read one stored as TFRecord, and then kept off any accelerator, which JAX owns.
 A package that is missing stops the run with one line naming the extra.
+
+A prepared dataset's metadata is checked before TFDS reads it (`check_prepared`),
+and records TFDS cannot read are caught: either is one line naming the file or
+folder, and saying to delete that folder to prepare the dataset again.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from typing import Any
@@ -24,7 +29,8 @@ import numpy as np
 from absl import logging
 
 from convnet import sources
-from convnet.errors import DataError
+from convnet.errors import DataError, FileFormatError
+from convnet.files import read_json
 from convnet.sources import idx
 
 # The TFDS datasets that `prepare_tfds_from_idx` can make from IDX files.
@@ -56,14 +62,12 @@ def input_spec(data_config: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
 
   Raises:
     DataError: `data.name` is not a TFDS image-classification dataset (uint8
-      images and a ClassLabel), or its images vary in shape.
+      images and a ClassLabel), its images vary in shape, or its prepared
+      metadata is damaged (see `check_prepared`).
   """
   tfds = _import_tfds()
   name = data_config["name"]
-  try:
-    builder = tfds.builder(name, data_dir=data_config["tfds_data_dir"] or None)
-  except tfds.core.registered.DatasetNotFoundError:
-    raise DataError(f"data.name={name!r} is not a TFDS dataset") from None
+  builder = _builder(tfds, name, data_config["tfds_data_dir"] or None)
   image_key, _, label_feature = _features(builder.info, name)
   shape = tuple(builder.info.features[image_key].shape)
   if None in shape:
@@ -141,20 +145,19 @@ def load_tfds(
   come out uint8 (N, height, width, channels), labels int64 (N,).
 
   Raises:
-    DataError: an unknown name or split, images that are not uint8, or a
-      download that failed (the message names the offline sources).
+    DataError: an unknown name or split, images that are not uint8, a
+      download that failed (the message names the offline sources), or a
+      prepared dataset whose metadata or files are damaged (the message names
+      the file or folder, and says to delete it to prepare it again).
   """
   tfds = _import_tfds()
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError:
-    raise DataError(f"data.name={name!r} is not a TFDS dataset") from None
+  builder = _builder(tfds, name, data_dir)
   if not builder.is_prepared():
     if manual_dir:
       prepare_tfds_from_idx(name, manual_dir, data_dir)
     else:
       _download(tfds, name, data_dir)
-    builder = tfds.builder(name, data_dir=data_dir)
+    builder = _builder(tfds, name, data_dir)
   info = builder.info
   image_key, label_key, label_feature = _features(info, name)
   for split in (train_split, test_split):
@@ -165,7 +168,15 @@ def load_tfds(
       )
   arrays = {}
   for key, split in (("train", train_split), ("test", test_split)):
-    images, labels = _read_split(tfds, builder, split, image_key, label_key)
+    try:
+      images, labels = _read_split(tfds, builder, split, image_key, label_key)
+    except (DataError, MemoryError):
+      raise
+    except Exception as e:  # TFDS and its readers raise many kinds; all mean damaged files.
+      raise DataError(
+        f"{builder.data_dir}: TFDS cannot read the {split!r} split of {name!r} prepared there "
+        f"({_first_line(e)}); {_remedy(builder.data_dir)}"
+      ) from None
     # Labels as TFDS gives them: `check_data` refuses floats that are not class indices.
     arrays[f"{key}_images"], arrays[f"{key}_labels"] = images, labels
   raw = sources.RawData(
@@ -175,6 +186,133 @@ def load_tfds(
     **arrays,
   )
   return sources.check_data(raw, f"TFDS {name!r} in {builder.data_dir}")
+
+
+def _remedy(folder: str) -> str:
+  """What to do about a damaged prepared dataset in `folder`."""
+  return (
+    f"delete {folder} to prepare the dataset again, or point data.tfds_data_dir at another folder"
+  )
+
+
+def _first_line(error: BaseException) -> str:
+  """The error's type and the first line of its message (200 characters at most)."""
+  line = (str(error).strip().splitlines() or [""])[0][:200]
+  return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
+# A prepared version's folder: <data_dir>/<name>[/<config>]/<major>.<minor>.<patch>.
+_VERSION = re.compile(r"\d+\.\d+\.\d+")
+# The metadata files TFDS reads from a prepared version's folder when it makes a builder.
+_METADATA_FILES = ("dataset_info.json", "features.json", "metadata.json")
+
+
+def prepared_folders(name: str, data_dirs: list[str]) -> list[str]:
+  """The folders of `name`'s prepared versions under `data_dirs`: any config, any version.
+
+  `name` is a TFDS name, perhaps with a config and version ("mnist",
+  "mnist:3.0.1", "cifar10_corrupted/fog_1"); its dataset's folders are those
+  named like a version, directly under `<data_dir>/<dataset>` or one folder
+  (a config) below it. Folders TFDS is still writing (`incomplete.*`) are not.
+  """
+  dataset = name.split(":")[0].split("/")[0]
+  found = []
+  for data_dir in data_dirs:
+    top = os.path.join(data_dir, dataset)
+    below = [top] + [os.path.join(top, n) for n in _listdir(top) if not _VERSION.fullmatch(n)]
+    for folder in below:
+      found += [os.path.join(folder, n) for n in _listdir(folder) if _VERSION.fullmatch(n)]
+  return [f for f in found if os.path.isdir(f)]
+
+
+def _listdir(folder: str) -> list[str]:
+  try:
+    return sorted(os.listdir(folder))
+  except OSError:  # missing, a file, or unreadable: nothing prepared there
+    return []
+
+
+def check_prepared(name: str, data_dirs: list[str]) -> None:
+  """Refuses damaged metadata in the folders of `name`'s prepared versions (`prepared_folders`).
+
+  TFDS reads a prepared version's `dataset_info.json` (and `features.json`,
+  `metadata.json`) whenever it makes a builder, and a damaged one gives a raw
+  protobuf ParseError, an AssertionError, or a read that never returns (a
+  FIFO). Each file present must be a regular file of JSON (`files.read_json`)
+  holding an object; `dataset_info.json` must name the folder's version and
+  list its splits, each with a name.
+
+  Raises:
+    DataError: naming the file, what is wrong, and what to do (delete its
+      folder to prepare the dataset again, or choose another data.tfds_data_dir).
+  """
+  for folder in prepared_folders(name, data_dirs):
+    for file_name in _METADATA_FILES:
+      path = os.path.join(folder, file_name)
+      if not os.path.lexists(path):
+        continue
+      try:
+        info = read_json(path)
+      except FileFormatError as e:  # not a regular file, too large, not JSON, too deep
+        raise DataError(f"{e}; {_remedy(folder)}") from None
+      except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e}); {_remedy(folder)}") from None
+      problem = _metadata_problem(info, file_name, os.path.basename(folder))
+      if problem:
+        raise DataError(f"{path}: {problem}; {_remedy(folder)}")
+
+
+def _metadata_problem(info: Any, file_name: str, version: str) -> str | None:
+  """What is wrong with the JSON value of a prepared dataset's metadata file, if anything."""
+  if not isinstance(info, dict):
+    return f"holds a JSON {type(info).__name__}, not the object TFDS writes"
+  if file_name != "dataset_info.json":
+    return None
+  if info.get("version") != version:
+    found = f"version {info['version']!r}" if "version" in info else "no version"
+    return f"not a TFDS dataset info: it gives {found}, not its folder's {version!r}"
+  splits = info.get("splits")
+  if not (
+    isinstance(splits, list)
+    and splits
+    and all(isinstance(split, dict) and isinstance(split.get("name"), str) for split in splits)
+  ):
+    return "not a TFDS dataset info: it lists no splits (a list of objects, each with a name)"
+  return None
+
+
+def _builder(tfds, name: str, data_dir: str | None):
+  """`tfds.builder(name, data_dir=data_dir)`, its prepared metadata checked first.
+
+  Raises:
+    DataError: `name` is not a TFDS dataset, or the metadata of a prepared
+      version is damaged (`check_prepared`), or TFDS cannot make the builder
+      from it (naming the prepared folders, and what to do).
+  """
+  data_dirs = [data_dir] if data_dir else _default_data_dirs(tfds)
+  check_prepared(name, data_dirs)
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DataError(f"data.name={name!r} is not a TFDS dataset") from None
+  except Exception as e:  # TFDS raises many kinds (ParseError, AssertionError, ValueError)
+    folders = prepared_folders(name, data_dirs)
+    if not folders:
+      raise
+    raise DataError(
+      f"{', '.join(folders)}: TFDS cannot read {name!r} prepared there ({_first_line(e)}); "
+      f"{_remedy(' and '.join(folders))}"
+    ) from None
+
+
+def _default_data_dirs(tfds) -> list[str]:
+  """The folders TFDS searches for prepared datasets when no data_dir is given."""
+  try:
+    from tensorflow_datasets.core.utils import file_utils
+
+    return [os.fspath(d) for d in file_utils.list_data_dirs()]
+  except (ImportError, AttributeError):  # another TFDS version: its default folder alone
+    return [os.fspath(tfds.core.constants.DATA_DIR)]
 
 
 def _features(info, name: str):
