@@ -38,7 +38,7 @@ import time
 
 from absl import app, flags
 
-from convnet import cli
+from convnet import cli, files
 from convnet import frameworks as frameworks_lib
 from convnet.errors import ConvnetError, DataError, WorkdirError
 
@@ -380,7 +380,7 @@ def check_paths(fashion_mnist_dir: str, out: str) -> None:
 
   Raises:
     DataError: `fashion_mnist_dir` lacks one of the four IDX files.
-    WorkdirError: `out`'s folder does not exist, or `out` is a folder.
+    WorkdirError: `out`'s folder does not exist, or `out` is a folder or a symbolic link.
   """
   if fashion_mnist_dir:
     from convnet.sources import idx
@@ -392,6 +392,7 @@ def check_paths(fashion_mnist_dir: str, out: str) -> None:
   folder = os.path.dirname(os.path.abspath(out))
   if not os.path.isdir(folder) or os.path.isdir(out):
     raise WorkdirError(f"--out={out}: name a file in a folder that exists")
+  files.check_target(out)  # a symbolic link there is refused, never written through
 
 
 def main(argv):
@@ -454,8 +455,7 @@ def main(argv):
       print(
         f"time to 90% test accuracy, Fashion-MNIST, {r['framework']}: {when} ({r['epochs']} epochs)"
       )
-  with open(FLAGS.out, "w") as f:
-    json.dump(results, f, indent=2)
+  files.atomic_write(FLAGS.out, json.dumps(results, indent=2))
   print(f"wrote {FLAGS.out}")
 
 

@@ -54,7 +54,13 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
   `mode` is "w" (text) or "wb" (bytes). The data is flushed to disk before the
   rename. If the block raises, the temporary file is removed and `path` is left
   as it was.
+
+  Raises:
+    WorkdirError: something other than a file stands at `path` (a symbolic
+      link, a folder, a named pipe: nothing is written, and what a link points
+      to is left as it was), or the file cannot be written.
   """
+  check_target(path)
   try:
     with _temporary(path, mode) as (f, tmp):
       yield f
@@ -66,6 +72,72 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
       raise
   except OSError as e:
     raise WorkdirError(f"cannot write {path} ({reason(e)}); {remedy(e)}") from None
+
+
+def check_target(path: str) -> None:
+  """Refuses to write `path` where something other than a regular file (or nothing) stands there.
+
+  A symbolic link where the project writes its own file would lead the write
+  out of the project's folders, so it is refused, never followed nor replaced;
+  so are a folder, a named pipe, a socket and a device.
+
+  Raises:
+    WorkdirError: naming `path`, what stands there (and where a link points),
+      and what to do.
+  """
+  try:
+    info = os.lstat(path)
+  except FileNotFoundError:
+    return
+  except OSError:
+    return  # A folder of its path that cannot be searched: the write itself says why.
+  if not stat.S_ISREG(info.st_mode):
+    raise WorkdirError(f"{path} is {_found(path, info.st_mode)}, {_WHERE_A_FILE_GOES}")
+
+
+_WHERE_A_FILE_GOES = "where a file is written: move it away, or write elsewhere"
+
+
+def _found(path: str, mode: int) -> str:
+  """What stands at `path` (of `lstat` mode `mode`), in words: "a symbolic link to X", say."""
+  if stat.S_ISLNK(mode):
+    try:
+      return f"a symbolic link (to {os.readlink(path)}, which is left as it is)"
+    except OSError:
+      return "a symbolic link"
+  return _kind(mode)
+
+
+def open_append(path: str, readable: bool = False) -> IO[str]:
+  """Opens the project's own text file `path` for appending, made if missing; never via a link.
+
+  The file is opened with `O_NOFOLLOW` (a symbolic link at `path` is refused,
+  not followed, so nothing is appended to a file elsewhere) and without
+  blocking (a named pipe cannot hang the open), and checked with `fstat` on the
+  same descriptor. With `readable`, the file may be read too (as by "a+").
+
+  Raises:
+    WorkdirError: something other than a regular file stands at `path`; the
+      message names it, what it is, and what to do.
+    OSError: it cannot be opened (no permission, a read-only folder, no space).
+  """
+  flags = os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+  flags |= os.O_RDWR if readable else os.O_WRONLY
+  try:
+    fd = os.open(path, flags, 0o666)
+  except OSError as e:
+    if e.errno in (errno.ELOOP, errno.EMLINK, errno.EISDIR, errno.ENXIO, errno.ENODEV):
+      check_target(path)  # a link, a folder, a pipe with no reader, a device: say which
+    raise
+  try:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+      raise WorkdirError(f"{path} is {_kind(info.st_mode)}, {_WHERE_A_FILE_GOES}")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "a+" if readable else "a")
+  except BaseException:
+    os.close(fd)
+    raise
 
 
 def remedy(error: BaseException) -> str:
@@ -212,18 +284,14 @@ def publish(sources: Mapping[str, str], folder: str, last: Sequence[str] = ()) -
   Hold `folder_lock` around it, so that no other writer's files mix in.
 
   Raises:
-    WorkdirError: a target is a folder or a symbolic link (nothing is
-      written), or a copy cannot be written (the temporary copies are removed,
-      and `folder` is left as it was).
+    WorkdirError: a target is a folder, a symbolic link or anything else but
+      a file (see `check_target`; nothing is written), or a copy cannot be
+      written (the temporary copies are removed, and `folder` is left as it
+      was).
   """
   names = sorted(sources, key=lambda name: name in last)
   for name in names:
-    target = os.path.join(folder, name)
-    if os.path.islink(target) or os.path.isdir(target):
-      kind = "a symbolic link" if os.path.islink(target) else "a folder"
-      raise WorkdirError(
-        f"{target} is {kind}, where a file is written: move it away, or write elsewhere"
-      )
+    check_target(os.path.join(folder, name))
   written = []
   try:
     for name in names:
@@ -322,7 +390,9 @@ def loads_json(text: str, source: str) -> Any:
   """
   depth = 0
   in_string = escaped = False
-  for char in text:
+  # Fewer brackets than the limit cannot nest past it: most files skip the count by character.
+  few = text.count("[") + text.count("{") <= MAX_JSON_DEPTH
+  for char in "" if few else text:
     if in_string:
       if escaped:
         escaped = False

@@ -20,7 +20,7 @@ import sys
 import jax
 from absl import app, flags, logging
 
-from convnet import cli, parallel, summary, train
+from convnet import cli, parallel, preemption, summary, train
 from convnet.errors import ConvnetError, RunInterrupted
 
 FLAGS = flags.FLAGS
@@ -61,9 +61,10 @@ def main(argv):
   try:
     logging.info("The model, layer by layer:\n%s", summary.summary_text(FLAGS.config, xla=False))
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except RunInterrupted as e:  # Saved: the conventional exit status of a signalled process.
+  except (RunInterrupted, preemption.StoppedAtOnce) as e:  # A stop signal, then a second one.
+    preemption.ignore_stop_signals()  # A later one would break off the exit with a traceback.
     logging.warning("%s", e)
-    sys.exit(128 + e.signum)
+    sys.exit(128 + e.signum)  # The conventional exit status of a signalled process.
   except ConvnetError as e:  # A problem the message alone explains: no traceback.
     sys.exit(f"error: {e}")
 

@@ -1,7 +1,15 @@
-"""Requests to stop (SIGTERM, SIGINT) that every process of a run agrees on.
+"""Requests to stop (SIGTERM, SIGINT, SIGHUP, SIGUSR1) that every process of a run agrees on.
 
 The training loop asks `requested(step)` between calls of the jitted steps and,
 when it returns a signal number, saves a checkpoint at that step and stops.
+
+A stop request is any signal that would otherwise end the run and lose its
+progress since the last checkpoint: SIGTERM (a scheduler's or `kill`'s stop),
+SIGINT (Ctrl-C), SIGHUP (the terminal closed) and SIGUSR1 (the warning a batch
+system sends before it kills a job, as SLURM's `--signal=USR1@60`). A second
+one stops the run at once, without saving (`StoppedAtOnce`): the last complete
+checkpoint stands, and the run resumes from it exactly. SIGQUIT (Ctrl-\\) keeps
+the system's meaning: it quits at once, as a last resort that nothing catches.
 
 In one process a signal sets a flag that the loop reads. In a run of
 several processes (`jax.distributed`), each process would see its own signal at
@@ -27,13 +35,36 @@ import jax
 from absl import logging
 from jax.experimental import multihost_utils
 
+# Handled wherever the process runs; SIGHUP and SIGUSR1 only where they would end it (a run under
+# `nohup` ignores SIGHUP, and keeps ignoring it; a handler that someone installed stays).
+ALWAYS_HANDLED = (signal.SIGTERM, signal.SIGINT)
+HANDLED_IF_DEFAULT = (signal.SIGHUP, signal.SIGUSR1)
+
+
+class StoppedAtOnce(KeyboardInterrupt):
+  """A second stop signal: the run stopped at once, without saving; its last checkpoint stands.
+
+  A KeyboardInterrupt, so that no `except Exception` on the way out holds it up.
+
+  Attributes:
+    signum: the signal's number (an entry point exits with 128 + signum).
+  """
+
+  def __init__(self, signum: int):
+    self.signum = signum
+    super().__init__(
+      f"{signal.Signals(signum).name} again: stopped at once, without saving; run the same "
+      "command again to resume from the last checkpoint"
+    )
+
 
 class StopRequests:
   """Whether the run should stop at a step; made by `stop_requests`.
 
   Attributes:
     received: The first signal that this process received itself and saw from
-      Python (SIGTERM or SIGINT in one process, SIGINT in several), or 0.
+      Python (any stop signal in one process; in several, any but SIGTERM,
+      which JAX's handler takes), or 0.
   """
 
   def __init__(self, multiprocess: bool):
@@ -49,8 +80,9 @@ class StopRequests:
     larger than the one before (the loop's sync points: calls may skip steps).
     In several processes, each call may block briefly while the processes
     agree on the step, and all of them return the same nonzero answer at the
-    same step: SIGINT in a process that received SIGINT itself, SIGTERM in the
-    others. Once nonzero, the answer stays nonzero for later steps.
+    same step: the signal that a process received itself (SIGINT, SIGHUP,
+    SIGUSR1), SIGTERM in the others. Once nonzero, the answer stays nonzero
+    for later steps.
 
     Raises:
       ValueError: `step` is not larger than the step of the previous call.
@@ -76,26 +108,28 @@ class StopRequests:
 
 @contextlib.contextmanager
 def stop_requests() -> Iterator[StopRequests]:
-  """Turns SIGTERM and SIGINT, in any one process of a run, into a stop at one step.
+  """Turns a stop signal (see the module doc), in any one process of a run, into a stop at a step.
 
   Yields a `StopRequests`, which the loop asks between calls of the steps.
 
-  One process (`jax.process_count() == 1`): the first
-  SIGTERM or SIGINT makes `requested` return its number; a second one raises
-  KeyboardInterrupt at once. Only the main thread can set handlers; elsewhere
-  signals keep their handlers and `requested` returns 0.
+  One process (`jax.process_count() == 1`): the first stop signal makes
+  `requested` return its number; a second one raises `StoppedAtOnce` (a
+  KeyboardInterrupt) at once, wherever the run is (saving a checkpoint, say),
+  and any later one is ignored while the run unwinds. Only the main thread can
+  set handlers; elsewhere signals keep their handlers and `requested` returns 0.
 
   Several processes: SIGTERM is left to JAX's handler (never replaced here: a
   Python handler would hide it from JAX). A SIGTERM to any one process makes
   every process's `requested` return SIGTERM at one step, the same in all; JAX
   sees only the first SIGTERM of a process's life, and later ones do nothing.
   In the main thread, SIGINT (Ctrl-C, which a terminal sends to every process
-  it started) is passed on to JAX as a SIGTERM to this process, so that it too
-  stops every process at one step; this process's `requested` then returns
-  SIGINT. A second SIGINT raises KeyboardInterrupt at once, in that process
-  alone: the others stop at their next collective with an error, or when the
-  coordination service finds this one gone. Signals that arrive after the last
-  call of `requested` are ignored, as in one process.
+  it started), SIGHUP and SIGUSR1 are passed on to JAX as a SIGTERM to this
+  process, so that they too stop every process at one step; this process's
+  `requested` then returns the signal it received. A second one raises
+  `StoppedAtOnce` at once, in that process alone: the others stop at their
+  next collective with an error, or when the coordination service finds this
+  one gone. Signals that arrive after the last call of `requested` are
+  ignored, as in one process.
 
   On exit the previous handlers are restored.
 
@@ -113,10 +147,16 @@ def stop_requests() -> Iterator[StopRequests]:
     yield requests
     return
 
+  stopping_at_once = False
+
   def request(signum, frame):
+    nonlocal stopping_at_once
     del frame
+    if stopping_at_once:  # A third signal: the run is on its way out already.
+      return
     if requests.received:  # A second signal: stop now, without saving.
-      raise KeyboardInterrupt
+      stopping_at_once = True
+      raise StoppedAtOnce(signum)
     requests.received = signum
     name = signal.Signals(signum).name
     if multiprocess:
@@ -125,13 +165,26 @@ def stop_requests() -> Iterator[StopRequests]:
     else:
       logging.warning("%s received: saving a checkpoint, then stopping", name)
 
-  signals = (signal.SIGINT,) if multiprocess else (signal.SIGTERM, signal.SIGINT)
+  signals = [s for s in ALWAYS_HANDLED if not (multiprocess and s == signal.SIGTERM)]
+  signals += [s for s in HANDLED_IF_DEFAULT if signal.getsignal(s) == signal.SIG_DFL]
   previous = {s: signal.signal(s, request) for s in signals}
   try:
     yield requests
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
+
+
+def ignore_stop_signals() -> None:
+  """Ignores every stop signal from now on: for an entry point on its way out after a stop.
+
+  A signal that arrives after `stop_requests` has given back the previous
+  handlers (Python's KeyboardInterrupt for SIGINT) would otherwise break off
+  the exit with a traceback; the run is saved, or stopped, already.
+  """
+  if threading.current_thread() is threading.main_thread():  # the only one that may set them
+    for s in (*ALWAYS_HANDLED, *HANDLED_IF_DEFAULT):
+      signal.signal(s, signal.SIG_IGN)
 
 
 def _check_preemption_service() -> None:

@@ -32,7 +32,13 @@ import ml_collections
 from absl import logging
 
 from convnet import files
-from convnet.errors import CheckpointError, WorkdirError, WorkdirInUseError, WorkdirReadOnlyError
+from convnet.errors import (
+  CheckpointError,
+  FileFormatError,
+  WorkdirError,
+  WorkdirInUseError,
+  WorkdirReadOnlyError,
+)
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -105,11 +111,13 @@ def lock(workdir: str, what: str = "--workdir") -> Iterator[None]:
 
   Raises:
     WorkdirInUseError: another live process holds the lock; the message names it.
+    WorkdirError: something other than a file stands at `.lock` (a symbolic
+      link, which is never followed, a folder, a named pipe); it is named.
     WorkdirReadOnlyError: the lock file cannot be made (a read-only folder).
   """
   path = os.path.join(workdir, ".lock")
   try:
-    f = open(path, "a+")
+    f = files.open_append(path, readable=True)
   except OSError as e:
     raise WorkdirReadOnlyError(
       f"{workdir} cannot be written ({files.reason(e)}): make it writable, or copy it and give the "
@@ -152,6 +160,9 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
   Raises:
     CheckpointError: the file is missing or cannot be read.
+    FileFormatError: it is not a config: not a file, not JSON, nested too
+      deep, not an object, or a field of the wrong type (`check_saved_config`);
+      the message names the file and the field.
   """
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
@@ -163,11 +174,77 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
       f"{workdir} has no {CONFIG_FILE}: it is not the workdir of a run of convnet.main, "
       "nor a seed_<s>/ folder of convnet.seeds or convnet.sweep"
     )
+  return ml_collections.ConfigDict(_read_saved_config(path), type_safe=False)
+
+
+def _read_saved_config(path: str) -> dict[str, Any]:
+  """The checked JSON of the config file `path` (see `check_saved_config`)."""
   try:
-    with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f), type_safe=False)
-  except (OSError, json.JSONDecodeError) as e:
-    raise CheckpointError(f"{path} cannot be read: {e}") from None
+    saved = files.read_json(path)
+  except OSError as e:
+    raise CheckpointError(f"{path} cannot be read ({files.reason(e)})") from None
+  except FileFormatError as e:
+    raise FileFormatError(f"{e}; {_START_FRESH}") from None
+  return check_saved_config(saved, path)
+
+
+_START_FRESH = "move it away, or use a new --workdir to start fresh"
+
+
+def check_saved_config(saved: Any, path: str) -> dict[str, Any]:
+  """`saved`, the JSON of a run's config file `path`, if it is a config; else a FileFormatError.
+
+  A config is an object whose fields have the types of the project's configs
+  (`configs/mnist.py`): an int where an int goes (a float field takes an int
+  too), a string, a list, an object of fields. Fields that config lacks, and
+  the model's fields (`models.create_model` checks those), are not checked
+  here; a field that is missing is not an error (older runs lack newer fields).
+
+  Raises:
+    FileFormatError: naming `path`, the field, what it holds and what it should.
+  """
+  if not isinstance(saved, dict):
+    raise FileFormatError(
+      f"{path} holds {_json_kind(saved)}, not a config (an object of fields); " + _START_FRESH
+    )
+  from convnet.configs import mnist  # the types every config shares
+
+  _check_types(saved, json.loads(mnist.get_config().to_json_best_effort()), path)
+  return saved
+
+
+def _check_types(
+  saved: Mapping[str, Any], reference: Mapping[str, Any], path: str, prefix: str = ""
+) -> None:
+  for key, expected in reference.items():
+    if key not in saved:
+      continue
+    name, value = prefix + key, saved[key]
+    if isinstance(expected, Mapping):
+      ok = isinstance(value, Mapping)
+      if ok and name != "model":
+        _check_types(value, expected, path, f"{name}.")
+      elif ok:
+        ok = isinstance(value.get("name", ""), str)
+        name, value, expected = "model.name", value.get("name"), ""
+    else:
+      ok = expected is None or _json_kind(value) == _json_kind(expected)
+      ok = ok or (_json_kind(expected), _json_kind(value)) == ("a number", "a whole number")
+    if not ok:
+      raise FileFormatError(
+        f"{path}: field {name} is {json.dumps(value)[:60]}, where a config holds "
+        f"{_json_kind(expected)}; {_START_FRESH}"
+      )
+
+
+def _json_kind(value: Any) -> str:
+  """What a JSON value is, in words: "an object", "a whole number", "a number", ..."""
+  if isinstance(value, bool):
+    return "true or false"
+  if isinstance(value, int):
+    return "a whole number"
+  kinds = {float: "a number", str: "a string", list: "a list", dict: "an object"}
+  return next((k for t, k in kinds.items() if isinstance(value, t)), "null")
 
 
 def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -181,17 +258,12 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
   Raises:
     CheckpointError: `config.json` cannot be read, or other fields differ (all
       of them are named, with both values).
+    FileFormatError: `config.json` is not a config (see `read_config`).
   """
   path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  if not os.path.lexists(path):
     return
-  try:
-    with open(path) as f:
-      saved = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise CheckpointError(
-      f"{path} cannot be read ({e}); move it away or use a new --workdir to start fresh"
-    ) from None
+  saved = _read_saved_config(path)
   schedules = {saved.get("optimizer", {}).get("schedule"), config.optimizer.schedule}
   allowed = RESUMABLE_CHANGES + (("num_epochs",) if schedules == {"constant"} else ())
   changed = changed_fields(saved, config, allowed)
@@ -260,12 +332,17 @@ def read_metrics(
   Raises:
     CheckpointError: a line before the end is not a record; it is named as
       `file:line`, and nothing is rewritten.
+    FileFormatError: the file is not a regular file (a named pipe, a folder),
+      or not UTF-8 text; it is named.
+    WorkdirError: with `rewrite`, a symbolic link stands at the file (a run
+      would write through it); it is named, and nothing is written.
   """
   path = os.path.join(workdir, METRICS_FILE)
+  if rewrite:
+    files.check_target(path)  # the run that appends here next: never through a link
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    lines = f.read().splitlines(keepends=True)
+  lines = files.read_text(path).splitlines(keepends=True)
   records, previous = [], (-math.inf, 0)  # (step, line number)
   for number, line in enumerate(lines, 1):
     if number == len(lines) and not line.endswith("\n"):
@@ -297,8 +374,8 @@ def read_metrics(
 def _record(line: str) -> dict[str, Any] | None:
   """The metrics record a line holds: an object with a "kind" and a whole-number "step"."""
   try:
-    record = json.loads(line)
-  except json.JSONDecodeError:
+    record = files.loads_json(line, METRICS_FILE)
+  except FileFormatError:  # not JSON, or nested too deep to be a record
     return None
   if not isinstance(record, dict) or not isinstance(record.get("kind"), str):
     return None
@@ -337,10 +414,14 @@ HPARAMS_METRICS = ("validation/accuracy", "validation/loss", "test/accuracy", "t
 
 
 def hparams(config: ml_collections.ConfigDict) -> dict[str, float | int | str | bool]:
-  """The config as TensorBoard's HParams view takes it: dotted names, tuples as text."""
+  """The config as TensorBoard's HParams view takes it: dotted names, tuples and ints past
+  int64 (which TensorBoard cannot hold as numbers, e.g. max_steps=10**20) as text."""
   flat = flatten(json.loads(config.to_json_best_effort()))
   return {
-    k: v if isinstance(v, bool | int | float | str) else json.dumps(v) for k, v in flat.items()
+    k: v
+    if isinstance(v, bool | float | str) or isinstance(v, int) and -(2**63) <= v < 2**63
+    else json.dumps(v)
+    for k, v in flat.items()
   }
 
 
@@ -360,7 +441,9 @@ class MetricsWriter:
   that no (tag, step) has two values.
 
   Raises (from `write`):
-    WorkdirError: a file cannot be written; what was written before stays.
+    WorkdirError: a file cannot be written, or something other than a file
+      stands at `metrics.jsonl` (a symbolic link is refused, never followed);
+      what was written before stays.
   """
 
   def __init__(
@@ -382,7 +465,8 @@ class MetricsWriter:
 
     suffix = f".{files.writer_id()}-{time.time_ns()}"
     # Written in this thread, so that a write that fails raises here, and nothing is left to
-    # flush when the process exits.
+    # flush when the process exits. Its file is a new name (this host, process and clock to the
+    # nanosecond), so no link left in a workdir stands where it is opened.
     self._tensorboard = EventsWriter(os.path.join(self._workdir, "events"), suffix)
     if self._config is not None:
       metrics = {tag: 0.0 for tag in HPARAMS_METRICS}
@@ -417,10 +501,13 @@ class MetricsWriter:
     try:
       if self._tensorboard is None:
         self._open()
-      with open(path, "a") as f:
+      with files.open_append(path) as f:  # never through a symbolic link, nor into a pipe
         f.write(json.dumps(record) + "\n")
       self._add_scalars(record)
       self._tensorboard.flush()
+    except WorkdirError:
+      self.close()
+      raise
     except OSError as e:
       self.close()
       raise WorkdirError(

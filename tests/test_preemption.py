@@ -1,17 +1,27 @@
-"""Stop requests: a flag in one process; one agreed step in two, whichever is signalled."""
+"""Stop requests: a flag in one process; one agreed step in two, whichever is signalled.
+
+SIGTERM, SIGINT, SIGHUP and SIGUSR1 stop a run with a checkpoint; a second one
+stops it at once, in one line; the run resumes exactly either way.
+"""
 
 import json
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 import threading
 import time
 
+import jax
+import numpy as np
 import pytest
 from conftest import cpu_env, free_address, start_processes
 
-from convnet import preemption
+from convnet import checkpoints, preemption, train
+from convnet.configs import mnist
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,15 +91,23 @@ def test_two_processes_stop_at_one_step_when_either_is_signalled(signum, targets
 
 
 def test_one_process_stops_on_the_first_signal_and_breaks_off_on_the_second():
-  before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+  before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
   with preemption.stop_requests() as stop:
     assert stop.requested(0) == 0
     assert stop.requested(5) == 0
     signal.raise_signal(signal.SIGTERM)
     assert stop.requested(6) == signal.SIGTERM
     assert stop.requested(7) == signal.SIGTERM  # it stands
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as second:  # no `except Exception` holds it up
       signal.raise_signal(signal.SIGINT)
+    assert isinstance(second.value, preemption.StoppedAtOnce)
+    assert (second.value.signum, str(second.value)) == (
+      signal.SIGINT,
+      "SIGINT again: stopped at once, without saving; run the same command again to resume from "
+      "the last checkpoint",
+    )
+    signal.raise_signal(signal.SIGINT)  # a third, while the run unwinds: nothing more
+    signal.raise_signal(signal.SIGHUP)
     with pytest.raises(ValueError, match="steps must increase: step 7 after step 7"):
       stop.requested(7)
   assert {s: signal.getsignal(s) for s in before} == before
@@ -99,8 +117,42 @@ def test_one_process_stops_on_the_first_signal_and_breaks_off_on_the_second():
   assert {s: signal.getsignal(s) for s in before} == before
 
 
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGUSR1], ids=["sighup", "sigusr1"])
+def test_a_hang_up_or_a_batch_systems_warning_is_a_stop_request(signum):
+  """A closed terminal (SIGHUP) or SLURM's --signal=USR1@T stops at a step, as SIGTERM does."""
+  before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+  assert before[signum] == signal.SIG_DFL  # which would end the process, saving nothing
+  with preemption.stop_requests() as stop:
+    assert callable(signal.getsignal(signum))  # (raised unhandled, it would end this test)
+    assert stop.requested(3) == 0
+    signal.raise_signal(signum)
+    assert (stop.requested(4), stop.received) == (signum, signum)
+    with pytest.raises(preemption.StoppedAtOnce, match="SIGTERM again: stopped at once"):
+      signal.raise_signal(signal.SIGTERM)
+  assert {s: signal.getsignal(s) for s in STOP_SIGNALS} == before
+
+
+def test_signals_ignored_or_handled_before_keep_their_handlers():
+  """Under nohup SIGHUP stays ignored; a handler someone installed stays; SIGQUIT quits."""
+  seen = []
+  previous = {
+    signal.SIGHUP: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    signal.SIGUSR1: signal.signal(signal.SIGUSR1, lambda signum, frame: seen.append(signum)),
+  }
+  try:
+    with preemption.stop_requests() as stop:
+      assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+      assert signal.getsignal(signal.SIGQUIT) == signal.SIG_DFL
+      signal.raise_signal(signal.SIGHUP)
+      signal.raise_signal(signal.SIGUSR1)
+      assert (stop.requested(1), seen) == (0, [signal.SIGUSR1])
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+
+
 def test_other_threads_leave_the_handlers_alone():
-  before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+  before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
   seen = []
 
   def run():
@@ -111,3 +163,99 @@ def test_other_threads_leave_the_handlers_alone():
   thread.start()
   thread.join()
   assert seen == [(before, 0)]
+
+
+# `python -m convnet.main` whose Orbax saves of step `at` are followed by `signals`, each sent
+# once the one before it is handled: from inside `checkpoints.save`, while Orbax still writes.
+SIGNALLED_MAIN = """
+import os, runpy, signal, sys, time
+import orbax.checkpoint as ocp
+
+at, signals = int(sys.argv[1]), [getattr(signal, name) for name in sys.argv[2].split(",")]
+save = ocp.CheckpointManager.save
+
+def save_then_signal(self, step, *args, **kwargs):
+  saved = save(self, step, *args, **kwargs)
+  for signum in signals if step == at else ():
+    os.kill(os.getpid(), signum)
+    for _ in range(25):  # 25 ms: Python runs the handler at the loop's next turn
+      time.sleep(0.001)
+  return saved
+
+ocp.CheckpointManager.save = save_then_signal
+sys.argv = ["convnet.main", *sys.argv[3:]]
+runpy.run_module("convnet.main", run_name="__main__")
+"""
+# Two epochs of 13 steps of the book's convnet on the embedded digits, saved every 5 steps.
+FIELDS = {
+  "data.source": "embedded",
+  "batch_size": 256,
+  "num_epochs": 2,
+  "steps_per_call": 1,
+  "checkpoint_every_steps": 5,
+  "log_every_steps": 5,
+  "checkpoint_keep": 50,
+}
+TIMING = ("wall_time_s", "train_examples_per_sec")
+
+
+def _run(workdir, at=0, signals="SIGINT"):
+  flags = [f"--config.{k}={v}" for k, v in FIELDS.items()]
+  command = [sys.executable, "-c", SIGNALLED_MAIN, str(at), signals]
+  command += ["--config=configs/mnist.py", f"--workdir={workdir}", *flags]
+  return subprocess.run(command, cwd=REPO, env=cpu_env(), capture_output=True, text=True)
+
+
+def _errors(stderr):
+  """The warnings and errors of a run's log (absl's lines start with W, E or F and the date)."""
+  return [line for line in stderr.splitlines() if line[:1] in "WEF" and line[1:2].isdigit()]
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+@pytest.mark.slow
+def test_a_second_sigint_in_the_epoch_end_save_and_a_hang_up_each_stop_in_one_line(tmp_path):
+  """SIGINT, then SIGINT again 25 ms later within the save of step 13 (an epoch's end): one
+  line, no traceback; the rerun is stopped by SIGHUP at step 20, which saves first; and the
+  run so far is the straight run's first 20 steps, bitwise."""
+  config = mnist.get_config()
+  for key, value in (FIELDS | {"max_steps": 20}).items():  # max_steps: stop, same schedule
+    *parents, leaf = key.split(".")
+    setattr(config[parents[0]] if parents else config, leaf, value)
+  train.train_and_evaluate(config, str(tmp_path / "straight"))
+  workdir = tmp_path / "signalled"
+
+  broken_off = _run(workdir, at=13, signals="SIGINT,SIGINT")
+  assert broken_off.returncode == 128 + signal.SIGINT, broken_off.stderr[-3000:]
+  assert "Traceback" not in broken_off.stderr and "Exception ignored" not in broken_off.stderr
+  warnings = _errors(broken_off.stderr)
+  assert len(warnings) == 2, warnings
+  assert warnings[0].endswith("SIGINT received: saving a checkpoint, then stopping")
+  assert warnings[1].endswith(
+    "SIGINT again: stopped at once, without saving; run the same command again to resume from "
+    "the last checkpoint"
+  )
+
+  hung_up = _run(workdir, at=20, signals="SIGHUP")
+  assert hung_up.returncode == 128 + signal.SIGHUP, hung_up.stderr[-3000:]
+  assert "Traceback" not in hung_up.stderr
+  warnings = _errors(hung_up.stderr)
+  assert len(warnings) == 2, warnings
+  assert warnings[0].endswith("SIGHUP received: saving a checkpoint, then stopping")
+  assert warnings[1].endswith(
+    f"SIGHUP at step 20: checkpoint saved in {workdir}; run the same command again to resume"
+  )
+  whole = [r for r in _metrics(workdir) if float(r.get("epoch", 1)).is_integer()]
+  assert [r["step"] for r in whole] == [5, 10, 13, 15, 20]
+  assert whole == [
+    r for r in _metrics(tmp_path / "straight") if float(r.get("epoch", 1)).is_integer()
+  ]
+  resumed, step = checkpoints.restore_params(str(workdir))
+  expected, straight_step = checkpoints.restore_params(str(tmp_path / "straight"))
+  assert step == straight_step == 20
+  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(expected), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # bitwise

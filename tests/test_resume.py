@@ -259,7 +259,7 @@ def test_what_to_do_about_a_failed_write_follows_its_cause():
 
 def test_a_folder_where_a_file_goes_is_named_with_what_to_do(tmp_path):
   (tmp_path / "metrics.jsonl").mkdir()
-  with pytest.raises(WorkdirError, match=r"metrics.jsonl \(Is a directory\); move what stands"):
+  with pytest.raises(WorkdirError, match=r"metrics.jsonl is a folder, where a file .*move it away"):
     files.atomic_write(str(tmp_path / "metrics.jsonl"), "{}")
 
 
