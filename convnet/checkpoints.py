@@ -9,14 +9,23 @@ stay readable after the run: `restore_params(workdir, "best")`.
 
 A group of seeds trained together keeps one stacked checkpoint per step, and
 the best epoch of every seed.
+
+Every restore is checked: the loop's fields must have the types and ranges the
+loop reads (`loop_problem`), and the arrays must match the BLAKE2b digest saved
+with them ("state_blake2b", `state_digest`). A checkpoint that fails is damaged:
+the run passes it over for the newest good one, as for one that cannot be read.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import logging as python_logging
+import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -35,6 +44,10 @@ from convnet.errors import CheckpointError, DivergedError, WorkdirError
 
 CHECKPOINTS = "checkpoints"
 WHICH = ("latest", "best")
+# The loop's field that holds `state_digest` of the arrays saved beside it.
+STATE_DIGEST = "state_blake2b"
+# The names in checkpoints/ that Orbax deletes: step folders, and those of saves a kill cut short.
+_ORBAX_NAME = re.compile(r"\d+|.*\.orbax-checkpoint-tmp.*")
 
 
 @dataclasses.dataclass
@@ -52,7 +65,11 @@ def manager(workdir: str, keep: int, best: KeepSteps | None = None) -> ocp.Check
   """Orbax's manager of `workdir/checkpoints`: the newest `keep`, and the steps in `best`.
 
   Temporary folders that a killed save left behind are removed when it opens.
+
+  Raises:
+    WorkdirError: a symbolic link stands where Orbax writes or deletes (see `check_links`).
   """
+  check_links(os.path.join(os.path.abspath(workdir), CHECKPOINTS))
   policies = [ocp.checkpoint_managers.LatestN(keep), best or KeepSteps()]
   return ocp.CheckpointManager(
     os.path.join(os.path.abspath(workdir), CHECKPOINTS),
@@ -79,6 +96,195 @@ def best_steps(records_per_member: Iterable[Sequence[Mapping[str, Any]]]) -> set
       if best is not None:
         steps.add(int(best["step"]))
   return steps
+
+
+def check_links(directory: str) -> None:
+  """Refuses a symbolic link at `directory` (a run's checkpoints/), or where Orbax deletes in it.
+
+  Orbax saves into `directory` and deletes old step folders there: through a
+  link it would write elsewhere, and deleting one fails half-way. The link and
+  what it points to are left as they are.
+
+  Raises:
+    WorkdirError: naming the link, its target, and what to do.
+  """
+  found = []
+  if os.path.islink(directory):
+    found.append((directory, "the run's checkpoint folder"))
+  elif os.path.isdir(directory):
+    for name in sorted(os.listdir(directory)):
+      path = os.path.join(directory, name)
+      if _ORBAX_NAME.fullmatch(name) and os.path.islink(path):
+        found.append((path, "a checkpoint folder"))
+  if found:
+    path, what = found[0]
+    raise WorkdirError(
+      f"{path} is a symbolic link (to {os.readlink(path)}) where {what} is expected: a run "
+      "writes and deletes only its own folders. Move the link out of the way (what it points to "
+      "is untouched; a real folder may take its place), then run the same command again"
+    )
+
+
+def _host_array(x) -> np.ndarray:
+  """A leaf of a state as one NumPy array; a replicated array of several processes, its copy."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def state_digest(state) -> str:
+  """BLAKE2b (16 bytes, hex) of a state's arrays: each leaf's path, dtype, shape and bytes.
+
+  Leaves are taken in the order of their paths (Orbax's names, "params.conv_0.kernel"),
+  so a `TrainState` and the nested dict that Orbax restores without a target give the
+  same digest. Costs one pass over the state's bytes (a few ms for the book's convnet).
+  """
+  digest = hashlib.blake2b(digest_size=16)
+  for path, leaf in sorted(ocp.tree.to_flat_dict(state).items()):
+    array = _host_array(leaf)
+    digest.update(f"{'.'.join(map(str, path))} {array.dtype.name} {array.shape}\n".encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+  return digest.hexdigest()
+
+
+def _members(state) -> int:
+  """How many members (seeds trained together) a state stacks: the size of its step."""
+  step = state.get("step") if isinstance(state, Mapping) else getattr(state, "step", None)
+  return max(int(np.size(step)), 1) if step is not None else 1
+
+
+def _finite(value, low: float = -math.inf) -> bool:
+  number = isinstance(value, int | float) and not isinstance(value, bool)
+  return number and math.isfinite(value) and value >= low
+
+
+def _finite_list(value, members: int | None, low: float = -math.inf) -> bool:
+  return (
+    isinstance(value, list)
+    and (members is None or len(value) == members)
+    and all(_finite(v, low) for v in value)
+  )
+
+
+def _hex_digest(value) -> bool:
+  return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{32}", value) is not None
+
+
+def loop_problem(loop: Any, members: int | None = None) -> str | None:
+  """What is wrong with a checkpoint's loop metadata ("loop"), or None if nothing.
+
+  Each field the loop reads is checked for its type and range: "wall_time_s"
+  (seconds, >= 0) and "constants" (see `train.run_constants`) are required;
+  "epoch_sums", "window_losses", "seeds", "result", the sums of earlier
+  versions ("epoch_loss_sum", "epoch_correct", "epoch_steps") and
+  `STATE_DIGEST` are checked where present. `members` is how many seeds the
+  checkpoint stacks (None: lists of any length).
+
+  Returns:
+    "field F of its loop/metadata is V, not W" (or "has no field F"), naming the field.
+  """
+  if not isinstance(loop, Mapping):
+    return f"its loop/metadata is {_shown(loop)}, not an object of fields"
+  n = "" if members is None else f"{members} "
+  checks = [  # (field, required, whether the value fits, what it should be)
+    ("wall_time_s", True, lambda v: _finite(v, 0), "a number of seconds >= 0"),
+    ("constants", True, lambda v: isinstance(v, Mapping), "an object of the run's constants"),
+    (STATE_DIGEST, False, _hex_digest, "32 hexadecimal digits"),
+    ("seeds", False, lambda v: _seeds_fit(v, members), f"a list of {n}different whole numbers"),
+    ("result", False, lambda v: isinstance(v, Mapping), "an object of numbers"),
+    ("epoch_sums", False, lambda v: isinstance(v, Mapping), "an object of lists of numbers"),
+    ("window_losses", False, lambda v: isinstance(v, list), f"a list of {n}lists of losses"),
+  ]
+  for old in ("epoch_loss_sum", "epoch_correct", "epoch_steps"):
+    fits = lambda v: _finite(v, 0) or _finite_list(v, members, 0)  # noqa: E731
+    checks.append((old, False, fits, f"a number >= 0 or a list of {n}of them"))
+  for field, required, fits, wanted in checks:
+    if field not in loop:
+      if required:
+        return f"its loop/metadata has no field {field}"
+      continue
+    if not fits(loop[field]):
+      return _field_problem(field, loop[field], wanted)
+  constants = {
+    "steps_per_epoch": (lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1"),
+    "num_train": (lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1"),
+    "train_data_blake2b": (_hex_digest, "32 hexadecimal digits"),
+  }
+  for key, value in loop["constants"].items():
+    fits, wanted = constants.get(
+      key, (lambda v: isinstance(v, int) and v >= 0, "a whole number >= 0")
+    )
+    if not (isinstance(key, str) and fits(value) and not isinstance(value, bool)):
+      return _field_problem(f"constants.{key}", value, wanted)
+  for key in constants:
+    if key not in loop["constants"]:
+      return f"its loop/metadata has no field constants.{key}"
+  for key, value in loop.get("result", {}).items():
+    if not _finite(value):
+      return _field_problem(f"result.{key}", value, "a finite number")
+  for key, value in loop.get("epoch_sums", {}).items():
+    if not _finite_list(value, members, 0 if key == "count" else -math.inf):
+      return _field_problem(f"epoch_sums.{key}", value, f"a list of {n}finite numbers")
+  window = loop.get("window_losses") or []
+  if window and not (members is None or len(window) == members):
+    return _field_problem("window_losses", window, f"a list of {n}lists of losses")
+  for i, losses in enumerate(window):
+    if not _finite_list(losses, None):
+      return _field_problem(f"window_losses[{i}]", losses, "a list of finite losses")
+  return None
+
+
+def _seeds_fit(value, members: int | None) -> bool:
+  whole = isinstance(value, list) and all(
+    isinstance(s, int) and not isinstance(s, bool) for s in value
+  )
+  return whole and len(set(value)) == len(value) and members in (None, len(value))
+
+
+def _shown(value) -> str:
+  try:
+    text = json.dumps(value)
+  except (TypeError, ValueError, RecursionError):
+    text = repr(value)
+  return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _field_problem(field: str, value, wanted: str) -> str:
+  return f"field {field} of its loop/metadata is {_shown(value)}, not {wanted}"
+
+
+def _damaged(directory, step: int, problem: str) -> CheckpointError:
+  return CheckpointError(f"checkpoint {step} of {directory}: {problem} (a damaged file)")
+
+
+def _check_restored(directory, step: int, state, loop) -> dict[str, Any]:
+  """`loop` checked (`loop_problem`), and `state` against the digest saved in it; the loop
+  is returned without the digest.
+
+  A checkpoint saved before digests were kept is restored unchecked, with a warning.
+
+  Raises:
+    CheckpointError: the loop or the arrays are damaged; the message names the checkpoint.
+  """
+  problem = loop_problem(loop, _members(state))
+  if problem:
+    raise _damaged(directory, step, problem)
+  loop = dict(loop)
+  saved = loop.pop(STATE_DIGEST, None)
+  if saved is None:
+    logging.warning(
+      "checkpoint %d of %s was saved without a digest of its arrays (by an earlier version): "
+      "its arrays are restored unchecked",
+      step,
+      directory,
+    )
+  elif state_digest(state) != saved:
+    raise _damaged(directory, step, "its arrays do not match the digest saved with them")
+  return loop
 
 
 def _restore_step(manager: ocp.CheckpointManager, step: int, state_args, what: str):
@@ -116,7 +322,10 @@ def _reader(directory: str) -> ocp.CheckpointManager:
 
 
 def read_loop(workdir: str) -> tuple[int, dict[str, Any]] | None:
-  """The newest checkpoint's step and loop counters, without its arrays; None without one."""
+  """The newest good checkpoint's step and loop counters, without its arrays; None without one.
+
+  A checkpoint whose loop cannot be read, or fails `loop_problem`, is passed over.
+  """
   directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
   if not has_checkpoints(workdir):
     return None
@@ -127,7 +336,13 @@ def read_loop(workdir: str) -> tuple[int, dict[str, Any]] | None:
         restored = reader.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))
       except Exception:  # An unreadable checkpoint: the one before it may do.
         continue
-      return step, dict(restored.loop)
+      problem = loop_problem(restored.loop)
+      if problem:
+        logging.warning(
+          "%s: passed over for an older checkpoint", _damaged(directory, step, problem)
+        )
+        continue
+      return step, {k: v for k, v in restored.loop.items() if k != STATE_DIGEST}
   finally:
     reader.close()
   return None
@@ -179,16 +394,19 @@ def _check_fits(manager: ocp.CheckpointManager, step: int, abstract) -> bool:
 
 
 def restore(manager: ocp.CheckpointManager, state, loop: dict[str, Any]):
-  """The newest readable checkpoint's (state, loop), shaped like `state`; both as given if none.
+  """The newest good checkpoint's (state, loop), shaped like `state`; both as given if none.
 
-  A checkpoint that cannot be read (an empty or incomplete step folder) is
-  passed over for the one before it, and renamed `<step>.unreadable-<time>`
-  once an older one has been restored, so that the run can save that step
-  again; nothing is deleted.
+  A checkpoint that cannot be read (an empty or incomplete step folder), or
+  that is damaged (its loop's fields, `loop_problem`, or its arrays against
+  their digest, `state_digest`), is passed over for the one before it, and
+  renamed `<step>.unreadable-<time>` once an older one has been restored, so
+  that the run can save that step again; nothing is deleted. The run holds
+  its workdir's lock: no other process writes there.
 
   Raises:
     CheckpointError: a checkpoint of another model (nothing is read), or none
-      of the checkpoints can be read; the message says how to start fresh.
+      of the checkpoints can be read and checked; the message names the
+      newest, what is wrong with it, and how to start fresh.
   """
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   unreadable = []
@@ -198,6 +416,7 @@ def restore(manager: ocp.CheckpointManager, state, loop: dict[str, Any]):
       continue
     try:
       restored = _restore_step(manager, step, ocp.args.StandardRestore(abstract), "restored")
+      restored_loop = _check_restored(manager.directory, step, restored.state, restored.loop)
     except CheckpointError as e:
       unreadable.append((step, e))
       continue
@@ -208,7 +427,7 @@ def restore(manager: ocp.CheckpointManager, state, loop: dict[str, Any]):
     if unreadable:
       manager.reload()
     logging.info("Resumed from checkpoint at step %d", step)
-    return restored.state, dict(restored.loop)
+    return restored.state, restored_loop
   if unreadable:
     raise CheckpointError(
       f"{unreadable[0][1]}. No checkpoint in {manager.directory} can be read: use a new "
@@ -221,12 +440,14 @@ def save(manager: ocp.CheckpointManager, state, loop: dict[str, Any]) -> None:
   """Saves the state, unless this step is saved already; non-finite parameters never are.
 
   `state` may be stacked along a leading axis (seeds trained together), all at
-  one step.
+  one step. `loop` is saved beside it with the digest of its arrays added
+  (`STATE_DIGEST`), which every restore checks.
 
   Raises:
     DivergedError: a parameter is NaN or infinite; the last checkpoint is kept.
     WorkdirError: the checkpoint cannot be written (a full disk, say); the
       last complete checkpoint is kept, and the same command resumes from it.
+      Or a symbolic link stands where Orbax deletes an old step (`check_links`).
   """
   step = int(np.ravel(state.step)[0])
   if manager.latest_step() == step:
@@ -236,11 +457,14 @@ def save(manager: ocp.CheckpointManager, state, loop: dict[str, Any]) -> None:
       f"the parameters stopped being finite by step {step}; nothing was saved, and the "
       f"checkpoint of step {manager.latest_step()} is kept. Try a lower optimizer.learning_rate."
     )
+  loop = dict(loop) | {STATE_DIGEST: state_digest(state)}
   args = ocp.args.Composite(state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop))
   try:
     with logs.muted("/orbax/"), _quiet_if_it_fails():
       manager.save(step, args=args)
   except Exception as e:  # Orbax wraps the OSError of a full disk in several kinds.
+    if isinstance(manager.directory, str | os.PathLike):
+      check_links(os.fspath(manager.directory))  # a link put there since: not a full disk
     latest = manager.latest_step()
     kept = f"the checkpoint of step {latest} is kept" if latest is not None else "none was saved"
     raise WorkdirError(
@@ -313,43 +537,82 @@ def _group_seeds(group_dir: str, loop: Mapping[str, Any]) -> list[int]:
 
 
 def restore_params(workdir: str, which: str = "latest") -> tuple[Any, int]:
-  """The parameters and step of a workdir's latest checkpoint, or of its best epoch's.
+  """The parameters and step of a workdir's newest good checkpoint, or of its best epoch's.
 
   `workdir` is a `convnet.main` workdir, or one `seed_<s>/` of a group, whose
   parameters are taken out of the group's stacked checkpoint. `which` is
   "latest" or "best": the epoch of best validation accuracy, whose test
   accuracy `train_and_evaluate` reports as `test_accuracy_at_best_validation`.
 
+  Each checkpoint read is checked as `restore` checks it. For "latest", one
+  that cannot be read or is damaged is named in a warning and passed over for
+  the one before it. A run may be training in `workdir` meanwhile, saving
+  checkpoints and deleting old ones: when the checkpoint being read is
+  replaced (a newer one, or a new best epoch), the newest is read instead,
+  once. This only reads: nothing in the workdir is renamed or written.
+
   Raises:
-    CheckpointError: there is no checkpoint, it cannot be read, the best
-      epoch's was not kept, or the seed is not in its group.
+    CheckpointError: there is no checkpoint, none can be read and checked, the
+      best epoch's was not kept or is damaged, or the seed is not in its group.
   """
   if which not in WHICH:
     raise CheckpointError(f"checkpoint={which!r} is not one of {', '.join(WHICH)}")
   directory, seed = _checkpoint_dir(os.path.abspath(workdir))  # Orbax takes absolute paths only
-  reader = _reader(directory)
-  try:
-    step = reader.latest_step()
-    if step is None:
-      raise CheckpointError(f"{directory} holds no checkpoint: train the run first")
-    if which == "best":
-      best = epochs.best_record(workdir_lib.read_metrics(workdir))
-      if best is None:
-        raise CheckpointError(f"{workdir} has no epoch record yet: there is no best epoch")
-      step = int(best["step"])
-      if step not in reader.all_steps():
-        raise CheckpointError(
-          f"the checkpoint of the best epoch ({best['epoch']}, step {step}) is not in "
-          f"{directory}: it was not kept (a run of a version before best checkpoints were "
-          "kept) or was removed; use the latest"
-        )
-    restored = _restore_step(reader, step, ocp.args.StandardRestore(), "read")
-  finally:
-    reader.close()
-  params = restored.state["params"]
+  state, loop, step = _read_newest_good(workdir, directory, which)
+  params = state["params"]
   if seed is not None:
-    seeds = _group_seeds(os.path.dirname(directory), restored.loop)
+    seeds = _group_seeds(os.path.dirname(directory), loop)
     if seed not in seeds:
       raise CheckpointError(f"seed {seed} is not one of the seeds {seeds} saved in {directory}")
     params = jax.tree.map(lambda x: x[seeds.index(seed)], params)
   return params, step
+
+
+def _candidates(workdir: str, directory: str, which: str, listed: Sequence[int]) -> list[int]:
+  """The steps `restore_params` may read, the first preferred: all, newest first, or the best."""
+  if not listed:
+    raise CheckpointError(f"{directory} holds no checkpoint: train the run first")
+  if which == "latest":
+    return sorted(listed, reverse=True)
+  best = epochs.best_record(workdir_lib.read_metrics(workdir))
+  if best is None:
+    raise CheckpointError(f"{workdir} has no epoch record yet: there is no best epoch")
+  step = int(best["step"])
+  if step not in listed:
+    raise CheckpointError(
+      f"the checkpoint of the best epoch ({best['epoch']}, step {step}) is not in "
+      f"{directory}: it was not kept (a run of a version before best checkpoints were "
+      "kept) or was removed; use the latest"
+    )
+  return [step]
+
+
+def _read_newest_good(workdir: str, directory: str, which: str, retry: bool = True):
+  """(state, loop, step) of the first `_candidates` step that reads and checks; see
+  `restore_params`."""
+  reader = _reader(directory)
+  try:
+    candidates = _candidates(workdir, directory, which, reader.all_steps())
+    failed, raced = [], False
+    for step in candidates:
+      try:
+        restored = _restore_step(reader, step, ocp.args.StandardRestore(), "read")
+        loop = _check_restored(directory, step, restored.state, restored.loop)
+      except CheckpointError as error:
+        reader.reload()
+        # A live run that saved a newer checkpoint and deleted this one while it was read:
+        # a race, not a damaged file. What is there now is read instead, once.
+        raced = retry and _candidates(workdir, directory, which, reader.all_steps()) != candidates
+        if raced:
+          break
+        failed.append(error)
+        continue
+      for error in failed:
+        logging.warning("%s: passed over for an older checkpoint (left as it is)", error)
+      return restored.state, loop, step
+  finally:
+    reader.close()
+  if raced:
+    return _read_newest_good(workdir, directory, which, retry=False)
+  more = f". No checkpoint in {directory} can be read" if len(candidates) > 1 else ""
+  raise CheckpointError(f"{failed[0]}{more}")

@@ -20,7 +20,10 @@ float32 (N, num_classes). After writing, the export runs the exported model
 on the whole test split (onnxruntime for ONNX; Node.js and `@tensorflow/tfjs`
 for TF.js, and the page in headless Chromium, where they are installed, see
 `convnet.web`), compares it with JAX, writes `agreement.json` and prints the
-agreement; a disagreement is an error.
+agreement; a disagreement is an error. Before anything is written, the
+model's test accuracy in JAX must be the one `metrics.jsonl` recorded at the
+checkpoint's step (`trained.check_test_accuracy`): a config.json edited
+after training is refused.
 
 The run is read by `convnet.trained`; the files are written from the
 model's layers by `convnet.formats`, which also says what each format can
@@ -38,7 +41,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from convnet import checkpoints, cli, files, formats
 from convnet.errors import ConvnetError, ExportError
@@ -155,7 +158,9 @@ def export(
     ExportError: the format cannot hold a setting of the model, `--page` with
       ONNX or with inputs that are not 28x28 images, the exported model
       disagrees with JAX, or a runtime it needs cannot start.
-    CheckpointError, WorkdirError: the run cannot be read (`trained.load`), or `out` written.
+    CheckpointError, WorkdirError: the run cannot be read (`trained.load`), its model's test
+      accuracy is not what its records say (`trained.check_test_accuracy`), or `out`
+      cannot be written.
   """
   from convnet import trained, web
 
@@ -190,7 +195,8 @@ def export(
   }
   contents = _format_files(fmt, layers, dataset.input_shape, metadata)
   images = dataset.test.images
-  reference = jax_logits(run.model, run.params, images) if verify or page else None
+  reference = jax_logits(run.model, run.params, images) if len(images) else None
+  logging.info("%s", trained.check_test_accuracy(run, reference))  # the files make its model
   with tempfile.TemporaryDirectory(prefix="convnet-export-") as staging:
     for name, data in contents.items():
       with open(os.path.join(staging, name), "wb") as f:

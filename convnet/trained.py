@@ -8,7 +8,9 @@
 
 `convnet.export` and `convnet.visualize` read runs with it; so can a research
 script. The run is read with `convnet.workdir` (config, metrics) and
-`convnet.checkpoints` (parameters).
+`convnet.checkpoints` (parameters), which checks the arrays against the digest
+saved with them; `check_test_accuracy` checks that the config, data and
+parameters still make the model whose test accuracy the run recorded.
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ class TrainedRun:
 def load(workdir: str, checkpoint: str = "latest") -> TrainedRun:
   """Reads a run's config, data, checkpoint and metrics from its workdir.
 
+  The checkpoint is checked against the digest saved with its arrays; for
+  "latest", a damaged one is passed over for the newest good one, with a
+  warning (see `checkpoints.restore_params`). `check_test_accuracy` checks
+  the model against the run's records.
+
   Args:
     workdir: a `convnet.main` workdir, or one `seed_<s>/` of a group of seeds
       trained together (its weights come from the group's stacked checkpoint).
@@ -63,7 +70,8 @@ def load(workdir: str, checkpoint: str = "latest") -> TrainedRun:
 
   Raises:
     CheckpointError: `workdir` is not a directory, has no config or checkpoint,
-      or its checkpoint does not fit the model its config describes.
+      none of its checkpoints is good, or its checkpoint does not fit the model
+      its config describes.
     ConfigError, DataError: the config's data or model cannot be built.
   """
   if not os.path.isdir(workdir):
@@ -79,3 +87,57 @@ def load(workdir: str, checkpoint: str = "latest") -> TrainedRun:
     )
   records = workdir_lib.read_metrics(workdir)
   return TrainedRun(workdir, config, dataset, model, params, step, records)
+
+
+def recorded_test_accuracy(run: TrainedRun) -> float | None:
+  """The test accuracy that `metrics.jsonl` recorded at the run's checkpoint step, or None.
+
+  That of the epoch record of `run.step` (a `max_steps` stop's partial epoch
+  included; for the best checkpoint, the best epoch's record); None where no
+  record of that step holds one (a checkpoint saved within an epoch).
+  """
+  for record in reversed(run.records):
+    if record.get("kind") == "epoch" and record.get("step") == run.step:
+      value = record.get("test_accuracy")
+      if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+  return None
+
+
+def check_test_accuracy(run: TrainedRun, logits: np.ndarray) -> str:
+  """Refuses a run whose files no longer make the model it trained.
+
+  `logits`, float (N, num_classes), are the model's on `run.dataset.test`.
+  Their accuracy must be what `metrics.jsonl` recorded at the checkpoint's
+  step (`recorded_test_accuracy`), to within float noise: one image, and one
+  in a thousand more (an argmax near a tie may flip between batch sizes).
+  A config.json edited after training (an activation, the data) passes the
+  shape checks but fails this one.
+
+  Returns:
+    A line that says how the two accuracies compare, or that there was nothing to compare.
+
+  Raises:
+    CheckpointError: the accuracies differ; the message gives both.
+  """
+  labels = np.asarray(run.dataset.test.labels)
+  recorded = recorded_test_accuracy(run)
+  if not len(labels):
+    return "Test accuracy not compared with the run's records: the data has no test split"
+  if recorded is None:
+    return (
+      f"Test accuracy not compared with the run's records: metrics.jsonl has none at step "
+      f"{run.step}"
+    )
+  measured = float(np.mean(np.asarray(logits).argmax(-1) == labels))
+  if abs(measured - recorded) > (1 + 0.001 * len(labels)) / len(labels) + 1e-12:
+    raise CheckpointError(
+      f"the run's files disagree: the model that {run.workdir}/config.json describes, with "
+      f"the parameters of step {run.step}, has test accuracy {measured:.4f}, but "
+      f"metrics.jsonl recorded {recorded:.4f} at that step. Was config.json or the data "
+      "changed after training?"
+    )
+  return (
+    f"Test accuracy {measured:.4f} on {len(labels):,} test images, as metrics.jsonl recorded "
+    f"at step {run.step}"
+  )

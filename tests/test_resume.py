@@ -373,14 +373,14 @@ def test_a_workdir_that_cannot_be_written_reports_a_finished_run(config, tmp_pat
   finished = train.train_and_evaluate(config, str(tmp_path / "done"))
   config.max_steps = 2
   train.train_and_evaluate(config, str(tmp_path / "stopped"))
-  real_open = open
+  real_open_append = files.open_append
 
   def read_only_lock(path, *args, **kwargs):
     if str(path).endswith(".lock"):
       raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
-    return real_open(path, *args, **kwargs)
+    return real_open_append(path, *args, **kwargs)
 
-  monkeypatch.setattr("builtins.open", read_only_lock)
+  monkeypatch.setattr(files, "open_append", read_only_lock)
   config.max_steps = 3
   again = train.train_and_evaluate(config, str(tmp_path / "done"))
   for key in ("test_accuracy", "test_loss", "step", "num_params", "train_flops_per_example"):
