@@ -12,7 +12,7 @@ from typing import Any
 
 import ml_collections
 
-from convnet import input_pipeline, models
+from convnet import epochs, input_pipeline, models
 from convnet.errors import ConfigError
 from convnet.optim import OPTIMIZERS, SCHEDULES
 
@@ -54,6 +54,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
     config.max_steps,
     "is -1 (no limit) or a positive step count",
   )
+  # The step counter is int32 on the device: a schedule of more steps would wrap around.
+  limit = epochs.MAX_STEPS
+  _require(config.num_epochs <= limit, "num_epochs", config.num_epochs, f"is at most {limit:,}")
+  _require(
+    config.steps_per_epoch * config.num_epochs <= limit,
+    "steps_per_epoch",
+    config.steps_per_epoch,
+    f"times num_epochs={config.num_epochs} is at most {limit:,} steps",
+  )
+  if config.steps_per_epoch:
+    spe = config.steps_per_epoch
+    steps = min(spe, config.max_steps) if config.max_steps >= 1 else spe
+    epochs.check_order_length(config, epochs.order_length(spe, steps, config.batch_size))
   _require(config.checkpoint_keep >= 1, "checkpoint_keep", config.checkpoint_keep, "must be >= 1")
   _require(
     0.0 <= config.label_smoothing < 1.0, "label_smoothing", config.label_smoothing, "is in [0, 1)"

@@ -24,6 +24,8 @@ from convnet import display, input_pipeline, parallel, steps
 from convnet.errors import ConfigError, RunInterrupted
 
 PROGRESS_EVERY_S = 10.0  # the longest a long evaluation goes without a log line
+# The train state's step counter and the positions in an epoch's order are int32 on the device.
+MAX_STEPS = 2**31 - 1
 
 
 def step_counts(config: ml_collections.ConfigDict, num_train: int) -> tuple[int, int]:
@@ -35,14 +37,37 @@ def step_counts(config: ml_collections.ConfigDict, num_train: int) -> tuple[int,
   needs, with examples drawn in passes (see `epoch_order`).
 
   Raises:
-    ConfigError: `batch_size` is larger than the training split.
+    ConfigError: `batch_size` is larger than the training split, or the
+      schedule's `num_epochs` epochs reach `MAX_STEPS` steps.
   """
   if config.batch_size > num_train:
     raise ConfigError(
       f"batch_size={config.batch_size} is larger than the {num_train} training examples"
     )
   steps_per_epoch = config.get("steps_per_epoch", 0) or num_train // config.batch_size
-  return steps_per_epoch, total_steps(config, steps_per_epoch)
+  if steps_per_epoch * config.num_epochs > MAX_STEPS:
+    raise ConfigError(
+      f"num_epochs={config.num_epochs}: {config.num_epochs} epochs of {steps_per_epoch} steps "
+      f"pass {MAX_STEPS:,} steps, the most the int32 step counter holds; use fewer epochs "
+      "(max_steps stops a run sooner, within the same schedule)"
+    )
+  total = total_steps(config, steps_per_epoch)
+  check_order_length(config, order_length(steps_per_epoch, total, config.batch_size))
+  return steps_per_epoch, total
+
+
+def check_order_length(config: ml_collections.ConfigDict, length: int) -> None:
+  """Refuses an order (`order_length`) longer than int32 positions can index.
+
+  Raises:
+    ConfigError: naming `steps_per_epoch` and `batch_size`.
+  """
+  if length > MAX_STEPS:
+    raise ConfigError(
+      f"steps_per_epoch={config.steps_per_epoch}: an epoch's order would hold {length:,} "
+      f"examples (batches of batch_size={config.batch_size}), more than the {MAX_STEPS:,} "
+      "positions int32 indexes; use fewer steps_per_epoch, a smaller batch_size, or max_steps"
+    )
 
 
 def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -51,17 +76,33 @@ def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
   return min(steps, config.max_steps) if config.max_steps >= 0 else steps
 
 
-def epoch_order(num_examples: int, seed: int, epoch: int, length: int = 0) -> np.ndarray:
-  """The order of an epoch's training examples, fixed by (seed, epoch): int32, (num_examples,).
+def order_length(steps_per_epoch: int, total_steps: int, batch_size: int) -> int:
+  """How many indices of each epoch's order a run needs: those of its longest epoch.
 
-  With `length` larger than `num_examples`, passes follow one another until
-  `length` indices: the first pass is the one above, pass k > 0 is fixed by
-  (seed, epoch, k). Every example comes once a pass.
+  An epoch's steps, or the run's where `max_steps` ends it sooner: one length
+  for every epoch, so that the steps compile once. A run of 5 steps in an
+  epoch of 10,000,000 orders 5 batches, not the epoch.
   """
-  passes = [np.random.default_rng([seed, epoch]).permutation(num_examples)]
-  while len(passes) * num_examples < length:
-    passes.append(np.random.default_rng([seed, epoch, len(passes)]).permutation(num_examples))
-  return np.concatenate(passes).astype(np.int32)
+  return min(steps_per_epoch, total_steps) * batch_size
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int, length: int = 0) -> np.ndarray:
+  """The order of an epoch's training examples, fixed by (seed, epoch): int32, (length,).
+
+  The first pass is a permutation of the `num_examples` examples fixed by
+  (seed, epoch); pass k > 0 is fixed by (seed, epoch, k). Passes follow one
+  another, and the order is their first `length` indices (by default one pass):
+  only what is asked for is kept, and a shorter order is the start of a longer
+  one, bit for bit, so a run stopped early and resumed trains on what a run
+  straight through does. Each example comes once a pass.
+  """
+  length = length or num_examples
+  order = np.empty(length, np.int32)
+  for k, start in enumerate(range(0, length, num_examples)):
+    key = [seed, epoch] if k == 0 else [seed, epoch, k]
+    count = min(num_examples, length - start)
+    order[start : start + count] = np.random.default_rng(key).permutation(num_examples)[:count]
+  return order
 
 
 def eval_batches(

@@ -185,10 +185,22 @@ RUN_SETTINGS = [
   ("num_epochs", 0, "num_epochs=0: num_epochs must be a positive int"),  # "already finished"
   ("num_epochs", -1, "num_epochs=-1: num_epochs must be a positive int"),
   ("num_epochs", 1, None),
+  # The step counter is int32: it trained, then failed writing the TensorBoard hyperparameters.
+  ("num_epochs", 10**20, "num_epochs=100000000000000000000: num_epochs is at most 2,147,483,647"),
+  ("num_epochs", 2**31 - 1, None),  # steps come from the data: counted once it is loaded
+  ("steps_per_epoch", 2**31, "steps_per_epoch=2147483648: steps_per_epoch times num_epochs=1 is"),
+  (  # an epoch's positions in its order are int32 too
+    "steps_per_epoch",
+    2**24,
+    "steps_per_epoch=16777216: an epoch's order would hold 4,294,967,296 examples (batches of "
+    "batch_size=256), more than the 2,147,483,647 positions int32 indexes",
+  ),
+  ("steps_per_epoch", 2**23 - 1, None),
   ("max_steps", 0, "max_steps=0: max_steps is -1 (no limit) or a positive step count"),
   ("max_steps", -2, "max_steps=-2"),
   ("max_steps", -1, None),
   ("max_steps", 1, None),
+  ("max_steps", 10**20, None),  # no limit, in effect
   ("optimizer.learning_rate", math.inf, "optimizer.learning_rate=inf: learning_rate must be"),
   ("optimizer.learning_rate", math.nan, "optimizer.learning_rate=nan"),
   ("optimizer.learning_rate", 1e-6, None),
