@@ -45,7 +45,7 @@ class WorkdirInUseError(ConvnetError):
 
 
 class RunInterrupted(ConvnetError):
-  """A stop request (SIGTERM, SIGINT, SIGHUP, SIGUSR1) stopped the run after it saved a checkpoint."""
+  """A stop request (SIGTERM, SIGINT, SIGHUP, SIGUSR1) stopped the run; a checkpoint was saved."""
 
   def __init__(self, message: str, signum: int):
     super().__init__(message)
