@@ -15,7 +15,9 @@ The axes follow the example's shape:
 
 Masks depend only on the run's seed and the step (`jax.random.fold_in` of the
 seed's key with the step number), so a resumed run draws the masks it would
-have drawn, and evaluation never sees a mask.
+have drawn, and evaluation never sees a mask. Seeds trained together under
+`jax.vmap` draw each seed's masks as that seed alone does (`mask_step`), under
+every PRNG implementation.
 """
 
 from __future__ import annotations
@@ -104,18 +106,44 @@ def mask(key: jax.Array, images: jax.Array, spec: Masking) -> jax.Array:
 
   `key` is the step's key; every example gets its own bands.
   """
+  return images * keep(key, images.shape, images.dtype, spec)
+
+
+def mask_step(key_data: jax.Array, step: jax.Array, images: jax.Array, spec: Masking) -> jax.Array:
+  """`mask` with the key of training step `step` (`step_key`) of the run whose `key` is `key_data`.
+
+  Under `jax.vmap` over runs (seeds trained together), the runs' bands are
+  drawn one run after another (`jax.custom_batching.sequential_vmap`), so that
+  each run draws exactly the bands its key draws alone. Batched draws would
+  differ under the "rbg" and "unsafe_rbg" implementations
+  (`jax_default_prng_impl`), whose bit generator draws for a batch of keys
+  from the first key alone.
+  """
+
+  def draw(key_data, step):
+    return keep(step_key(key_data, step), images.shape, images.dtype, spec)
+
+  return images * jax.custom_batching.sequential_vmap(draw)(key_data, step)
+
+
+def keep(key: jax.Array, shape: Sequence[int], dtype, spec: Masking) -> jax.Array:
+  """What `mask` multiplies a batch of `shape` by: 0 inside a band, 1 elsewhere.
+
+  Shape (batch, 1, ...) with the batch's rank, and the length of the masked
+  axes where they are masked; `dtype` is the images'.
+  """
   time_key, freq_key = jax.random.split(key)
-  keep = jnp.ones(images.shape[:1] + (1,) * (images.ndim - 1), images.dtype)
+  factor = jnp.ones(tuple(shape[:1]) + (1,) * (len(shape) - 1), dtype)
   for band_key, axis, count, width in (
     (time_key, spec.time_axis, spec.time_masks, spec.time_mask_width),
     (freq_key, spec.freq_axis, spec.freq_masks, spec.freq_mask_width),
   ):
     if count and width:
-      masked_BL = bands(band_key, images.shape[0], images.shape[axis + 1], count, width)
-      shape = [images.shape[0]] + [1] * (images.ndim - 1)
-      shape[axis + 1] = images.shape[axis + 1]
-      keep = keep * (~masked_BL).astype(images.dtype).reshape(shape)
-  return images * keep
+      masked_BL = bands(band_key, shape[0], shape[axis + 1], count, width)
+      broadcast = [shape[0]] + [1] * (len(shape) - 1)
+      broadcast[axis + 1] = shape[axis + 1]
+      factor = factor * (~masked_BL).astype(dtype).reshape(broadcast)
+  return factor
 
 
 def bands(key: jax.Array, batch: int, length: int, count: int, width: int) -> jax.Array:

@@ -4,7 +4,10 @@
 for each seed. Each copy has the validation split, initialisation and data
 order that `train.train_and_evaluate` gives its seed, and the same loop
 (`train.fit`) trains them, so each seed's metrics match a separate run's up to
-float rounding. `workdir/seed_<s>/` gets that seed's `config.json`,
+float rounding: its masks (`convnet.augment`) are the ones its key draws alone,
+under every PRNG implementation, and a seed whose loss or parameters stop
+being finite stops training alone, recorded as diverged with its own message,
+while the others go on. `workdir/seed_<s>/` gets that seed's `config.json`,
 `metrics.jsonl` and TensorBoard events; `workdir/checkpoints/` holds the
 stacked state, saved as a single run's is (every epoch, every
 `checkpoint_every_steps`, and on SIGTERM or SIGINT), and running the same call
@@ -36,6 +39,10 @@ def train_seeds(
 
   Raises:
     ConfigError: the seeds repeat or there are none, or the config cannot work.
+    train.SeedsDivergedError: a seed diverged; its `results` hold each seed's
+      result, or the `DivergedError` (naming the seed and the step) of each
+      seed that diverged. The other seeds trained to the end, as they would
+      alone, and a rerun reports the same.
     The errors of `train.train_and_evaluate`, likewise; after SIGTERM or
     SIGINT, `RunInterrupted` once the group's checkpoint is saved.
   """

@@ -136,7 +136,7 @@ def train_step(
   batch_size = batch["label"].shape[0]
   batch = constrain(batch, batch_sharding)
   if masking is not None:
-    images = augment.mask(augment.step_key(key, state.step), batch["image"], masking)
+    images = augment.mask_step(key, state.step, batch["image"], masking)
     batch = constrain({**batch, "image": images}, batch_sharding)
 
   def loss_fn(params, batch):
@@ -239,11 +239,12 @@ def train_steps(
   start: jax.Array,
   count: jax.Array,
   key: jax.Array | None = None,
+  live: jax.Array | None = None,
   *,
   steps_per_call: int,
   batch_size: int,
   **step_options,
-) -> tuple[TrainState, dict[str, jax.Array]]:
+):
   """`count` (at most `steps_per_call`) train steps in one call, on device-resident data.
 
   Step i trains on the examples `order[(start + i) * batch_size:][:batch_size]`
@@ -256,17 +257,43 @@ def train_steps(
   masking key (`augment.key`), used with `masking`. `step_options` are
   `train_step`'s other keyword arguments (`label_smoothing`,
   `microbatch_size`, `l1_penalty`, `batch_sharding`, `masking`).
+
+  With `live`, a boolean scalar (whether this model still trains; one of a
+  vmapped group's seeds, say), the steps are guarded: a step whose loss, or
+  whose updated parameters, are not finite keeps the parameters and optimizer
+  state as they were before it and turns `live` False. From then on the
+  model's parameters stay as they are (the step count goes on) and each step
+  reports a NaN "loss", so the loop can name the first step that did not
+  train. Returns ((state, live), metrics) then.
   """
 
-  def one_step(state, i):
-    def run(state):
+  def one_step(carry, i):
+    def run(carry):
+      state, live = carry
       idx = jax.lax.dynamic_slice_in_dim(order, (start + i) * batch_size, batch_size)
       batch = {"image": jnp.take(images, idx, axis=0), "label": jnp.take(labels, idx, axis=0)}
-      return train_step(state, batch, key=key, **step_options)
+      new, metrics = train_step(state, batch, key=key, **step_options)
+      if live is None:
+        return (new, live), metrics
+      finite = jnp.isfinite(metrics["loss"]) & all_finite(new.params)
+      trains = live & finite
+      params, opt_state = jax.tree.map(
+        lambda a, b: jnp.where(trains, a, b),
+        (new.params, new.opt_state),
+        (state.params, state.opt_state),
+      )
+      metrics["loss"] = jnp.where(live, metrics["loss"], jnp.nan)
+      return (new.replace(params=params, opt_state=opt_state), trains), metrics
 
-    def skip(state):
-      return state, jax.tree.map(jnp.zeros_like, jax.eval_shape(run, state)[1])
+    def skip(carry):
+      return carry, jax.tree.map(jnp.zeros_like, jax.eval_shape(run, carry)[1])
 
-    return jax.lax.cond(i < count, run, skip, state)
+    return jax.lax.cond(i < count, run, skip, carry)
 
-  return jax.lax.scan(one_step, state, jnp.arange(steps_per_call))
+  (state, live), metrics = jax.lax.scan(one_step, (state, live), jnp.arange(steps_per_call))
+  return (state, metrics) if live is None else ((state, live), metrics)
+
+
+def all_finite(tree) -> jax.Array:
+  """Whether every element of every array in `tree` is finite: a boolean scalar."""
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))

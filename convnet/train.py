@@ -8,7 +8,9 @@ checkpoint, and a finished run reports its result and returns.
 
 `fit` is the loop. It trains one model, or (for `convnet.seeds`) copies of one
 model stacked along a leading axis, so that both write, evaluate, checkpoint
-and stop alike.
+and stop alike. A group's seeds are judged one by one: a seed whose loss or
+parameters stop being finite stops training, and the others go on as they
+would alone (`SeedsDivergedError`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from convnet import (
   epochs,
   files,
   input_pipeline,
+  memory,
   models,
   optim,
   parallel,
@@ -46,6 +49,25 @@ from convnet import workdir as workdir_lib
 from convnet.errors import CheckpointError, DivergedError, WorkdirReadOnlyError
 
 
+class SeedsDivergedError(DivergedError):
+  """Seeds of a group diverged; each seed's result or error is in `results`.
+
+  `results` has one entry per seed, in the group's order: the result dict of
+  a seed that finished (as `train_and_evaluate` returns it), or the
+  `DivergedError` of a seed that diverged, whose message names the seed and
+  the step. The group's other seeds trained on as they would alone.
+  """
+
+  def __init__(self, results: list[dict[str, Any] | DivergedError]):
+    self.results = results
+    diverged = [str(r) for r in results if isinstance(r, DivergedError)]
+    finished = len(results) - len(diverged)
+    super().__init__(
+      " ".join(diverged)
+      + (f" ({finished} other seed(s) of the group finished.)" if finished else "")
+    )
+
+
 @dataclasses.dataclass
 class Member:
   """One model of a run: where its metrics go, and what it has recorded so far."""
@@ -53,6 +75,7 @@ class Member:
   name: str  # "" for a single run, "seed 3" for a seed of a group
   writer: workdir_lib.MetricsWriter
   records: list[dict[str, Any]]
+  diverged: str = ""  # why this seed of a group stopped training; "" while it trains
 
 
 @dataclasses.dataclass
@@ -72,6 +95,9 @@ class Run:
   orders: Callable[[int], jax.Array]  # epoch -> the order of its training examples
   steps_fn: Callable  # (state, images, labels, order, start, count, key) -> (state, metrics)
   key: jax.Array  # the masking key (`augment.key`), one per member
+  # Seeds trained together: whether each still trains, a bool per member, passed to the steps
+  # after `key` (`steps.train_steps`' guard); None for a single run, which stops when it diverges.
+  live: jax.Array | None
   evaluate: Callable[[Any, str], list[dict[str, float]] | None]  # per member; None: no split
   members: list[Member]
   manager: Any  # orbax.checkpoint.CheckpointManager
@@ -123,6 +149,7 @@ def train_members(
   `workdir/checkpoints/`.
   """
   config_checks.validate(config)
+  memory.check(config, 1 if seeds is None else len(seeds))  # before any data is read
   with workdir_lib.run_dir(workdir) as workdir:
     if seeds is None:
       member_dirs = [(workdir, config)]
@@ -345,6 +372,7 @@ def set_up(
   parallel.check_batch_sizes(config, mesh_size)
   datasets = [input_pipeline.load(c.data, c.seed) for c in configs]
   data = datasets[0]
+  memory.check(config, len(seeds), mesh_size, data)  # with the splits' sizes, before the model
   model, tx, steps_per_epoch, total_steps = model_and_optimizer(config, data)
   states = [
     steps_lib.create_train_state(jax.random.key(s), model, data.input_shape, tx) for s in seeds
@@ -379,7 +407,7 @@ def set_up(
   )
   train_fn, eval_fn = step_functions(config, data.input_shape, batch_sharding)
   if vmapped:
-    train_fn = jax.vmap(train_fn, in_axes=(0, 0, 0, 0, None, None, 0))
+    train_fn = jax.vmap(train_fn, in_axes=(0, 0, 0, 0, None, None, 0, 0))
     eval_fn = jax.vmap(eval_fn)
   steps_fn = jax.jit(train_fn, donate_argnums=0, **jit_options)
   eval_fn = jax.jit(eval_fn, **jit_options)
@@ -397,12 +425,14 @@ def set_up(
     return results if vmapped else [results]
 
   def orders(epoch: int) -> jax.Array:
-    length = steps_per_epoch * config.batch_size
+    length = epochs.order_length(steps_per_epoch, total_steps, config.batch_size)
     return place(combine([epochs.epoch_order(len(data.train), s, epoch, length) for s in seeds]))
 
   result = {"num_params": num_params, "train_flops_per_example": flops}
   if vmapped:
     result["vmap_group_size"] = len(seeds)
+  names = [f"seed {s}" if vmapped else "" for s in seeds]
+  diverged = diverged_members(loop, names, workdir)
   return Run(
     config=config,
     workdir=workdir,
@@ -412,10 +442,11 @@ def set_up(
     orders=orders,
     steps_fn=steps_fn,
     key=place(combine([augment.key(s) for s in seeds])),
+    live=place(np.array([n not in diverged for n in names])) if vmapped else None,
     evaluate=evaluate,
     members=[
-      Member(f"seed {c.seed}" if vmapped else "", workdir_lib.MetricsWriter(d, main, c, r), r)
-      for (d, c), r in zip(member_dirs, records, strict=True)
+      Member(name, workdir_lib.MetricsWriter(d, main, c, r), r, diverged.get(name, ""))
+      for name, (d, c), r in zip(names, member_dirs, records, strict=True)
     ],
     manager=manager,
     best=best,
@@ -432,13 +463,17 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
 
   Asks `stop` (see `preemption.stop_requests`) before each call of the steps,
   in every process at the same steps: after a signal it saves a checkpoint and
-  raises `RunInterrupted`. A loss that stops being finite raises
-  `DivergedError` before anything is saved.
+  raises `RunInterrupted`. A single run whose loss stops being finite raises
+  `DivergedError` before anything is saved. In a group, a seed whose loss or
+  parameters stop being finite is marked diverged: it keeps its last finite
+  parameters and writes no more records, the others train on as they would
+  alone, and `SeedsDivergedError` is raised at the end (at once when none
+  trains); which seeds diverged, and why, is saved with each checkpoint.
 
   Returns:
     Each member's result (see `train_and_evaluate`).
   """
-  config, state, members = run.config, run.state, run.members
+  config, state, members, live = run.config, run.state, run.members, run.live
   steps_per_epoch, total_steps = run.steps_per_epoch, run.total_steps
   sums = epoch_sums(run.loop, len(members), config.batch_size)
   step = int(np.ravel(state.step)[0])
@@ -452,24 +487,41 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
   profiler = epochs.Profiler(profile_steps, os.path.join(run.workdir, "profile"))
 
   def flush_pending() -> None:
-    """Adds the pending steps' metrics to the epoch's sums and their losses to the window."""
-    pending_from = step - sum(count for _, count in pending) - len(window[0])
-    for metrics, count in jax.device_get(pending):
+    """Adds the pending steps' metrics to the epoch's sums and their losses to the window.
+
+    Judges each member by its own losses (and, in a group, by the steps'
+    `live` flags): see above.
+    """
+    at = step - sum(count for _, count in pending)  # the index of the first pending step
+    pending_metrics, trains = jax.device_get((pending, live))
+    for metrics, count in pending_metrics:
       metrics = {k: np.reshape(v, (len(members), -1))[:, :count] for k, v in metrics.items()}
       for i, member in enumerate(members):
-        for j in range(count):
+        for j in range(count if not member.diverged else 0):
           value = metrics["loss"][i, j] / metrics["count"][i, j]
           if not math.isfinite(value):
-            at = pending_from + len(window[i])
-            message = epochs.diverged_message(config, run.manager, at, value)
-            raise DivergedError(f"{member.name}: {message}" if member.name else message)
+            message = epochs.diverged_message(config, run.manager, at + j, value)
+            if live is None:
+              raise DivergedError(message)
+            _diverge(member, message, window[i])
+            break
           window[i].append(float(value))
           for k, v in metrics.items():
             sums.setdefault(k, np.zeros(len(members)))[i] += float(v[i, j])
+      at += count
     pending.clear()
+    if live is None:
+      return
+    for i, member in enumerate(members):
+      if not trains[i] and not member.diverged:  # the last step's loss was finite, not its update
+        _diverge(member, _parameters_diverged(config, run.manager, step), window[i])
+    if all(member.diverged for member in members):
+      raise SeedsDivergedError([DivergedError(member.diverged) for member in members])
 
   def save(wall_time_s: float) -> None:
     loop = {"epoch_sums": {k: v.tolist() for k, v in sums.items()}, "window_losses": window}
+    if live is not None:
+      loop["diverged"] = {m.name: m.diverged for m in members if m.diverged}
     checkpoints.save(run.manager, state, run.loop | loop | {"wall_time_s": wall_time_s})
 
   while step < total_steps:
@@ -490,7 +542,11 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
         logging.info(
           "Compiling the training steps (a later run reads them from the compilation cache)"
         )
-      state, metrics = run.steps_fn(state, run.images, run.labels, order, start, count, run.key)
+      args = (state, run.images, run.labels, order, start, count, run.key)
+      if live is None:
+        state, metrics = run.steps_fn(*args)
+      else:
+        (state, live), metrics = run.steps_fn(*args, live)
       if step == first_step:  # data read, model built, steps compiled (or found in the cache)
         logging.info("First steps began %.2f s into the run", time.perf_counter() - run.started_at)
       pending.append((metrics, count))
@@ -514,6 +570,8 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
     wall_time_s = time.perf_counter() - start_time
     done = epoch_end - epoch * steps_per_epoch - index
     for i, member in enumerate(members):
+      if member.diverged:
+        continue
       member_sums = {k: v[i] for k, v in sums.items()}
       record = epochs.epoch_record(
         step, steps_per_epoch, member_sums, seconds, done * config.batch_size
@@ -531,12 +589,67 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
   run.manager.close()
   for member in members:
     member.writer.close()
-  results = [epochs.summarize(member.records) | run.result for member in members]
+  results = [
+    DivergedError(member.diverged)
+    if member.diverged
+    else epochs.summarize(member.records) | run.result
+    for member in members
+  ]
   done = "Run already finished" if already_finished else "Finished"
   for member, result in zip(members, results, strict=True):
     prefix = f"{member.name}: " if member.name else ""
-    logging.info("%s%s at step %d: %s", prefix, done, step, display.metrics_line(result))
+    if isinstance(result, DivergedError):
+      logging.error("%s", result)
+    else:
+      logging.info("%s%s at step %d: %s", prefix, done, step, display.metrics_line(result))
+  if any(member.diverged for member in members):
+    raise SeedsDivergedError(results)
   return results
+
+
+def _diverge(member: Member, message: str, window: list[float]) -> None:
+  """Marks a seed of a group diverged (`message`, prefixed with its name); empties its window."""
+  member.diverged = f"{member.name}: {message}"
+  window.clear()
+  logging.error("%s The group's other seeds train on.", member.diverged)
+
+
+def _parameters_diverged(config: ml_collections.ConfigDict, manager, step: int) -> str:
+  """What to say when step `step` (1-based) left parameters that are not finite, its loss finite."""
+  latest = manager.latest_step()
+  kept = (
+    f"The checkpoint of step {latest} in {manager.directory} is kept."
+    if latest is not None
+    else "No checkpoint was saved before it."
+  )
+  return (
+    f"the parameters stopped being finite at step {step}. {kept} Try a lower "
+    f"optimizer.learning_rate (now {config.optimizer.learning_rate}), a warmup "
+    "(optimizer.schedule='warmup_cosine'), or another seed."
+  )
+
+
+def diverged_members(loop: dict[str, Any], names: list[str], workdir: str) -> dict[str, str]:
+  """The seeds of a group that diverged before its checkpoint: {"seed 3": why}, from `loop`.
+
+  Raises:
+    CheckpointError: the checkpoint's "diverged" field is not an object whose
+      keys are seeds of this group (never a single run's) and whose values are
+      messages.
+  """
+  diverged = loop.get("diverged", {})
+  fits = isinstance(diverged, dict) and all(
+    isinstance(k, str) and k and k in names and isinstance(v, str) and v
+    for k, v in diverged.items()
+  )
+  if not fits:
+    raise CheckpointError(
+      f"the checkpoint restored from {os.path.join(workdir, checkpoints.CHECKPOINTS)}: field "
+      f"diverged of its loop/metadata is {str(diverged)[:60]}, not an object of messages for the "
+      f"seeds {', '.join(n for n in names if n) or '(none: a single run)'}; use a new --workdir, "
+      "or delete its checkpoints to start fresh"
+    )
+  return dict(diverged)
 
 
 def epoch_sums(loop: dict[str, Any], num_members: int, batch_size: int) -> dict[str, np.ndarray]:
@@ -586,6 +699,8 @@ def _write_window(run: Run, step: int, window: list[list[float]], steps: int, se
   """Writes each member's "train" record of a logging window, logs progress, empties `window`."""
   rate = steps * run.config.batch_size / seconds
   for member, losses in zip(run.members, window, strict=True):
+    if member.diverged:
+      continue
     member.writer.write(
       {
         "kind": "train",
@@ -595,7 +710,8 @@ def _write_window(run: Run, step: int, window: list[list[float]], steps: int, se
         "train_examples_per_sec": rate,
       }
     )
-  _log_progress(step, run, float(np.mean(window)), rate, seconds / steps)
+  losses = [loss for member_losses in window for loss in member_losses]  # the seeds that train
+  _log_progress(step, run, float(np.mean(losses)), rate, seconds / steps)
   for losses in window:
     losses.clear()
 
