@@ -6,10 +6,8 @@ builds on them. Everything here is pure: records in, numbers out.
 
 from __future__ import annotations
 
-import glob
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,14 +15,13 @@ import numpy as np
 from scipy import stats
 
 from convnet import display, models
+from convnet import records as records_lib
 from convnet.errors import DataError
 
 METRICS = {
   "validation": "best_validation_accuracy",
   "test": "test_accuracy_at_best_validation",
 }
-# Fields every record has, whatever its status; the rest depend on the status.
-RECORD_FIELDS = ("cell", "index", "setting", "overrides", "config", "status")
 # The fields that name a test set: settings that differ in one are never subtracted.
 DATASET_FIELDS = ("data.name", "data.source", "data.idx_dir", "data.tfds_data_dir")
 # The field a sweep's grid of learning rates varies; arms are tuned over it.
@@ -36,26 +33,16 @@ LEARNING_RATE = "optimizer.learning_rate"
 
 
 def load_records(sweep_dir: str) -> list[dict[str, Any]]:
-  """The sweep's records, in sweep order."""
-  folder = os.path.join(sweep_dir, "records")
-  if not os.path.isdir(folder):
-    raise DataError(f"{folder} does not exist: is {sweep_dir} a sweep directory?")
-  records = []
-  for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
-    try:
-      with open(path) as f:
-        record = json.load(f)
-    except (OSError, ValueError) as e:  # ValueError: bad JSON and bytes that are not UTF-8.
-      raise DataError(f"sweep record {path} cannot be read: {e}") from None
-    missing = (
-      [k for k in RECORD_FIELDS if k not in record] if isinstance(record, dict) else RECORD_FIELDS
-    )
-    if missing:
-      raise DataError(f"sweep record {path} is not a record: it lacks {', '.join(missing)}")
-    records.append(record)
-  if not records:
-    raise DataError(f"{folder} holds no records yet")
-  return sorted(records, key=lambda r: r["index"])
+  """The sweep's records, each checked and all of one sweep, in sweep order.
+
+  See `records.read_folder`: a record that fails its checks, or one of another
+  sweep, stops the report with one line naming the file; none is left out.
+
+  Raises:
+    DataError: no records, or records of more than one sweep.
+    FileFormatError: a record that is not one (a field of the wrong type or range).
+  """
+  return records_lib.read_folder(sweep_dir)
 
 
 def interval(values: Sequence[float]) -> dict[str, float]:

@@ -2,7 +2,12 @@ r"""Tables and plots of a sweep's records: mean, spread and 95% intervals over s
 
   python -m convnet.report DIR [--out=DIR] [--reference=LABEL]
 
-Reads `DIR/records/*.json`, written by `convnet.sweep`, and writes:
+Reads `DIR/records/*.json`, written by `convnet.sweep`, through
+`convnet.records`: a record that fails its checks (a field of the wrong type
+or range), or records of two sweeps (configs that differ outside the swept
+fields and the seed), stop the report in one line naming the files and the
+field, before anything is written; no record is left out or averaged with
+another sweep's. It writes:
 - `report.md` and `report.csv`: one row per setting (the cells that differ
   only by seed), in sweep order: mean ± standard deviation and a 95%
   confidence interval of the mean (Student's t over seeds) of the best
@@ -43,6 +48,7 @@ import numpy as np
 from absl import app, flags
 
 from convnet import analysis, cli, files, learning_curve, sources
+from convnet import records as records_lib
 from convnet.errors import ConvnetError, DataError
 
 # ----------------------------------------------------------------------------
@@ -417,11 +423,17 @@ def write_report(
 ) -> list[str]:
   """Writes the table, the CSV and the plots; returns their paths.
 
+  `records`: as `analysis.load_records` reads them, each checked. A report
+  never averages seeds of different sweeps: records whose config differs
+  outside their cells' swept fields and seed are refused
+  (`records.check_one_sweep`), as are a bad record (the report stops on the
+  first, naming its file and field, rather than leave it out).
   `reference`: the setting the others are compared with (`markdown`); by default the first.
 
   Raises:
-    DataError: as `markdown`, before anything is written.
+    DataError: as `markdown`, or records of more than one sweep; before anything is written.
   """
+  records_lib.check_one_sweep(records)
   rows = analysis.summarize(records)
   text = markdown(rows, records, reference)  # before writing anything: it may refuse `reference`
   files.make_dir(out_dir, "--out")

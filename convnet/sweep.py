@@ -16,16 +16,21 @@ full config, parameter count, XLA's FLOPs per training example, best
 validation accuracy and the test accuracy there, wall time and examples/s, or
 the error that stopped it. Running the command again skips the cells whose
 record matches their config, resumes an interrupted cell from its checkpoint,
-and retries failed ones. `--shard=i/n` runs cells i, i+n, i+2n, ...: n
-processes with the same sweep and workdir, on one machine or many sharing a
-filesystem, run every cell once between them. With `--vmap_seeds`, cells that
-differ only by seed train together in one `jax.vmap` program, in
-`groups/<setting>/`; `sweep.json` records which way a directory's seeds
-train, and a run the other way on it is refused.
+and retries failed ones. Every record is read through `convnet.records`: one
+that is not a record of this project (torn, a field of the wrong type or
+range, another cell's) stops the sweep before anything trains, naming the file
+and the field, and is never overwritten; moved away, its cell trains again.
+`--shard=i/n` runs cells i, i+n, i+2n, ...: n processes with the same sweep
+and workdir, on one machine or many sharing a filesystem, run every cell once
+between them. With `--vmap_seeds`, cells that differ only by seed train
+together in one `jax.vmap` program, in `groups/<setting>/`; `sweep.json`
+records which way a directory's seeds train, and a run the other way on it is
+refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -35,6 +40,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import time
 import traceback
 import types
@@ -45,13 +51,15 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from convnet import checkpoints, cli, config_checks, display, files, train
+from convnet import checkpoints, cli, config_checks, display, files, preemption, train
+from convnet import records as records_lib
 from convnet import seeds as seeds_lib
 from convnet import workdir as workdir_lib
 from convnet.errors import (
   ConfigError,
   ConvnetError,
   DivergedError,
+  FileFormatError,
   RunInterrupted,
   WorkdirInUseError,
 )
@@ -195,15 +203,21 @@ def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def record_path(sweep_dir: str, cell: Cell) -> str:
-  return os.path.join(sweep_dir, "records", f"{cell.name}.json")
+  return os.path.join(sweep_dir, records_lib.FOLDER, f"{cell.name}.json")
 
 
 def read_record(sweep_dir: str, cell: Cell) -> dict[str, Any] | None:
-  """The cell's record, or None when it has none or a torn one."""
+  """The cell's record, checked (`records.read`); None when it has none.
+
+  Raises:
+    FileFormatError: the file is not a record of this project (torn, nested too
+      deep, a field of the wrong type or range); the message names the file and
+      the field. The sweep then stops before it trains anything: the file is
+      not the sweep's to overwrite, and moving it away lets the cell train again.
+  """
   try:
-    with open(record_path(sweep_dir, cell)) as f:
-      return json.load(f)
-  except (OSError, json.JSONDecodeError):
+    return records_lib.read(record_path(sweep_dir, cell))
+  except FileNotFoundError:
     return None
 
 
@@ -211,14 +225,26 @@ def is_finished(sweep_dir: str, cell: Cell, config: ml_collections.ConfigDict) -
   """Whether the cell has a finished record of this config, but for `workdir.RESULT_NEUTRAL`.
 
   Log, checkpoint and profiling intervals don't count, nor does such a field
-  that a record of an older version lacks.
+  that a record of an older version lacks. A finished record of another config
+  (other epochs, other data) is not this sweep's result: the cell trains again,
+  and its new record replaces that one, as the log says.
+
+  Raises:
+    FileFormatError: as `read_record`.
   """
   record = read_record(sweep_dir, cell)
-  return (
-    bool(record)
-    and record["status"] == "done"
-    and not workdir_lib.changed_fields(record["config"], config, workdir_lib.RESULT_NEUTRAL)
-  )
+  if not record or record["status"] != "done":
+    return False
+  changed = workdir_lib.changed_fields(record["config"], config, workdir_lib.RESULT_NEUTRAL)
+  if changed:
+    logging.info(
+      "Cell %s: its record is of another config (%s%s); it trains again, and the new record "
+      "replaces that one",
+      cell.name,
+      "; ".join(changed[:3]),
+      f"; {len(changed) - 3} more" if len(changed) > 3 else "",
+    )
+  return not changed
 
 
 def _write_record(sweep_dir: str, cell: Cell, config, workdir: str, result: Mapping[str, Any]):
@@ -240,7 +266,7 @@ def _write_record(sweep_dir: str, cell: Cell, config, workdir: str, result: Mapp
       "Cell %s: its finished record is kept; this run's failure is not written", cell.name
     )
     return record
-  os.makedirs(os.path.join(sweep_dir, "records"), exist_ok=True)
+  os.makedirs(os.path.join(sweep_dir, records_lib.FOLDER), exist_ok=True)
   files.atomic_write(record_path(sweep_dir, cell), json.dumps(record, indent=1) + "\n")
   return record
 
@@ -284,18 +310,67 @@ def check_mode(sweep_dir: str, vmap_seeds: bool) -> None:
     if made and made != {"groups" if vmap_seeds else "cells"}:
       saved = {"vmap_seeds": "groups" in made} if len(made) == 1 else mode
       _refuse_mode(sweep_dir, saved, mode)
-    try:
-      with open(path, "x") as f:  # One of two racing shards makes it; the other reads it.
-        json.dump(mode, f)
+    if _create_whole(path, json.dumps(mode)):
       return
-    except FileExistsError:
-      pass
+  _refuse_mode(sweep_dir, read_mode(path), mode)
+
+
+def _create_whole(path: str, text: str) -> bool:
+  """Writes `text` to `path` unless a file is there; whether it did. Never half a file.
+
+  The text goes to a temporary file that is then hard-linked to `path`, which
+  fails if `path` exists: of two racing shards one makes it, and the other
+  reads it whole. Where the filesystem has no hard links, `path` is made
+  with O_EXCL and written.
+  """
+  folder, name = os.path.split(path)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.{files.writer_id()}.", suffix=".tmp")
   try:
-    with open(path) as f:
-      saved = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise ConfigError(f"{path} cannot be read ({e}); delete it to go on") from None
-  _refuse_mode(sweep_dir, saved, mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # what open() gives a new file; mkstemp's is 0600
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    try:
+      os.link(tmp, path)
+    except FileExistsError:
+      return False
+    except OSError:  # no hard links here
+      try:
+        with open(path, "x") as f:
+          f.write(text)
+      except FileExistsError:
+        return False
+    return True
+  finally:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(tmp)
+
+
+def read_mode(path: str) -> dict[str, bool]:
+  """The way a sweep folder's seeds train, from its `MODE_FILE`: {"vmap_seeds": bool}.
+
+  Raises:
+    FileFormatError: the file is not that (not JSON, nested too deep, another
+      value), naming it and what to do.
+  """
+  remedy = "delete it, and the next run writes it again from the folder's cells/ or groups/"
+  try:
+    saved = files.read_json(path)
+  except FileFormatError as e:
+    raise FileFormatError(f"{e}; {remedy}") from None
+  except OSError as e:
+    raise FileFormatError(f"{path} cannot be read ({files.reason(e)}); {remedy}") from None
+  if not isinstance(saved, dict) or not isinstance(saved.get("vmap_seeds"), bool):
+    shown = json.dumps(saved)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    raise FileFormatError(
+      f'{path} holds {shown}, not {{"vmap_seeds": true or false}}: it is not this '
+      f"project's; {remedy}"
+    )
+  return saved
 
 
 def _refuse_mode(sweep_dir: str, saved: Mapping[str, Any], mode: Mapping[str, Any]) -> None:
@@ -322,7 +397,8 @@ def _train_recorded(
 ) -> list[dict[str, Any]] | None:
   """Each cell's record fields from `train_group()`, a cell or a group of `size` seeds.
 
-  A cell that fails or diverges is recorded as such, and the sweep goes on;
+  A cell that fails or diverges is recorded as such (a group's seeds each as
+  they ended, `train.SeedsDivergedError`), and the sweep goes on;
   None when another process holds the workdir (the records are its to write).
   A signal's `RunInterrupted` stops the sweep, after the run saved its checkpoint.
   """
@@ -335,7 +411,13 @@ def _train_recorded(
     return None
   except DivergedError as e:
     logging.error("%s diverged: %s", what, e)
-    return [_failure(e, "diverged")] * size
+    each = e.results if isinstance(e, train.SeedsDivergedError) else [e] * size  # seed by seed
+    return [
+      _failure(r, "diverged")
+      if isinstance(r, DivergedError)
+      else _result_fields(r) | {"vmap_group_size": size}
+      for r in each
+    ]
   except Exception as e:
     logging.error("%s failed: %s: %s", what, type(e).__name__, e)
     return [_failure(e)] * size
@@ -363,7 +445,7 @@ def run_sweep(
     config_checks.validate(configs[cell.name])
   files.make_dir(sweep_dir)
   check_mode(sweep_dir, vmap_seeds)
-  files.remove_stale_files(os.path.join(sweep_dir, "records"))
+  files.remove_stale_files(os.path.join(sweep_dir, records_lib.FOLDER))
   index, count = shard
   groups = _groups(cells, vmap_seeds)[index::count]
   todo = [g for g in groups if not all(is_finished(sweep_dir, c, configs[c.name]) for c in g)]
@@ -470,7 +552,8 @@ def main(argv):
     records = run_sweep(
       FLAGS.sweep, cells, FLAGS.workdir, parse_shard(FLAGS.shard), FLAGS.vmap_seeds
     )
-  except RunInterrupted as e:
+  except (RunInterrupted, preemption.StoppedAtOnce) as e:  # a stop signal, then a second one
+    preemption.ignore_stop_signals()  # a later one would break off the exit with a traceback
     logging.warning("%s; rerun the sweep's command to go on", e)
     sys.exit(128 + e.signum)
   except ConvnetError as e:

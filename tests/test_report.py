@@ -15,7 +15,7 @@ import matplotlib.image
 import pytest
 
 from convnet import analysis, report
-from convnet.errors import DataError
+from convnet.errors import DataError, FileFormatError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Student's t, 97.5th percentile, with 2 and 1 degrees of freedom (table values).
@@ -148,16 +148,16 @@ def test_bad_sweep_directories_are_named(tmp_path):
   with pytest.raises(DataError, match="holds no records"):
     analysis.load_records(str(tmp_path))
   (tmp_path / "records" / "torn.json").write_text('{"cell": ')
-  with pytest.raises(DataError, match="torn.json cannot be read"):
+  with pytest.raises(FileFormatError, match="torn.json is not JSON .*; move it out of"):
     analysis.load_records(str(tmp_path))
   (tmp_path / "records" / "torn.json").write_bytes(b"\xff\xfe\x00garbage")
-  with pytest.raises(DataError, match="torn.json cannot be read"):
+  with pytest.raises(FileFormatError, match="torn.json is not UTF-8"):
     analysis.load_records(str(tmp_path))
   (tmp_path / "records" / "torn.json").write_text('{"cell": "a", "index": 0}')
-  with pytest.raises(DataError, match="torn.json is not a record: it lacks setting, overrides"):
+  with pytest.raises(FileFormatError, match="torn.json: setting is missing: it is not a sweep rec"):
     analysis.load_records(str(tmp_path))
   (tmp_path / "records" / "torn.json").write_text("[1, 2]")
-  with pytest.raises(DataError, match="torn.json is not a record"):
+  with pytest.raises(FileFormatError, match=r"torn.json: the record is \[1, 2\], not an object"):
     analysis.load_records(str(tmp_path))
 
 
