@@ -174,12 +174,19 @@ def _hex_digest(value) -> bool:
   return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{32}", value) is not None
 
 
+def _messages(value: Any) -> bool:
+  """Whether `value` is {"seed 3": why, ...}: non-empty names, each with a non-empty message."""
+  return isinstance(value, Mapping) and all(
+    isinstance(k, str) and k and isinstance(v, str) and v for k, v in value.items()
+  )
+
+
 def loop_problem(loop: Any, members: int | None = None) -> str | None:
   """What is wrong with a checkpoint's loop metadata ("loop"), or None if nothing.
 
   Each field the loop reads is checked for its type and range: "wall_time_s"
   (seconds, >= 0) and "constants" (see `train.run_constants`) are required;
-  "epoch_sums", "window_losses", "seeds", "result", the sums of earlier
+  "epoch_sums", "window_losses", "seeds", "result", "diverged", the sums of earlier
   versions ("epoch_loss_sum", "epoch_correct", "epoch_steps") and
   `STATE_DIGEST` are checked where present. `members` is how many seeds the
   checkpoint stacks (None: lists of any length).
@@ -198,6 +205,7 @@ def loop_problem(loop: Any, members: int | None = None) -> str | None:
     ("result", False, lambda v: isinstance(v, Mapping), "an object of numbers"),
     ("epoch_sums", False, lambda v: isinstance(v, Mapping), "an object of lists of numbers"),
     ("window_losses", False, lambda v: isinstance(v, list), f"a list of {n}lists of losses"),
+    ("diverged", False, _messages, "an object of messages, one for each seed that diverged"),
   ]
   for old in ("epoch_loss_sum", "epoch_correct", "epoch_steps"):
     fits = lambda v: _finite(v, 0) or _finite_list(v, members, 0)  # noqa: E731

@@ -205,12 +205,20 @@ def epoch_record(
   }
 
 
-def diverged_message(config: ml_collections.ConfigDict, manager, step: int, loss) -> str:
-  """What to say when the training loss of step `step + 1` is `loss`, not finite.
+def diverged_message(
+  config: ml_collections.ConfigDict, manager, step: int, loss=None, split: str = "training"
+) -> str:
+  """What to say when the `split` loss of step `step + 1` is `loss`, not finite.
 
-  `manager` is the run's Orbax checkpoint manager: the message names the
-  checkpoint that is kept, or says that none was saved.
+  With `loss` None, the step's loss was finite and the parameters it left are
+  not. A "validation" or "test" loss is that of the parameters after the step:
+  finite, but so large that the logits overflow. `manager` is the run's Orbax
+  checkpoint manager: the message names the checkpoint that is kept, or says
+  that none was saved.
   """
+  what = (
+    "the parameters stopped being finite" if loss is None else f"the {split} loss became {loss}"
+  )
   latest = manager.latest_step()
   kept = (
     f"The checkpoint of step {latest} in {manager.directory} is kept."
@@ -218,7 +226,7 @@ def diverged_message(config: ml_collections.ConfigDict, manager, step: int, loss
     else "No checkpoint was saved before it."
   )
   return (
-    f"the training loss became {loss} at step {step + 1}. {kept} Try a lower "
+    f"{what} at step {step + 1}. {kept} Try a lower "
     f"optimizer.learning_rate (now {config.optimizer.learning_rate}), a warmup "
     "(optimizer.schedule='warmup_cosine'), or another seed."
   )

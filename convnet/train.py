@@ -514,7 +514,7 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
       return
     for i, member in enumerate(members):
       if not trains[i] and not member.diverged:  # the last step's loss was finite, not its update
-        _diverge(member, _parameters_diverged(config, run.manager, step), window[i])
+        _diverge(member, epochs.diverged_message(config, run.manager, step - 1), window[i])
     if all(member.diverged for member in members):
       raise SeedsDivergedError([DivergedError(member.diverged) for member in members])
 
@@ -567,6 +567,18 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
     if epoch_end - first_step <= steps_per_epoch:  # the first evaluation of this process
       logging.info("Evaluating on validation and test (compiling the evaluation step first)")
     evals = {name: run.evaluate(state, name) for name in ("validation", "test")}
+    for i, member in enumerate(members):  # parameters finite, but too large to evaluate
+      losses = [(n, v[i]["loss"]) for n, v in evals.items() if v and not member.diverged]
+      split, loss = next(((n, x) for n, x in losses if not math.isfinite(x)), (None, None))
+      if split is None:
+        continue
+      message = epochs.diverged_message(config, run.manager, step - 1, loss, split)
+      if live is None:
+        raise DivergedError(message)
+      _diverge(member, message, window[i])
+      live = live.at[i].set(False)
+    if all(member.diverged for member in members):
+      raise SeedsDivergedError([DivergedError(member.diverged) for member in members])
     wall_time_s = time.perf_counter() - start_time
     done = epoch_end - epoch * steps_per_epoch - index
     for i, member in enumerate(members):
@@ -612,21 +624,6 @@ def _diverge(member: Member, message: str, window: list[float]) -> None:
   member.diverged = f"{member.name}: {message}"
   window.clear()
   logging.error("%s The group's other seeds train on.", member.diverged)
-
-
-def _parameters_diverged(config: ml_collections.ConfigDict, manager, step: int) -> str:
-  """What to say when step `step` (1-based) left parameters that are not finite, its loss finite."""
-  latest = manager.latest_step()
-  kept = (
-    f"The checkpoint of step {latest} in {manager.directory} is kept."
-    if latest is not None
-    else "No checkpoint was saved before it."
-  )
-  return (
-    f"the parameters stopped being finite at step {step}. {kept} Try a lower "
-    f"optimizer.learning_rate (now {config.optimizer.learning_rate}), a warmup "
-    "(optimizer.schedule='warmup_cosine'), or another seed."
-  )
 
 
 def diverged_members(loop: dict[str, Any], names: list[str], workdir: str) -> dict[str, str]:

@@ -242,6 +242,10 @@ EDITS = {  # what a damaged (or hand-edited) loop/metadata holds, and the field 
   ),
   "seeds twice": (lambda loop: loop.update(seeds=[1, 1]), "field seeds of its loop/metadata"),
   "a list, not an object": (lambda loop: [], "its loop/metadata is [], not an object of fields"),
+  "a diverged seed without its message": (
+    lambda loop: loop.update(diverged={"seed 3": ""}),
+    'field diverged of its loop/metadata is {"seed 3": ""}',
+  ),
   "the digest not hexadecimal": (
     lambda loop: loop.update({checkpoints.STATE_DIGEST: "zz"}),
     "field state_blake2b of its loop/metadata is",

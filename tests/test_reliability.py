@@ -310,6 +310,19 @@ def test_divergence_stops_with_the_step_and_keeps_the_good_checkpoint(config, tm
   assert all(np.isfinite(r["train_loss"]) for r in _metrics(tmp_path) if "train_loss" in r)
 
 
+def test_finite_parameters_that_overflow_in_evaluation_are_a_divergence_not_a_result(
+  config, tmp_path
+):
+  config.model.name = "dense"
+  config.max_steps = 1  # one step at 1e20: a finite training loss, then logits that overflow
+  config.optimizer.learning_rate = 1e20
+  with pytest.raises(DivergedError, match=r"the validation loss became nan at step 1\. No "):
+    train.train_and_evaluate(config, str(tmp_path))
+  records = _metrics(tmp_path) if (tmp_path / "metrics.jsonl").exists() else []
+  assert not [r for r in records if r["kind"] == "epoch"]  # no result recorded
+  assert not _checkpoint_steps(tmp_path)  # nothing saved
+
+
 def _leaves(tree):
   if isinstance(tree, dict):
     for value in tree.values():
