@@ -57,10 +57,12 @@ def test_a_size_the_split_cannot_give_is_refused_by_field(config, num_train):
 
 def test_epoch_order_in_passes_gives_every_example_once_a_pass():
   order = epochs.epoch_order(50, seed=3, epoch=2, length=160)
-  assert len(order) == 200  # four whole passes
-  for k in range(4):
+  assert len(order) == 160  # three whole passes and the start of a fourth: what is asked for
+  for k in range(3):
     assert sorted(order[50 * k : 50 * (k + 1)]) == list(range(50))
+  assert len(set(order[150:].tolist())) == 10  # no example twice within the fourth pass
   np.testing.assert_array_equal(order[:50], epochs.epoch_order(50, seed=3, epoch=2))
+  np.testing.assert_array_equal(order, epochs.epoch_order(50, seed=3, epoch=2, length=200)[:160])
 
 
 def test_a_small_sample_trains_the_step_budget_not_a_few_steps(config, tmp_path):
