@@ -44,7 +44,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from convnet import checkpoints, cli, files, formats
-from convnet.errors import ConvnetError, ExportError
+from convnet.errors import ConvnetError, ExportError, FileFormatError
 
 FORMATS = ("tfjs", "onnx")
 # The file of each format that a runtime opens first, and that names the others: published last.
@@ -211,8 +211,8 @@ def export(
         results += _verify_page(staging, images, reference, say)
     out = files.make_dir(out, "--out")
     with files.folder_lock(out, "--out"):  # one export at a time publishes into `out`
+      _record_agreement(out, staging, fmt, metadata, results)
       _publish(staging, out, MANIFESTS[fmt], say)
-      _record_agreement(out, fmt, metadata, results)
   return lines
 
 
@@ -226,23 +226,34 @@ def _format_files(fmt: str, layers, input_shape, metadata) -> dict[str, bytes]:
 
 
 def _publish(staging: str, out: str, manifest: str, say: Callable[[str], None]) -> None:
-  """Copies every file of `staging` into `out` as one (`files.publish`), `manifest` last."""
+  """Copies every file of `staging` into `out` as one (`files.publish`), `manifest` and
+  `agreement.json` last."""
   names = sorted(os.listdir(staging))
-  files.publish({n: os.path.join(staging, n) for n in names}, out, last=[manifest])
+  files.publish({n: os.path.join(staging, n) for n in names}, out, last=[manifest, AGREEMENT])
   sizes = sum(os.path.getsize(os.path.join(out, name)) for name in names)
   say(f"Wrote {', '.join(names)} to {out} ({sizes:,} bytes)")
 
 
-def _record_agreement(out: str, fmt: str, metadata, results: list[dict[str, Any]]) -> None:
-  """Sets `fmt`'s entry of out/agreement.json: the step and checkpoint, and `results`."""
+def _record_agreement(
+  out: str, staging: str, fmt: str, metadata, results: list[dict[str, Any]]
+) -> None:
+  """Writes `out`'s agreement.json with `fmt`'s entry set (the step and checkpoint, and
+  `results`) into `staging`, to be published with the model's files.
+
+  The other formats' entries are kept. A file there that is not an agreement
+  record (not JSON, nested too deep, not an object) is written anew, with a
+  warning; a link, a folder or a pipe there is refused when it is published.
+  """
   path = os.path.join(out, AGREEMENT)
   recorded = {}
   try:
-    with open(path) as f:
-      recorded = json.load(f)
-  except (OSError, ValueError):
-    pass  # none yet, or not ours: written anew
+    recorded = files.read_json(path)
+  except FileNotFoundError:
+    pass
+  except (OSError, FileFormatError) as e:
+    logging.warning("%s is not an agreement record (%s): it is written anew", path, e)
   if not isinstance(recorded, dict):
+    logging.warning("%s is not an agreement record (not an object): it is written anew", path)
     recorded = {}
   recorded[fmt] = {
     "step": metadata["step"],
@@ -250,7 +261,8 @@ def _record_agreement(out: str, fmt: str, metadata, results: list[dict[str, Any]
     "checked": bool(results),
     "runtimes": results,
   }
-  files.atomic_write(path, json.dumps(recorded, indent=2) + "\n")
+  with open(os.path.join(staging, AGREEMENT), "w") as f:
+    f.write(json.dumps(recorded, indent=2) + "\n")
 
 
 def _verify(fmt, folder, images, reference, say) -> list[dict[str, Any]]:

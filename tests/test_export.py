@@ -603,6 +603,26 @@ def test_a_symbolic_link_where_a_file_goes_is_refused_and_its_target_untouched(t
   assert elsewhere.read_bytes() == b"not ours"
 
 
+def test_an_agreement_json_nested_deep_is_written_anew_with_the_models_files(trained, tmp_path):
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "agreement.json").write_text("[" * 200_000 + "]" * 200_000)
+  export.export(trained["convnet"], "onnx", str(out), verify=False)
+  recorded = json.loads((out / "agreement.json").read_text())
+  assert list(recorded) == ["onnx"] and (out / "model.onnx").exists()
+
+
+def test_a_pipe_where_agreement_json_goes_refuses_the_export_before_any_file_lands(
+  trained, tmp_path
+):
+  out = tmp_path / "out"
+  out.mkdir()
+  os.mkfifo(out / "agreement.json")
+  with pytest.raises(WorkdirError, match=r"agreement.json is a named pipe"):
+    export.export(trained["convnet"], "onnx", str(out), verify=False)
+  assert sorted(os.listdir(out)) == ["agreement.json"]  # no model.onnx without its agreement
+
+
 def test_an_export_into_a_folder_another_export_holds_is_one_line_and_writes_nothing(
   trained, tmp_path
 ):
