@@ -165,15 +165,21 @@ def test_reading_the_weights_passes_over_a_damaged_checkpoint_and_renames_nothin
     checkpoints.restore_params(str(tmp_path), "best")
 
 
-def test_a_checkpoint_saved_without_a_digest_still_restores_and_says_so(tmp_path, caplog):
-  _save(tmp_path, [1])
-  _edit_loop(tmp_path, 1, _delete(checkpoints.STATE_DIGEST))
+def _restored_step_1_warning(tmp_path, caplog) -> str:
+  """Restores the checkpoints of `tmp_path`, checks step 1's came back, returns the one warning."""
   manager = checkpoints.manager(str(tmp_path), keep=5)
   with caplog.at_level(logging.WARNING):
     state, loop = checkpoints.restore(manager, _state(0), {})
   manager.close()
   assert int(state.step) == 1 and loop == LOOP
   (warning,) = _warnings(caplog)
+  return warning
+
+
+def test_a_checkpoint_saved_without_a_digest_still_restores_and_says_so(tmp_path, caplog):
+  _save(tmp_path, [1])
+  _edit_loop(tmp_path, 1, _delete(checkpoints.STATE_DIGEST))
+  warning = _restored_step_1_warning(tmp_path, caplog)
   assert "saved without a digest of its arrays" in warning and "unchecked" in warning
 
 
@@ -258,12 +264,7 @@ def test_damaged_loop_metadata_is_named_and_the_checkpoint_before_restored(tmp_p
   change, named = EDITS[edit]
   _save(tmp_path, [1, 2])
   _edit_loop(tmp_path, 2, change)
-  manager = checkpoints.manager(str(tmp_path), keep=5)
-  with caplog.at_level(logging.WARNING):
-    state, loop = checkpoints.restore(manager, _state(0), {})
-  manager.close()
-  assert int(state.step) == 1 and loop == LOOP
-  (warning,) = _warnings(caplog)
+  warning = _restored_step_1_warning(tmp_path, caplog)
   assert warning.startswith(f"checkpoint 2 of {tmp_path / 'checkpoints'}: "), warning
   assert named in warning and "(a damaged file): passed over" in warning
   assert checkpoints.read_loop(str(tmp_path))[0] == 1  # the finished-run report reads it too

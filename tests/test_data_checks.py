@@ -13,6 +13,7 @@ import threading
 
 import numpy as np
 import pytest
+from test_logs import SMALL_PARAMS
 
 from convnet import input_pipeline, sources
 from convnet.errors import DataError
@@ -150,14 +151,7 @@ def test_shapes3d_volumes_with_an_infinity_are_refused_naming_their_generator(mo
 # ----------------------------------------------------------------------------
 # The spectrogram cache: one that holds NaN is damaged, named, and left alone.
 
-_PARAMS = spoken_digits.Params(
-  accents=("gmw/en", "gmw/en-US"),
-  variants=("m1", "f2"),
-  test_accents=("gmw/en-US",),
-  test_variants=("f2",),
-  speeds=(170,),
-  pitches=(50,),
-)
+_PARAMS = SMALL_PARAMS
 
 
 def _write_cache(root, value=None, split="train"):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from convnet import logs
+from convnet.sources import spoken_digits
 
 
 class FakeClock:
@@ -17,6 +18,17 @@ class FakeClock:
   def __call__(self) -> float:
     self.now += self.step
     return self.now
+
+
+# Two voices, one speed and pitch: the smallest spoken-digit data with a test split.
+SMALL_PARAMS = spoken_digits.Params(
+  accents=("gmw/en", "gmw/en-US"),
+  variants=("m1", "f2"),
+  test_accents=("gmw/en-US",),
+  test_variants=("f2",),
+  speeds=(170,),
+  pitches=(50,),
+)
 
 
 def _messages(caplog) -> list[str]:
@@ -58,18 +70,10 @@ def test_progress_on_a_quick_job_logs_nothing(caplog):
 
 
 def test_spoken_digit_generation_logs_its_progress(monkeypatch, caplog):
-  from convnet.sources import spoken_digits
 
   caplog.set_level(logging.INFO)
   monkeypatch.setattr(logs, "progress", functools.partial(logs.progress, every=0.0))
-  params = spoken_digits.Params(
-    accents=("gmw/en", "gmw/en-US"),
-    variants=("m1", "f2"),
-    test_accents=("gmw/en-US",),
-    test_variants=("f2",),
-    speeds=(170,),
-    pitches=(50,),
-  )
+  params = SMALL_PARAMS
   spoken_digits.generate(params, workers=1)
   clips = len(params.voices) * len(spoken_digits.DIGIT_WORDS)
   messages = _messages(caplog)
