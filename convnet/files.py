@@ -95,6 +95,26 @@ def check_target(path: str) -> None:
     raise WorkdirError(f"{path} is {_found(path, info.st_mode)}, {_WHERE_A_FILE_GOES}")
 
 
+def prepare_folder(folder: str, names: Sequence[str], what: str = "--out") -> str:
+  """Makes `folder` for a set of files written as one piece of work (a report, its figures).
+
+  Before any of them is written: every target in `names` is checked
+  (`check_target`), so that a link or a folder at the last one cannot leave
+  the first ones new beside old ones, and the temporary files that killed
+  writers left in `folder` are removed (`remove_stale_files`). Returns the
+  folder as an absolute path.
+
+  Raises:
+    WorkdirError: the folder cannot be made (`make_dir`), or a target is not a
+      regular file; nothing is written.
+  """
+  folder = make_dir(folder, what)
+  for name in names:
+    check_target(os.path.join(folder, name))
+  remove_stale_files(folder)
+  return folder
+
+
 _WHERE_A_FILE_GOES = "where a file is written: move it away, or write elsewhere"
 
 

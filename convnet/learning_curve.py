@@ -40,6 +40,8 @@ VALUE_FORMATS = {
   "l1_penalty": "L1 {:g}",
 }
 
+FILE = "learning_curve.png"  # the figure `write_plot` writes
+
 
 def applies(records: Sequence[Mapping[str, Any]]) -> bool:
   """Whether the sweep varies the training-set size."""
@@ -294,6 +296,6 @@ def write_plot(records: Sequence[Mapping[str, Any]], out_dir: str, title: str = 
   rows = learning_curve_rows(records)
   if not any(row["seeds"] for row in rows):
     return None
-  path = os.path.join(out_dir, "learning_curve.png")
+  path = os.path.join(out_dir, FILE)
   plot_learning_curve(rows, path, title)
   return path

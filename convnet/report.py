@@ -415,6 +415,17 @@ def plot_learning_rate(tuned: Sequence[Mapping[str, Any]], path: str, title: str
   plt.close(fig)
 
 
+# Every file a report may write: all are checked before any is written.
+REPORT_FILES = (
+  "report.md",
+  "report.csv",
+  "accuracy.png",
+  "params.png",
+  "learning_rate.png",
+  learning_curve.FILE,
+)
+
+
 def write_report(
   records: Sequence[Mapping[str, Any]],
   out_dir: str,
@@ -436,7 +447,7 @@ def write_report(
   records_lib.check_one_sweep(records)
   rows = analysis.summarize(records)
   text = markdown(rows, records, reference)  # before writing anything: it may refuse `reference`
-  files.make_dir(out_dir, "--out")
+  files.prepare_folder(out_dir, REPORT_FILES)
   paths = {name: os.path.join(out_dir, name) for name in ("report.md", "report.csv")}
   files.atomic_write(paths["report.md"], text)
   write_csv(rows, paths["report.csv"])

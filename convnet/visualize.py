@@ -369,7 +369,9 @@ def write_figures(
       f"give 0 to {num_blocks - 1}, or -1 for the last"
     )
   out = out or os.path.join(workdir, "figures")
-  files.make_dir(out, "--out")
+  figures = ["curves.png", "filters.png", "saliency.png", "confusion.png", "mistakes.png"]
+  figures += [f"feature_maps_{n}.png" for n in range(num_images)] if convs else []
+  files.prepare_folder(out, figures)  # all checked before any is drawn
   title = describe(run)
   test = run.dataset.test
   names = run.dataset.class_names

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -70,12 +71,36 @@ def test_a_report_md_that_is_a_symbolic_link_is_refused_and_its_target_kept(tmp_
   assert os.listdir(tmp_path / "out") == ["report.md"]  # nothing else written, no temporary
 
 
-@pytest.mark.parametrize("name", ["report.csv", "accuracy.png"])
+@pytest.mark.parametrize("name", ["report.csv", "accuracy.png", "learning_rate.png"])
 def test_the_reports_other_files_refuse_a_link_too(tmp_path, outside, name):
   link = _link(tmp_path / "out" / name, outside)
   with pytest.raises(WorkdirError, match=f"{name} is a symbolic link"):
     report.write_report(_kernel_records(), str(tmp_path / "out"))
   _assert_untouched(link, outside)
+  assert os.listdir(tmp_path / "out") == [name]  # checked before any file was written
+
+
+def test_a_report_over_an_old_one_with_a_link_at_its_figure_leaves_the_old_one_whole(
+  tmp_path, outside
+):
+  out = tmp_path / "out"
+  report.write_report(_kernel_records(), str(out))
+  before = {p.name: p.read_bytes() for p in out.iterdir()}
+  (out / "accuracy.png").unlink()
+  _link(out / "accuracy.png", outside)
+  with pytest.raises(WorkdirError, match="accuracy.png is a symbolic link"):
+    report.write_report(_kernel_records()[:-1], str(out))  # another table, if it were written
+  after = {p.name: p.read_bytes() for p in out.iterdir() if not p.is_symlink()}
+  assert after == {k: v for k, v in before.items() if k != "accuracy.png"}
+
+
+def test_a_report_removes_the_temporary_files_a_killed_report_left(tmp_path):
+  out = tmp_path / "out"
+  out.mkdir()
+  dead = out / f".accuracy.png.{socket.gethostname()}-999999999.abc123.tmp"
+  dead.write_bytes(b"half a figure")
+  report.write_report(_kernel_records(), str(out))
+  assert not dead.exists() and (out / "accuracy.png").exists()
 
 
 @pytest.mark.parametrize(

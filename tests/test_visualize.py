@@ -24,7 +24,7 @@ from convnet import (
   visualize,
 )
 from convnet.configs import mnist
-from convnet.errors import CheckpointError, ConfigError
+from convnet.errors import CheckpointError, ConfigError, WorkdirError
 from convnet.sources import embedded
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -389,3 +389,17 @@ def test_a_grad_cam_block_the_model_lacks_is_named_before_any_figure(convnet_run
   with pytest.raises(ConfigError, match=rf"--grad_cam_block={block}: the model has 3 conv blocks"):
     visualize.write_figures(convnet_run, str(tmp_path / "figures"), grad_cam_block=block)
   assert not (tmp_path / "figures").exists()
+
+
+@pytest.mark.parametrize("name", ["saliency.png", "feature_maps_2.png"])
+def test_a_link_where_a_figure_goes_is_refused_before_any_figure_is_drawn(
+  convnet_run, tmp_path, name
+):
+  elsewhere = tmp_path / "elsewhere.png"
+  elsewhere.write_bytes(b"not a figure of this run")
+  out = tmp_path / "figures"
+  out.mkdir()
+  (out / name).symlink_to(elsewhere)
+  with pytest.raises(WorkdirError, match=f"{name} is a symbolic link"):
+    visualize.write_figures(convnet_run, str(out))
+  assert os.listdir(out) == [name] and elsewhere.read_bytes() == b"not a figure of this run"
