@@ -363,18 +363,19 @@ def read_text(path: str, max_bytes: int | None = None) -> str:
   Raises:
     FileNotFoundError: `path` is missing (callers name what it should be).
     FileFormatError: `path` is not a regular file, is larger than `max_bytes`,
-      or is not UTF-8 text; the message names the path.
+      or is not UTF-8 text; the message names the path and what was found
+      (callers add what to do).
     OSError: it cannot be read (permissions, I/O).
   """
   fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
   try:
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
-      raise FileFormatError(f"{path} is {_kind(info.st_mode)}, not a file: move it away")
+      raise FileFormatError(f"{path} is {_kind(info.st_mode)}, not a file")
     if max_bytes is not None and info.st_size > max_bytes:
       raise FileFormatError(
         f"{path} holds {info.st_size:,} bytes, more than the {max_bytes:,} a file of its kind "
-        "may hold: it is not one of this project's files"
+        "may hold"
       )
     os.set_blocking(fd, True)
     with os.fdopen(fd, "rb", closefd=False) as f:

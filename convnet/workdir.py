@@ -342,7 +342,10 @@ def read_metrics(
     files.check_target(path)  # the run that appends here next: never through a link
   if not os.path.exists(path):
     return []
-  lines = files.read_text(path).splitlines(keepends=True)
+  try:
+    lines = files.read_text(path).splitlines(keepends=True)
+  except FileFormatError as e:  # a pipe, a folder or a device where the records go
+    raise FileFormatError(f"{e}: move it away, then run again") from None
   records, previous = [], (-math.inf, 0)  # (step, line number)
   for number, line in enumerate(lines, 1):
     if number == len(lines) and not line.endswith("\n"):

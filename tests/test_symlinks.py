@@ -239,6 +239,17 @@ def test_metrics_that_are_a_named_pipe_are_named_not_waited_for(tmp_path):
       os.close(os.open(tmp_path / workdir_lib.METRICS_FILE, os.O_WRONLY | os.O_NONBLOCK))
 
 
+@pytest.mark.parametrize("name", [workdir_lib.CONFIG_FILE, workdir_lib.METRICS_FILE])
+def test_a_pipe_at_a_runs_file_says_what_to_do_once(tmp_path, name):
+  os.mkfifo(tmp_path / name)
+  read = workdir_lib.read_config if name == workdir_lib.CONFIG_FILE else workdir_lib.read_metrics
+  with pytest.raises(FileFormatError) as error:
+    _within(5, lambda: read(str(tmp_path)))
+  message = str(error.value)
+  assert message.startswith(f"{tmp_path / name} is a named pipe (FIFO), not a file")
+  assert message.count("move it away") == 1, message
+
+
 def test_a_metrics_line_nested_too_deep_is_a_bad_line_not_a_recursion_error(tmp_path):
   (tmp_path / workdir_lib.METRICS_FILE).write_text(
     '{"kind": "train", "step": 1}\n' + "[" * 200_000 + "]" * 200_000 + "\n"
