@@ -180,11 +180,15 @@ def ignore_stop_signals() -> None:
 
   A signal that arrives after `stop_requests` has given back the previous
   handlers (Python's KeyboardInterrupt for SIGINT) would otherwise break off
-  the exit with a traceback; the run is saved, or stopped, already.
+  the exit with a traceback; the run is saved, or stopped, already. Errors of
+  background threads from then on (a checkpoint's writer, cut off by a second
+  signal: "cannot schedule new futures after shutdown") are not printed
+  either: the one line that says how the run ended is the last word.
   """
   if threading.current_thread() is threading.main_thread():  # the only one that may set them
     for s in (*ALWAYS_HANDLED, *HANDLED_IF_DEFAULT):
       signal.signal(s, signal.SIG_IGN)
+  threading.excepthook = lambda args: None
 
 
 def _check_preemption_service() -> None:

@@ -259,3 +259,22 @@ def test_a_second_sigint_in_the_epoch_end_save_and_a_hang_up_each_stop_in_one_li
   assert step == straight_step == 20
   for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(expected), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # bitwise
+
+
+@pytest.mark.slow  # a process of its own, since the handlers and hooks it sets are global
+def test_on_the_way_out_signals_and_background_threads_print_nothing():
+  code = (
+    "import os, signal, threading\n"
+    "from convnet import preemption\n"
+    "preemption.ignore_stop_signals()\n"
+    "def cut_off():\n"
+    "  raise RuntimeError('cannot schedule new futures after shutdown')\n"
+    "thread = threading.Thread(target=cut_off)\n"
+    "thread.start()\n"
+    "thread.join()\n"
+    "for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):\n"
+    "  os.kill(os.getpid(), s)\n"
+    "print('exited normally')\n"
+  )
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert (done.returncode, done.stdout, done.stderr) == (0, "exited normally\n", "")
