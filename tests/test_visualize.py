@@ -95,6 +95,7 @@ def _assert_drawn(path):
   assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50, f"{path}: too few colours"
 
 
+@pytest.mark.slow  # every figure drawn (13 s); the quick tier reads and checks the same run
 def test_every_figure_of_a_convnet_run_is_drawn(convnet_run, tmp_path):
   out = str(tmp_path / "figures")
   paths = visualize.write_figures(convnet_run, out, num_images=2)
