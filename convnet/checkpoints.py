@@ -14,18 +14,26 @@ Every restore is checked: the loop's fields must have the types and ranges the
 loop reads (`loop_problem`), and the arrays must match the BLAKE2b digest saved
 with them ("state_blake2b", `state_digest`). A checkpoint that fails is damaged:
 the run passes it over for the newest good one, as for one that cannot be read.
+
+Before Orbax opens a step folder (to list, restore or read it), its entries are
+checked (`step_problem`): only folders and regular files, and the JSON files
+Orbax parses of the types it reads. Orbax never sees a step folder that fails:
+a named pipe would hang it, and a bad `_CHECKPOINT_METADATA` would raise
+inside it; such a checkpoint is damaged too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import hashlib
 import json
 import logging as python_logging
 import math
 import os
 import re
+import stat
 import sys
 import time
 import warnings
@@ -40,7 +48,7 @@ from absl import logging
 
 from convnet import epochs, files, logs
 from convnet import workdir as workdir_lib
-from convnet.errors import CheckpointError, DivergedError, WorkdirError
+from convnet.errors import CheckpointError, DivergedError, FileFormatError, WorkdirError
 
 CHECKPOINTS = "checkpoints"
 WHICH = ("latest", "best")
@@ -48,6 +56,17 @@ WHICH = ("latest", "best")
 STATE_DIGEST = "state_blake2b"
 # The names in checkpoints/ that Orbax deletes: step folders, and those of saves a kill cut short.
 _ORBAX_NAME = re.compile(r"\d+|.*\.orbax-checkpoint-tmp.*")
+# Orbax's file of each step folder, with its timestamps; read whenever the steps are listed.
+STEP_METADATA = "_CHECKPOINT_METADATA"
+# The other JSON files of a step folder that Orbax parses when it lists or restores it, each
+# an object (the loop's metadata is checked by `loop_problem`; the arrays' files are binary).
+_ORBAX_JSON = ("state/_METADATA", "state/_sharding", "state/array_metadatas/*")
+# Files Orbax parses as JSON of any kind: the metrics of a step (this project saves none).
+_ORBAX_ANY_JSON = ("loop/metadata", "metrics/metrics")
+# The newest time `_CHECKPOINT_METADATA` may hold, in nanoseconds: the end of year 9999.
+_LAST_NANOSECOND = 253_402_300_800 * 10**9
+# How many times a reader reads the newest checkpoint again, when a live run replaced the one read.
+_REREADS = 3
 
 
 @dataclasses.dataclass
@@ -65,21 +84,34 @@ def manager(workdir: str, keep: int, best: KeepSteps | None = None) -> ocp.Check
   """Orbax's manager of `workdir/checkpoints`: the newest `keep`, and the steps in `best`.
 
   Temporary folders that a killed save left behind are removed when it opens.
+  Damaged step folders (`step_problem`) are not shown to Orbax: `restore` passes
+  them over and renames them.
 
   Raises:
     WorkdirError: a symbolic link stands where Orbax writes or deletes (see `check_links`).
+    CheckpointError: every checkpoint in it is damaged; the message names the newest.
   """
-  check_links(os.path.join(os.path.abspath(workdir), CHECKPOINTS))
+  directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+  check_links(directory)
   policies = [ocp.checkpoint_managers.LatestN(keep), best or KeepSteps()]
-  return ocp.CheckpointManager(
-    os.path.join(os.path.abspath(workdir), CHECKPOINTS),
+  listing = GoodSteps()
+  made = ocp.CheckpointManager(
+    directory,
     options=ocp.CheckpointManagerOptions(
       preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
       create=True,
       enable_async_checkpointing=False,
       cleanup_tmp_directories=True,
+      step_name_format=listing,
     ),
   )
+  if listing.damaged and not made.all_steps():  # a run would start afresh over them
+    made.close()
+    step = max(listing.damaged)
+    raise CheckpointError(
+      f"{_damaged_checkpoint(directory, step, listing.damaged[step])}. {_none_readable(directory)}"
+    )
+  return made
 
 
 def best_steps(records_per_member: Iterable[Sequence[Mapping[str, Any]]]) -> set[int]:
@@ -123,6 +155,203 @@ def check_links(directory: str) -> None:
       "writes and deletes only its own folders. Move the link out of the way (what it points to "
       "is untouched; a real folder may take its place), then run the same command again"
     )
+
+
+_KINDS = {
+  stat.S_ISLNK: "a symbolic link",
+  stat.S_ISFIFO: "a named pipe (FIFO)",
+  stat.S_ISSOCK: "a socket",
+  stat.S_ISCHR: "a character device",
+  stat.S_ISBLK: "a block device",
+  stat.S_ISREG: "a file",
+}
+
+
+def _kind(mode: int) -> str:
+  return next((name for test, name in _KINDS.items() if test(mode)), "not a file")
+
+
+def step_problem(step_dir: str | os.PathLike) -> str | None:
+  """What in a step folder would hang or break Orbax, found before Orbax opens it; or None.
+
+  Every entry, found with `lstat` (no link is followed), must be a folder or a
+  regular file: a named pipe would hang Orbax's reads, and a symbolic link
+  reads what is elsewhere. The JSON files that Orbax parses when it lists or
+  restores the step (`STEP_METADATA`, the state's `_METADATA`, `_sharding` and
+  `array_metadatas`, the loop's and any metrics') are read with
+  `files.read_json` (size and depth limits), and `STEP_METADATA`'s fields must
+  have the types Orbax reads. Costs one pass over the folder's names and a few
+  small files.
+
+  Returns:
+    "STEP/loop/metadata is a named pipe (FIFO), not a file", say: the entry
+    named from the step folder on, and what is wrong with it.
+
+  Raises:
+    FileNotFoundError: the folder, or a part of it, vanished while it was
+      looked at (a live run deleting an old checkpoint).
+  """
+  step_dir = os.fspath(step_dir)
+  name = os.path.basename(step_dir)
+  try:
+    mode = os.lstat(step_dir).st_mode
+    if not stat.S_ISDIR(mode):
+      return f"{name} is {_kind(mode)}, not a folder"
+    folders = [step_dir]
+    while folders:
+      folder = folders.pop()
+      with os.scandir(folder) as scan:
+        entries = sorted(scan, key=lambda entry: entry.name)
+      for entry in entries:
+        mode = entry.stat(follow_symlinks=False).st_mode
+        if stat.S_ISDIR(mode):
+          folders.append(entry.path)
+        elif not stat.S_ISREG(mode):
+          shown = os.path.join(name, os.path.relpath(entry.path, step_dir))
+          if stat.S_ISLNK(mode):
+            return f"{shown} is a symbolic link (to {os.readlink(entry.path)}), not a file"
+          return f"{shown} is {_kind(mode)}, not a file"
+  except FileNotFoundError:
+    raise
+  except OSError as e:
+    return (
+      f"{os.path.join(name, os.path.relpath(e.filename or step_dir, step_dir))} cannot be "
+      f"read ({e.strerror or e})"
+    )
+  return _json_problem(step_dir)
+
+
+def _json_problem(step_dir: str) -> str | None:
+  """What is wrong with the JSON files of a step folder that Orbax parses (`step_problem`)."""
+  name = os.path.basename(step_dir)
+  paths = [STEP_METADATA, *_ORBAX_ANY_JSON]
+  for pattern in _ORBAX_JSON:
+    folder, _, leaf = pattern.rpartition("/")
+    if leaf != "*":
+      paths.append(pattern)
+    elif os.path.isdir(os.path.join(step_dir, folder)):
+      paths += sorted(f"{folder}/{n}" for n in os.listdir(os.path.join(step_dir, folder)))
+  for relative in paths:
+    path = os.path.join(step_dir, relative)
+    shown = f"{name}/{relative}"
+    if not os.path.lexists(path):
+      continue  # Orbax goes on without these (older versions wrote no STEP_METADATA)
+    try:
+      value = files.read_json(path)
+    except FileFormatError as e:
+      return str(e).replace(path, shown).split(": it is not one of this project's")[0]
+    except FileNotFoundError:
+      raise
+    except OSError as e:
+      return f"{shown} cannot be read ({e.strerror or e})"
+    if relative == STEP_METADATA:
+      problem = _step_metadata_problem(value, shown)
+      if problem:
+        return problem
+    elif relative not in _ORBAX_ANY_JSON and not isinstance(value, Mapping):
+      return f"{shown} is {_shown(value)}, not an object of fields"
+  if os.path.lexists(os.path.join(step_dir, STEP_METADATA)):
+    try:  # what else Orbax checks in it: its own reading of the times, as it lists the steps
+      ocp.step.Metadata(step=0, path=step_dir).commit_timestamp  # noqa: B018
+    except FileNotFoundError:
+      raise
+    except Exception as e:
+      return f"{name}/{STEP_METADATA} cannot be read by Orbax ({_reason(e)})"
+  return None
+
+
+def _step_metadata_problem(metadata: Any, shown: str) -> str | None:
+  """What is wrong with the fields of a `STEP_METADATA` that Orbax reads, or None."""
+  if not isinstance(metadata, Mapping):
+    return f"{shown} is {_shown(metadata)}, not an object of fields"
+  handlers = metadata.get("item_handlers")
+  if not (
+    handlers is None
+    or isinstance(handlers, str)
+    or (isinstance(handlers, Mapping) and all(isinstance(v, str) for v in handlers.values()))
+  ):
+    return _orbax_field(shown, "item_handlers", handlers, "an object of handler names")
+  for field in ("metrics", "performance_metrics", "custom_metadata"):
+    value = metadata.get(field)
+    if not (value is None or isinstance(value, Mapping)):
+      return _orbax_field(shown, field, value, "an object")
+  for field in ("init_timestamp_nsecs", "commit_timestamp_nsecs"):
+    value = metadata.get(field)
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if not (value is None or (whole and 0 <= value < _LAST_NANOSECOND)):
+      return _orbax_field(shown, field, value, "a time in whole nanoseconds since 1970")
+  return None
+
+
+def _orbax_field(shown: str, field: str, value: Any, wanted: str) -> str:
+  return f"field {field} of {shown} is {_shown(value)}, not {wanted}"
+
+
+def damaged_steps(directory: str | os.PathLike) -> dict[int, str]:
+  """The steps of a checkpoint folder whose step folders are damaged, each with its
+  `step_problem`; a step folder that vanishes meanwhile is left out."""
+  directory = os.fspath(directory)
+  found = {}
+  names = os.listdir(directory) if os.path.isdir(directory) else []
+  for name in names:
+    if re.fullmatch(r"0|[1-9]\d*", name):
+      try:
+        problem = step_problem(os.path.join(directory, name))
+      except FileNotFoundError:
+        continue
+      if problem:
+        found[int(name)] = problem
+  return found
+
+
+@dataclasses.dataclass(frozen=True)
+class _ListedStep(ocp.step.Metadata):
+  """A step as Orbax lists it, whose time is the oldest where its folder was deleted since it
+  was listed (by a live run): reading it then fails, and the reader reads the newest again."""
+
+  @property
+  def commit_timestamp(self) -> datetime.datetime:
+    try:
+      return super().commit_timestamp
+    except FileNotFoundError:
+      return datetime.datetime.min.replace(tzinfo=datetime.UTC)
+
+
+class GoodSteps(ocp.step.NameFormat):
+  """Orbax's standard step names ("30"), less the damaged step folders (`step_problem`).
+
+  Given to a `CheckpointManager` as its `step_name_format`: whenever it lists
+  the steps, those that are damaged are left out, before Orbax reads any file
+  of theirs, and kept in `damaged` ({step: problem}) for the caller to name.
+  """
+
+  def __init__(self):
+    self._standard = ocp.step.standard_name_format()
+    self.damaged: dict[int, str] = {}
+
+  def build_name(self, step: int) -> str:
+    return self._standard.build_name(step)
+
+  def find_step(self, base_path, step: int):
+    """The step's folder; one that is gone is named all the same, as Orbax names it without
+    a name format, so that reading it raises FileNotFoundError (which Orbax expects)."""
+    try:
+      return self._standard.find_step(base_path, step)
+    except ValueError:
+      return ocp.step.Metadata(step=step, path=ocp.step.build_step_path(base_path, self, step))
+
+  def find_all(self, base_path):
+    good, self.damaged = [], {}
+    for metadata in self._standard.find_all(base_path):
+      try:
+        problem = step_problem(metadata.path)
+      except FileNotFoundError:  # deleted meanwhile by a live run: no longer a checkpoint
+        continue
+      if problem:
+        self.damaged[metadata.step] = problem
+      else:
+        good.append(_ListedStep(step=metadata.step, path=metadata.path))
+    return iter(good)
 
 
 def _host_array(x) -> np.ndarray:
@@ -269,6 +498,43 @@ def _damaged(directory, step: int, problem: str) -> CheckpointError:
   return CheckpointError(f"checkpoint {step} of {directory}: {problem} (a damaged file)")
 
 
+def _damaged_checkpoint(directory, step: int, problem: str) -> CheckpointError:
+  """A step folder that fails `step_problem`, named."""
+  return CheckpointError(f"checkpoint {step} of {directory}: {problem} (a damaged checkpoint)")
+
+
+def _none_readable(directory) -> str:
+  return (
+    f"No checkpoint in {directory} can be read: use a new --workdir, or delete {directory} "
+    "to start fresh."
+  )
+
+
+# What ends a line of an error before it turns into Python's or TensorStore's internals.
+_INTERNALS = re.compile(
+  r"\s*(?:See full TensorStore details|\[source locations=|\[tensorstore_spec="
+  r"|<(?:bound method|function|built-in|class|module|coroutine) |\S+ object at 0x).*"
+)
+
+
+def _reason(error: BaseException) -> str:
+  """What went wrong, in one line: "Type: first meaningful line" of the error that caused
+  `error` (Orbax wraps TensorStore's), cut before any Python object's repr; at most 200
+  characters."""
+  chain = [error]
+  while chain[-1].__cause__ is not None and len(chain) < 8:
+    chain.append(chain[-1].__cause__)
+  for cause in reversed(chain):  # the root cause says most: "No such file or directory", say
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    text = _INTERNALS.sub("", lines[0]).rstrip(" .:;,") if lines else ""
+    if isinstance(cause, OSError) and cause.strerror:
+      text = f"{cause.strerror}: {cause.filename}" if cause.filename else cause.strerror
+    if text:
+      text = text if len(text) <= 200 else text[:197] + "..."
+      return f"{type(cause).__name__}: {text}"
+  return type(error).__name__
+
+
 def _check_restored(directory, step: int, state, loop) -> dict[str, Any]:
   """`loop` checked (`loop_problem`), and `state` against the digest saved in it; the loop
   is returned without the digest.
@@ -304,42 +570,56 @@ def _restore_step(manager: ocp.CheckpointManager, step: int, state_args, what: s
       )
   except Exception as e:  # Orbax raises many kinds for a bad or foreign checkpoint.
     directory = os.path.join(os.fspath(manager.directory), str(step))
-    detail = str(e).splitlines()[0][:300] if str(e) else ""
-    raise CheckpointError(
-      f"checkpoint {directory} cannot be {what} ({type(e).__name__}: {detail})"
-    ) from None
+    raise CheckpointError(f"checkpoint {directory} cannot be {what} ({_reason(e)})") from None
 
 
-class _ReadOnlyNotice(python_logging.Filter):
-  """Drops Orbax's warning that a manager made to read a directory will only read it."""
+class _ReaderNotices(python_logging.Filter):
+  """Drops Orbax's warnings that a manager made to read a directory will only read it, and that
+  a step's `STEP_METADATA` is missing: a live run deleted it after it was listed."""
 
   def filter(self, record: python_logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("Given directory is read only")
+    message = record.getMessage()
+    return not message.startswith(("Given directory is read only", "Metadata file does not exist"))
 
 
-def _reader(directory: str) -> ocp.CheckpointManager:
-  """A manager that only reads `directory`, made without Orbax's warnings that it will only read."""
-  options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
-  notice = _ReadOnlyNotice()
+@contextlib.contextmanager
+def _reader_notices_dropped():
+  notices = _ReaderNotices()
   absl_logger = python_logging.getLogger("absl")
-  absl_logger.addFilter(notice)
+  absl_logger.addFilter(notices)
   try:
-    return ocp.CheckpointManager(directory, options=options)
+    yield
   finally:
-    absl_logger.removeFilter(notice)
+    absl_logger.removeFilter(notices)
+
+
+def _reader(directory: str) -> tuple[ocp.CheckpointManager, GoodSteps]:
+  """A manager that only reads `directory`'s good steps, and its listing (`GoodSteps`, whose
+  `damaged` it does not show); made without Orbax's warnings that it will only read."""
+  listing = GoodSteps()
+  options = ocp.CheckpointManagerOptions(
+    read_only=True, save_interval_steps=0, create=False, step_name_format=listing
+  )
+  with _reader_notices_dropped():
+    return ocp.CheckpointManager(directory, options=options), listing
 
 
 def read_loop(workdir: str) -> tuple[int, dict[str, Any]] | None:
   """The newest good checkpoint's step and loop counters, without its arrays; None without one.
 
-  A checkpoint whose loop cannot be read, or fails `loop_problem`, is passed over.
+  A checkpoint whose loop cannot be read, or fails `loop_problem` or `step_problem`,
+  is passed over.
   """
   directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
   if not has_checkpoints(workdir):
     return None
-  reader = _reader(directory)
+  reader, listing = _reader(directory)
+  damaged = {s: _damaged_checkpoint(directory, s, p) for s, p in listing.damaged.items()}
   try:
-    for step in sorted(reader.all_steps(), reverse=True):
+    for step in sorted({*reader.all_steps(), *damaged}, reverse=True):
+      if step in damaged:
+        logging.warning("%s: passed over for an older checkpoint", damaged[step])
+        continue
       try:
         restored = reader.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))
       except Exception:  # An unreadable checkpoint: the one before it may do.
@@ -405,8 +685,8 @@ def restore(manager: ocp.CheckpointManager, state, loop: dict[str, Any]):
   """The newest good checkpoint's (state, loop), shaped like `state`; both as given if none.
 
   A checkpoint that cannot be read (an empty or incomplete step folder), or
-  that is damaged (its loop's fields, `loop_problem`, or its arrays against
-  their digest, `state_digest`), is passed over for the one before it, and
+  that is damaged (its files, `step_problem`; its loop's fields, `loop_problem`;
+  or its arrays against their digest, `state_digest`), is passed over for the one before it, and
   renamed `<step>.unreadable-<time>` once an older one has been restored, so
   that the run can save that step again; nothing is deleted. The run holds
   its workdir's lock: no other process writes there.
@@ -418,7 +698,11 @@ def restore(manager: ocp.CheckpointManager, state, loop: dict[str, Any]):
   """
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   unreadable = []
-  for step in sorted(manager.all_steps(), reverse=True):
+  damaged = damaged_steps(manager.directory)  # not listed by Orbax (see `manager`)
+  for step in sorted({*manager.all_steps(), *damaged}, reverse=True):
+    if step in damaged:
+      unreadable.append((step, _damaged_checkpoint(manager.directory, step, damaged[step])))
+      continue
     if not _check_fits(manager, step, abstract):  # raises for another model's checkpoint
       unreadable.append((step, f"checkpoint {manager.directory / str(step)} is incomplete"))
       continue
@@ -437,10 +721,7 @@ def restore(manager: ocp.CheckpointManager, state, loop: dict[str, Any]):
     logging.info("Resumed from checkpoint at step %d", step)
     return restored.state, restored_loop
   if unreadable:
-    raise CheckpointError(
-      f"{unreadable[0][1]}. No checkpoint in {manager.directory} can be read: use a new "
-      f"--workdir, or delete {manager.directory} to start fresh."
-    )
+    raise CheckpointError(f"{unreadable[0][1]}. {_none_readable(manager.directory)}")
   return state, loop
 
 
@@ -595,32 +876,65 @@ def _candidates(workdir: str, directory: str, which: str, listed: Sequence[int])
   return [step]
 
 
-def _read_newest_good(workdir: str, directory: str, which: str, retry: bool = True):
-  """(state, loop, step) of the first `_candidates` step that reads and checks; see
-  `restore_params`."""
-  reader = _reader(directory)
+def _identity(step_dir: str) -> tuple[int, int] | None:
+  """A step folder's inode and modification time, or None where it is gone: what changes
+  when a live run deletes or replaces it."""
   try:
-    candidates = _candidates(workdir, directory, which, reader.all_steps())
-    failed, raced = [], False
-    for step in candidates:
-      try:
-        restored = _restore_step(reader, step, ocp.args.StandardRestore(), "read")
-        loop = _check_restored(directory, step, restored.state, restored.loop)
-      except CheckpointError as error:
-        reader.reload()
-        # A live run that saved a newer checkpoint and deleted this one while it was read:
-        # a race, not a damaged file. What is there now is read instead, once.
-        raced = retry and _candidates(workdir, directory, which, reader.all_steps()) != candidates
-        if raced:
-          break
-        failed.append(error)
-        continue
-      for error in failed:
-        logging.warning("%s: passed over for an older checkpoint (left as it is)", error)
-      return restored.state, loop, step
-  finally:
-    reader.close()
-  if raced:
-    return _read_newest_good(workdir, directory, which, retry=False)
+    info = os.lstat(step_dir)
+  except OSError:
+    return None
+  return info.st_ino, info.st_mtime_ns
+
+
+def _listed(reader, listing: GoodSteps, workdir: str, directory: str, which: str) -> list[int]:
+  """`_candidates` of what `reader` lists now, damaged steps included (they are named)."""
+  return _candidates(workdir, directory, which, sorted({*reader.all_steps(), *listing.damaged}))
+
+
+def _read_newest_good(workdir: str, directory: str, which: str):
+  """(state, loop, step) of the first `_candidates` step that reads and checks; see
+  `restore_params`.
+
+  A step that fails to read while a live run changes the checkpoints (the listing
+  differs after the failure, or the step folder is gone or changed) was replaced
+  while it was read, not damaged: the newest is read again, up to `_REREADS` times,
+  then such a step is passed over as the others are.
+  """
+  for attempt in range(_REREADS + 1):
+    reader, listing = _reader(directory)
+    try:
+      candidates = _listed(reader, listing, workdir, directory, which)
+      failed, raced = [], False
+      for step in candidates:
+        if step in listing.damaged:
+          failed.append(_damaged_checkpoint(directory, step, listing.damaged[step]))
+          continue
+        step_dir = os.path.join(directory, str(step))
+        before = _identity(step_dir)
+        try:
+          restored = _restore_step(reader, step, ocp.args.StandardRestore(), "read")
+          loop = _check_restored(directory, step, restored.state, restored.loop)
+        except CheckpointError as error:
+          with _reader_notices_dropped():
+            reader.reload()
+          try:
+            raced = _listed(reader, listing, workdir, directory, which) != candidates
+          except CheckpointError:  # none is left now
+            raced = True
+          raced = raced or before is None or _identity(step_dir) != before
+          replaced = f"checkpoint {step} of {directory} was replaced while it was read (a live run)"
+          if raced and attempt < _REREADS:
+            logging.warning("%s: reading the newest again", replaced)
+            break
+          failed.append(CheckpointError(replaced) if raced else error)
+          raced = False
+          continue
+        for error in failed:
+          logging.warning("%s: passed over for an older checkpoint (left as it is)", error)
+        return restored.state, loop, step
+    finally:
+      reader.close()
+    if not raced:
+      break
   more = f". No checkpoint in {directory} can be read" if len(candidates) > 1 else ""
   raise CheckpointError(f"{failed[0]}{more}")

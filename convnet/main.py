@@ -61,7 +61,6 @@ def main(argv):
   try:
     logging.info("The model, layer by layer:\n%s", summary.summary_text(FLAGS.config, xla=False))
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    preemption.ignore_stop_signals()  # finished: a signal now would only break off the exit
   except (RunInterrupted, preemption.StoppedAtOnce) as e:  # A stop signal, then a second one.
     preemption.ignore_stop_signals()  # A later one would break off the exit with a traceback.
     logging.warning("%s", e)

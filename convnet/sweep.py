@@ -552,7 +552,6 @@ def main(argv):
     records = run_sweep(
       FLAGS.sweep, cells, FLAGS.workdir, parse_shard(FLAGS.shard), FLAGS.vmap_seeds
     )
-    preemption.ignore_stop_signals()  # finished: a signal now would only break off the exit
   except (RunInterrupted, preemption.StoppedAtOnce) as e:  # a stop signal, then a second one
     preemption.ignore_stop_signals()  # a later one would break off the exit with a traceback
     logging.warning("%s; rerun the sweep's command to go on", e)

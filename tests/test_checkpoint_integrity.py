@@ -3,9 +3,11 @@
 Every restore checks the arrays against the digest saved with them and the loop's
 metadata against the types and ranges it needs; a damaged checkpoint is named and
 passed over for the newest good one. A symbolic link among the step folders is
-refused in one line. A reader of a live run takes the checkpoint that replaced
-the one it was reading. The export refuses a model whose test accuracy is not
-what the run recorded (a config.json edited after training).
+refused in one line. A step folder that holds what Orbax must never open (a
+named pipe, a link, a bad `_CHECKPOINT_METADATA`) is damaged too, found before
+Orbax reads it. A reader of a live run takes the checkpoint that replaced the
+one it was reading, and says so. The export refuses a model whose test accuracy
+is not what the run recorded (a config.json edited after training).
 """
 
 import json
@@ -13,6 +15,8 @@ import logging
 import os
 import re
 import shutil
+import stat
+import threading
 
 import flax.struct
 import jax
@@ -321,6 +325,189 @@ def test_a_checkpoint_folder_linked_elsewhere_is_named_before_anything_is_writte
 
 
 # ----------------------------------------------------------------------------
+# What Orbax must never open: pipes and links in a step folder, its JSON files.
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+  """A workdir with the checkpoints of steps 1 and 2, to copy."""
+  folder = tmp_path_factory.mktemp("saved")
+  _save(folder, [1, 2])
+  return folder
+
+
+def _copy(saved, tmp_path):
+  shutil.copytree(saved, tmp_path, dirs_exist_ok=True)
+  return tmp_path
+
+
+def _unjam(folder):
+  """Opens each named pipe under `folder` for writing and closes it: a read blocked on one
+  gets an end of file."""
+  for root, _, names in os.walk(folder):
+    for name in names:
+      path = os.path.join(root, name)
+      if stat.S_ISFIFO(os.lstat(path).st_mode):
+        try:
+          os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # no reader waits on it
+          pass
+
+
+def _within(seconds, folder, call, *args):
+  """`call(*args)`, failing the test if it has not returned after `seconds`, having freed
+  whatever read blocks on a named pipe under `folder` (so the suite never hangs)."""
+  outcome = {}
+
+  def run():
+    try:
+      outcome["value"] = call(*args)
+    except BaseException as e:
+      outcome["error"] = e
+
+  thread = threading.Thread(target=run, daemon=True)
+  thread.start()
+  thread.join(seconds)
+  hung = thread.is_alive()
+  for _ in range(100):
+    if not thread.is_alive():
+      break
+    _unjam(folder)
+    thread.join(0.1)
+  if hung:
+    pytest.fail(f"{call.__name__} still ran after {seconds} s: it hung on a named pipe")
+  if "error" in outcome:
+    raise outcome["error"]
+  return outcome["value"]
+
+
+def _restore(workdir):
+  """Restores the checkpoints of `workdir` as a resumed run does: (step, loop)."""
+  manager = checkpoints.manager(str(workdir), keep=5)
+  try:
+    state, loop = checkpoints.restore(manager, _state(0), {})
+  finally:
+    manager.close()
+  return int(state.step), loop
+
+
+def _fifo(workdir, step, path):
+  target = os.path.join(workdir, "checkpoints", str(step), path)
+  if os.path.lexists(target):
+    os.remove(target)
+  os.mkfifo(target)
+
+
+@pytest.mark.parametrize("where", ["_CHECKPOINT_METADATA", "loop/metadata", "state/_METADATA"])
+def test_a_named_pipe_in_a_step_folder_is_named_and_the_checkpoint_before_restored(
+  saved, tmp_path, caplog, where
+):
+  workdir = _copy(saved, tmp_path)
+  _fifo(workdir, 2, where)
+  with caplog.at_level(logging.WARNING):
+    step, loop = _within(10, workdir, _restore, workdir)
+  assert step == 1 and loop == LOOP
+  (warning,) = _warnings(caplog)
+  assert warning.startswith(
+    f"checkpoint 2 of {workdir / 'checkpoints'}: 2/{where} is a named pipe (FIFO), not a file "
+    "(a damaged checkpoint): passed over for an older checkpoint, and kept as "
+  ), warning
+  names = _names(workdir)
+  assert names[0] == "1" and names[1].startswith("2.unreadable-") and len(names) == 2
+
+
+def _link(workdir, step, path):
+  target = os.path.join(workdir, "checkpoints", str(step), path)
+  elsewhere = os.path.join(workdir, "elsewhere")
+  os.rename(target, elsewhere)
+  os.symlink(elsewhere, target)
+  return f"2/{path} is a symbolic link (to {elsewhere}), not a file"
+
+
+def test_readers_pass_over_a_step_folder_with_a_pipe_or_a_link_and_refuse_when_none_is_left(
+  saved, tmp_path, caplog
+):
+  workdir = _copy(saved, tmp_path)
+  named = _link(workdir, 2, "state/_METADATA")
+  with caplog.at_level(logging.WARNING):
+    params, step = _within(10, workdir, checkpoints.restore_params, str(workdir))
+    assert checkpoints.read_loop(str(workdir))[0] == 1
+  assert step == 1
+  np.testing.assert_array_equal(np.asarray(params["w"]), _weights(1))
+  assert _warnings(caplog) == [
+    f"checkpoint 2 of {workdir / 'checkpoints'}: {named} (a damaged checkpoint): passed over "
+    "for an older checkpoint" + tail
+    for tail in (" (left as it is)", "")
+  ]
+  _fifo(workdir, 1, "loop/metadata")
+  with pytest.raises(CheckpointError) as error:
+    _within(10, workdir, checkpoints.restore_params, str(workdir))
+  assert str(error.value) == (
+    f"checkpoint 2 of {workdir / 'checkpoints'}: {named} (a damaged checkpoint). No checkpoint "
+    f"in {workdir / 'checkpoints'} can be read"
+  )
+  # The run that holds the workdir stops before Orbax opens any of them, and renames nothing.
+  with pytest.raises(CheckpointError, match=r"^checkpoint 2 of .*start fresh\.$"):
+    _within(10, workdir, _restore, workdir)
+  assert _names(workdir) == ["1", "2"]
+
+
+DEEP = "[" * 200_000 + "]" * 200_000
+BAD_ORBAX_FILES = {  # a file of Orbax's in step 2: what it holds, and what the warning says
+  "a list": ("_CHECKPOINT_METADATA", "[]", "2/_CHECKPOINT_METADATA is [], not an object of"),
+  "a time as text": (
+    "_CHECKPOINT_METADATA",
+    '{"init_timestamp_nsecs": "x"}',
+    'field init_timestamp_nsecs of 2/_CHECKPOINT_METADATA is "x", not a time in whole ',
+  ),
+  "a time past the year 9999": (
+    "_CHECKPOINT_METADATA",
+    '{"commit_timestamp_nsecs": 1000000000000000000000000000000}',
+    "field commit_timestamp_nsecs of 2/_CHECKPOINT_METADATA is 1000000000000000000000000000000",
+  ),
+  "nested 200,000 deep": ("_CHECKPOINT_METADATA", DEEP, "2/_CHECKPOINT_METADATA nests JSON"),
+  "a number of 5,000 digits": (
+    "_CHECKPOINT_METADATA",
+    '{"metrics": {"loss": 1' + "0" * 5000 + "}}",
+    "2/_CHECKPOINT_METADATA is not JSON",
+  ),
+  "an empty file": ("_CHECKPOINT_METADATA", "", "2/_CHECKPOINT_METADATA is not JSON"),
+  "a statistic Orbax does not know": (
+    "_CHECKPOINT_METADATA",
+    '{"performance_metrics": {"made_up_secs": 1.5}}',
+    "2/_CHECKPOINT_METADATA cannot be read by Orbax (TypeError: ",
+  ),
+  "the arrays' metadata nested deep": ("state/_METADATA", DEEP, "2/state/_METADATA nests JSON"),
+  "the arrays' metadata a list": ("state/_METADATA", "[]", "2/state/_METADATA is [], not an"),
+  "step metrics that are not JSON": ("metrics/metrics", "{", "2/metrics/metrics is not JSON"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ORBAX_FILES))
+def test_a_bad_orbax_file_in_a_step_folder_is_named_and_the_checkpoint_before_used(
+  saved, tmp_path, caplog, case
+):
+  where, text, named = BAD_ORBAX_FILES[case]
+  workdir = _copy(saved, tmp_path)
+  path = workdir / "checkpoints" / "2" / where
+  path.parent.mkdir(exist_ok=True)
+  path.write_text(text)
+  with caplog.at_level(logging.WARNING):
+    assert checkpoints.restore_params(str(workdir))[1] == 1  # a reader first: renames nothing
+    assert checkpoints.read_loop(str(workdir))[0] == 1
+    assert _names(workdir) == ["1", "2"]
+    assert _restore(workdir) == (1, LOOP)
+  warnings = _warnings(caplog)
+  assert len(warnings) == 3 and all(
+    w.startswith(f"checkpoint 2 of {workdir / 'checkpoints'}: {named}") for w in warnings
+  ), warnings
+  assert all("(a damaged checkpoint): passed over for an older checkpoint" in w for w in warnings)
+  assert all("\n" not in w and len(w) < 500 for w in warnings)
+  names = _names(workdir)
+  assert names[0] == "1" and names[1].startswith("2.unreadable-") and len(names) == 2
+
+
+# ----------------------------------------------------------------------------
 # Reading a live run.
 
 
@@ -348,6 +535,67 @@ def test_reading_a_live_run_takes_the_checkpoint_that_replaced_the_one_it_read(
   assert read == [2] and step == 3
   np.testing.assert_array_equal(np.asarray(params["w"]), _weights(3))
   assert not [n for n in _names(tmp_path) if "unreadable" in n]  # a reader renames nothing
+
+
+def test_a_reader_says_a_checkpoint_was_replaced_while_it_was_read_not_that_it_is_bad(
+  tmp_path, monkeypatch, caplog
+):
+  """Twice the run saves a newer checkpoint and deletes the one being read; the third read
+  is of the newest, and no warning calls a replaced checkpoint unreadable."""
+  _save(tmp_path, [1, 2], keep=2)
+  real = ocp.CheckpointManager.restore
+  read = []
+
+  def restore_while_the_run_saves(self, step, *args, **kwargs):
+    read.append(step)
+    if step in (2, 3) and read.count(step) == 1:
+      writer = checkpoints.manager(str(tmp_path), keep=1, best=checkpoints.KeepSteps({1}))
+      checkpoints.save(writer, _state(step + 1), dict(LOOP))  # deletes `step`, keeps 1
+      writer.close()
+    return real(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", restore_while_the_run_saves)
+  with caplog.at_level(logging.WARNING):
+    params, step = checkpoints.restore_params(str(tmp_path))
+  assert read == [2, 3, 4] and step == 4
+  np.testing.assert_array_equal(np.asarray(params["w"]), _weights(4))
+  directory = tmp_path / "checkpoints"
+  assert _warnings(caplog) == [
+    f"checkpoint {s} of {directory} was replaced while it was read (a live run): reading the "
+    "newest again"
+    for s in (2, 3)
+  ]
+
+
+def test_why_a_checkpoint_cannot_be_read_is_its_cause_in_one_line_without_python_reprs(
+  tmp_path, monkeypatch, caplog
+):
+  _save(tmp_path, [1, 2])
+  real = ocp.CheckpointManager.restore
+
+  def restore_failing_as_tensorstore_does(self, step, *args, **kwargs):
+    if step != 2:
+      return real(self, step, *args, **kwargs)
+    try:
+      raise ValueError(
+        'NOT_FOUND: Error reading "params.w/0" in OCDBT database at local file "/x/": No such '
+        "file [source locations='tensorstore/kvstore/ocdbt/io/io_handle_impl.cc:98']\nmore"
+      )
+    except ValueError as cause:
+      raise Exception(
+        "Encountered error while reading array index: (slice(None, None, None),). See full "
+        "TensorStore details: <bound method PyCapsule.spec of TensorStore({\n  'driver': 'zarr'"
+      ) from cause
+
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", restore_failing_as_tensorstore_does)
+  with caplog.at_level(logging.WARNING):
+    assert checkpoints.restore_params(str(tmp_path))[1] == 1
+  (warning,) = _warnings(caplog)
+  assert warning == (
+    f"checkpoint {tmp_path / 'checkpoints' / '2'} cannot be read (ValueError: NOT_FOUND: Error "
+    'reading "params.w/0" in OCDBT database at local file "/x/": No such file): passed over for '
+    "an older checkpoint (left as it is)"
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -404,16 +652,29 @@ def _leaves(tree):
 
 @pytest.mark.slow  # two runs, then a resumed one each
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # flips tried
-@pytest.mark.parametrize("damage", ["a flipped bit", "wall_time_s deleted", "epoch_steps 'x'"])
+@pytest.mark.parametrize(
+  "damage",
+  [
+    "a flipped bit",
+    "wall_time_s deleted",
+    "epoch_steps 'x'",
+    "a named pipe for _CHECKPOINT_METADATA",
+    "_CHECKPOINT_METADATA a list",
+  ],
+)
 def test_a_resumed_run_never_trains_on_a_damaged_checkpoint(runs, tmp_path, damage):
   folder, straight = runs
   workdir = tmp_path / "run"
   shutil.copytree(folder / "stopped", workdir)
   if damage == "a flipped bit":
     _flip_a_bit_orbax_reads(workdir, 4)
+  elif damage == "a named pipe for _CHECKPOINT_METADATA":
+    _fifo(workdir, 4, "_CHECKPOINT_METADATA")
+  elif damage == "_CHECKPOINT_METADATA a list":
+    (workdir / "checkpoints" / "4" / "_CHECKPOINT_METADATA").write_text("[]")
   else:
     _edit_loop(workdir, 4, EDITS[damage][0])
-  resumed = train.train_and_evaluate(_config(6), str(workdir))
+  resumed = _within(60, workdir, train.train_and_evaluate, _config(6), str(workdir))
   assert resumed["test_loss"] == straight["test_loss"]  # resumed from step 2, exactly
   assert resumed["train_loss"] == straight["train_loss"]
   assert [n for n in _names(workdir) if n.startswith("4.unreadable-")]
