@@ -24,7 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from convnet import checkpoints, export, train
+from convnet import checkpoint_checks, checkpoints, export, train
 from convnet.configs import mnist
 from convnet.errors import CheckpointError, WorkdirError
 
@@ -182,7 +182,7 @@ def _restored_step_1_warning(tmp_path, caplog) -> str:
 
 def test_a_checkpoint_saved_without_a_digest_still_restores_and_says_so(tmp_path, caplog):
   _save(tmp_path, [1])
-  _edit_loop(tmp_path, 1, _delete(checkpoints.STATE_DIGEST))
+  _edit_loop(tmp_path, 1, _delete(checkpoint_checks.STATE_DIGEST))
   warning = _restored_step_1_warning(tmp_path, caplog)
   assert "saved without a digest of its arrays" in warning and "unchecked" in warning
 
@@ -194,10 +194,14 @@ def test_the_digest_is_the_same_for_a_state_and_the_dict_orbax_restores(tmp_path
       3, args=ocp.args.Composite(state=ocp.args.StandardRestore(), loop=ocp.args.JsonRestore())
     )
   assert isinstance(restored.state, dict)
-  saved = restored.loop[checkpoints.STATE_DIGEST]
-  assert checkpoints.state_digest(restored.state) == saved == checkpoints.state_digest(_state(3))
+  saved = restored.loop[checkpoint_checks.STATE_DIGEST]
+  assert (
+    checkpoint_checks.state_digest(restored.state)
+    == saved
+    == checkpoint_checks.state_digest(_state(3))
+  )
   other = _state(3).replace(params={"w": _weights(3).copy().reshape(32, 32)})
-  assert checkpoints.state_digest(other) != saved  # the same bytes in another shape
+  assert checkpoint_checks.state_digest(other) != saved  # the same bytes in another shape
 
 
 # ----------------------------------------------------------------------------
@@ -257,7 +261,7 @@ EDITS = {  # what a damaged (or hand-edited) loop/metadata holds, and the field 
     'field diverged of its loop/metadata is {"seed 3": ""}',
   ),
   "the digest not hexadecimal": (
-    lambda loop: loop.update({checkpoints.STATE_DIGEST: "zz"}),
+    lambda loop: loop.update({checkpoint_checks.STATE_DIGEST: "zz"}),
     "field state_blake2b of its loop/metadata is",
   ),
 }
