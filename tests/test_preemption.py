@@ -120,16 +120,19 @@ def test_one_process_stops_on_the_first_signal_and_breaks_off_on_the_second():
 @pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGUSR1], ids=["sighup", "sigusr1"])
 def test_a_hang_up_or_a_batch_systems_warning_is_a_stop_request(signum):
   """A closed terminal (SIGHUP) or SLURM's --signal=USR1@T stops at a step, as SIGTERM does."""
-  before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-  assert before[signum] == signal.SIG_DFL  # which would end the process, saving nothing
-  with preemption.stop_requests() as stop:
-    assert callable(signal.getsignal(signum))  # (raised unhandled, it would end this test)
-    assert stop.requested(3) == 0
-    signal.raise_signal(signum)
-    assert (stop.requested(4), stop.received) == (signum, signum)
-    with pytest.raises(preemption.StoppedAtOnce, match="SIGTERM again: stopped at once"):
-      signal.raise_signal(signal.SIGTERM)
-  assert {s: signal.getsignal(s) for s in STOP_SIGNALS} == before
+  inherited = signal.signal(signum, signal.SIG_DFL)  # as in a terminal (not under nohup)
+  try:
+    before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    with preemption.stop_requests() as stop:
+      assert callable(signal.getsignal(signum))  # (raised unhandled, it would end this test)
+      assert stop.requested(3) == 0
+      signal.raise_signal(signum)
+      assert (stop.requested(4), stop.received) == (signum, signum)
+      with pytest.raises(preemption.StoppedAtOnce, match="SIGTERM again: stopped at once"):
+        signal.raise_signal(signal.SIGTERM)
+    assert {s: signal.getsignal(s) for s in STOP_SIGNALS} == before
+  finally:
+    signal.signal(signum, inherited)
 
 
 def test_signals_ignored_or_handled_before_keep_their_handlers():
@@ -139,10 +142,11 @@ def test_signals_ignored_or_handled_before_keep_their_handlers():
     signal.SIGHUP: signal.signal(signal.SIGHUP, signal.SIG_IGN),
     signal.SIGUSR1: signal.signal(signal.SIGUSR1, lambda signum, frame: seen.append(signum)),
   }
+  quit_before = signal.getsignal(signal.SIGQUIT)  # SIG_DFL in a terminal; SIG_IGN in `cmd &`
   try:
     with preemption.stop_requests() as stop:
       assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
-      assert signal.getsignal(signal.SIGQUIT) == signal.SIG_DFL
+      assert signal.getsignal(signal.SIGQUIT) == quit_before  # never a stop request
       signal.raise_signal(signal.SIGHUP)
       signal.raise_signal(signal.SIGUSR1)
       assert (stop.requested(1), seen) == (0, [signal.SIGUSR1])
