@@ -230,8 +230,9 @@ def _publish(staging: str, out: str, manifest: str, say: Callable[[str], None]) 
   `agreement.json` last."""
   names = sorted(os.listdir(staging))
   files.publish({n: os.path.join(staging, n) for n in names}, out, last=[manifest, AGREEMENT])
-  sizes = sum(os.path.getsize(os.path.join(out, name)) for name in names)
-  say(f"Wrote {', '.join(names)} to {out} ({sizes:,} bytes)")
+  model = [name for name in names if name != AGREEMENT]
+  sizes = sum(os.path.getsize(os.path.join(out, name)) for name in model)
+  say(f"Wrote {', '.join(model)} to {out} ({sizes:,} bytes), with {AGREEMENT}")
 
 
 def _record_agreement(
