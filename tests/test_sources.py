@@ -92,6 +92,7 @@ def test_check_name_names_the_field_and_the_choices():
   )
 
 
+@pytest.mark.slow  # a run on the page's example source (8 s)
 def test_the_page_example_source_trains(noisy_bars, tmp_path):
   from convnet.configs import mnist
 

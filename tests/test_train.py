@@ -293,6 +293,7 @@ def _main(workdir, *overrides):
   )
 
 
+@pytest.mark.slow  # the command in a process, twice (10 s)
 def test_main_end_to_end_and_rerun_resumes(tmp_path):
   first = _main(tmp_path, "--config.max_steps=4")
   assert first.returncode == 0, first.stderr
