@@ -109,6 +109,7 @@ def test_the_research_script_runs_from_any_folder(tmp_path):
   assert _run_script(tmp_path, "nnx_script.py", nnx_block + check)[-1] == "logits (8, 10) True"
 
 
+@pytest.mark.slow  # builds the wheel (5 s)
 def test_the_wheel_holds_the_configs_the_digits_and_the_page(tmp_path):
   # Built from a copy, offline, with the build tools already installed (the `test` extra): an
   # in-tree build would leave build/ in the repository, whose stale files end up in later wheels.
