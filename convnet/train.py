@@ -515,8 +515,7 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
     for i, member in enumerate(members):
       if not trains[i] and not member.diverged:  # the last step's loss was finite, not its update
         _diverge(member, epochs.diverged_message(config, run.manager, step - 1), window[i])
-    if all(member.diverged for member in members):
-      raise SeedsDivergedError([DivergedError(member.diverged) for member in members])
+    _stop_if_none_trains(members)
 
   def save(wall_time_s: float) -> None:
     loop = {"epoch_sums": {k: v.tolist() for k, v in sums.items()}, "window_losses": window}
@@ -567,18 +566,7 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
     if epoch_end - first_step <= steps_per_epoch:  # the first evaluation of this process
       logging.info("Evaluating on validation and test (compiling the evaluation step first)")
     evals = {name: run.evaluate(state, name) for name in ("validation", "test")}
-    for i, member in enumerate(members):  # parameters finite, but too large to evaluate
-      losses = [(n, v[i]["loss"]) for n, v in evals.items() if v and not member.diverged]
-      split, loss = next(((n, x) for n, x in losses if not math.isfinite(x)), (None, None))
-      if split is None:
-        continue
-      message = epochs.diverged_message(config, run.manager, step - 1, loss, split)
-      if live is None:
-        raise DivergedError(message)
-      _diverge(member, message, window[i])
-      live = live.at[i].set(False)
-    if all(member.diverged for member in members):
-      raise SeedsDivergedError([DivergedError(member.diverged) for member in members])
+    live = _judge_evaluations(run, evals, step, window, live)
     wall_time_s = time.perf_counter() - start_time
     done = epoch_end - epoch * steps_per_epoch - index
     for i, member in enumerate(members):
@@ -597,6 +585,39 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
     window_start, window_steps = time.perf_counter(), 0
 
   profiler.stop(state)
+  return _finish(run, step, already_finished)
+
+
+def _judge_evaluations(run: Run, evals, step: int, window, live):
+  """Judges each training member by its evaluation losses after step `step`; returns `live`.
+
+  Finite parameters can be so large that the logits overflow: a validation or
+  test loss that is not finite is a divergence (`DivergedError` for a single
+  run; in a group, that seed stops training, and its flag in `live` is cleared).
+  """
+  for i, member in enumerate(run.members):
+    losses = [(n, v[i]["loss"]) for n, v in evals.items() if v and not member.diverged]
+    split, loss = next(((n, x) for n, x in losses if not math.isfinite(x)), (None, None))
+    if split is None:
+      continue
+    message = epochs.diverged_message(run.config, run.manager, step - 1, loss, split)
+    if live is None:
+      raise DivergedError(message)
+    _diverge(member, message, window[i])
+    live = live.at[i].set(False)
+  _stop_if_none_trains(run.members)
+  return live
+
+
+def _stop_if_none_trains(members: list[Member]) -> None:
+  """Raises `SeedsDivergedError` when every seed of a group has diverged."""
+  if all(member.diverged for member in members):
+    raise SeedsDivergedError([DivergedError(member.diverged) for member in members])
+
+
+def _finish(run: Run, step: int, already_finished: bool) -> list[dict[str, Any]]:
+  """Closes the run's files, logs each member's result, and returns the results (see `fit`)."""
+  members = run.members
   run.manager.wait_until_finished()
   run.manager.close()
   for member in members:
