@@ -71,6 +71,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dense_features = one_or_many((64,))
   config.model.dense_activation = "relu"
   config.model.implementation = "matmul"  # or "lax": same function, slower on CPU
+  # The dots' compute dtype: "float32" or "bfloat16" (mixed precision: parameters, optimizer
+  # state, loss and metrics stay float32). See docs/performance.md for when bfloat16 pays.
+  config.model.dtype = "float32"
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "rmsprop"  # "rmsprop", "adam" or "sgd"

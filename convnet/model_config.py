@@ -39,6 +39,12 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 POOLINGS = ("max", "avg", "none")
 HEADS = ("flatten", "global_avg", "global_max")
 IMPLEMENTATIONS = ("matmul", "lax")
+# Compute dtypes (`model.dtype`): the dtype the dots take their inputs in. Parameters, optimizer
+# state, activations between layers, the loss and the metrics stay float32; dots accumulate in it.
+DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Activations that commute with max pooling (non-decreasing, with the same first maximum), so that
+# a conv block may pool before activating (`ops.conv_max_pool`).
+POOL_COMMUTING_ACTIVATIONS = ("relu", "linear")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +164,15 @@ def conv_blocks(
   )
   _check_shapes(blocks, input_shape, pooling["padding"])
   return blocks
+
+
+def compute_dtype(model_config: Mapping[str, Any]) -> str:
+  """The config's `model.dtype` ("float32" where a config predates the field).
+
+  Raises:
+    ConfigError: it names no dtype of `DTYPES`.
+  """
+  return choice(model_config.get("dtype", "float32"), DTYPES, "model.dtype")
 
 
 def choice(value, options, field: str) -> str:

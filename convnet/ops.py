@@ -7,6 +7,16 @@ strided slices, one `dot_general` and elementwise ops, every heavy operation
 of a training step is a matmul, on any backend. `models.ConvNet` uses these
 with `implementation="matmul"` and the `lax` ops with `implementation="lax"`;
 both compute the same function with the same parameters.
+
+A convolution followed by max pooling whose windows tile its output
+(`conv_max_pool`) is computed at the pooled positions only: the conv's output
+comes out grouped by window offset, so pooling is an elementwise maximum over
+the groups instead of strided slices, and outputs that no window reads (the
+last row of an odd-sized map) are never computed.
+
+Every dot takes a `dtype` for its inputs (None: as they are; `jnp.bfloat16`
+for mixed precision) and accumulates in float32: the patches are cast after
+they are gathered, so slicing, padding and their gradients stay in float32.
 """
 
 from __future__ import annotations
@@ -84,18 +94,130 @@ def _window_slices(x: jax.Array, window: Sequence[int], strides: Sequence[int]) 
   return slices
 
 
-def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Padding) -> jax.Array:
+def matmul(x: jax.Array, kernel: jax.Array, dtype=None) -> jax.Array:
+  """`x @ kernel` over x's last axis, with inputs cast to `dtype` and float32 accumulation.
+
+  Args:
+    x: (..., K) values.
+    kernel: (K, N) weights.
+    dtype: the dots' input dtype (None: x's and kernel's own), e.g. `jnp.bfloat16`.
+
+  Returns:
+    (..., N), float32 (or x's dtype where that is wider).
+  """
+  if dtype is not None:
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+  accumulate = jnp.promote_types(jnp.float32, jnp.result_type(x, kernel))
+  # As a 2D dot: XLA:CPU hands that to its fastest kernels, and fuses less around it.
+  flat = x.reshape(-1, x.shape[-1])
+  y = jax.lax.dot_general(flat, kernel, (((1,), (0,)), ((), ())), preferred_element_type=accumulate)
+  return y.reshape(*x.shape[:-1], kernel.shape[-1])
+
+
+def conv(
+  x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Padding, dtype=None
+) -> jax.Array:
   """`lax.conv_general_dilated` for channels-last inputs and (*window, in, out) kernels.
 
   The window's slices are concatenated along channels (im2col) and multiplied
-  by the kernel reshaped to (window size x in, out): one matmul.
+  by the kernel reshaped to (window size x in, out): one matmul (`matmul`,
+  whose `dtype` the dot's inputs are cast to).
   """
   window = kernel.shape[:-2]
   x = _pad(x, explicit_padding(x.shape[1:-1], window, strides, padding), 0.0)
   slices = _window_slices(x, window, strides)
   patches = slices[0] if len(slices) == 1 else jnp.concatenate(slices, axis=-1)
-  weights = kernel.reshape(-1, kernel.shape[-1])
-  return jax.lax.dot_general(patches, weights, (((patches.ndim - 1,), (0,)), ((), ())))
+  return matmul(patches, kernel.reshape(-1, kernel.shape[-1]), dtype)
+
+
+def tiles(window: Sequence[int], strides: Sequence[int], padding: Padding) -> bool:
+  """Whether pooling windows tile the input from its start: window == strides, no padding."""
+  if tuple(window) != tuple(strides):
+    return False
+  if isinstance(padding, str):
+    return padding == "VALID"
+  return not any(low or high for low, high in padding)
+
+
+def conv_max_pool(
+  x: jax.Array,
+  kernel: jax.Array,
+  bias: jax.Array,
+  strides: Sequence[int],
+  padding: Padding,
+  window: Sequence[int],
+  dtype=None,
+) -> jax.Array:
+  """Max pooling, in windows that tile (`tiles`), of `conv(x, kernel, strides, padding) + bias`.
+
+  Equal to `max_pool(conv(...) + bias, window, window, "VALID")`: the same
+  values (adding the bias after the maximum rounds alike) and, up to float
+  rounding, the same gradients (they go to the first maximum of each window of
+  the conv's output before its bias). Computed at the pooled positions only:
+  for each offset within a window, the conv's outputs at that offset of every
+  window are one strided im2col; all offsets go through one matmul, and
+  pooling is an elementwise maximum over offsets. An activation that is
+  non-decreasing (relu, linear) gives the same result after pooling as before.
+
+  Args:
+    x: (batch, *spatial, in) values.
+    kernel: (*kernel_size, in, out) weights; bias: (out,).
+    strides, padding: the conv's.
+    window: the pooling window, also its strides; each conv output length must
+      hold at least one window.
+    dtype: the dot's input dtype (see `matmul`).
+
+  Returns:
+    (batch, *pooled, out), pooled[i] = conv_output[i] // window[i].
+  """
+  taps = kernel.shape[:-2]
+  x = _pad(x, explicit_padding(x.shape[1:-1], taps, strides, padding), 0.0)
+  conv_out = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:-1], taps, strides, strict=True)]
+  pooled = [o // w for o, w in zip(conv_out, window, strict=True)]
+  steps = tuple(s * w for s, w in zip(strides, window, strict=True))
+  groups = []
+  for offset in itertools.product(*(range(w) for w in window)):
+    slices = []
+    for tap in itertools.product(*(range(k) for k in taps)):
+      start = [s * d + t for s, d, t in zip(strides, offset, tap, strict=True)]
+      limit = [b + step * (m - 1) + 1 for b, step, m in zip(start, steps, pooled, strict=True)]
+      slices.append(
+        jax.lax.slice(x, (0, *start, 0), (x.shape[0], *limit, x.shape[-1]), (1, *steps, 1))
+      )
+    groups.append(slices[0] if len(slices) == 1 else jnp.concatenate(slices, axis=-1))
+  patches = jnp.stack(groups)  # (offsets, batch, *pooled, taps x in)
+  y = _first_max(matmul(patches, kernel.reshape(-1, kernel.shape[-1]), dtype))
+  return y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
+
+
+@jax.custom_vjp
+def _first_max(z: jax.Array) -> jax.Array:
+  """The maximum over axis 0, whose gradient goes to the first maximum (elementwise ops only)."""
+  return functools.reduce(jnp.maximum, list(z))
+
+
+def _first_max_fwd(z):
+  y = _first_max(z)
+  return y, (z, y)
+
+
+def _first_max_bwd(residuals, g):
+  z, y = residuals
+  return (jnp.stack(_to_first_maximum(list(z), y, g)),)
+
+
+def _to_first_maximum(candidates: list[jax.Array], y: jax.Array, g: jax.Array) -> list[jax.Array]:
+  """Per candidate: `g` where it is the first to equal the maximum `y`, zeros elsewhere."""
+  taken = jnp.zeros(y.shape, bool)
+  grads = []
+  for candidate in candidates:
+    first = (candidate == y) & ~taken
+    taken = taken | first
+    grads.append(jnp.where(first, g, jnp.zeros_like(g)))
+  return grads
+
+
+_first_max.defvjp(_first_max_fwd, _first_max_bwd)
 
 
 def avg_pool(
@@ -139,13 +261,7 @@ def _max_pool_bwd(window, strides, padding, residuals, g):
   x, y = residuals
   pads = explicit_padding(x.shape[1:-1], window, strides, padding)
   padded = _pad(x, pads, -jnp.inf)
-  slices = _window_slices(padded, window, strides)
-  taken = jnp.zeros(y.shape, bool)
-  grads = []
-  for s in slices:
-    first = (s == y) & ~taken
-    taken = taken | first
-    grads.append(jnp.where(first, g, jnp.zeros_like(g)))
+  grads = _to_first_maximum(_window_slices(padded, window, strides), y, g)
   if tuple(window) == tuple(strides) and not any(low or high for low, high in pads):
     grad_padded = _tile_windows(grads, window, padded.shape)  # windows tile the input
   else:  # overlapping or padded windows: transpose the slicing

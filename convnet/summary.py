@@ -180,7 +180,14 @@ def model_rows(model, input_shape: Sequence[int]) -> list[Row]:
       ]
       field = {"receptive_field": size, "jump": jump, "field_start": start}
       if isinstance(layer, layers.Conv):
-        rows.append(_conv_row(layer, before, out, pads, channels, field))
+        following = model.layers[index + 1] if index < last else None
+        # Pooled first (`layers.pools_first`), the conv computes only the outputs its pooling
+        # reads, and its bias and activation apply to the pooled outputs.
+        computed = activated = out
+        if layers.pools_first(layer, following):
+          activated = tuple(o // w for o, w in zip(out, following.window, strict=True))
+          computed = tuple(a * w for a, w in zip(activated, following.window, strict=True))
+        rows.append(_conv_row(layer, before, out, (computed, activated), pads, channels, field))
         channels = layer.features
       else:
         rows.append(_pool_row(layer, out, channels, field))
@@ -191,12 +198,14 @@ def model_rows(model, input_shape: Sequence[int]) -> list[Row]:
   return rows
 
 
-def _conv_row(layer, before: Row, out, pads, channels: int, field) -> Row:
+def _conv_row(layer, before: Row, out, work, pads, channels: int, field) -> Row:
+  """A conv's row; `work`: the output lengths it computes, and those it biases and activates."""
+  computed, activated = work
   taps = _conv_taps(
-    before.output_shape[:-1], out, layer.kernel_size, layer.strides, pads, layer.implementation
+    before.output_shape[:-1], computed, layer.kernel_size, layer.strides, pads, layer.implementation
   )
   act_flops, act_transcendentals = ACTIVATION_COSTS[layer.activation]
-  outputs = math.prod(out) * layer.features
+  outputs = math.prod(activated) * layer.features
   return Row(
     layer.name,
     f"conv {layer.features}@{_window(layer.kernel_size, layer.strides, layer.padding)}, "

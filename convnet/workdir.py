@@ -68,6 +68,7 @@ ADDED_FIELDS = {
   "data.num_train": 0,
   "steps_per_epoch": 0,
   "data.layout": "image",
+  "model.dtype": "float32",
   "augment.time_masks": 0,
   "augment.time_mask_width": 0,
   "augment.freq_masks": 0,

@@ -190,3 +190,105 @@ def test_conv_padding_wider_than_the_kernel_matches_lax():
   ours = ops.conv(x, kernel, (1, 2), padding)
   np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)
   np.testing.assert_array_equal(ours[:, :2], 0.0)  # rows whose windows hold padding only
+
+
+# ----------------------------------------------------------------------------
+# A conv and the max pooling after it as one op.
+
+POOLED_CASES = [
+  # (spatial input, kernel, strides, padding, pooling window)
+  ((28, 28), (3, 3), (1, 1), "VALID", (2, 2)),  # the book's first block
+  ((13, 13), (3, 3), (1, 1), "VALID", (2, 2)),  # an odd map: the last row is never read
+  ((13, 12), (3, 2), (2, 1), "SAME", (3, 2)),
+  ((29,), (5,), (2,), ((2, 1),), (2,)),
+  ((7, 8, 9), (3, 3, 2), (1, 2, 1), ((1, 0), (0, 2), (1, 1)), (2, 2, 2)),
+]
+
+
+def _pooled_reference(x, kernel, bias, strides, padding, window):
+  y = ops.conv(x, kernel, strides, padding) + bias.reshape((1,) * (len(window) + 1) + (-1,))
+  return ops.max_pool(y, tuple(window), tuple(window), "VALID")
+
+
+@pytest.mark.parametrize("spatial,taps,strides,padding,window", POOLED_CASES)
+def test_conv_max_pool_equals_a_conv_then_max_pooling(spatial, taps, strides, padding, window):
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.normal(size=(3, *spatial, 4)).astype(np.float32))
+  kernel = jnp.asarray(rng.normal(size=(*taps, 4, 5)).astype(np.float32))
+  bias = jnp.asarray(rng.normal(size=(5,)).astype(np.float32))
+
+  def fused(x, kernel, bias):
+    return ops.conv_max_pool(x, kernel, bias, strides, padding, window)
+
+  def reference(x, kernel, bias):
+    return _pooled_reference(x, kernel, bias, strides, padding, window)
+
+  ours, theirs = jax.jit(fused)(x, kernel, bias), jax.jit(reference)(x, kernel, bias)
+  assert ours.shape == theirs.shape
+  np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+  cotangent = jnp.asarray(rng.normal(size=ours.shape).astype(np.float32))
+  for a, b in zip(
+    jax.grad(lambda *p: jnp.sum(fused(*p) * cotangent), argnums=(0, 1, 2))(x, kernel, bias),
+    jax.grad(lambda *p: jnp.sum(reference(*p) * cotangent), argnums=(0, 1, 2))(x, kernel, bias),
+    strict=True,
+  ):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_max_pool_routes_tied_maxima_to_the_first_as_max_pooling_does():
+  # Small integers: the conv's outputs are exact and full of ties.
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.integers(0, 2, size=(2, 10, 10, 2)).astype(np.float32))
+  kernel = jnp.asarray(rng.integers(0, 2, size=(3, 3, 2, 3)).astype(np.float32))
+  bias = jnp.asarray([1.0, -2.0, 0.0])
+  args = (x, kernel, bias, (1, 1), "VALID", (2, 2))
+
+  def grads(fn):
+    return jax.grad(lambda x, k, b: jnp.sum(fn(x, k, b, *args[3:]) * 1.5), argnums=(0, 1, 2))(
+      *args[:3]
+    )
+
+  for a, b in zip(grads(ops.conv_max_pool), grads(_pooled_reference), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def _dot_input_shapes(fn, *args) -> list[tuple[int, ...]]:
+  jaxpr = jax.make_jaxpr(fn)(*args)
+  return [e.invars[0].aval.shape for e in jaxpr.eqns if e.primitive.name == "dot_general"]
+
+
+def test_the_book_model_pools_before_activating_unless_the_feature_maps_are_asked_for():
+  model = models.create_model(mnist_config.get_config().model, (28, 28, 1), 10)
+  x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 28, 28, 1)).astype(np.float32))
+  params = jax.jit(model.init)(jax.random.key(0), x)["params"]
+  plain = _dot_input_shapes(lambda p: model.apply({"params": p}, x), params)
+  # conv_0 computes the 4 offsets of 13x13 windows (not 26x26 outputs), conv_1 those of 5x5.
+  assert plain[:2] == [(4 * 2 * 13 * 13, 9), (4 * 2 * 5 * 5, 144)]
+  collecting = _dot_input_shapes(
+    lambda p: model.apply({"params": p}, x, mutable=["intermediates"]), params
+  )
+  assert collecting[:2] == [(2 * 26 * 26, 9), (2 * 11 * 11, 144)]
+  logits, state = jax.jit(lambda p: model.apply({"params": p}, x, mutable=["intermediates"]))(
+    params
+  )
+  assert state["intermediates"]["activation_0"][0].shape == (2, 26, 26, 16)
+  np.testing.assert_allclose(logits, jax.jit(model.apply)({"params": params}, x), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "overrides",
+  [
+    {"conv.activation": "gelu"},  # does not commute with max pooling
+    {"pool.type": "avg"},
+    {"pool.window": 3},  # windows of 3, strides of 2: they overlap
+  ],
+)
+def test_blocks_that_cannot_pool_first_run_as_written(overrides):
+  config = mnist_config.get_config().model
+  for key, value in overrides.items():
+    group, field = key.split(".")
+    config[group][field] = value
+  model = models.create_model(config, (28, 28, 1), 10)
+  x = jnp.zeros((2, 28, 28, 1))
+  params = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+  assert _dot_input_shapes(lambda p: model.apply({"params": p}, x), params)[0] == (2 * 26 * 26, 9)

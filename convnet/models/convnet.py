@@ -22,6 +22,7 @@ from convnet.model_config import (
   IMPLEMENTATIONS,
   ConvBlockSpec,
   choice,
+  compute_dtype,
   conv_blocks,
   positive_ints,
 )
@@ -40,6 +41,8 @@ class ConvNet(nn.Module):
     implementation: "matmul" (convs and pooling as slices and matmuls, see
       `convnet.ops`; fastest on CPU) or "lax" (`nn.Conv` and `nn.max_pool`).
       Both compute the same function with the same parameters.
+    dtype: the compute dtype of the conv and dense layers' dots, "float32" or
+      "bfloat16"; parameters and everything else stay float32 (`layers.apply`).
   """
 
   blocks: tuple[ConvBlockSpec, ...]
@@ -48,6 +51,7 @@ class ConvNet(nn.Module):
   head: str = "flatten"
   dense_activation: str = "relu"
   implementation: str = "matmul"
+  dtype: str = "float32"
 
   @property
   def layers(self) -> tuple[layers.Layer, ...]:
@@ -84,7 +88,7 @@ class ConvNet(nn.Module):
 
   @nn.compact
   def __call__(self, x_BSC: jax.Array) -> jax.Array:
-    return layers.apply(self, self.layers, x_BSC)
+    return layers.apply(self, self.layers, x_BSC, self.dtype)
 
 
 def create(model_config: Mapping[str, Any], input_shape: Sequence[int], num_classes: int):
@@ -98,4 +102,5 @@ def create(model_config: Mapping[str, Any], input_shape: Sequence[int], num_clas
   blocks = conv_blocks(model_config, input_shape)
   head = choice(model_config["head"], HEADS, "model.head")
   implementation = choice(model_config["implementation"], IMPLEMENTATIONS, "model.implementation")
-  return ConvNet(blocks, dense_features, num_classes, head, activation, implementation)
+  dtype = compute_dtype(model_config)
+  return ConvNet(blocks, dense_features, num_classes, head, activation, implementation, dtype)

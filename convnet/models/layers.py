@@ -16,13 +16,15 @@ spatial axis. Activations are the names of `model_config.ACTIVATIONS`.
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from convnet import ops
-from convnet.model_config import ACTIVATIONS, HEADS
+from convnet.model_config import ACTIVATIONS, DTYPES, HEADS, POOL_COMMUTING_ACTIVATIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,12 +119,19 @@ def pool(
 
 
 class MatmulConv(nn.Module):
-  """`nn.Conv`'s parameters and function, computed by `ops.conv` as one matmul."""
+  """`nn.Conv`'s parameters and function, computed by `ops.conv` as one matmul.
+
+  With `pool_window`, the block's max pooling too, before the activation
+  (`ops.conv_max_pool`: the same values and gradients where the activation is
+  non-decreasing, and cheaper). `dtype`: the dot's input dtype (None: float32).
+  """
 
   features: int
   kernel_size: tuple[int, ...]
   strides: tuple[int, ...]
   padding: ops.Padding
+  dtype: Any = None
+  pool_window: tuple[int, ...] | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -130,15 +139,59 @@ class MatmulConv(nn.Module):
       "kernel", nn.initializers.lecun_normal(), (*self.kernel_size, x.shape[-1], self.features)
     )
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-    y = ops.conv(x, kernel, self.strides, self.padding)
+    if self.pool_window is not None:
+      return ops.conv_max_pool(
+        x, kernel, bias, self.strides, self.padding, self.pool_window, self.dtype
+      )
+    y = ops.conv(x, kernel, self.strides, self.padding, self.dtype)
     return y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
 
 
-def apply(module: nn.Module, layers: tuple[Layer, ...], x_BSC: jax.Array) -> jax.Array:
+def _accumulating(op, dtype):
+  """`op` (a `lax` conv or dot) accumulating in float32 where its inputs are `dtype`."""
+  return functools.partial(op, preferred_element_type=jnp.float32) if dtype is not None else op
+
+
+def pools_first(layer: Conv, following: Layer | None) -> bool:
+  """Whether conv `layer` and the pooling after it can run as one `ops.conv_max_pool`.
+
+  For matmul convs whose activation commutes with max pooling, followed by max
+  pooling in windows that tile (`ops.tiles`). The model then computes only the
+  conv outputs the pooling reads, and activates the pooled ones.
+  """
+  return (
+    isinstance(following, Pool)
+    and layer.implementation == "matmul"
+    and following.implementation == "matmul"
+    and following.kind == "max"
+    and layer.activation in POOL_COMMUTING_ACTIVATIONS
+    and ops.tiles(following.window, following.strides, following.padding)
+  )
+
+
+def _pools_first(module: nn.Module, layer: Conv, following: Layer | None, block: int) -> bool:
+  """`pools_first`, where nothing asks for the activation before pooling.
+
+  Not while intermediates are collected, nor under perturbations (Grad-CAM).
+  """
+  return (
+    pools_first(layer, following)
+    and not module.is_mutable_collection("intermediates")
+    and not module.is_mutable_collection("perturbations")
+    and not module.has_variable("perturbations", f"activation_{block}")
+  )
+
+
+def apply(
+  module: nn.Module, layers: tuple[Layer, ...], x_BSC: jax.Array, dtype: str = "float32"
+) -> jax.Array:
   """Applies `layers` in order, from a batch (batch, spatial..., channels) to its logits.
 
   Called from `module`'s compact `__call__`, whose submodules the layers with
-  parameters become, named by the layers' names. Applied with
+  parameters become, named by the layers' names. `dtype` ("float32" or
+  "bfloat16", `model_config.DTYPES`) is the compute dtype of every conv and
+  dense layer's dot: its inputs are cast to it, it accumulates in float32, and
+  parameters and everything between the dots stay float32. Applied with
   `mutable=["intermediates"]`, `module` also returns the feature maps of conv
   block k (the k-th convolution and the poolings right after it):
   `activation_{k}` after the activation, `block_{k}` after the poolings. Given
@@ -148,23 +201,55 @@ def apply(module: nn.Module, layers: tuple[Layer, ...], x_BSC: jax.Array) -> jax
   Raises:
     ValueError: a dense layer before the head, or a head of an unknown kind.
   """
+  compute = None if dtype == "float32" else DTYPES[dtype]
   x = x_BSC
   block = -1  # the conv block the feature maps belong to
+  pooled = None  # a pooling already done with its conv
   for layer, following in zip(layers, (*layers[1:], None), strict=True):
     if isinstance(layer, Conv):
-      conv = nn.Conv if layer.implementation == "lax" else MatmulConv
-      x = conv(layer.features, layer.kernel_size, layer.strides, layer.padding, name=layer.name)(x)
       block += 1
-      x = module.perturb(f"activation_{block}", ACTIVATIONS[layer.activation](x))
-      module.sow("intermediates", f"activation_{block}", x)
+      if layer.implementation == "lax":
+        pooled = None
+        conv = nn.Conv(
+          layer.features,
+          layer.kernel_size,
+          layer.strides,
+          layer.padding,
+          dtype=compute,
+          conv_general_dilated=_accumulating(jax.lax.conv_general_dilated, compute),
+          name=layer.name,
+        )
+      else:
+        pooled = following if _pools_first(module, layer, following, block) else None
+        window = pooled.window if pooled else None
+        conv = MatmulConv(
+          layer.features,
+          layer.kernel_size,
+          layer.strides,
+          layer.padding,
+          compute,
+          window,
+          name=layer.name,
+        )
+      x = ACTIVATIONS[layer.activation](conv(x))
+      if not pooled:
+        x = module.perturb(f"activation_{block}", x)
+        module.sow("intermediates", f"activation_{block}", x)
     elif isinstance(layer, Pool):
-      x = pool(x, layer.kind, layer.window, layer.strides, layer.padding, layer.implementation)
+      if layer is not pooled:
+        x = pool(x, layer.kind, layer.window, layer.strides, layer.padding, layer.implementation)
     elif isinstance(layer, Head):
       x = _head(x, layer.kind)
     else:
       if x.ndim != 2:
         raise ValueError(f"layer {layer.name} is dense, but no head makes its input a vector")
-      x = ACTIVATIONS[layer.activation](nn.Dense(layer.features, name=layer.name)(x))
+      dense = nn.Dense(
+        layer.features,
+        dtype=compute,
+        dot_general=_accumulating(jax.lax.dot_general, compute),
+        name=layer.name,
+      )
+      x = ACTIVATIONS[layer.activation](dense(x))
     if isinstance(layer, Conv | Pool) and block >= 0 and not isinstance(following, Pool):
       module.sow("intermediates", f"block_{block}", x)
   return x
@@ -186,10 +271,12 @@ class Stack(nn.Module):
 
   Attributes:
     layers: the layers, ending in the dense layer that gives the logits.
+    dtype: the compute dtype of its dots, "float32" or "bfloat16" (see `apply`).
   """
 
   layers: tuple[Layer, ...]
+  dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x_BSC: jax.Array) -> jax.Array:
-    return apply(self, self.layers, x_BSC)
+    return apply(self, self.layers, x_BSC, self.dtype)
