@@ -1,17 +1,34 @@
-r"""Training and eval throughput of the book's convnet, next to PyTorch and Keras.
+r"""Training and eval throughput of the book's convnet, next to PyTorch and Keras, in
+float32 and bfloat16.
 
-  python -m convnet.benchmark [--batch_sizes=32,128,512] [--out=benchmark.json]
+  python -m convnet.benchmark [--batch_sizes=32,128,512] [--dtypes=float32,bfloat16]
+      [--out=benchmark.json]
 
 Each framework runs in a worker process of its own, on the same model (the
 book's convnet, 33,194 parameters), data (random 28x28x1 images, 10 classes)
-and optimizer (RMSprop, learning rate 1e-3, decay 0.9, float32). The workers
-take turns: every round times each of them once, so a change in the machine's
-speed touches them all. Reported per framework and batch size: training and
-eval examples/s (median over rounds), the time its process took to finish the
-first training step (imports, data, model and compilation included), the
-duration of that first step, and the process's peak RSS. FLOPs per example
-come from XLA's cost analysis of the compiled train and eval steps; the
-fraction of peak compares them with a float32 matmul measured here.
+and optimizer (RMSprop, learning rate 1e-3, decay 0.9). For every batch size
+and dtype the workers take turns: every round times each of them once, so a
+change in the machine's speed touches them all.
+
+Dtypes: "float32" computes in float32 throughout; "bfloat16" is each
+framework's own mixed precision, parameters, optimizer state and loss in
+float32 (the config's `model.dtype` for project and flax, `torch.autocast`
+for torch, the "mixed_bfloat16" policy for keras; see `convnet.frameworks`).
+A framework that cannot compute in a dtype here is skipped, with the reason
+in the table and the JSON.
+
+Reported per batch size, dtype and framework: training and eval examples/s
+(median over rounds); the training rate over the best peer's (torch or keras,
+same batch size and dtype); the fraction of that dtype's matmul peak; the
+time its process took to finish the first training step (imports, data, model
+and compilation included); the duration of that first step; and the
+process's peak RSS. FLOPs per example come from XLA's cost analysis of the
+compiled float32 train and eval steps (the same count serves bfloat16); the
+matmul peak is a square 2048x2048 matmul under jax, measured here per dtype
+(bfloat16 inputs with float32 accumulation).
+
+JSON: `matmul_peak_gflops[dtype]`, and `throughput[batch_size][dtype][framework]`
+holding the measurements or `{"skipped": reason}`.
 
 Frameworks (`convnet.frameworks` trains the model in each): project (this
 project's training path), flax (a plain Flax loop), torch (PyTorch eager) and
@@ -21,7 +38,7 @@ Also, with `--seeds=N`: N seeds trained at once by one `jax.vmap` program,
 against the same N runs one after another; and with `--fashion_mnist_dir`:
 the wall time until the book's convnet first reaches 90% test accuracy on the
 full Fashion-MNIST, this project against PyTorch with the same
-hyperparameters.
+hyperparameters (both float32).
 """
 
 from __future__ import annotations
@@ -43,6 +60,8 @@ from convnet import frameworks as frameworks_lib
 from convnet.errors import ConvnetError, DataError, WorkdirError
 
 FRAMEWORKS = ("project", "flax", "torch", "keras")
+PEERS = ("torch", "keras")  # what "vs best peer" compares with
+DTYPES = frameworks_lib.DTYPES
 INPUT_SHAPE, NUM_CLASSES = frameworks_lib.INPUT_SHAPE, frameworks_lib.NUM_CLASSES
 
 
@@ -61,13 +80,24 @@ def _receive(conn, process, framework: str):
   return conn.recv()
 
 
-def measure_throughput(frameworks, batch_size, rounds, examples, eval_batch_size, options):
-  """Starts one worker per framework, then times them in turns."""
+def measure_throughput(
+  frameworks, batch_size, rounds, examples, eval_batch_size, options, dtype="float32"
+):
+  """Starts one worker per framework, then times them in turns.
+
+  Returns:
+    {framework: measurements}, in the order of `frameworks`; the measurements
+    are `{"skipped": reason}` for a framework that cannot compute in `dtype`.
+  """
   ctx = multiprocessing.get_context("spawn")
   num_examples = max(examples, eval_batch_size, 4 * batch_size)
   steps = max(examples // batch_size, 1)
   workers, results = {}, {}
   for framework in frameworks:  # started one at a time, so startup times do not overlap
+    reason = frameworks_lib.unsupported_reason(framework, dtype)
+    if reason:
+      results[framework] = {"skipped": reason}
+      continue
     parent, child = ctx.Pipe()
     args = (
       child,
@@ -77,11 +107,17 @@ def measure_throughput(frameworks, batch_size, rounds, examples, eval_batch_size
       options,
       eval_batch_size,
       time.time(),
+      dtype,
     )
     process = ctx.Process(target=frameworks_lib.worker, args=args, daemon=True)
     process.start()
+    first = _receive(parent, process, framework)
+    if "skipped" in first:
+      process.join()
+      results[framework] = first
+      continue
     workers[framework] = (parent, process)
-    results[framework] = _receive(parent, process, framework) | {"train_s": [], "eval_s": []}
+    results[framework] = first | {"train_s": [], "eval_s": []}
   for _ in range(rounds):
     for framework, (conn, process) in workers.items():
       conn.send(("train", steps))
@@ -132,13 +168,20 @@ def step_flops(batch_size: int, eval_batch_size: int) -> dict[str, float]:
   }
 
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
-  """float32 GFLOP/s of a square matmul under jax: the machine's practical peak."""
+def matmul_peak_gflops(dtype: str = "float32", size: int = 2048, repeats: int = 10) -> float:
+  """GFLOP/s of a square `size` x `size` matmul under jax: the machine's practical peak.
+
+  "float32": float32 inputs and result; "bfloat16": bfloat16 inputs with float32
+  accumulation (`preferred_element_type`), as mixed precision's dots compute.
+  The best of `repeats` timed calls, after one that compiles.
+  """
   import jax
   import jax.numpy as jnp
 
-  a = jnp.ones((size, size), jnp.float32)
-  matmul = jax.jit(jnp.matmul)
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype {dtype!r}: must be one of {', '.join(DTYPES)}")
+  a = jnp.ones((size, size), dtype)
+  matmul = jax.jit(functools.partial(jnp.dot, preferred_element_type=jnp.float32))
   matmul(a, a).block_until_ready()
   times = []
   for _ in range(repeats):
@@ -313,26 +356,61 @@ def time_to_accuracy(framework: str, idx_dir: str, target: float, max_epochs: in
 # Report.
 
 
-def format_table(results: dict) -> str:
-  """The throughput table, one row per batch size and framework, this project first."""
-  lines = [
-    "| batch | framework | train ex/s | vs keras | % of matmul peak | eval ex/s | "
-    "first step (s) | startup (s) | peak RSS (MB) |",
-    "|---|---|---|---|---|---|---|---|---|",
-  ]
-  peak = results["matmul_peak_gflops"] * 1e9
-  train_flops = results["flops"]["train_flops_per_example"]
+def upgrade_results(results: dict) -> dict:
+  """`results` in the current JSON shape, also when read from an older benchmark file.
+
+  Older files held one float32 `matmul_peak_gflops` and
+  `throughput[batch_size][framework]`; they become `{"float32": peak}` and
+  `throughput[batch_size]["float32"][framework]`.
+  """
+  peak = results["matmul_peak_gflops"]
+  throughput = {}
   for batch_size, row in results["throughput"].items():
-    keras = row.get("keras", {}).get("train_examples_per_sec")
-    for framework, r in row.items():
-      rate = r["train_examples_per_sec"]
-      ratio = f"{rate / keras:.2f}x" if keras else "-"
-      lines.append(
-        f"| {batch_size} | {framework} | {rate:,.0f} | {ratio} "
-        f"| {100 * rate * train_flops / peak:.1f}% | {r['eval_examples_per_sec']:,.0f} "
-        f"| {r['first_step_s']:.2f} | {r['startup_s']:.1f} "
-        f"| {r['peak_rss_mb']:,.0f} |"
+    by_dtype = set(row) <= set(DTYPES)
+    throughput[batch_size] = row if by_dtype else {"float32": row}
+  return results | {
+    "matmul_peak_gflops": peak if isinstance(peak, dict) else {"float32": peak},
+    "throughput": throughput,
+  }
+
+
+def format_table(results: dict) -> str:
+  """The throughput table: one row per batch size, dtype and framework, in the results' order.
+
+  "vs best peer" is the row's training rate over the best of torch's and
+  keras's at the same batch size and dtype; "% of peak" is the training FLOP/s
+  over the matmul peak of the row's dtype. A skipped framework's row gives the
+  reason. Takes the JSON of this or an older version (see `upgrade_results`).
+  """
+  results = upgrade_results(results)
+  lines = [
+    "| batch | dtype | framework | train ex/s | vs best peer | % of matmul peak | eval ex/s | "
+    "first step (s) | startup (s) | peak RSS (MB) |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  train_flops = results["flops"]["train_flops_per_example"]
+  for batch_size, by_dtype in results["throughput"].items():
+    for dtype, row in by_dtype.items():
+      peak = results["matmul_peak_gflops"].get(dtype)
+      measured = {f: r for f, r in row.items() if "skipped" not in r}
+      best_peer = max(
+        (measured[f]["train_examples_per_sec"] for f in PEERS if f in measured), default=None
       )
+      for framework, r in row.items():
+        if "skipped" in r:
+          lines.append(
+            f"| {batch_size} | {dtype} | {framework} | skipped: {r['skipped']} "
+            "| - | - | - | - | - | - |"
+          )
+          continue
+        rate = r["train_examples_per_sec"]
+        ratio = f"{rate / best_peer:.2f}x" if best_peer else "-"
+        fraction = f"{100 * rate * train_flops / (peak * 1e9):.1f}%" if peak else "-"
+        lines.append(
+          f"| {batch_size} | {dtype} | {framework} | {rate:,.0f} | {ratio} | {fraction} "
+          f"| {r['eval_examples_per_sec']:,.0f} | {r['first_step_s']:.2f} "
+          f"| {r['startup_s']:.1f} | {r['peak_rss_mb']:,.0f} |"
+        )
   return "\n".join(lines)
 
 
@@ -344,6 +422,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     (
       ("list", "batch_sizes", ["32", "128", "512"], "Training batch sizes."),
       ("list", "frameworks", list(FRAMEWORKS), "Frameworks to measure, where installed."),
+      ("list", "dtypes", list(DTYPES), "Compute dtypes to measure each framework in."),
       ("integer", "rounds", 5, "Timed rounds per framework and batch size.", positive),
       ("integer", "examples", 8192, "Training examples per timed round.", positive),
       ("integer", "eval_batch_size", 1024, "Batch size of the eval measurement.", positive),
@@ -371,6 +450,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     "frameworks",
     lambda names: set(names) <= set(FRAMEWORKS),
     f"must name some of {','.join(FRAMEWORKS)}",
+    flag_values=flag_values,
+  )
+  flags.register_validator(
+    "dtypes",
+    lambda names: bool(names) and set(names) <= set(DTYPES) and len(set(names)) == len(names),
+    f"must name some of {','.join(DTYPES)}, each once",
     flag_values=flag_values,
   )
 
@@ -416,20 +501,25 @@ def main(argv):
     "date": time.strftime("%Y-%m-%d"),
     "frameworks": frameworks,
     "skipped": skipped,
-    "matmul_peak_gflops": matmul_peak_gflops(),
+    "dtypes": FLAGS.dtypes,
+    "matmul_peak_gflops": {dtype: matmul_peak_gflops(dtype) for dtype in FLAGS.dtypes},
     "flops": step_flops(128, FLAGS.eval_batch_size),
     "throughput": {},
   }
   results["machine"]["versions"] = _versions(frameworks)
   for batch_size in batch_sizes:
-    results["throughput"][str(batch_size)] = measure_throughput(
-      frameworks,
-      batch_size,
-      FLAGS.rounds,
-      FLAGS.examples,
-      FLAGS.eval_batch_size,
-      {"steps_per_call": FLAGS.steps_per_call, "microbatch_size": FLAGS.microbatch_size},
-    )
+    results["throughput"][str(batch_size)] = {
+      dtype: measure_throughput(
+        frameworks,
+        batch_size,
+        FLAGS.rounds,
+        FLAGS.examples,
+        FLAGS.eval_batch_size,
+        {"steps_per_call": FLAGS.steps_per_call, "microbatch_size": FLAGS.microbatch_size},
+        dtype,
+      )
+      for dtype in FLAGS.dtypes
+    }
   print(format_table(results))
   if FLAGS.seeds:
     results["seeds"] = measure_seeds(

@@ -1,10 +1,10 @@
 """The book's convnet trained the same way in each framework the benchmark compares.
 
 Each runner builds the book's convnet (33,194 parameters) with RMSprop
-(learning rate 1e-3, decay 0.9, float32) on random 28x28x1 images of 10
-classes, and times training and evaluation steps; `worker` drives one runner
-in a process of its own over a pipe (`convnet.benchmark` starts them), so
-that each framework's imports and threads stay apart.
+(learning rate 1e-3, decay 0.9) on random 28x28x1 images of 10 classes, and
+times training and evaluation steps; `worker` drives one runner in a process
+of its own over a pipe (`convnet.benchmark` starts them), so that each
+framework's imports and threads stay apart.
 
   project  this project's training path: `steps.train_steps` over
            device-resident data, `steps_per_call` steps a call, matmul ops
@@ -12,6 +12,12 @@ that each framework's imports and threads stay apart.
            `nn.Conv` and `nn.max_pool`, batches from host memory
   torch    PyTorch eager, CPU (pip install -e '.[bench]')
   keras    tf.keras `fit` (TensorFlow's default, no XLA)
+
+Every runner computes in one of `DTYPES`. "float32" is float32 throughout.
+"bfloat16" is each framework's own mixed precision, with parameters, optimizer
+state and loss in float32: the config's `model.dtype` for project and flax,
+`torch.autocast` around the forward pass and loss for torch, and the
+"mixed_bfloat16" policy (logits in float32) for keras.
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ import os
 import resource
 import sys
 import time
+import traceback
 
 INPUT_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
 LEARNING_RATE, RMSPROP_DECAY = 1e-3, 0.9
+DTYPES = ("float32", "bfloat16")  # compute dtypes; parameters stay float32 in both
 
 
 def random_data(num_examples: int, seed: int = 0):
@@ -36,20 +44,45 @@ def random_data(num_examples: int, seed: int = 0):
   return images, labels
 
 
-def book_config(implementation: str = "matmul"):
+class UnsupportedDtype(Exception):
+  """A framework here cannot compute in the dtype asked for; the message says why."""
+
+
+def book_config(implementation: str = "matmul", dtype: str = "float32"):
+  """The book's convnet config with the benchmark's optimizer, computing in `dtype`.
+
+  Raises:
+    UnsupportedDtype: `dtype` is not float32 and the config has no `model.dtype`.
+  """
   from convnet.configs import mnist
 
   config = mnist.get_config()
   config.model.implementation = implementation
   config.optimizer.learning_rate = LEARNING_RATE
   config.optimizer.rmsprop_decay = RMSPROP_DECAY
+  if "dtype" in config.model:
+    config.model.dtype = dtype
+  elif dtype != "float32":
+    raise UnsupportedDtype(f"the config has no model.dtype to compute in {dtype}")
   return config
 
 
-class JaxRunner:
-  """The project's path (`train_steps`) or the plain per-step Flax loop."""
+def unsupported_reason(framework: str, dtype: str) -> str | None:
+  """Why `framework` cannot run in `dtype` here, found without starting it; None if it can."""
+  if dtype not in DTYPES:
+    return f"unknown dtype {dtype}; known: {', '.join(DTYPES)}"
+  if framework in ("project", "flax"):
+    try:
+      book_config(dtype=dtype)
+    except UnsupportedDtype as e:
+      return str(e)
+  return None
 
-  def __init__(self, framework: str, batch_size: int, num_examples: int, options: dict):
+
+class JaxRunner:
+  """The project's path (`train_steps`) or the plain per-step Flax loop, in `dtype`'s compute."""
+
+  def __init__(self, framework: str, batch_size: int, num_examples: int, options: dict, dtype: str):
     import jax
     import numpy as np
 
@@ -58,7 +91,7 @@ class JaxRunner:
 
     self.jax, self.epochs = jax, epochs
     implementation = "matmul" if framework == "project" else "lax"
-    config = book_config(implementation)
+    config = book_config(implementation, dtype)
     model = models.create_model(config.model, INPUT_SHAPE, NUM_CLASSES)
     tx = optim.create_optimizer(config.optimizer, 1, 1)
     self.state = steps_lib.create_train_state(jax.random.key(0), model, INPUT_SHAPE, tx)
@@ -121,9 +154,18 @@ class JaxRunner:
 
 
 class TorchRunner:
-  def __init__(self, framework: str, batch_size: int, num_examples: int, options: dict):
+  """PyTorch eager; in bfloat16, `torch.autocast` on the CPU around the forward pass and loss."""
+
+  def __init__(self, framework: str, batch_size: int, num_examples: int, options: dict, dtype: str):
+    import contextlib
+
     import torch
 
+    self.autocast = (
+      functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16)
+      if dtype == "bfloat16"
+      else contextlib.nullcontext
+    )
     torch.manual_seed(0)
     self.torch, self.model = torch, torch_book_convnet()
     self.optimizer = torch.optim.RMSprop(
@@ -144,12 +186,14 @@ class TorchRunner:
         self.labels[start : start + self.batch_size],
       )
       self.optimizer.zero_grad()
-      self.loss(self.model(x), y).backward()
+      with self.autocast():
+        loss = self.loss(self.model(x), y)
+      loss.backward()
       self.optimizer.step()
 
   def evaluate(self, batch_size: int) -> None:
     self.model.eval()
-    with self.torch.no_grad():
+    with self.torch.no_grad(), self.autocast():
       for start in range(0, len(self.labels) - batch_size + 1, batch_size):
         self.model(self.images[start : start + batch_size])
 
@@ -175,13 +219,33 @@ def torch_book_convnet():
 
 
 class KerasRunner:
-  def __init__(self, framework: str, batch_size: int, num_examples: int, options: dict):
+  """tf.keras `fit`; in bfloat16, the "mixed_bfloat16" policy with float32 logits."""
+
+  def __init__(self, framework: str, batch_size: int, num_examples: int, options: dict, dtype: str):
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
     import keras
     from keras import layers
 
     keras.utils.set_random_seed(0)
-    self.model = keras.Sequential(
+    previous = keras.mixed_precision.global_policy()
+    # Layers take the global policy when built; it is put back after, so that
+    # building this model changes nothing else in the process.
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if dtype == "bfloat16" else "float32")
+    try:
+      self.model = self._build(keras, layers)
+    finally:
+      keras.mixed_precision.set_global_policy(previous)
+    self.model.compile(
+      optimizer=keras.optimizers.RMSprop(LEARNING_RATE, rho=RMSPROP_DECAY),
+      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+      jit_compile=False,
+    )
+    self.images, self.labels = random_data(num_examples)
+    self.batch_size = batch_size
+
+  @staticmethod
+  def _build(keras, layers):
+    return keras.Sequential(
       [
         keras.Input(INPUT_SHAPE),
         layers.Conv2D(16, 3, activation="relu"),
@@ -191,16 +255,9 @@ class KerasRunner:
         layers.Conv2D(32, 3, activation="relu"),
         layers.Flatten(),
         layers.Dense(64, activation="relu"),
-        layers.Dense(NUM_CLASSES),
+        layers.Dense(NUM_CLASSES, dtype="float32"),  # logits and loss in float32
       ]
     )
-    self.model.compile(
-      optimizer=keras.optimizers.RMSprop(LEARNING_RATE, rho=RMSPROP_DECAY),
-      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-      jit_compile=False,
-    )
-    self.images, self.labels = random_data(num_examples)
-    self.batch_size = batch_size
 
   def train(self, num_steps: int) -> None:
     n = num_steps * self.batch_size
@@ -220,13 +277,29 @@ class KerasRunner:
 RUNNERS = {"project": JaxRunner, "flax": JaxRunner, "torch": TorchRunner, "keras": KerasRunner}
 
 
-def worker(conn, framework, batch_size, num_examples, options, eval_batch_size, t0):
-  """Serves timing requests for one framework and batch size until told to stop."""
+def worker(conn, framework, batch_size, num_examples, options, eval_batch_size, t0, dtype):
+  """Serves timing requests for one framework, batch size and dtype until told to stop.
+
+  Its first answer is `{"startup_s", "first_step_s"}`, or `{"skipped": reason}`
+  (and it returns) when the framework cannot train in a dtype other than
+  float32 here; a failure in float32 is raised.
+  """
   sys.path.insert(0, os.getcwd())
-  runner = RUNNERS[framework](framework, batch_size, num_examples, options)
-  start = time.perf_counter()
-  runner.train(1)
-  first_step_s = time.perf_counter() - start
+  try:
+    runner = RUNNERS[framework](framework, batch_size, num_examples, options, dtype)
+    start = time.perf_counter()
+    runner.train(1)
+    first_step_s = time.perf_counter() - start
+  except UnsupportedDtype as e:
+    conn.send({"skipped": str(e)})
+    return
+  except Exception as e:
+    if dtype == "float32":
+      raise
+    traceback.print_exc()
+    first_line = next(iter(str(e).splitlines()), "")
+    conn.send({"skipped": f"failed in {dtype}: {type(e).__name__}: {first_line}"})
+    return
   startup_s = time.time() - t0
   runner.train(2 * options["steps_per_call"])  # warm up every path the timed rounds take
   runner.evaluate(eval_batch_size)

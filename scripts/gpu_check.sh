@@ -40,6 +40,7 @@
 #   GPU_CHECK_TEST_FILTER     pytest -k expression (default: "not main_end_to_end")
 #   GPU_CHECK_FRAMEWORKS      benchmark frameworks (default: project,flax)
 #   GPU_CHECK_BATCH_SIZES     benchmark batch sizes (default: 128,512,2048)
+#   GPU_CHECK_DTYPES          benchmark dtypes (default: float32; float32,bfloat16: twice the time)
 #   GPU_CHECK_EXAMPLES        benchmark examples per timed round (default: 65536)
 #   GPU_CHECK_ROUNDS          benchmark rounds (default: 3)
 #   GPU_CHECK_EPOCHS          epochs of the training run (default: 2)
@@ -60,6 +61,7 @@ read -r -a test_files <<<"${GPU_CHECK_TEST_FILES:-$default_tests}"
 test_filter=${GPU_CHECK_TEST_FILTER:-not main_end_to_end}
 frameworks=${GPU_CHECK_FRAMEWORKS:-project,flax}
 batch_sizes=${GPU_CHECK_BATCH_SIZES:-128,512,2048}
+dtypes=${GPU_CHECK_DTYPES:-float32}
 examples=${GPU_CHECK_EXAMPLES:-65536}
 rounds=${GPU_CHECK_ROUNDS:-3}
 epochs=${GPU_CHECK_EPOCHS:-2}
@@ -212,8 +214,8 @@ fi
 
 say "3. Benchmark: python -m convnet.benchmark (limit ${benchmark_timeout} s)"
 limited "$benchmark_timeout" "$scratch/benchmark.log" "$python" -m convnet.benchmark \
-  --frameworks="$frameworks" --batch_sizes="$batch_sizes" --seeds=0 --rounds="$rounds" \
-  --examples="$examples" --microbatch_size=0 --out="$out/gpu_benchmark.json"
+  --frameworks="$frameworks" --batch_sizes="$batch_sizes" --dtypes="$dtypes" --seeds=0 \
+  --rounds="$rounds" --examples="$examples" --microbatch_size=0 --out="$out/gpu_benchmark.json"
 record benchmark "$(outcome)"
 
 say "4. Training: convnet.main, embedded digits, $epochs epoch(s) (limit ${train_timeout} s)"
@@ -239,15 +241,21 @@ if os.path.exists(path):
   frameworks = bench["frameworks"]
   lines.append(f"benchmark: train examples/s (median of {rounds} rounds of {int(examples):,} "
                "examples), eval examples/s, first step (compilation included)")
-  for batch_size, row in bench["throughput"].items():
-    for name in frameworks:
-      r = row[name]
-      lines.append(f"  batch {batch_size:>5}  {name:<8} train {r['train_examples_per_sec']:>11,.0f}"
-                   f"   eval {r['eval_examples_per_sec']:>11,.0f}"
-                   f"   first step {r['first_step_s']:.2f} s")
+  for batch_size, by_dtype in bench["throughput"].items():
+    for dtype, row in by_dtype.items():
+      for name in frameworks:
+        r = row[name]
+        if "skipped" in r:
+          lines.append(f"  batch {batch_size:>5}  {dtype:<8} {name:<8} skipped: {r['skipped']}")
+          continue
+        lines.append(f"  batch {batch_size:>5}  {dtype:<8} {name:<8}"
+                     f" train {r['train_examples_per_sec']:>11,.0f}"
+                     f"   eval {r['eval_examples_per_sec']:>11,.0f}"
+                     f"   first step {r['first_step_s']:.2f} s")
   flops = bench["flops"]["train_flops_per_example"]
+  peaks = ", ".join(f"{d} {g:,.0f}" for d, g in bench["matmul_peak_gflops"].items())
   lines.append(f"  {flops / 1e6:.2f} MFLOP per training example; "
-               f"square float32 matmul: {bench['matmul_peak_gflops']:,.0f} GFLOP/s")
+               f"square matmul: {peaks} GFLOP/s")
 else:
   lines.append("benchmark: no results")
 

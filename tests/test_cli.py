@@ -115,6 +115,7 @@ def test_a_missing_required_flag_is_one_line(name, argv, message, monkeypatch, c
     ("benchmark", ["--rounds=x"], "error: --rounds=x: expected an int, like its default 5"),
     ("benchmark", ["--frameworks=jax"], "error: --frameworks=jax: must name some of project"),
     ("benchmark", ["--batch_sizes=a,32"], "error: --batch_sizes=a,32: must be positive ints"),
+    ("benchmark", ["--dtypes=float16"], "error: --dtypes=float16: must name some of float32,"),
     ("spoken_digits", ["--name=digits"], "error: --name=digits: value should be one of"),
     ("spoken_digits", ["--figure"], "error: --figure: no value"),
   ],
