@@ -274,7 +274,7 @@ class GoodSteps(ocp.step.NameFormat):
     return iter(good)
 
 
-def _host_array(x) -> np.ndarray:
+def host_array(x) -> np.ndarray:
   """A leaf of a state as one NumPy array; a replicated array of several processes, its copy."""
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
     if x.is_fully_replicated:
@@ -294,7 +294,7 @@ def state_digest(state) -> str:
   """
   digest = hashlib.blake2b(digest_size=16)
   for path, leaf in sorted(ocp.tree.to_flat_dict(state).items()):
-    array = _host_array(leaf)
+    array = host_array(leaf)
     digest.update(f"{'.'.join(map(str, path))} {array.dtype.name} {array.shape}\n".encode())
     digest.update(np.ascontiguousarray(array).tobytes())
   return digest.hexdigest()

@@ -35,7 +35,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -335,7 +334,8 @@ def save(manager: ocp.CheckpointManager, state, loop: dict[str, Any]) -> None:
   step = int(np.ravel(state.step)[0])
   if manager.latest_step() == step:
     return
-  if not all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(state.params)):
+  # On the host: one jitted check per parameter's shape would compile on the first save.
+  if not all(np.isfinite(checks.host_array(x)).all() for x in jax.tree.leaves(state.params)):
     raise DivergedError(
       f"the parameters stopped being finite by step {step}; nothing was saved, and the "
       f"checkpoint of step {manager.latest_step()} is kept. Try a lower optimizer.learning_rate."

@@ -41,6 +41,27 @@ def usage_error(message: str) -> NoReturn:
   sys.exit(USAGE_ERROR)
 
 
+def exit_now(status: int = 0) -> NoReturn:
+  """Ends this process with `status` at once, once what it wrote has left its buffers.
+
+  For an entry point whose work is finished and saved (files closed, checkpoints waited
+  for): flushes the log's handlers, stdout and stderr, waits for JAX's pending effects,
+  then leaves without Python's teardown, which frees every module and JAX's backend
+  (about half a second) and changes nothing on disk. Not for a process of a multi-host
+  run, whose teardown tells the other processes that it is leaving: `sys.exit` there.
+  """
+  import jax
+
+  jax.effects_barrier()
+  python_logging.shutdown()  # flushes and closes every handler, absl's included
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):  # a closed stream or a broken pipe: nothing more can go there
+      pass
+  os._exit(status)
+
+
 def program() -> str:
   """How the user started this program: `python -m convnet.main`, or its script's name."""
   spec = getattr(sys.modules.get("__main__"), "__spec__", None)

@@ -43,9 +43,11 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 
 
 def main(argv):
+  global _prompt_exit
   cli.start(argv)
   explicit = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  if FLAGS.distributed or any(v is not None for v in explicit):
+  distributed = FLAGS.distributed or any(v is not None for v in explicit)
+  if distributed:
     parallel.initialize_distributed(*explicit)
   try:
     devices = jax.devices()
@@ -64,11 +66,24 @@ def main(argv):
   except (RunInterrupted, preemption.StoppedAtOnce) as e:  # A stop signal, then a second one.
     preemption.ignore_stop_signals()  # A later one would break off the exit with a traceback.
     logging.warning("%s", e)
+    _prompt_exit = not distributed
     sys.exit(128 + e.signum)  # The conventional exit status of a signalled process.
   except ConvnetError as e:  # A problem the message alone explains: no traceback.
     sys.exit(f"error: {e}")
+  _prompt_exit = not distributed
+
+
+# Whether the run has written and closed everything, so that the program, run as a single
+# process, may end without Python's teardown (`cli.exit_now`). A multi-host run's processes
+# tear down as usual: that tells the others they are leaving.
+_prompt_exit = False
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  try:
+    app.run(main, flags_parser=cli.parse_flags)
+  except SystemExit as e:
+    if _prompt_exit and (e.code is None or isinstance(e.code, int)):
+      cli.exit_now(e.code or 0)
+    raise

@@ -21,6 +21,7 @@ import functools
 import hashlib
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +43,7 @@ from convnet import (
   models,
   optim,
   parallel,
+  precompile,
   preemption,
 )
 from convnet import steps as steps_lib
@@ -158,14 +160,19 @@ def train_members(
     # In a multi-host run, process 0 holds the lock for them all.
     main = parallel.is_main_process()
     lock = workdir_lib.lock(workdir) if main else contextlib.nullcontext()
+    compiles = precompile.Compiles()
     try:
       with lock, preemption.stop_requests() as stop:
         check_before_loading(workdir, member_dirs)
-        return fit(set_up(config, workdir, member_dirs, vmapped=seeds is not None), stop)
+        return fit(set_up(config, workdir, member_dirs, compiles, seeds is not None), stop)
     except WorkdirReadOnlyError as e:  # Only the lock raises it: nothing can be written there.
       if seeds is not None:
         raise
       return [_finished_result(config, workdir, e)]
+    finally:
+      # A program still compiling in another thread (when an error or a second stop signal
+      # came during the set-up) ends first: Python's exit would abort in the middle of it.
+      compiles.join()
 
 
 def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
@@ -342,6 +349,7 @@ def set_up(
   config: ml_collections.ConfigDict,
   workdir: str,
   member_dirs: list[tuple[str, ml_collections.ConfigDict]],
+  compiles: precompile.Compiles,
   vmapped: bool = False,
 ) -> Run:
   """A run ready for `fit`: data, model, state (restored where there is a checkpoint), steps.
@@ -355,9 +363,12 @@ def set_up(
     config: the run's config; with `vmapped`, each member's differs in its seed only.
     workdir: where the checkpoints go.
     member_dirs: each member's folder (config.json, metrics.jsonl, events) and config.
+    compiles: where the steps and the evaluation compile while the run sets up
+      (`convnet.precompile`); the caller joins it before the process may exit.
     vmapped: train the members together, one per seed.
   """
   started_at = time.perf_counter()
+  _import_tensorboardx()
   configs = [c for _, c in member_dirs]
   seeds = [c.seed for c in configs]
   if vmapped:
@@ -374,9 +385,53 @@ def set_up(
   data = datasets[0]
   memory.check(config, len(seeds), mesh_size, data)  # with the splits' sizes, before the model
   model, tx, steps_per_epoch, total_steps = model_and_optimizer(config, data)
-  states = [
-    steps_lib.create_train_state(jax.random.key(s), model, data.input_shape, tx) for s in seeds
-  ]
+  train_fn, eval_fn = step_functions(config, data.input_shape, batch_sharding)
+  if vmapped:
+    train_fn = jax.vmap(train_fn, in_axes=(0, 0, 0, 0, None, None, 0, 0))
+    eval_fn = jax.vmap(eval_fn)
+  steps_fn = jax.jit(train_fn, donate_argnums=0, **jit_options)
+  eval_fn = jax.jit(eval_fn, **jit_options)
+  multiple_of = math.lcm(config.microbatch_size or 1, mesh_size)
+
+  def orders(epoch: int) -> jax.Array:
+    length = epochs.order_length(steps_per_epoch, total_steps, config.batch_size)
+    return place(combine([epochs.epoch_order(len(data.train), s, epoch, length) for s in seeds]))
+
+  names = [f"seed {s}" if vmapped else "" for s in seeds]
+  images = place(combine([d.train.images for d in datasets]))
+  labels = place(combine([d.train.labels for d in datasets]))
+  key = place(combine([augment.key(s) for s in seeds]))
+
+  def start_compiles() -> None:
+    """The training steps and the evaluation compile in other threads (`convnet.precompile`)
+    while this one initialises the parameters and opens the checkpoints."""
+    nonlocal steps_fn, eval_fn
+    logging.info(
+      "Compiling the training steps and the evaluation (a later run reads them from the "
+      "compilation cache)"
+    )
+    # What `place` makes of the fresh states below, and what a checkpoint restores into them.
+    fresh = jax.eval_shape(lambda: [new_state(s) for s in seeds])
+    state = precompile.abstract(fresh, vmapped, None if vmapped else replicated)
+    live = (place(np.ones(len(seeds), bool)),) if vmapped else ()
+    steps_fn = compiles.start(steps_fn, (state, images, labels, orders(0), 0, 1, key, *live))
+    batches = {}  # one program per shape of batch
+    for name in ("validation", "test"):
+      splits = [getattr(d, name) for d in datasets]
+      if len(splits[0]):
+        first = [next(epochs.eval_batches(s, config.eval_batch_size, multiple_of)) for s in splits]
+        batch = precompile.abstract(first, vmapped, batch_sharding)
+        batches[str(jax.tree.map(lambda x: (x.shape, x.dtype), batch))] = batch
+    eval_fn = compiles.start(eval_fn, *((state, batch) for batch in batches.values()))
+
+  def new_state(seed: int) -> steps_lib.TrainState:
+    return steps_lib.create_train_state(jax.random.key(seed), model, data.input_shape, tx)
+
+  # A fresh run compiles at once; a resumed one once it knows that steps are left.
+  fresh_run = not checkpoints.has_checkpoints(workdir)
+  if fresh_run:
+    start_compiles()
+  states = [new_state(s) for s in seeds]
   num_params = models.count_params(states[0].params)
   flops = steps_lib.train_flops_per_example(config, states[0], data.input_shape)
   logging.info(
@@ -405,13 +460,8 @@ def set_up(
     total_steps,
     main,
   )
-  train_fn, eval_fn = step_functions(config, data.input_shape, batch_sharding)
-  if vmapped:
-    train_fn = jax.vmap(train_fn, in_axes=(0, 0, 0, 0, None, None, 0, 0))
-    eval_fn = jax.vmap(eval_fn)
-  steps_fn = jax.jit(train_fn, donate_argnums=0, **jit_options)
-  eval_fn = jax.jit(eval_fn, **jit_options)
-  multiple_of = math.lcm(config.microbatch_size or 1, mesh_size)
+  if not fresh_run and int(np.ravel(state.step)[0]) < total_steps:
+    start_compiles()
 
   def evaluate(state, name: str):
     splits = [getattr(d, name) for d in datasets]
@@ -424,24 +474,19 @@ def set_up(
     )
     return results if vmapped else [results]
 
-  def orders(epoch: int) -> jax.Array:
-    length = epochs.order_length(steps_per_epoch, total_steps, config.batch_size)
-    return place(combine([epochs.epoch_order(len(data.train), s, epoch, length) for s in seeds]))
-
   result = {"num_params": num_params, "train_flops_per_example": flops}
   if vmapped:
     result["vmap_group_size"] = len(seeds)
-  names = [f"seed {s}" if vmapped else "" for s in seeds]
   diverged = diverged_members(loop, names, workdir)
   return Run(
     config=config,
     workdir=workdir,
     state=state,
-    images=place(combine([d.train.images for d in datasets])),
-    labels=place(combine([d.train.labels for d in datasets])),
+    images=images,
+    labels=labels,
     orders=orders,
     steps_fn=steps_fn,
-    key=place(combine([augment.key(s) for s in seeds])),
+    key=key,
     live=place(np.array([n not in diverged for n in names])) if vmapped else None,
     evaluate=evaluate,
     members=[
@@ -456,6 +501,23 @@ def set_up(
     result=result,
     started_at=started_at,
   )
+
+
+def _import_tensorboardx() -> None:
+  """Imports the parts of tensorboardX that `workdir.MetricsWriter` uses, without PyTorch.
+
+  tensorboardX's package imports PyTorch where it is installed (about a second), for writers
+  that take PyTorch tensors; the event files and summaries written here need none of it. A
+  process that has imported PyTorch already, or tensorboardX, is left as it is.
+  """
+  if "tensorboardX" in sys.modules or "torch" in sys.modules:
+    return
+  sys.modules["torch"] = None  # tensorboardX's `try: import torch` then finds no PyTorch
+  try:
+    import tensorboardX.event_file_writer  # noqa: F401
+    import tensorboardX.summary  # noqa: F401
+  finally:
+    del sys.modules["torch"]
 
 
 def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
@@ -537,10 +599,6 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
       count = _next_stop(config, step, epoch_end) - step
       start = step - epoch * steps_per_epoch
       profiler.before_call(step)
-      if step == first_step:
-        logging.info(
-          "Compiling the training steps (a later run reads them from the compilation cache)"
-        )
       args = (state, run.images, run.labels, order, start, count, run.key)
       if live is None:
         state, metrics = run.steps_fn(*args)
@@ -564,7 +622,7 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
     flush_pending()
     seconds = time.perf_counter() - epoch_start
     if epoch_end - first_step <= steps_per_epoch:  # the first evaluation of this process
-      logging.info("Evaluating on validation and test (compiling the evaluation step first)")
+      logging.info("Evaluating on validation and test (waiting for its program first)")
     evals = {name: run.evaluate(state, name) for name in ("validation", "test")}
     live = _judge_evaluations(run, evals, step, window, live)
     wall_time_s = time.perf_counter() - start_time

@@ -1,16 +1,19 @@
 """Training: steps, evaluation, the loop, resume, and `convnet.main` end to end."""
 
 import functools
+import importlib.util
 import json
 import os
 import subprocess
+import sys
+import threading
 
 import jax
 import numpy as np
 import pytest
 from flax import traverse_util
 
-from convnet import config_checks, epochs, input_pipeline, models, optim, train
+from convnet import checkpoints, config_checks, epochs, input_pipeline, models, optim, train
 from convnet import steps as steps_lib
 from convnet.errors import CheckpointError, ConfigError
 from tests.conftest import book_state, main_command, start_processes
@@ -37,6 +40,20 @@ def _mean_loss(state, batch):
 
 def _loss(state, batch):
   return float(_mean_loss(state, batch))
+
+
+def test_a_run_initialises_the_parameters_as_init_params_does_bit_for_bit(config):
+  # `create_train_state` compiles its initialisation at a lower LLVM optimisation level on a
+  # CPU; the parameters must be those of the plain jitted `init_params`, bit for bit.
+  model = models.create_model(config.model, (28, 28, 1), 10)
+  for seed in (0, 1):
+    key = jax.random.key(seed)
+    quick = steps_lib.initial_params(model, key, (28, 28, 1))
+    plain = steps_lib.init_params(model, key, (28, 28, 1))
+    assert jax.tree.structure(quick) == jax.tree.structure(plain)
+    for a, b in zip(jax.tree.leaves(quick), jax.tree.leaves(plain), strict=True):
+      assert a.dtype == b.dtype and a.shape == b.shape
+      np.testing.assert_array_equal(np.asarray(a).view(np.uint32), np.asarray(b).view(np.uint32))
 
 
 def test_one_step_lowers_the_loss(config, embedded):
@@ -303,6 +320,13 @@ def test_main_end_to_end_and_rerun_resumes(tmp_path):
   assert "33,194 parameters" in first.stderr
   assert "conv_2   conv 32@3x3, stride 1x1, VALID, relu  (None, 3, 3, 32)" in first.stderr
   assert "ETA epoch" in first.stderr
+  # The command leaves without Python's teardown once the run is done: by then its last log
+  # line, every record's TensorBoard scalars and a checkpoint that restores are all written.
+  assert "Finished at step 4" in first.stderr.strip().splitlines()[-1]
+  scalars, _ = _events(tmp_path)
+  assert [step for step, _ in scalars["train/loss"]] == [2, 4]
+  assert [step for step, _ in scalars["validation/accuracy"]] == [4]
+  assert checkpoints.restore_params(str(tmp_path))[1] == 4
 
   second = _main(tmp_path, "--config.max_steps=6")
   assert second.returncode == 0, second.stderr
@@ -316,6 +340,28 @@ def test_main_end_to_end_and_rerun_resumes(tmp_path):
     ("epoch", 6),
   ]
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "6"]
+
+
+@pytest.mark.slow  # a new Python process (2 s)
+def test_the_metrics_writer_imports_tensorboardx_without_pytorch():
+  # tensorboardX imports PyTorch where it is installed (a second), for nothing the run uses.
+  code = (
+    "import sys; from convnet import train; train._import_tensorboardx(); "
+    "from tensorboardX.event_file_writer import EventsWriter; "
+    "print('torch' in sys.modules, 'tensorboardX' in sys.modules)"
+  )
+  done = subprocess.run(
+    [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+  )
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.split() == ["False", "True"]
+  # PyTorch stays importable afterwards, where it is installed.
+  if importlib.util.find_spec("torch") is not None:
+    code += "; import torch; print(torch.ones(1).item())"
+    done = subprocess.run(
+      [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.split() == ["False", "True", "1.0"], done.stderr
 
 
 def test_main_reports_a_bad_config_in_one_line(tmp_path):
@@ -418,7 +464,7 @@ def test_train_flops_are_the_step_as_written_about_three_forward_passes(config):
   state = steps_lib.create_train_state(jax.random.key(0), model, (28, 28, 1), tx)
   flops = steps_lib.train_flops_per_example(config, state, (28, 28, 1))
   forward = summary.totals(summary.model_rows(model, (28, 28, 1)))["flops"]
-  assert forward == 1_554_458  # the layer table's count of the book's convnet
+  assert forward == 1_338_554  # the layer table's count of the book's convnet
   assert 2.5 * forward < flops < 3.5 * forward  # forward, backward (about twice), the update
 
 
@@ -506,12 +552,30 @@ def test_the_log_says_what_it_compiles_and_how_far_a_long_evaluation_is(
   config, embedded, tmp_path, caplog, monkeypatch
 ):
   config.num_epochs, config.steps_per_epoch = 2, 2
-  with caplog.at_level("INFO"):
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+  log_compiles = jax.config.jax_log_compiles
+  jax.config.update("jax_log_compiles", True)  # in every thread (`jax.log_compiles` is this one's)
+  try:
+    with caplog.at_level("INFO"):
+      train.train_and_evaluate(config, str(tmp_path / "run"))
+  finally:
+    jax.config.update("jax_log_compiles", log_compiles)
   text = caplog.text
   assert text.count("Compiling the training steps") == 1
   assert text.count("Evaluating on validation and test") == 1  # the first evaluation only
   assert text.index("Compiling the training steps") < text.index("First steps began")
+  # The steps and the evaluation (validation and test: two shapes of batch) compiled in another
+  # thread while the run set up, and the loop's calls found those programs: no call compiled.
+  compiled = [
+    (r.threadName, name)
+    for r in caplog.records
+    for name in ("train_steps", "eval_step")
+    if r.getMessage().startswith(f"Compiling jit({name}) ")
+  ]
+  assert sorted(compiled) == [
+    ("convnet-compile", "eval_step"),
+    ("convnet-compile", "eval_step"),
+    ("convnet-compile", "train_steps"),
+  ]
 
   monkeypatch.setattr(epochs, "PROGRESS_EVERY_S", 0.0)
   state = book_state(config)
@@ -521,6 +585,23 @@ def test_the_log_says_what_it_compiles_and_how_far_a_long_evaluation_is(
   with caplog.at_level("INFO"):
     epochs.evaluate(jax.jit(steps_lib.eval_step), state, split, batch_size=5)
   assert "Evaluating: batch 16/40" in caplog.text and "batch 32/40" in caplog.text
+
+
+@pytest.mark.slow  # waits for the compiles it interrupts (5 s)
+def test_an_error_during_the_set_up_waits_for_the_programs_compiling_in_other_threads(
+  config, tmp_path, monkeypatch
+):
+  # A fresh run starts compiling its steps before it initialises the parameters; an error
+  # after that goes on only once those threads are done (Python's exit would abort in them).
+  def refuse(*args, **kwargs):
+    assert any(t.name == "convnet-compile" for t in threading.enumerate())  # still compiling
+    raise CheckpointError("refused for the test")
+
+  config.eval_batch_size = 192  # programs this session has not compiled yet
+  monkeypatch.setattr(train, "resume", refuse)
+  with pytest.raises(CheckpointError, match="refused for the test"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not any(t.name == "convnet-compile" for t in threading.enumerate())
 
 
 def test_main_refuses_what_it_can_before_logging_anything(tmp_path):
