@@ -206,53 +206,60 @@ def apply(
   block = -1  # the conv block the feature maps belong to
   pooled = None  # a pooling already done with its conv
   for layer, following in zip(layers, (*layers[1:], None), strict=True):
-    if isinstance(layer, Conv):
-      block += 1
-      if layer.implementation == "lax":
-        pooled = None
-        conv = nn.Conv(
-          layer.features,
-          layer.kernel_size,
-          layer.strides,
-          layer.padding,
-          dtype=compute,
-          conv_general_dilated=_accumulating(jax.lax.conv_general_dilated, compute),
-          name=layer.name,
-        )
-      else:
-        pooled = following if _pools_first(module, layer, following, block) else None
-        window = pooled.window if pooled else None
-        conv = MatmulConv(
-          layer.features,
-          layer.kernel_size,
-          layer.strides,
-          layer.padding,
-          compute,
-          window,
-          name=layer.name,
-        )
-      x = ACTIVATIONS[layer.activation](conv(x))
-      if not pooled:
-        x = module.perturb(f"activation_{block}", x)
-        module.sow("intermediates", f"activation_{block}", x)
-    elif isinstance(layer, Pool):
-      if layer is not pooled:
-        x = pool(x, layer.kind, layer.window, layer.strides, layer.padding, layer.implementation)
-    elif isinstance(layer, Head):
-      x = _head(x, layer.kind)
-    else:
-      if x.ndim != 2:
-        raise ValueError(f"layer {layer.name} is dense, but no head makes its input a vector")
-      dense = nn.Dense(
+    with jax.named_scope(layer.name):  # every op by its layer's name, in profiles and HLO
+      x, block, pooled = _apply_layer(module, layer, following, x, block, pooled, compute)
+  return x
+
+
+def _apply_layer(module, layer, following, x, block, pooled, compute):
+  """`apply`'s step for one layer: (its output, the conv block, a pooling its conv did)."""
+  if isinstance(layer, Conv):
+    block += 1
+    if layer.implementation == "lax":
+      pooled = None
+      conv = nn.Conv(
         layer.features,
+        layer.kernel_size,
+        layer.strides,
+        layer.padding,
         dtype=compute,
-        dot_general=_accumulating(jax.lax.dot_general, compute),
+        conv_general_dilated=_accumulating(jax.lax.conv_general_dilated, compute),
         name=layer.name,
       )
-      x = ACTIVATIONS[layer.activation](dense(x))
-    if isinstance(layer, Conv | Pool) and block >= 0 and not isinstance(following, Pool):
-      module.sow("intermediates", f"block_{block}", x)
-  return x
+    else:
+      pooled = following if _pools_first(module, layer, following, block) else None
+      window = pooled.window if pooled else None
+      conv = MatmulConv(
+        layer.features,
+        layer.kernel_size,
+        layer.strides,
+        layer.padding,
+        compute,
+        window,
+        name=layer.name,
+      )
+    x = ACTIVATIONS[layer.activation](conv(x))
+    if not pooled:
+      x = module.perturb(f"activation_{block}", x)
+      module.sow("intermediates", f"activation_{block}", x)
+  elif isinstance(layer, Pool):
+    if layer is not pooled:
+      x = pool(x, layer.kind, layer.window, layer.strides, layer.padding, layer.implementation)
+  elif isinstance(layer, Head):
+    x = _head(x, layer.kind)
+  else:
+    if x.ndim != 2:
+      raise ValueError(f"layer {layer.name} is dense, but no head makes its input a vector")
+    dense = nn.Dense(
+      layer.features,
+      dtype=compute,
+      dot_general=_accumulating(jax.lax.dot_general, compute),
+      name=layer.name,
+    )
+    x = ACTIVATIONS[layer.activation](dense(x))
+  if isinstance(layer, Conv | Pool) and block >= 0 and not isinstance(following, Pool):
+    module.sow("intermediates", f"block_{block}", x)
+  return x, block, pooled
 
 
 def _head(x: jax.Array, kind: str) -> jax.Array:
