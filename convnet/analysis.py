@@ -26,6 +26,14 @@ METRICS = {
 DATASET_FIELDS = ("data.name", "data.source", "data.idx_dir", "data.tfds_data_dir")
 # The field a sweep's grid of learning rates varies; arms are tuned over it.
 LEARNING_RATE = "optimizer.learning_rate"
+# Fields under `model.` that say how a model computes, not what it is: two models compared must
+# share them, as they share the data and the optimizer.
+HOW_MODELS_COMPUTE = ("model.dtype", "model.implementation")
+
+
+def shared_by_compared_models(field: str) -> bool:
+  """Whether two models must agree on `field` to be compared: it is not about the model."""
+  return not field.startswith("model.") or field in HOW_MODELS_COMPUTE
 
 
 # ----------------------------------------------------------------------------
@@ -86,9 +94,8 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
   for record in sorted(records, key=lambda r: r["index"]):
     settings.setdefault(record["setting"], []).append(record)
   fields = varying_fields(records)
-  # What two models must share to be compared: the varying fields outside `model.` (the data,
-  # the optimizer).
-  shared = [f for f in fields if not f.startswith("model.")]
+  # What two models must share to be compared: the data, the optimizer, the compute dtype.
+  shared = [f for f in fields if shared_by_compared_models(f)]
   rows = []
   for setting, cells in settings.items():
     done = [r for r in cells if r["status"] == "done"]
@@ -182,7 +189,9 @@ def against_reference(
   finished seed. `reference` names one setting instead: its label as the report
   prints it (`padding=VALID`), its full setting name, or `field=value` parts
   that only it satisfies (`names_setting`); then only the settings on its test
-  set are compared, and none if it has no finished seed. Each row has `label`,
+  set are compared, and none if it has no finished seed. Parts that name one
+  setting of each model (`dtype=float32` in a sweep of two models) give each
+  model its own reference: each setting minus its model's. Each row has `label`,
   `reference` (the reference's label), `model`, `seeds`, `difference`,
   `ci_low` and `ci_high` (NaN with fewer than 2 seeds on either side).
 
@@ -203,7 +212,7 @@ def against_reference(
     bases = {}
     for row in rows:
       if row["setting"] in values:
-        bases.setdefault(test_set(row), row)
+        bases.setdefault((test_set(row), None), row)
   else:
     matches = [r for r in rows if reference in (r["label"], r["setting"])] or [
       r for r in rows if names_setting(overrides[r["setting"]], reference)
@@ -211,15 +220,20 @@ def against_reference(
     labels = ", ".join(repr(r["label"]) for r in (matches if len(matches) > 1 else rows))
     if not matches:
       raise DataError(f"--reference={reference!r} names no setting of this sweep; one of {labels}")
-    if len(matches) > 1:
+    per_model = len({r["model"] for r in matches}) == len(matches)
+    if len(matches) > 1 and not per_model:
       raise DataError(
         f"--reference={reference!r} names {len(matches)} settings ({labels}): "
-        "give one's whole label"
+        "give one's whole label, or parts that name one setting of each model"
       )
-    bases = {test_set(matches[0]): matches[0]} if matches[0]["setting"] in values else {}
+    bases = {
+      (test_set(m), m["model"] if per_model and len(matches) > 1 else None): m
+      for m in matches
+      if m["setting"] in values
+    }
   differences = []
   for row in rows:
-    base = bases.get(test_set(row))
+    base = bases.get((test_set(row), row["model"])) or bases.get((test_set(row), None))
     if base is None or row["setting"] == base["setting"] or row["setting"] not in values:
       continue
     differences.append(
@@ -245,7 +259,7 @@ def matched_pairs(
   `models.BASELINE`, the dense network) is paired with the baseline's setting
   of the nearest parameter count, if that is within `tolerance` of it, among
   the baseline's settings that share its other fields (the data, the
-  optimizer: every varying field outside `model.`). When the sweep varies the
+  optimizer, the compute dtype: `shared_by_compared_models`). When the sweep varies the
   learning rate, the settings are the tuned arms of `tune_learning_rate`, each
   at its own chosen rate.
 
@@ -308,7 +322,7 @@ def tune_learning_rate(records: Sequence[Mapping[str, Any]]) -> list[dict[str, A
   if LEARNING_RATE not in fields:
     return []
   others = [f for f in fields if f != LEARNING_RATE]
-  shared = [f for f in others if not f.startswith("model.")]
+  shared = [f for f in others if shared_by_compared_models(f)]
   rows = {row["setting"]: row for row in summarize(records)}
   arms: dict[str, dict[float, list[Mapping[str, Any]]]] = {}
   firsts: dict[str, Mapping[str, Any]] = {}

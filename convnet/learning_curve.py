@@ -156,7 +156,7 @@ def minus_baseline(
     shared = {
       k: v
       for k, v in row["overrides"].items()
-      if not k.startswith("model.") and k not in ("seed", analysis.LEARNING_RATE)
+      if analysis.shared_by_compared_models(k) and k not in ("seed", analysis.LEARNING_RATE)
     }
     for other in rows:
       same = all(other["overrides"].get(k) == v for k, v in shared.items())

@@ -1,6 +1,10 @@
 """The benchmark's pieces, at sizes that run in seconds (no timing is asserted)."""
 
 import importlib.util
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -239,3 +243,44 @@ def test_keras_runner_computes_in_bfloat16_with_float32_variables_and_logits():
   assert runner.model.predict(runner.images[:2], verbose=0).dtype == np.float32
   float32 = frameworks.KerasRunner("keras", 4, 8, OPTIONS, "float32")
   assert float32.model.layers[0].compute_dtype == "float32"
+
+
+OP_PROFILE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "op_profile.py")
+
+
+@pytest.mark.slow
+def test_the_op_profile_script_times_every_op_in_both_frameworks_and_the_step_by_layer(tmp_path):
+  out = tmp_path / "ops.json"
+  done = subprocess.run(
+    [
+      sys.executable,
+      OP_PROFILE,
+      "--batch_size=8",
+      "--microbatch_size=4",
+      "--repeats=1",
+      f"--out={out}",
+    ],
+    capture_output=True,
+    text=True,
+    env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  results = json.loads(out.read_text())
+  assert "conv_1 conv+pool input gradient" in results["project_ops"]
+  assert "conv_1 max pool gradient" in results["tensorflow_ops"]
+  assert all(v > 0 for v in results["project_ops"].values())
+  # The step's time lands on its layers, forward and backward, not on the loop around them.
+  profile = results["step_profile"]
+  for layer in ("conv_0", "conv_1", "conv_2"):
+    assert profile[f"{layer} forward"] > 0 and profile[f"{layer} backward"] > 0
+  assert sum(v for k, v in profile.items() if k.startswith("conv_")) > 0.5 * sum(profile.values())
+
+
+def test_the_op_profile_script_refuses_a_microbatch_that_does_not_divide_the_batch():
+  done = subprocess.run(
+    [sys.executable, OP_PROFILE, "--batch_size=10", "--microbatch_size=4"],
+    capture_output=True,
+    text=True,
+  )
+  assert done.returncode == 1
+  assert done.stderr.strip() == "error: --microbatch_size=4 must divide --batch_size"

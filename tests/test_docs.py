@@ -270,10 +270,12 @@ def _parse(program: str, args: list[str], capsys, monkeypatch) -> list[str]:
 
 
 def _defines(script: str, flag: str) -> bool:
-  """Whether the script's source defines the absl flag `flag`."""
+  """Whether the script's source defines the flag `flag`: an absl flag or an argparse option."""
   with open(os.path.join(REPO, script)) as f:
     source = f.read()
-  return re.search(rf"(DEFINE_\w+\(|\(\"\w+\", )\s*\"{re.escape(flag)}\"", source) is not None
+  absl = rf"(DEFINE_\w+\(|\(\"\w+\", )\s*\"{re.escape(flag)}\""
+  argparse = rf"add_argument\(\s*\"--{re.escape(flag)}\""
+  return re.search(f"{absl}|{argparse}", source) is not None
 
 
 def _sweeps_script_lines() -> list[tuple[str, list[str]]]:

@@ -752,3 +752,43 @@ def test_a_report_stopped_while_it_writes_leaves_every_earlier_file_whole(tmp_pa
   for name in ("report.md", "report.csv"):  # each written whole: the new one, not half of it
     assert (tmp_path / name).read_bytes() != before[name]
     assert (tmp_path / name).read_bytes().endswith(b"\n")
+
+
+def _dtype_records():
+  def record(index, model, dtype, seed, test, params):
+    overrides = {"model.name": model, "model.dtype": dtype, "seed": seed}
+    return _record(index, overrides, 0.9, test, model=model, params=params)
+
+  return [
+    record(0, "convnet", "float32", 0, 0.90, 1000),
+    record(1, "convnet", "float32", 1, 0.92, 1000),
+    record(2, "convnet", "bfloat16", 0, 0.91, 1000),
+    record(3, "convnet", "bfloat16", 1, 0.93, 1000),
+    record(4, "dense", "float32", 0, 0.80, 1010),
+    record(5, "dense", "float32", 1, 0.82, 1010),
+    record(6, "dense", "bfloat16", 0, 0.70, 1010),
+    record(7, "dense", "bfloat16", 1, 0.72, 1010),
+  ]
+
+
+def test_models_are_paired_with_the_baseline_at_the_same_compute_dtype():
+  pairs = analysis.matched_pairs(_dtype_records())
+  labels = [(p["model"]["label"], p["baseline"]["label"]) for p in pairs]
+  assert labels == [
+    ("name=convnet dtype=float32", "name=dense dtype=float32"),
+    ("name=convnet dtype=bfloat16", "name=dense dtype=bfloat16"),
+  ]
+  assert [p["difference"] for p in pairs] == pytest.approx([0.10, 0.21])
+
+
+def test_a_reference_that_names_one_setting_of_each_model_gives_each_model_its_own():
+  records = _dtype_records()
+  differences = analysis.against_reference(records, "dtype=float32")
+  assert [(d["label"], d["reference"]) for d in differences] == [
+    ("name=convnet dtype=bfloat16", "name=convnet dtype=float32"),
+    ("name=dense dtype=bfloat16", "name=dense dtype=float32"),
+  ]
+  assert [d["difference"] for d in differences] == pytest.approx([0.01, -0.10])
+  # Parts that name two settings of one model still name no single reference.
+  with pytest.raises(DataError, match=r"--reference='name=convnet' names 2 settings"):
+    analysis.against_reference(records, "name=convnet")

@@ -2,14 +2,15 @@ r"""The book's pair in float32 and in bfloat16 mixed precision, on Fashion-MNIST
 
 `model.dtype="bfloat16"` computes every conv and dense dot in bfloat16 (with
 float32 accumulation) and keeps the parameters, optimizer state, loss and
-metrics in float32. The question: does bfloat16 hold accuracy? Each model's
-bfloat16 runs minus its float32 runs, paired by seed, with the report's
-intervals. 10 epochs of the 51,000 training images, RMSprop at 1e-3.
+metrics in float32. The question: does bfloat16 hold accuracy? The report,
+with `--reference=dtype=float32`, gives each model's bfloat16 runs minus its
+float32 runs with Welch's 95% interval. 10 epochs of the 51,000 training
+images, RMSprop at 1e-3.
 
   python -m convnet.sweep --sweep=configs/sweeps/mixed_precision.py \
       --workdir=runs/mixed_precision --vmap_seeds \
       --sweep.data.source=idx --sweep.data.idx_dir=/usr/share/datasets/fashion-mnist
-  python -m convnet.report runs/mixed_precision
+  python -m convnet.report runs/mixed_precision --reference=dtype=float32
 """
 
 import ml_collections
