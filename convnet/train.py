@@ -414,7 +414,11 @@ def set_up(
     fresh = jax.eval_shape(lambda: [new_state(s) for s in seeds])
     state = precompile.abstract(fresh, vmapped, None if vmapped else replicated)
     live = (place(np.ones(len(seeds), bool)),) if vmapped else ()
-    steps_fn = compiles.start(steps_fn, (state, images, labels, orders(0), 0, 1, key, *live))
+    # The epoch's order as a shape only: building one here would build the first twice.
+    length = epochs.order_length(steps_per_epoch, total_steps, config.batch_size)
+    order = jax.ShapeDtypeStruct((length,), np.int32)
+    order = precompile.abstract([order] * len(seeds), vmapped, None if vmapped else replicated)
+    steps_fn = compiles.start(steps_fn, (state, images, labels, order, 0, 1, key, *live))
     batches = {}  # one program per shape of batch
     for name in ("validation", "test"):
       splits = [getattr(d, name) for d in datasets]

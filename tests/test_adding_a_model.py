@@ -72,6 +72,7 @@ def _run(command: list[str], monkeypatch, *extra: str) -> None:
   module.main(rest)
 
 
+@pytest.mark.slow
 def test_the_pages_model_trains_summarises_and_exports_as_written(
   tiny, tmp_path, monkeypatch, capsys
 ):

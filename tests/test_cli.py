@@ -444,6 +444,7 @@ def test_helpshort_lists_the_programs_own_flags(helpshort, module):
     ("spoken_digits", "error: --name=digits: value should be one of"),
   ],
 )
+@pytest.mark.slow
 def test_each_program_prints_one_line_for_a_mistake(programs, name, message):
   (stdout, stderr), returncode = programs[name]
   assert returncode == 2, stderr

@@ -293,6 +293,7 @@ def _agreement(out, fmt, step=None, checkpoint="latest"):
   return entry["runtimes"]
 
 
+@pytest.mark.slow
 def test_without_node_the_tfjs_export_says_it_was_not_checked(trained, tmp_path, monkeypatch):
   monkeypatch.setattr(web, "node_runtime", lambda: None)
   lines = export.export(trained["dense"], "tfjs", str(tmp_path))

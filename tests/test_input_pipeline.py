@@ -123,6 +123,7 @@ def test_mnist1d_shapes_and_splits(mnist1d):
   np.testing.assert_array_equal(dataset.test.images, raw.test_images)  # floats kept as they are
 
 
+@pytest.mark.slow
 def test_mnist1d_is_the_same_every_time_and_leaves_global_generators_alone(mnist1d):
   import random
 

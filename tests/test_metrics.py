@@ -179,6 +179,7 @@ def test_eval_step_sums_every_metric_over_real_examples_only(config, embedded):
   np.testing.assert_allclose(float(sums["loss"]), expected_loss, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_with_label_smoothing_the_loss_is_the_plain_cross_entropy_and_the_smoothed_one_is_named(
   config, embedded, tmp_path
 ):

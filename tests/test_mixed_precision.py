@@ -46,6 +46,7 @@ def _leaf_dtypes(tree) -> set:
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow
 def test_parameters_optimizer_state_and_activations_stay_float32(config, name):
   state = book_state(_config(config, name, "bfloat16"))
   state, metrics = jax.jit(steps_lib.train_step)(state, _batch())

@@ -199,9 +199,11 @@ POOLED_CASES = [
   # (spatial input, kernel, strides, padding, pooling window)
   ((28, 28), (3, 3), (1, 1), "VALID", (2, 2)),  # the book's first block
   ((13, 13), (3, 3), (1, 1), "VALID", (2, 2)),  # an odd map: the last row is never read
-  ((13, 12), (3, 2), (2, 1), "SAME", (3, 2)),
-  ((29,), (5,), (2,), ((2, 1),), (2,)),
-  ((7, 8, 9), (3, 3, 2), (1, 2, 1), ((1, 0), (0, 2), (1, 1)), (2, 2, 2)),
+  pytest.param((13, 12), (3, 2), (2, 1), "SAME", (3, 2), marks=pytest.mark.slow),
+  pytest.param((29,), (5,), (2,), ((2, 1),), (2,), marks=pytest.mark.slow),
+  pytest.param(
+    (7, 8, 9), (3, 3, 2), (1, 2, 1), ((1, 0), (0, 2), (1, 1)), (2, 2, 2), marks=pytest.mark.slow
+  ),
 ]
 
 

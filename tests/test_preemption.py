@@ -176,6 +176,7 @@ import os, runpy, signal, sys, time
 import orbax.checkpoint as ocp
 
 at, signals = int(sys.argv[1]), [getattr(signal, name) for name in sys.argv[2].split(",")]
+signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal (nohup would ignore it)
 save = ocp.CheckpointManager.save
 
 def save_then_signal(self, step, *args, **kwargs):

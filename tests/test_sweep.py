@@ -259,6 +259,7 @@ def test_a_failed_rerun_of_another_config_keeps_the_finished_records(
     assert sweep.read_record(str(tmp_path), cell) == before[cell.name]
 
 
+@pytest.mark.slow
 def test_a_small_dense_groups_seeds_match_separate_runs(config, tmp_path):
   """The quick tier's check of vmapped seeds, on a model that compiles in a moment."""
   config.model.name = "dense"

@@ -190,6 +190,7 @@ def _records(workdir):
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_writes_the_workdir_and_resumes_exactly(config, tmp_path):
   config.num_epochs = 2
   straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
@@ -219,6 +220,7 @@ def test_train_and_evaluate_writes_the_workdir_and_resumes_exactly(config, tmp_p
   assert len(_records(tmp_path / "resumed")) == len(_records(workdir))
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_is_exact(config, tmp_path):
   config.max_steps = 10
   config.checkpoint_every_steps = 4
@@ -604,6 +606,7 @@ def test_an_error_during_the_set_up_waits_for_the_programs_compiling_in_other_th
   assert not any(t.name == "convnet-compile" for t in threading.enumerate())
 
 
+@pytest.mark.slow
 def test_main_refuses_what_it_can_before_logging_anything(tmp_path):
   # A value that parses but cannot work, a workdir under a file, and a changed config on a
   # workdir that holds checkpoints: each is the command's only line, before devices or layers.

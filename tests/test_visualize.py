@@ -167,6 +167,7 @@ def _float64(tree):
   return jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
 
 
+@pytest.mark.slow
 def test_saliency_is_the_gradient_of_the_predicted_logit(model_and_images):
   model, params, images = model_and_images
   grads = interpret.saliency(model, params, images)
@@ -195,6 +196,7 @@ def test_saliency_is_the_gradient_of_the_predicted_logit(model_and_images):
       assert np.abs(other[0] - grads[i]).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_feature_map_gradients_agree_with_a_finite_difference(model_and_images):
   model, params, images = model_and_images
   classes = np.array([0, 3, 5, 7])
