@@ -90,7 +90,7 @@ MODEL_CASES = [
     {"conv.padding": "SAME", "pool.type": "avg", "pool.window": 3},
     marks=pytest.mark.slow,
   ),
-  (
+  pytest.param(
     (61, 2),
     {
       "conv.kernel_size": 5,
@@ -98,6 +98,7 @@ MODEL_CASES = [
       "conv.padding": "SAME",
       "pool.type": ("max", "avg", "none"),
     },
+    marks=pytest.mark.slow,
   ),
   pytest.param(  # 3D: quick in tests/test_models.py against TensorFlow
     (12, 13, 14, 2),

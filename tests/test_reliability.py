@@ -403,6 +403,7 @@ def test_bad_embedded_files_are_named(tmp_path, name, content, message):
 # 7. Bad checkpoints.
 
 
+@pytest.mark.slow
 def test_a_corrupt_checkpoint_is_reported_and_left_as_it_is(config, tmp_path):
   config.max_steps = 2
   train.train_and_evaluate(config, str(tmp_path))
@@ -421,6 +422,7 @@ def test_a_corrupt_checkpoint_is_reported_and_left_as_it_is(config, tmp_path):
   assert _tree_digest(tmp_path / "checkpoints") == before
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_model_is_reported_and_left_as_it_is(config, tmp_path):
   config.max_steps = 2
   train.train_and_evaluate(config, str(tmp_path))

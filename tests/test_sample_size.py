@@ -65,6 +65,7 @@ def test_epoch_order_in_passes_gives_every_example_once_a_pass():
   np.testing.assert_array_equal(order, epochs.epoch_order(50, seed=3, epoch=2, length=200)[:160])
 
 
+@pytest.mark.slow
 def test_a_small_sample_trains_the_step_budget_not_a_few_steps(config, tmp_path):
   config.data.num_train = 50
   config.batch_size = 32

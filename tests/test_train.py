@@ -103,6 +103,7 @@ def test_other_optimizers_train(config, embedded, name, schedule):
   assert _loss(state, batch) < before - 0.1
 
 
+@pytest.mark.slow
 def test_evaluate_covers_every_example_once(config, embedded):
   state = _state(config)
   images = input_pipeline.scale(embedded.test_images[:250])
@@ -379,6 +380,7 @@ def test_main_reports_a_bad_config_in_one_line(tmp_path):
   )
 
 
+@pytest.mark.slow
 def test_l1_penalty_pulls_every_kernel_weight_by_the_same_step(config, embedded):
   """With SGD, the L1 term moves each kernel weight by lr * penalty * sign(w), biases not at all."""
   config.optimizer.name = "sgd"
@@ -470,6 +472,7 @@ def test_train_flops_are_the_step_as_written_about_three_forward_passes(config):
   assert 2.5 * forward < flops < 3.5 * forward  # forward, backward (about twice), the update
 
 
+@pytest.mark.slow
 def test_profile_steps_write_a_trace_of_training(config, tmp_path):
   config.max_steps, config.steps_per_call, config.profile_steps = 9, 2, 3
   result = train.train_and_evaluate(config, str(tmp_path))

@@ -369,6 +369,7 @@ def test_the_command_lists_each_file_it_wrote_once(tmp_path):
     assert output.count(str(tmp_path / "out" / name)) == 1, output
 
 
+@pytest.mark.slow
 def test_command_line_names_a_bad_workdir(tmp_path):
   missing = _visualize(f"--workdir={tmp_path / 'nowhere'}")
   assert missing.returncode != 0
