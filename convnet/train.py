@@ -345,6 +345,18 @@ def resume(
   return manager, best, state, loop, records
 
 
+def _eval_batch_examples(config, datasets, vmapped: bool, batch_sharding, multiple_of: int):
+  """One abstract batch per shape the evaluation meets (validation, test), to compile for."""
+  batches = {}
+  for name in ("validation", "test"):
+    splits = [getattr(d, name) for d in datasets]
+    if len(splits[0]):
+      first = [next(epochs.eval_batches(s, config.eval_batch_size, multiple_of)) for s in splits]
+      batch = precompile.abstract(first, vmapped, batch_sharding)
+      batches[str(jax.tree.map(lambda x: (x.shape, x.dtype), batch))] = batch
+  return list(batches.values())
+
+
 def set_up(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -393,8 +405,9 @@ def set_up(
   eval_fn = jax.jit(eval_fn, **jit_options)
   multiple_of = math.lcm(config.microbatch_size or 1, mesh_size)
 
+  length = epochs.order_length(steps_per_epoch, total_steps, config.batch_size)
+
   def orders(epoch: int) -> jax.Array:
-    length = epochs.order_length(steps_per_epoch, total_steps, config.batch_size)
     return place(combine([epochs.epoch_order(len(data.train), s, epoch, length) for s in seeds]))
 
   names = [f"seed {s}" if vmapped else "" for s in seeds]
@@ -403,30 +416,24 @@ def set_up(
   key = place(combine([augment.key(s) for s in seeds]))
 
   def start_compiles() -> None:
-    """The training steps and the evaluation compile in other threads (`convnet.precompile`)
-    while this one initialises the parameters and opens the checkpoints."""
+    """The steps and the evaluation compile in other threads while this one sets up."""
     nonlocal steps_fn, eval_fn
+    # What `place` makes of the fresh states and of an epoch's order (a shape only: building
+    # one here would build the first twice), and what a checkpoint restores into them.
+    sharding = None if vmapped else replicated
+    fresh = jax.eval_shape(lambda: [new_state(s) for s in seeds])
+    state = precompile.abstract(fresh, vmapped, sharding)
+    order = jax.ShapeDtypeStruct((length,), np.int32)
+    order = precompile.abstract([order] * len(seeds), vmapped, sharding)
+    live = (place(np.ones(len(seeds), bool)),) if vmapped else ()
+    steps_args = (state, images, labels, order, 0, 1, key, *live)
+    batches = _eval_batch_examples(config, datasets, vmapped, batch_sharding, multiple_of)
     logging.info(
       "Compiling the training steps and the evaluation (a later run reads them from the "
       "compilation cache)"
     )
-    # What `place` makes of the fresh states below, and what a checkpoint restores into them.
-    fresh = jax.eval_shape(lambda: [new_state(s) for s in seeds])
-    state = precompile.abstract(fresh, vmapped, None if vmapped else replicated)
-    live = (place(np.ones(len(seeds), bool)),) if vmapped else ()
-    # The epoch's order as a shape only: building one here would build the first twice.
-    length = epochs.order_length(steps_per_epoch, total_steps, config.batch_size)
-    order = jax.ShapeDtypeStruct((length,), np.int32)
-    order = precompile.abstract([order] * len(seeds), vmapped, None if vmapped else replicated)
-    steps_fn = compiles.start(steps_fn, (state, images, labels, order, 0, 1, key, *live))
-    batches = {}  # one program per shape of batch
-    for name in ("validation", "test"):
-      splits = [getattr(d, name) for d in datasets]
-      if len(splits[0]):
-        first = [next(epochs.eval_batches(s, config.eval_batch_size, multiple_of)) for s in splits]
-        batch = precompile.abstract(first, vmapped, batch_sharding)
-        batches[str(jax.tree.map(lambda x: (x.shape, x.dtype), batch))] = batch
-    eval_fn = compiles.start(eval_fn, *((state, batch) for batch in batches.values()))
+    steps_fn = compiles.start(steps_fn, steps_args)
+    eval_fn = compiles.start(eval_fn, *((state, batch) for batch in batches))
 
   def new_state(seed: int) -> steps_lib.TrainState:
     return steps_lib.create_train_state(jax.random.key(seed), model, data.input_shape, tx)
