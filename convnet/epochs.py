@@ -105,17 +105,28 @@ def epoch_order(num_examples: int, seed: int, epoch: int, length: int = 0) -> np
   return order
 
 
+def eval_batch_size(longest: int, batch_size: int, multiple_of: int = 1) -> int:
+  """The batch size that evaluates splits of at most `longest` examples.
+
+  `batch_size`, cut to `longest` rounded up to a multiple of `multiple_of`
+  (the microbatch size, the device count) where it is larger. A run passes
+  its longest evaluated split, so that validation and test batches have one
+  shape and share one compiled program.
+  """
+  return min(batch_size, -(-longest // multiple_of) * multiple_of)
+
+
 def eval_batches(
-  split: input_pipeline.Split, batch_size: int, multiple_of: int = 1
+  split: input_pipeline.Split, batch_size: int, multiple_of: int = 1, longest: int = 0
 ) -> Iterator[dict[str, np.ndarray]]:
   """The whole split in batches of one size; the last is padded and masked.
 
   Each batch has "image" (batch_size, *input_shape), "label" (batch_size,) and
-  "mask" (batch_size,) float32: 1 for a real example, 0 for padding. A
-  `batch_size` larger than the split is cut to the split's size, rounded up to
-  a multiple of `multiple_of` (the microbatch size, the device count).
+  "mask" (batch_size,) float32: 1 for a real example, 0 for padding. The size
+  is `eval_batch_size(longest or len(split), batch_size, multiple_of)`: a
+  `batch_size` larger than the split (or than `longest`) is cut to it.
   """
-  batch_size = min(batch_size, -(-len(split) // multiple_of) * multiple_of)
+  batch_size = eval_batch_size(longest or len(split), batch_size, multiple_of)
   for start in range(0, len(split), batch_size):
     images = split.images[start : start + batch_size]
     labels = split.labels[start : start + batch_size]
@@ -139,6 +150,7 @@ def evaluate(
   batch_size: int,
   sharding=None,
   multiple_of: int = 1,
+  longest: int = 0,
 ):
   """Each metric's mean over every example of a split, each example counted once.
 
@@ -149,13 +161,13 @@ def evaluate(
   returns one such dict per seed, each seed on its own split (reduced inputs,
   `data.features`, are fitted on each seed's training split, so even test
   splits differ). With `sharding`, each batch is put on the devices split by
-  it. Sums are float64. `batch_size` and `multiple_of`: see `eval_batches`.
+  it. Sums are float64. `batch_size`, `multiple_of` and `longest`: see `eval_batches`.
   """
   single = isinstance(splits, input_pipeline.Split)
   if single:
-    batches = eval_batches(splits, batch_size, multiple_of)
+    batches = eval_batches(splits, batch_size, multiple_of, longest)
   else:
-    per_seed = [eval_batches(s, batch_size, multiple_of) for s in splits]
+    per_seed = [eval_batches(s, batch_size, multiple_of, longest) for s in splits]
     batches = map(stack, zip(*per_seed, strict=True))
   if sharding is not None:
     batches = (parallel.put(batch, sharding) for batch in batches)

@@ -31,7 +31,7 @@ Every size is in bytes; float32 values and int32 indices take 4. The parts, for
 - order of training examples: the int32 indices of the longest stretch of an
   epoch the run trains (`epochs.order_length`), on the host and every device.
 - evaluation (once the splits' sizes are known): a batch of inputs
-  (`eval_batch_size`, cut to the larger split as `epochs.eval_batches` cuts it)
+  (`eval_batch_size`, cut to the larger split: `epochs.eval_batch_size`)
   on the host (padded) and the devices, and `EVAL_ACTIVATION_FACTOR` bytes per output value
   for one microbatch of it (XLA's count as above: 1.9, "lax" 0.6), less the
   train step's buffers, which are free by then.
@@ -207,7 +207,7 @@ def _data_parts(config, dataset, per_example: int, implementation: str, m: int, 
   """
   largest = max(len(dataset.validation), len(dataset.test))
   multiple_of = math.lcm(config.microbatch_size or 1, d)
-  eval_batch = min(config.eval_batch_size, -(-largest // multiple_of) * multiple_of)
+  eval_batch = epochs.eval_batch_size(largest, config.eval_batch_size, multiple_of)
   eval_microbatch = (
     config.microbatch_size if 0 < config.microbatch_size < eval_batch else eval_batch
   )

@@ -345,13 +345,25 @@ def resume(
   return manager, best, state, loop, records
 
 
+def _longest_eval_split(datasets) -> int:
+  """The larger of the validation and test splits: evaluation batches are cut to it."""
+  return max(len(datasets[0].validation), len(datasets[0].test))
+
+
 def _eval_batch_examples(config, datasets, vmapped: bool, batch_sharding, multiple_of: int):
-  """One abstract batch per shape the evaluation meets (validation, test), to compile for."""
+  """One abstract batch per shape the evaluation meets (validation, test), to compile for.
+
+  Both splits are evaluated in batches of one shape (`epochs.eval_batch_size`
+  of the larger), so there is one.
+  """
   batches = {}
+  longest = _longest_eval_split(datasets)
   for name in ("validation", "test"):
     splits = [getattr(d, name) for d in datasets]
     if len(splits[0]):
-      first = [next(epochs.eval_batches(s, config.eval_batch_size, multiple_of)) for s in splits]
+      first = [
+        next(epochs.eval_batches(s, config.eval_batch_size, multiple_of, longest)) for s in splits
+      ]
       batch = precompile.abstract(first, vmapped, batch_sharding)
       batches[str(jax.tree.map(lambda x: (x.shape, x.dtype), batch))] = batch
   return list(batches.values())
@@ -481,7 +493,13 @@ def set_up(
     if not vmapped:
       splits = splits[0]
     results = epochs.evaluate(
-      eval_fn, state, splits, config.eval_batch_size, batch_sharding, multiple_of
+      eval_fn,
+      state,
+      splits,
+      config.eval_batch_size,
+      batch_sharding,
+      multiple_of,
+      _longest_eval_split(datasets),
     )
     return results if vmapped else [results]
 

@@ -117,6 +117,36 @@ def test_evaluate_covers_every_example_once(config, embedded):
     assert metrics["accuracy"] == pytest.approx(expected_accuracy, abs=1e-6)
 
 
+def test_the_eval_batch_size_is_cut_to_the_longest_split_rounded_to_the_multiple():
+  assert epochs.eval_batch_size(1000, 1024) == 1000
+  assert epochs.eval_batch_size(1000, 1024, multiple_of=64) == 1024
+  assert epochs.eval_batch_size(600, 256, multiple_of=64) == 256  # never above the batch size
+  assert epochs.eval_batch_size(1, 1024, multiple_of=8) == 8
+
+
+def test_splits_evaluated_with_a_shared_longest_have_batches_of_one_shape(config, embedded):
+  # Validation (here 30 examples) and test (70) in batches of one shape: one compiled program.
+  state = _state(config)
+  images = input_pipeline.scale(embedded.test_images[:100])
+  labels = embedded.test_labels[:100].astype(np.int32)
+  short, long = (
+    input_pipeline.Split(images[:30], labels[:30]),
+    input_pipeline.Split(images[30:], labels[30:]),
+  )
+  shapes = {
+    b["image"].shape for s in (short, long) for b in epochs.eval_batches(s, 1024, longest=70)
+  }
+  assert shapes == {(70, *images.shape[1:])}
+  own = {b["image"].shape for s in (short, long) for b in epochs.eval_batches(s, 1024)}
+  assert own == {(30, *images.shape[1:]), (70, *images.shape[1:])}  # each cut to its own size
+  eval_fn = jax.jit(steps_lib.eval_step)
+  for split in (short, long):  # padding to the shared shape changes no metric
+    shared = epochs.evaluate(eval_fn, state, split, 1024, longest=70)
+    alone = epochs.evaluate(eval_fn, state, split, 1024)
+    assert shared["accuracy"] == alone["accuracy"]
+    np.testing.assert_allclose(shared["loss"], alone["loss"], rtol=1e-6)
+
+
 def test_epoch_order_is_a_seeded_permutation():
   a, b = epochs.epoch_order(103, seed=0, epoch=0), epochs.epoch_order(103, seed=0, epoch=0)
   np.testing.assert_array_equal(a, b)
@@ -568,19 +598,16 @@ def test_the_log_says_what_it_compiles_and_how_far_a_long_evaluation_is(
   assert text.count("Compiling the training steps") == 1
   assert text.count("Evaluating on validation and test") == 1  # the first evaluation only
   assert text.index("Compiling the training steps") < text.index("First steps began")
-  # The steps and the evaluation (validation and test: two shapes of batch) compiled in another
-  # thread while the run set up, and the loop's calls found those programs: no call compiled.
+  # The steps and the evaluation compiled in another thread while the run set up, and the loop's
+  # calls found those programs: no call compiled. Validation and test batches share one shape
+  # (the fixture's splits differ in size), so the evaluation is one program.
   compiled = [
     (r.threadName, name)
     for r in caplog.records
     for name in ("train_steps", "eval_step")
     if r.getMessage().startswith(f"Compiling jit({name}) ")
   ]
-  assert sorted(compiled) == [
-    ("convnet-compile", "eval_step"),
-    ("convnet-compile", "eval_step"),
-    ("convnet-compile", "train_steps"),
-  ]
+  assert sorted(compiled) == [("convnet-compile", "eval_step"), ("convnet-compile", "train_steps")]
 
   monkeypatch.setattr(epochs, "PROGRESS_EVERY_S", 0.0)
   state = book_state(config)
