@@ -104,4 +104,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 0  # 0: at the end of every epoch only
   config.profile_steps = 0  # > 0: trace this many steps with jax.profiler into WORKDIR/profile
   config.checkpoint_keep = 2
+  # Stop a run once validation accuracy stops improving (docs/training.md, "Early stopping").
+  config.early_stopping = ml_collections.ConfigDict()
+  config.early_stopping.patience = 0  # epochs without improvement before it stops; 0: never
+  config.early_stopping.min_delta = 0.0  # what counts as an improvement, in accuracy (0.001: 0.1%)
   return config

@@ -335,7 +335,7 @@ def loop_problem(loop: Any, members: int | None = None) -> str | None:
 
   Each field the loop reads is checked for its type and range: "wall_time_s"
   (seconds, >= 0) and "constants" (see `train.run_constants`) are required;
-  "epoch_sums", "window_losses", "seeds", "result", "diverged", the sums of earlier
+  "epoch_sums", "window_losses", "seeds", "members", "result", "diverged", the sums of earlier
   versions ("epoch_loss_sum", "epoch_correct", "epoch_steps") and
   `STATE_DIGEST` are checked where present. `members` is how many seeds the
   checkpoint stacks (None: lists of any length).
@@ -351,6 +351,7 @@ def loop_problem(loop: Any, members: int | None = None) -> str | None:
     ("constants", True, lambda v: isinstance(v, Mapping), "an object of the run's constants"),
     (STATE_DIGEST, False, _hex_digest, "32 hexadecimal digits"),
     ("seeds", False, lambda v: _seeds_fit(v, members), f"a list of {n}different whole numbers"),
+    ("members", False, lambda v: _names_fit(v, members), f"a list of {n}different names"),
     ("result", False, lambda v: isinstance(v, Mapping), "an object of numbers"),
     ("epoch_sums", False, lambda v: isinstance(v, Mapping), "an object of lists of numbers"),
     ("window_losses", False, lambda v: isinstance(v, list), f"a list of {n}lists of losses"),
@@ -400,6 +401,11 @@ def _seeds_fit(value, members: int | None) -> bool:
     isinstance(s, int) and not isinstance(s, bool) for s in value
   )
   return whole and len(set(value)) == len(value) and members in (None, len(value))
+
+
+def _names_fit(value, members: int | None) -> bool:
+  names = isinstance(value, list) and all(isinstance(s, str) and s for s in value)
+  return names and len(set(value)) == len(value) and members in (None, len(value))
 
 
 def _shown(value) -> str:

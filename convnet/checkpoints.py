@@ -394,20 +394,44 @@ class _AbandonedTasks(python_logging.Filter):
 
 
 def seed_dir(group_dir: str, seed: int) -> str:
-  """The folder of one seed of a group trained together."""
+  """The folder of one seed of a group trained together (`convnet.seeds.train_seeds`)."""
   return os.path.join(group_dir, f"seed_{seed}")
 
 
-def _checkpoint_dir(workdir: str) -> tuple[str, int | None]:
-  """The checkpoints of a run; for one seed of a group, the group's and the seed."""
+def member_dir(group_dir: str, name: str) -> str:
+  """The folder of one named member of a group trained together (`convnet.seeds.train_group`)."""
+  return os.path.join(group_dir, name)
+
+
+def _checkpoint_dir(workdir: str) -> tuple[str, str | None]:
+  """The checkpoints of a run; for one member of a group, the group's and the member's name."""
   own = os.path.join(workdir, CHECKPOINTS)
   if os.path.isdir(own):
     return own, None
-  seed = workdir_lib.SEED_DIR.fullmatch(os.path.basename(os.path.normpath(workdir)))
   group = os.path.join(os.path.dirname(os.path.normpath(workdir)), CHECKPOINTS)
-  if seed and os.path.isdir(group):
-    return group, int(seed[1])
+  if os.path.isdir(group):
+    return group, os.path.basename(os.path.normpath(workdir))
   raise CheckpointError(f"{workdir} has no {CHECKPOINTS}/ (nor its group's): train it first")
+
+
+def _member_index(directory: str, name: str, loop: Mapping[str, Any]) -> int:
+  """Where the member in folder `name` is stacked in the group checkpointed in `directory`."""
+  if "members" in loop:  # a group of named members
+    if name not in loop["members"]:
+      raise CheckpointError(
+        f"{name} is not one of the members {loop['members']} saved in {directory}"
+      )
+    return loop["members"].index(name)
+  seed = workdir_lib.SEED_DIR.fullmatch(name)
+  if seed is None:
+    raise CheckpointError(
+      f"{os.path.join(os.path.dirname(directory), name)} has no {CHECKPOINTS}/ and is not a "
+      f"member of the group in {os.path.dirname(directory)}: train it first"
+    )
+  seeds = _group_seeds(os.path.dirname(directory), loop)
+  if int(seed[1]) not in seeds:
+    raise CheckpointError(f"seed {seed[1]} is not one of the seeds {seeds} saved in {directory}")
+  return seeds.index(int(seed[1]))
 
 
 def _group_seeds(group_dir: str, loop: Mapping[str, Any]) -> list[int]:
@@ -422,8 +446,9 @@ def _group_seeds(group_dir: str, loop: Mapping[str, Any]) -> list[int]:
 def restore_params(workdir: str, which: str = "latest") -> tuple[Any, int]:
   """The parameters and step of a workdir's newest good checkpoint, or of its best epoch's.
 
-  `workdir` is a `convnet.main` workdir, or one `seed_<s>/` of a group, whose
-  parameters are taken out of the group's stacked checkpoint. `which` is
+  `workdir` is a `convnet.main` workdir, or one member's folder of a group
+  (`seed_<s>/`, or `<name>/` of `convnet.seeds.train_group`), whose parameters
+  are taken out of the group's stacked checkpoint. `which` is
   "latest" or "best": the epoch of best validation accuracy, whose test
   accuracy `train_and_evaluate` reports as `test_accuracy_at_best_validation`.
 
@@ -440,14 +465,12 @@ def restore_params(workdir: str, which: str = "latest") -> tuple[Any, int]:
   """
   if which not in WHICH:
     raise CheckpointError(f"checkpoint={which!r} is not one of {', '.join(WHICH)}")
-  directory, seed = _checkpoint_dir(os.path.abspath(workdir))  # Orbax takes absolute paths only
+  directory, member = _checkpoint_dir(os.path.abspath(workdir))  # Orbax takes absolute paths
   state, loop, step = _read_newest_good(workdir, directory, which)
   params = state["params"]
-  if seed is not None:
-    seeds = _group_seeds(os.path.dirname(directory), loop)
-    if seed not in seeds:
-      raise CheckpointError(f"seed {seed} is not one of the seeds {seeds} saved in {directory}")
-    params = jax.tree.map(lambda x: x[seeds.index(seed)], params)
+  if member is not None:
+    index = _member_index(directory, member, loop)
+    params = jax.tree.map(lambda x: x[index], params)
   return params, step
 
 

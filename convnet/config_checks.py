@@ -122,12 +122,40 @@ def validate(config: ml_collections.ConfigDict) -> None:
   )
   _require(0 <= opt.momentum < 1, "optimizer.momentum", opt.momentum, "is in [0, 1)")
   _require(0 < opt.rmsprop_decay < 1, "optimizer.rmsprop_decay", opt.rmsprop_decay, "is in (0, 1)")
+  _check_early_stopping(config)
   source = config.data.source
   _require(
     source in input_pipeline.SOURCES,
     "data.source",
     source,
     f"is one of {', '.join(input_pipeline.SOURCES)}",
+  )
+
+
+def _check_early_stopping(config: ml_collections.ConfigDict) -> None:
+  """`early_stopping.patience` and `min_delta` (see `epochs.early_stop_epoch`)."""
+  stopping = config.early_stopping
+  patience, min_delta = stopping.patience, stopping.min_delta
+  _require(
+    isinstance(patience, int) and not isinstance(patience, bool) and patience >= 0,
+    "early_stopping.patience",
+    patience,
+    "is a whole number of epochs, 0 (never stop early) or more",
+  )
+  _require(
+    isinstance(min_delta, int | float)
+    and not isinstance(min_delta, bool)
+    and math.isfinite(min_delta)
+    and min_delta >= 0,
+    "early_stopping.min_delta",
+    min_delta,
+    "is a finite number, 0 or more (an accuracy: 0.001 is 0.1%)",
+  )
+  _require(  # early stopping judges validation accuracy, never test accuracy
+    patience == 0 or config.data.validation_fraction > 0,
+    "early_stopping.patience",
+    patience,
+    "needs a validation split: set data.validation_fraction above 0, or patience to 0",
   )
 
 

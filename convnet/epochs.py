@@ -10,6 +10,8 @@ computes.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import signal
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -276,6 +278,95 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     final[f"{key}_at_best_validation"] = best[key]
   final.pop("kind")
   return final
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlyStop:
+  """Where and why a run stopped early: see `early_stop`."""
+
+  epoch: int  # the 1-based epoch after which it stopped
+  improved_epoch: int  # the last epoch that improved; 0: none had a finite accuracy
+  reason: str  # one line, for the log and the run's result
+
+
+def early_stop(
+  validation_accuracies: Sequence[float], patience: int, min_delta: float
+) -> EarlyStop | None:
+  """Whether a run whose whole epochs gave `validation_accuracies` stops early, and where.
+
+  The rule: the best accuracy starts unset. Epoch by epoch (epoch 1 first),
+  an epoch improves when its accuracy is finite and either the best is unset
+  or the accuracy exceeds it by more than `min_delta` (`accuracy - best >
+  min_delta`: a tie, or a gain of exactly `min_delta`, does not improve); the
+  best then becomes that accuracy. Any other epoch (a NaN too) leaves the best
+  as it is, so a gain of `min_delta` or less never moves it. The run stops
+  after the first epoch that ends `patience` consecutive epochs without
+  improvement. With `patience` 0 it never stops early.
+
+  Args:
+    validation_accuracies: the validation accuracy after each whole epoch, fractions in [0, 1].
+    patience: epochs without improvement that stop the run; 0: never.
+    min_delta: the gain in accuracy (a fraction, as the records hold) that counts.
+
+  Returns:
+    An `EarlyStop`, or None where the run does not stop (it improves, or has
+    improved within `patience` epochs, up to its last epoch).
+  """
+  if patience <= 0:
+    return None
+  best, improved_epoch, since = None, 0, 0
+  for epoch, accuracy in enumerate(validation_accuracies, 1):
+    finite = math.isfinite(accuracy)
+    if finite and (best is None or accuracy - best > min_delta):
+      best, improved_epoch, since = accuracy, epoch, 0
+      continue
+    since += 1
+    if since >= patience:
+      epochs = f"{since} epoch{'s' * (since > 1)}"
+      if improved_epoch:
+        by = f" by more than {min_delta:g}" if min_delta else ""
+        why = (
+          f"validation accuracy did not improve{by} for {epochs} after epoch {improved_epoch} "
+          f"({best:.4f})"
+        )
+      else:
+        why = f"validation accuracy was not finite for its first {epochs}"
+      return EarlyStop(epoch, improved_epoch, f"{why}; stopped after epoch {epoch}")
+  return None
+
+
+def early_stop_fields(stop: EarlyStop | None) -> dict[str, Any]:
+  """A run's result fields that say whether it stopped early (`stop`), and why.
+
+  `stopped_early_epoch`: the epoch after which it stopped, 0 when it did not
+  stop early (it trained its whole budget, `num_epochs` or `max_steps`), and
+  `stop_reason`, one line, only when it stopped.
+  """
+  if stop is None:
+    return {"stopped_early_epoch": 0}
+  return {"stopped_early_epoch": stop.epoch, "stop_reason": stop.reason}
+
+
+def early_stop_epoch(
+  validation_accuracies: Sequence[float], patience: int, min_delta: float
+) -> int | None:
+  """The 1-based epoch after which a run stops early, or None: the rule of `early_stop`."""
+  stop = early_stop(validation_accuracies, patience, min_delta)
+  return None if stop is None else stop.epoch
+
+
+def whole_epoch_validation_accuracies(records: Sequence[Mapping[str, Any]]) -> list[float]:
+  """The validation accuracy of each whole epoch's record, epoch 1 first (see `early_stop`).
+
+  A record of a partial epoch (a `max_steps` stop within an epoch) is left out:
+  early stopping judges whole epochs only. A record without a validation
+  accuracy gives NaN.
+  """
+  return [
+    float(r.get("validation_accuracy", math.nan))
+    for r in records
+    if r.get("kind") == "epoch" and float(r["epoch"]).is_integer()
+  ]
 
 
 class Profiler:

@@ -74,19 +74,26 @@ class SeedsDivergedError(DivergedError):
 class Member:
   """One model of a run: where its metrics go, and what it has recorded so far."""
 
-  name: str  # "" for a single run, "seed 3" for a seed of a group
+  name: str  # "" for a single run, "seed 3" for a seed of a group, or a member's folder name
   writer: workdir_lib.MetricsWriter
   records: list[dict[str, Any]]
+  config: ml_collections.ConfigDict  # its own (its seed and learning rate)
   diverged: str = ""  # why this seed of a group stopped training; "" while it trains
+  stopped: epochs.EarlyStop | None = None  # where and why it stopped early (`early_stop`)
+
+  @property
+  def training(self) -> bool:
+    """Whether it still trains: it has neither diverged nor stopped early."""
+    return not self.diverged and self.stopped is None
 
 
 @dataclasses.dataclass
 class Run:
   """A run set up to train: the state, the compiled steps and where results go.
 
-  For seeds trained together, `state`, `images`, `labels` and the orders are
-  stacked along a leading axis, `steps_fn` and `evaluate` are vmapped, and
-  there is one member per seed.
+  For a group trained together (seeds, or seeds and learning rates), `state`,
+  `images`, `labels` and the orders are stacked along a leading axis,
+  `steps_fn` and `evaluate` are vmapped, and there is one member per model.
   """
 
   config: ml_collections.ConfigDict
@@ -120,7 +127,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     The last epoch's metrics (`train_*`, `validation_*`, `test_*`), plus
     `best_validation_accuracy`, `best_epoch`, `test_accuracy_at_best_validation`,
     `num_params`, `train_flops_per_example` (XLA's count of the step as written),
-    `wall_time_s` and `train_examples_per_sec`.
+    `wall_time_s`, `train_examples_per_sec`, and `stopped_early_epoch` (0: the
+    run did not stop early) with `stop_reason` where it did (`config.early_stopping`).
 
   A workdir that cannot be written (a read-only mount) still reports the
   result of a run that finished there.
@@ -140,33 +148,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def train_members(
-  config: ml_collections.ConfigDict, workdir: str, seeds: list[int] | None = None
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  seeds: list[int] | None = None,
+  members: list[tuple[str, ml_collections.ConfigDict]] | None = None,
 ) -> list[dict[str, Any]]:
-  """One run (`seeds` None) or one per seed trained together; a result for each.
+  """One run, one per seed (`seeds`) or named members (`members`) trained together; results.
 
-  The one set-up of `train_and_evaluate` and `convnet.seeds.train_seeds`: the
-  config checked, `workdir` made and locked, signals turned into stop
-  requests, a resumed run's configs checked before any data is read, then
-  `set_up` and `fit`. Seeds go to `workdir/seed_<s>/`, their checkpoints to
-  `workdir/checkpoints/`.
+  The one set-up of `train_and_evaluate` and `convnet.seeds`: the config
+  checked, `workdir` made and locked, signals turned into stop requests, a
+  resumed run's configs and members checked before any data is read, then
+  `set_up` and `fit`. Seeds go to `workdir/seed_<s>/`; each member, a (name,
+  config) pair (`convnet.seeds.train_group` checks them), to `workdir/<name>/`;
+  a group's checkpoints to `workdir/checkpoints/`.
   """
   config_checks.validate(config)
-  memory.check(config, 1 if seeds is None else len(seeds))  # before any data is read
+  size = len(seeds) if seeds is not None else len(members) if members is not None else 1
+  memory.check(config, size)  # before any data is read
   with workdir_lib.run_dir(workdir) as workdir:
-    if seeds is None:
-      member_dirs = [(workdir, config)]
-    else:
+    if seeds is not None:
       member_dirs = [(checkpoints.seed_dir(workdir, s), seed_config(config, s)) for s in seeds]
+      group = {"seeds": list(seeds)}
+    elif members is not None:
+      member_dirs = [(checkpoints.member_dir(workdir, n), c) for n, c in members]
+      group = {"members": [n for n, _ in members]}
+    else:
+      member_dirs, group = [(workdir, config)], None
     # In a multi-host run, process 0 holds the lock for them all.
     main = parallel.is_main_process()
     lock = workdir_lib.lock(workdir) if main else contextlib.nullcontext()
     compiles = precompile.Compiles()
     try:
       with lock, preemption.stop_requests() as stop:
-        check_before_loading(workdir, member_dirs)
-        return fit(set_up(config, workdir, member_dirs, compiles, seeds is not None), stop)
+        check_before_loading(workdir, member_dirs, group)
+        return fit(set_up(config, workdir, member_dirs, compiles, group), stop)
     except WorkdirReadOnlyError as e:  # Only the lock raises it: nothing can be written there.
-      if seeds is not None:
+      if group is not None:
         raise
       return [_finished_result(config, workdir, e)]
     finally:
@@ -198,16 +215,33 @@ def check_before_starting(config: ml_collections.ConfigDict, workdir: str) -> No
     workdir_lib.check_resumable(os.path.abspath(workdir), config)
 
 
-def check_before_loading(workdir: str, member_dirs) -> None:
+def check_before_loading(workdir: str, member_dirs, group: dict[str, list] | None = None) -> None:
   """What can be checked of a resumed run before its data is loaded: each member's config.
 
-  Also removes the temporary files that killed writers left in the folders.
+  For a group (see `set_up`), also its members: a checkpoint of other seeds or
+  other members (their names, in their order) is refused. Also removes the
+  temporary files that killed writers left in the folders.
+
+  Raises:
+    CheckpointError: a member's config differs in a field that changes its
+      result (`workdir.check_resumable`), or the group's members differ.
   """
   for folder in {workdir, *(d for d, _ in member_dirs)}:
     files.remove_stale_files(folder)
-  if checkpoints.has_checkpoints(workdir):
-    for member_dir, member_config in member_dirs:
-      workdir_lib.check_resumable(member_dir, member_config)
+  if not checkpoints.has_checkpoints(workdir):
+    return
+  for member_dir, member_config in member_dirs:
+    workdir_lib.check_resumable(member_dir, member_config)
+  saved = checkpoints.read_loop(workdir) if group is not None else None
+  if saved is None:
+    return
+  saved_group = {k: saved[1][k] for k in ("seeds", "members") if k in saved[1]}
+  if saved_group and saved_group != group:
+    (was,), (now,) = saved_group, group  # each has one key
+    raise CheckpointError(
+      f"{workdir} holds checkpoints of a group of {was} {saved_group[was]}, not of {now} "
+      f"{group[now]}: train the same {was} again, or use a new --workdir"
+    )
 
 
 def _finished_result(config, workdir: str, error: WorkdirReadOnlyError) -> dict[str, Any]:
@@ -221,9 +255,10 @@ def _finished_result(config, workdir: str, error: WorkdirReadOnlyError) -> dict[
   steps_per_epoch = loop["constants"]["steps_per_epoch"]
   total_steps = epochs.total_steps(config, steps_per_epoch)
   result = epochs.summarize(records)
-  if step < total_steps or not result:
+  stop = stopped_members(loop, [""], workdir).get("")
+  if (step < total_steps and stop is None) or not result:
     raise WorkdirReadOnlyError(f"{error} (its run stopped at step {step} of {total_steps})")
-  result |= loop.get("result", {})
+  result |= loop.get("result", {}) | epochs.early_stop_fields(stop)
   logging.info("Run already finished at step %d: %s", step, display.metrics_line(result))
   return result
 
@@ -252,17 +287,20 @@ def step_functions(
   return train_fn, eval_fn
 
 
-def model_and_optimizer(config: ml_collections.ConfigDict, dataset: input_pipeline.Dataset):
+def model_and_optimizer(
+  config: ml_collections.ConfigDict, dataset: input_pipeline.Dataset, rate_in_state: bool = False
+):
   """The model, optimizer and step counts for `dataset`: (model, tx, steps_per_epoch, total).
 
   The learning-rate schedule spans `num_epochs` whole epochs; `max_steps` only
   stops the run sooner, so that a run stopped by it and resumed is the same
-  run as one that went straight through.
+  run as one that went straight through. With `rate_in_state`, the optimizer
+  keeps its peak learning rate in its state (`optim.create_optimizer`).
   """
   model = models.create_model(config.model, dataset.input_shape, dataset.num_classes)
   steps_per_epoch, total_steps = epochs.step_counts(config, len(dataset.train))
   tx = optim.create_optimizer(
-    config.optimizer, steps_per_epoch, steps_per_epoch * config.num_epochs
+    config.optimizer, steps_per_epoch, steps_per_epoch * config.num_epochs, rate_in_state
   )
   return model, tx, steps_per_epoch, total_steps
 
@@ -331,6 +369,7 @@ def resume(
   if manager.latest_step() is not None:
     state, loop = checkpoints.restore(manager, state, loop)
     _check_constants(workdir, loop.get("constants", {}), constants)
+    _check_learning_rates(workdir, state, [c for _, c in member_dirs])
   loop["constants"] = constants
   step = int(np.ravel(state.step)[0])
   records = [  # read (and checked) before anything is written
@@ -343,6 +382,19 @@ def resume(
       workdir_lib.write_config(member_dir, member_config)
   best.steps = checkpoints.best_steps(records)
   return manager, best, state, loop, records
+
+
+def _check_learning_rates(workdir: str, state, configs) -> None:
+  """Refuses a restored state whose members' learning rates (`optim.RateState`) are not theirs."""
+  saved = optim.learning_rates(state.opt_state)
+  if saved is None:
+    return
+  wanted = np.array([c.optimizer.learning_rate for c in configs], np.float32)
+  if not np.array_equal(np.asarray(saved), wanted):
+    raise CheckpointError(
+      f"{workdir} holds checkpoints of members trained at the learning rates "
+      f"{np.asarray(saved).tolist()}, not {wanted.tolist()}: use a new --workdir"
+    )
 
 
 def _longest_eval_split(datasets) -> int:
@@ -374,27 +426,36 @@ def set_up(
   workdir: str,
   member_dirs: list[tuple[str, ml_collections.ConfigDict]],
   compiles: precompile.Compiles,
-  vmapped: bool = False,
+  group: dict[str, list] | None = None,
 ) -> Run:
   """A run ready for `fit`: data, model, state (restored where there is a checkpoint), steps.
 
   One member is a single run (`train_and_evaluate`), data parallel over the
-  config's mesh. With `vmapped`, each member is a seed (`convnet.seeds`): the
+  config's mesh. A `group` trains its members together (`convnet.seeds`): the
   members' data, states, orders and masking keys are stacked along a leading
-  axis, and the steps and evaluation are vmapped, on one device.
+  axis, and the steps and evaluation are vmapped, on one device. Members whose
+  learning rates differ train with the rate in the optimizer's state
+  (`optim.create_optimizer`'s `rate_in_state`), one per member; otherwise the
+  state is a single run's.
 
   Args:
-    config: the run's config; with `vmapped`, each member's differs in its seed only.
+    config: the run's config; in a group, each member's differs in its seed
+      and learning rate only.
     workdir: where the checkpoints go.
     member_dirs: each member's folder (config.json, metrics.jsonl, events) and config.
     compiles: where the steps and the evaluation compile while the run sets up
       (`convnet.precompile`); the caller joins it before the process may exit.
-    vmapped: train the members together, one per seed.
+    group: None for a single run; {"seeds": [...]} for seeds (members named
+      "seed <s>"), or {"members": [names]} for named members; saved with each
+      checkpoint.
   """
   started_at = time.perf_counter()
   _import_tensorboardx()
+  vmapped = group is not None
   configs = [c for _, c in member_dirs]
   seeds = [c.seed for c in configs]
+  rates = [c.optimizer.learning_rate for c in configs]
+  rate_in_state = len(set(rates)) > 1
   if vmapped:
     mesh_size, batch_sharding, jit_options = 1, None, {}
     place, combine = jax.device_put, epochs.stack
@@ -405,10 +466,15 @@ def set_up(
     jit_options = {"out_shardings": replicated}
     place, combine = functools.partial(parallel.put, sharding=replicated), lambda xs: xs[0]
   parallel.check_batch_sizes(config, mesh_size)
-  datasets = [input_pipeline.load(c.data, c.seed) for c in configs]
+  loaded = {}  # members of one seed share their data, loaded once
+  for seed in seeds:
+    if seed not in loaded:
+      loaded[seed] = input_pipeline.load(config.data, seed)
+  datasets = [loaded[s] for s in seeds]
   data = datasets[0]
   memory.check(config, len(seeds), mesh_size, data)  # with the splits' sizes, before the model
-  model, tx, steps_per_epoch, total_steps = model_and_optimizer(config, data)
+  # The members' rate (or, with `rate_in_state`, each one's in its state), not `config`'s.
+  model, tx, steps_per_epoch, total_steps = model_and_optimizer(configs[0], data, rate_in_state)
   train_fn, eval_fn = step_functions(config, data.input_shape, batch_sharding)
   if vmapped:
     train_fn = jax.vmap(train_fn, in_axes=(0, 0, 0, 0, None, None, 0, 0))
@@ -422,7 +488,12 @@ def set_up(
   def orders(epoch: int) -> jax.Array:
     return place(combine([epochs.epoch_order(len(data.train), s, epoch, length) for s in seeds]))
 
-  names = [f"seed {s}" if vmapped else "" for s in seeds]
+  if not vmapped:
+    names = [""]
+  elif "members" in group:
+    names = list(group["members"])
+  else:
+    names = [f"seed {s}" for s in seeds]
   images = place(combine([d.train.images for d in datasets]))
   labels = place(combine([d.train.labels for d in datasets]))
   key = place(combine([augment.key(s) for s in seeds]))
@@ -433,7 +504,7 @@ def set_up(
     # What `place` makes of the fresh states and of an epoch's order (a shape only: building
     # one here would build the first twice), and what a checkpoint restores into them.
     sharding = None if vmapped else replicated
-    fresh = jax.eval_shape(lambda: [new_state(s) for s in seeds])
+    fresh = jax.eval_shape(lambda: [new_state(s, r) for s, r in zip(seeds, rates, strict=True)])
     state = precompile.abstract(fresh, vmapped, sharding)
     order = jax.ShapeDtypeStruct((length,), np.int32)
     order = precompile.abstract([order] * len(seeds), vmapped, sharding)
@@ -447,20 +518,23 @@ def set_up(
     steps_fn = compiles.start(steps_fn, steps_args)
     eval_fn = compiles.start(eval_fn, *((state, batch) for batch in batches))
 
-  def new_state(seed: int) -> steps_lib.TrainState:
-    return steps_lib.create_train_state(jax.random.key(seed), model, data.input_shape, tx)
+  def new_state(seed: int, learning_rate: float) -> steps_lib.TrainState:
+    state = steps_lib.create_train_state(jax.random.key(seed), model, data.input_shape, tx)
+    if rate_in_state:
+      state = state.replace(opt_state=optim.set_learning_rate(state.opt_state, learning_rate))
+    return state
 
   # A fresh run compiles at once; a resumed one once it knows that steps are left.
   fresh_run = not checkpoints.has_checkpoints(workdir)
   if fresh_run:
     start_compiles()
-  states = [new_state(s) for s in seeds]
+  states = [new_state(s, r) for s, r in zip(seeds, rates, strict=True)]
   num_params = models.count_params(states[0].params)
   flops = steps_lib.train_flops_per_example(config, states[0], data.input_shape)
   logging.info(
     "%s%s on %s: %s parameters, %.2f MFLOP per training example; "
     "%d train, %d validation, %d test examples of shape %s; %s",
-    f"{len(seeds)} seeds at once of " if vmapped else "",
+    f"{len(seeds)} models at once of " if vmapped else "",
     config.model.name,
     data.name,
     f"{num_params:,}",
@@ -519,12 +593,12 @@ def set_up(
     live=place(np.array([n not in diverged for n in names])) if vmapped else None,
     evaluate=evaluate,
     members=[
-      Member(name, workdir_lib.MetricsWriter(d, main, c, r), r, diverged.get(name, ""))
+      Member(name, workdir_lib.MetricsWriter(d, main, c, r), r, c, diverged.get(name, ""))
       for name, (d, c), r in zip(names, member_dirs, records, strict=True)
     ],
     manager=manager,
     best=best,
-    loop=loop | {"result": result} | ({"seeds": seeds} if vmapped else {}),
+    loop=loop | {"result": result} | (group or {}),
     steps_per_epoch=steps_per_epoch,
     total_steps=total_steps,
     result=result,
@@ -561,14 +635,26 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
   alone, and `SeedsDivergedError` is raised at the end (at once when none
   trains); which seeds diverged, and why, is saved with each checkpoint.
 
+  Early stopping (`config.early_stopping`, off with patience 0) judges each
+  member after each whole epoch's evaluation by `epochs.early_stop`. A single
+  run that stops ends once that epoch's checkpoint is saved; a seed of a group
+  that stops trains no more and writes no more records, as a diverged one,
+  but finishes with a result, and the loop ends when no member trains. Where
+  and why each member stopped is saved with each checkpoint, so that a rerun
+  trains nothing more and reports the same; `max_steps` or `num_epochs` still
+  end a run that does not stop.
+
   Returns:
-    Each member's result (see `train_and_evaluate`).
+    Each member's result (see `train_and_evaluate`), with `stopped_early_epoch`
+    (see `epochs.early_stop_fields`).
   """
-  config, state, members, live = run.config, run.state, run.members, run.live
+  config, state, members = run.config, run.state, run.members
+  live = _restore_stops(run, run.live)
   steps_per_epoch, total_steps = run.steps_per_epoch, run.total_steps
   sums = epoch_sums(run.loop, len(members), config.batch_size)
   step = int(np.ravel(state.step)[0])
-  first_step, already_finished = step, step >= total_steps
+  first_step = step
+  already_finished = step >= total_steps or not any(member.training for member in members)
   start_time = time.perf_counter() - run.loop["wall_time_s"]
   pending = []  # (per-step metrics still on the device, number of valid steps)
   # Each member's losses since the last logged step: a logged record covers its whole window.
@@ -588,10 +674,10 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
     for metrics, count in pending_metrics:
       metrics = {k: np.reshape(v, (len(members), -1))[:, :count] for k, v in metrics.items()}
       for i, member in enumerate(members):
-        for j in range(count if not member.diverged else 0):
+        for j in range(count if member.training else 0):
           value = metrics["loss"][i, j] / metrics["count"][i, j]
           if not math.isfinite(value):
-            message = epochs.diverged_message(config, run.manager, at + j, value)
+            message = epochs.diverged_message(member.config, run.manager, at + j, value)
             if live is None:
               raise DivergedError(message)
             _diverge(member, message, window[i])
@@ -604,17 +690,18 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
     if live is None:
       return
     for i, member in enumerate(members):
-      if not trains[i] and not member.diverged:  # the last step's loss was finite, not its update
-        _diverge(member, epochs.diverged_message(config, run.manager, step - 1), window[i])
+      if not trains[i] and member.training:  # the last step's loss was finite, not its update
+        _diverge(member, epochs.diverged_message(member.config, run.manager, step - 1), window[i])
     _stop_if_none_trains(members)
 
   def save(wall_time_s: float) -> None:
     loop = {"epoch_sums": {k: v.tolist() for k, v in sums.items()}, "window_losses": window}
     if live is not None:
       loop["diverged"] = {m.name: m.diverged for m in members if m.diverged}
+    loop["stopped_early"] = {m.name: dataclasses.asdict(m.stopped) for m in members if m.stopped}
     checkpoints.save(run.manager, state, run.loop | loop | {"wall_time_s": wall_time_s})
 
-  while step < total_steps:
+  while step < total_steps and any(member.training for member in members):
     epoch, index = divmod(step, steps_per_epoch)
     epoch_start = time.perf_counter()
     epoch_end = min((epoch + 1) * steps_per_epoch, total_steps)
@@ -657,7 +744,7 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
     wall_time_s = time.perf_counter() - start_time
     done = epoch_end - epoch * steps_per_epoch - index
     for i, member in enumerate(members):
-      if member.diverged:
+      if not member.training:
         continue
       member_sums = {k: v[i] for k, v in sums.items()}
       record = epochs.epoch_record(
@@ -667,6 +754,8 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
       _finish_record(member, record, evals_i, wall_time_s)
     for value in sums.values():  # A max_steps stop within an epoch keeps its sums.
       value *= step % steps_per_epoch != 0
+    if step % steps_per_epoch == 0:  # early stopping judges whole epochs only
+      live = _judge_early_stopping(run, window, live)
     run.best.steps = checkpoints.best_steps(member.records for member in members)
     save(wall_time_s)
     window_start, window_steps = time.perf_counter(), 0
@@ -683,17 +772,92 @@ def _judge_evaluations(run: Run, evals, step: int, window, live):
   run; in a group, that seed stops training, and its flag in `live` is cleared).
   """
   for i, member in enumerate(run.members):
-    losses = [(n, v[i]["loss"]) for n, v in evals.items() if v and not member.diverged]
+    losses = [(n, v[i]["loss"]) for n, v in evals.items() if v and member.training]
     split, loss = next(((n, x) for n, x in losses if not math.isfinite(x)), (None, None))
     if split is None:
       continue
-    message = epochs.diverged_message(run.config, run.manager, step - 1, loss, split)
+    message = epochs.diverged_message(member.config, run.manager, step - 1, loss, split)
     if live is None:
       raise DivergedError(message)
     _diverge(member, message, window[i])
     live = live.at[i].set(False)
   _stop_if_none_trains(run.members)
   return live
+
+
+def _judge_early_stopping(run: Run, window, live):
+  """Stops each training member whose whole epochs meet `epochs.early_stop`; returns `live`.
+
+  A stopped member's flag in `live` (a group's) is cleared and its logging
+  window emptied, so that it trains and writes no more.
+  """
+  stopping, stopped = run.config.early_stopping, []
+  for i, member in enumerate(run.members):
+    if not member.training:
+      continue
+    accuracies = epochs.whole_epoch_validation_accuracies(member.records)
+    member.stopped = epochs.early_stop(accuracies, stopping.patience, stopping.min_delta)
+    if member.stopped is None:
+      continue
+    stopped.append(member)
+    window[i].clear()
+    if live is not None:
+      live = live.at[i].set(False)
+  others = any(member.training for member in run.members)
+  for member in stopped:
+    prefix = f"{member.name}: " if member.name else ""
+    rest = " The group's other seeds train on." if others else ""
+    logging.info("%sstopped early: %s.%s", prefix, member.stopped.reason, rest)
+  return live
+
+
+def _restore_stops(run: Run, live):
+  """Marks the members that stopped early before the restored checkpoint; returns `live`."""
+  stops = stopped_members(run.loop, [member.name for member in run.members], run.workdir)
+  for i, member in enumerate(run.members):
+    member.stopped = stops.get(member.name)
+    if member.stopped is not None and live is not None:
+      live = live.at[i].set(False)
+  return live
+
+
+def stopped_members(
+  loop: dict[str, Any], names: list[str], workdir: str
+) -> dict[str, epochs.EarlyStop]:
+  """The members that stopped early before a checkpoint: {"seed 3": stop}, from its `loop`.
+
+  `names` are the run's members ("" for a single run). A checkpoint saved
+  before early stopping existed has none.
+
+  Raises:
+    CheckpointError: the checkpoint's "stopped_early" field is not an object
+      whose keys are members of this run and whose values are an epoch
+      (>= 1), the last epoch that improved (>= 0) and a reason.
+  """
+  stopped = loop.get("stopped_early", {})
+
+  def whole(value, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+  fits = isinstance(stopped, dict) and all(
+    isinstance(name, str)
+    and name in names
+    and isinstance(stop, dict)
+    and set(stop) == {"epoch", "improved_epoch", "reason"}
+    and whole(stop["epoch"], 1)
+    and whole(stop["improved_epoch"], 0)
+    and isinstance(stop["reason"], str)
+    and stop["reason"]
+    for name, stop in stopped.items()
+  )
+  if not fits:
+    raise CheckpointError(
+      f"the checkpoint restored from {os.path.join(workdir, checkpoints.CHECKPOINTS)}: field "
+      f"stopped_early of its loop/metadata is {str(stopped)[:60]}, not an object of early stops "
+      f"for the members {', '.join(repr(n) for n in names)}; use a new --workdir, or delete its "
+      "checkpoints to start fresh"
+    )
+  return {name: epochs.EarlyStop(**stop) for name, stop in stopped.items()}
 
 
 def _stop_if_none_trains(members: list[Member]) -> None:
@@ -712,7 +876,7 @@ def _finish(run: Run, step: int, already_finished: bool) -> list[dict[str, Any]]
   results = [
     DivergedError(member.diverged)
     if member.diverged
-    else epochs.summarize(member.records) | run.result
+    else epochs.summarize(member.records) | run.result | epochs.early_stop_fields(member.stopped)
     for member in members
   ]
   done = "Run already finished" if already_finished else "Finished"
@@ -720,8 +884,12 @@ def _finish(run: Run, step: int, already_finished: bool) -> list[dict[str, Any]]
     prefix = f"{member.name}: " if member.name else ""
     if isinstance(result, DivergedError):
       logging.error("%s", result)
-    else:
-      logging.info("%s%s at step %d: %s", prefix, done, step, display.metrics_line(result))
+      continue
+    # The log said why when the member stopped; a rerun says it here.
+    why = f" ({member.stopped.reason})" if member.stopped and already_finished else ""
+    at = result["step"] if member.stopped else step  # a seed that stopped: its own last step
+    shown = display.metrics_line({k: v for k, v in result.items() if k != "stop_reason"})
+    logging.info("%s%s at step %d%s: %s", prefix, done, at, why, shown)
   if any(member.diverged for member in members):
     raise SeedsDivergedError(results)
   return results
@@ -804,7 +972,7 @@ def _write_window(run: Run, step: int, window: list[list[float]], steps: int, se
   """Writes each member's "train" record of a logging window, logs progress, empties `window`."""
   rate = steps * run.config.batch_size / seconds
   for member, losses in zip(run.members, window, strict=True):
-    if member.diverged:
+    if not member.training:
       continue
     member.writer.write(
       {

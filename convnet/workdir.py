@@ -73,6 +73,8 @@ ADDED_FIELDS = {
   "augment.time_mask_width": 0,
   "augment.freq_masks": 0,
   "augment.freq_mask_width": 0,
+  "early_stopping.patience": 0,
+  "early_stopping.min_delta": 0.0,
 }
 
 
@@ -143,6 +145,30 @@ def lock(workdir: str, what: str = "--workdir") -> Iterator[None]:
       yield
     finally:
       fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def is_locked(workdir: str) -> bool:
+  """Whether a live process holds `workdir`'s lock (see `lock`) at this moment; creates nothing.
+
+  A glance, not a claim: the lock may be taken or let go right after. A folder
+  without a `.lock`, or with one that is not a plain file, counts as free (the
+  run that tries it says what is wrong).
+  """
+  try:
+    fd = os.open(os.path.join(workdir, ".lock"), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+  except OSError:
+    return False
+  try:
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # shared: two glances never collide
+  except BlockingIOError:
+    return True
+  except OSError:
+    return False
+  else:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+  finally:
+    os.close(fd)
 
 
 # ----------------------------------------------------------------------------
