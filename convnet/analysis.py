@@ -89,8 +89,15 @@ def varying_fields(records: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-  """One row per setting, in the order of each setting's first cell."""
+  """One row per setting, in the order of each setting's first cell.
+
+  Only finished cells (status "done") count in a row's statistics. `not_finished`
+  counts the others but those that successive halving pruned: where a sweep has
+  pruned cells, each row counts its own in `pruned` (a sweep without any has no
+  such key, and its rows are as they always were).
+  """
   settings: dict[str, list[Mapping[str, Any]]] = {}
+  halved = any(r["status"] == "pruned" for r in records)
   for record in sorted(records, key=lambda r: r["index"]):
     settings.setdefault(record["setting"], []).append(record)
   fields = varying_fields(records)
@@ -99,6 +106,7 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
   rows = []
   for setting, cells in settings.items():
     done = [r for r in cells if r["status"] == "done"]
+    pruned = [r for r in cells if r["status"] == "pruned"]
     first = cells[0]
     row = {
       "setting": setting,
@@ -107,7 +115,8 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
       "model": first["config"]["model"]["name"],
       **{f: first["overrides"].get(f) for f in fields},
       "seeds": len(done),
-      "not_finished": len(cells) - len(done),
+      "not_finished": len(cells) - len(done) - len(pruned),
+      **({"pruned": len(pruned)} if halved else {}),
       "num_params": _mean(done, "num_params"),
       "flops_per_example": _mean(done, "flops_per_example"),
       "wall_time_s": _mean(done, "wall_time_s"),
@@ -123,6 +132,36 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
       values = [r[f"{name}{AT_BEST}"] for r in done if f"{name}{AT_BEST}" in r]
       row |= {f"{name}_{k}": v for k, v in (interval(values) if values else blank).items()}
     rows.append(row)
+  return rows
+
+
+def pruned_settings(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+  """The settings that successive halving pruned (`convnet.halving`), in sweep order.
+
+  Each has `setting`, `label` and `model` (as in `summarize`), `seeds` (its
+  pruned cells), `epoch` (the rung they stopped after; the latest, should seeds
+  differ) and `validation_mean`: the mean over those seeds of the best
+  validation accuracy up to there (NaN if none had one). Test accuracy is never
+  read. Empty for a sweep without pruned cells.
+  """
+  fields = varying_fields(records)
+  settings: dict[str, list[Mapping[str, Any]]] = {}
+  for record in sorted(records, key=lambda r: r["index"]):
+    if record["status"] == "pruned":
+      settings.setdefault(record["setting"], []).append(record)
+  rows = []
+  for setting, cells in settings.items():
+    first = cells[0]
+    rows.append(
+      {
+        "setting": setting,
+        "label": short_label(first["overrides"], fields) or setting,
+        "model": first["config"]["model"]["name"],
+        "seeds": len(cells),
+        "epoch": max(r["pruned_at_epoch"] for r in cells),
+        "validation_mean": _mean(cells, METRICS["validation"]),
+      }
+    )
   return rows
 
 
@@ -308,15 +347,17 @@ def tune_learning_rate(records: Sequence[Mapping[str, Any]]) -> list[dict[str, A
   not all recorded yet, is set aside (`set_aside` says why), since its mean
   over the surviving seeds is not comparable with the others' and divergence
   disqualifies a rate; so is every rate of runs without a validation split.
+  A rate that successive halving pruned (a cell of status "pruned") takes no
+  part either, and is listed in `pruned`.
   Of rates with equal means, the smallest is chosen. An arm with no competing
   rate has `learning_rate` None and no statistics.
 
   Each arm has `label`, `model`, `context` (what the arms of two models
   must share to be compared), `grid` (its rates, ascending),
   `learning_rate` and `setting` (the chosen rate and its setting), `set_aside`
-  ({rate: reason}), `rates` (the `summarize` row of each rate, ascending, with
-  its `learning_rate`), and the chosen row's `seeds`, `num_params` and
-  `validation_*`/`test_*` statistics.
+  ({rate: reason}), `pruned` ({rate: its `pruned_settings` row}), `rates`
+  (the `summarize` row of each rate, ascending, with its `learning_rate`), and
+  the chosen row's `seeds`, `num_params` and `validation_*`/`test_*` statistics.
   """
   fields = varying_fields(records)
   if LEARNING_RATE not in fields:
@@ -324,6 +365,7 @@ def tune_learning_rate(records: Sequence[Mapping[str, Any]]) -> list[dict[str, A
   others = [f for f in fields if f != LEARNING_RATE]
   shared = [f for f in others if shared_by_compared_models(f)]
   rows = {row["setting"]: row for row in summarize(records)}
+  pruned_rows = {row["setting"]: row for row in pruned_settings(records)}
   arms: dict[str, dict[float, list[Mapping[str, Any]]]] = {}
   firsts: dict[str, Mapping[str, Any]] = {}
   for record in sorted(records, key=lambda r: r["index"]):
@@ -336,9 +378,12 @@ def tune_learning_rate(records: Sequence[Mapping[str, Any]]) -> list[dict[str, A
     first = firsts[arm]
     grid = sorted(by_rate)
     expected = max(len(cells) for cells in by_rate.values())
-    set_aside, scores = {}, {}
+    set_aside, scores, pruned = {}, {}, {}
     for rate in grid:
       cells = by_rate[rate]
+      if any(r["status"] == "pruned" for r in cells):
+        pruned[rate] = pruned_rows[next(r["setting"] for r in cells if r["status"] == "pruned")]
+        continue
       statuses = [r["status"] for r in cells if r["status"] != "done"]
       reasons = [f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses)]
       if len(cells) < expected:
@@ -360,6 +405,7 @@ def tune_learning_rate(records: Sequence[Mapping[str, Any]]) -> list[dict[str, A
       "learning_rate": chosen,
       "setting": None if chosen is None else by_rate[chosen][0]["setting"],
       "set_aside": set_aside,
+      "pruned": pruned,
       "rates": per_rate,
     }
     keys = ["seeds", "num_params"] + [

@@ -5,7 +5,11 @@
 seed), `overrides` (the swept fields and the seed), the full `config`,
 `status` (one of `STATUSES`), `workdir`, `finished_at`, and either the
 result (`num_params`, `flops_per_example`, accuracies, losses, wall time,
-examples/s, `vmap_group_size`) or the `error` that stopped the cell.
+examples/s, `vmap_group_size`) or the `error` that stopped the cell. A cell
+that successive halving stopped early (`convnet.halving`) has status "pruned",
+`pruned_at_epoch` (the rung it trained to, before the full budget) and
+`best_validation_accuracy` up to there (null if it had none), and no test
+field: test data took no part in pruning it.
 
 A sweep folder may come from elsewhere (the docs invite copying one in), so
 every reader of records reads them here: `read` checks one file, field by
@@ -30,7 +34,7 @@ from convnet import workdir as workdir_lib
 from convnet.errors import DataError, FileFormatError
 
 FOLDER = "records"
-STATUSES = ("done", "failed", "diverged")
+STATUSES = ("done", "failed", "diverged", "pruned")
 # A dotted config field, as a sweep's overrides name it: `model.conv.kernel_size`.
 _FIELD = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _MISSING = object()
@@ -112,6 +116,7 @@ _FIELDS = {
   "train_examples_per_sec": "size",
   "epoch": "size",
   "best_epoch": "size",
+  "pruned_at_epoch": "positive count",
 }
 # Fields of `config` (flattened) and of `overrides` that the report reads.
 _CONFIG_FIELDS = {
@@ -133,6 +138,8 @@ _SWEPT_FROM_CONFIG = ("optimizer.learning_rate",)
 REQUIRED = ("cell", "index", "setting", "overrides", "config", "status")
 # What a finished cell must hold beside `REQUIRED`: the report's test accuracy.
 REQUIRED_DONE = ("test_accuracy_at_best_validation",)
+# What a pruned cell must hold: where it stopped, and its best validation accuracy up to there.
+REQUIRED_PRUNED = ("pruned_at_epoch", "best_validation_accuracy")
 METRIC_PREFIXES = ("train_", "validation_", "test_", "best_")
 
 
@@ -188,6 +195,18 @@ def check(record: Any, source: str, folder: str = FOLDER) -> dict[str, Any]:
     for field in REQUIRED_DONE:
       if field not in record:
         raise fail(field, _MISSING, "")
+  if status == "pruned":
+    for field in REQUIRED_PRUNED:
+      if field not in record:
+        raise fail(field, _MISSING, "")
+    tested = next((f for f in record if f.startswith("test_")), None)
+    if tested is not None:
+      raise FileFormatError(
+        f"{source}: status is pruned, and {tested} is there: a pruned cell's record holds no "
+        f"test field (test data takes no part in pruning); {remedy(folder)}"
+      )
+    if not _RANGES["positive count"][0](record["pruned_at_epoch"]):
+      raise fail("pruned_at_epoch", record["pruned_at_epoch"], _RANGES["positive count"][1])
   for field, value in record.items():
     kind = _kind(field)
     if kind is None or field in ("overrides", "config"):
@@ -210,6 +229,14 @@ def check(record: Any, source: str, folder: str = FOLDER) -> dict[str, Any]:
   for field, kind in _CONFIG_FIELDS.items():
     if field in flat and not _RANGES[kind][0](flat[field]):
       raise fail(f"config.{field}", flat[field], _RANGES[kind][1])
+  if (
+    status == "pruned" and "num_epochs" in flat and record["pruned_at_epoch"] >= flat["num_epochs"]
+  ):
+    raise fail(
+      "pruned_at_epoch",
+      record["pruned_at_epoch"],
+      f"a rung before the full budget (config.num_epochs={flat['num_epochs']})",
+    )
 
   overrides = record["overrides"]
   if not isinstance(overrides, dict):

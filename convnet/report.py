@@ -24,6 +24,11 @@ another sweep's. It writes:
 - `learning_curve.png` and learning-curve tables, when the sweep varies
   `data.num_train` (see `convnet.learning_curve`).
 
+Cells that successive halving pruned (`convnet.halving`, status "pruned") take
+no part in any mean, interval, choice or comparison; `report.md` names each
+pruned setting, the epoch it stopped after and its mean validation accuracy
+there, beside its arm's chosen rate where the sweep tunes the learning rate.
+
 When a sweep gives each setting a grid of learning rates (`optimizer.learning_rate`
 among its varying fields), each arm (a setting without its rate and seed) is
 tuned: `analysis.tune_learning_rate` picks the rate with the best mean validation
@@ -80,7 +85,8 @@ def markdown(
   records: Sequence[Mapping[str, Any]],
   reference: str | None = None,
 ) -> str:
-  """The table of settings, each setting against a reference, then the cells that did not finish.
+  """The table of settings, each setting against a reference, the settings successive halving
+  pruned, then the cells that did not finish.
 
   Each setting is compared with a reference setting on its test set
   (`analysis.against_reference`: `reference`, or by default each test set's
@@ -103,9 +109,9 @@ def markdown(
     params = "–" if math.isnan(row["num_params"]) else f"{row['num_params']:,.0f}"
     flops = "–" if math.isnan(row["flops_per_example"]) else f"{row['flops_per_example'] / 1e6:.2f}"
     wall = "–" if math.isnan(row["wall_time_s"]) else f"{row['wall_time_s']:.1f}"
-    seeds = str(row["seeds"]) + (
-      f" ({row['not_finished']} did not finish)" if row["not_finished"] else ""
-    )
+    notes = [f"{row['not_finished']} did not finish"] if row["not_finished"] else []
+    notes += [f"{row['pruned']} pruned"] if row.get("pruned") else []
+    seeds = str(row["seeds"]) + (f" ({', '.join(notes)})" if notes else "")
     lines.append(
       f"| {row['label']} | {row['model']} | {params} | {flops} | {seeds} | {validation} "
       f"| {validation_ci} | {test} | {test_ci} | {wall} |"
@@ -114,6 +120,7 @@ def markdown(
   tuned = analysis.tune_learning_rate(records)
   if tuned:
     lines += ["", *tuned_markdown(tuned)]
+  lines += pruned_markdown(analysis.pruned_settings(records), tuned)
   pairs = analysis.matched_pairs(records)
   for model in dict.fromkeys(p["model"]["model"] for p in pairs):
     lines += ["", *pairs_markdown([p for p in pairs if p["model"]["model"] == model], bool(tuned))]
@@ -142,7 +149,7 @@ def markdown(
       "Seeds trained together by one vmapped program share its wall time: the column "
       "gives the whole group's.",
     ]
-  failed = [r for r in records if r["status"] != "done"]
+  failed = [r for r in records if r["status"] not in ("done", "pruned")]
   if failed:
     lines += ["", "Cells that did not finish:", ""]
     for r in failed:
@@ -218,6 +225,51 @@ def tuned_markdown(tuned: Sequence[Mapping[str, Any]]) -> list[str]:
       f"| {validation} | {test} | {test_ci} |"
     )
   return lines
+
+
+def pruned_markdown(
+  pruned: Sequence[Mapping[str, Any]], tuned: Sequence[Mapping[str, Any]] = ()
+) -> list[str]:
+  """The settings successive halving pruned (`analysis.pruned_settings`), each where it stopped;
+  beside each arm's chosen rate where the sweep tunes the learning rate. [] if none."""
+  if not pruned:
+    return []
+  lines = [
+    "",
+    "Pruned by successive halving, on validation accuracy alone: each setting stopped after "
+    "the epoch given, at the mean over its seeds of the best validation accuracy up to there, "
+    "and takes no part in the means, intervals and comparisons above.",
+    "",
+  ]
+  arms = [(arm, rate) for arm in tuned for rate in arm["pruned"]]
+  if arms:
+    lines += [
+      "| arm | model | chosen learning rate | pruned learning rate | stopped after epoch "
+      "| seeds | validation % there (mean) |",
+      "|---|---|---|---|---|---|---|",
+    ]
+    for arm, rate in arms:
+      row = arm["pruned"][rate]
+      chosen = "none" if arm["learning_rate"] is None else f"{arm['learning_rate']:g}"
+      lines.append(
+        f"| {arm['label']} | {arm['model']} | {chosen} | {rate:g} | {row['epoch']} "
+        f"| {row['seeds']} | {_validation_there(row)} |"
+      )
+    return lines
+  lines += [
+    "| setting | model | stopped after epoch | seeds | validation % there (mean) |",
+    "|---|---|---|---|---|",
+  ]
+  for row in pruned:
+    lines.append(
+      f"| {row['label']} | {row['model']} | {row['epoch']} | {row['seeds']} "
+      f"| {_validation_there(row)} |"
+    )
+  return lines
+
+
+def _validation_there(row: Mapping[str, Any]) -> str:
+  return "–" if math.isnan(row["validation_mean"]) else f"{100 * row['validation_mean']:.2f}"
 
 
 def other_metrics_markdown(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[str]:
