@@ -24,7 +24,7 @@ import traceback
 from collections.abc import Iterator
 from typing import NoReturn
 
-from absl import flags, logging
+from absl import flags
 from ml_collections.config_flags import config_flags
 
 from convnet import configs, logs
@@ -198,8 +198,9 @@ class _LibraryInfoFilter(python_logging.Filter):
 
 
 def quiet_library_logs() -> None:
-  """Drops Orbax's INFO lines from absl's log."""
-  logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+  """Drops Orbax's INFO lines from absl's log, whichever handler prints it (absl's, or Python's
+  in a process that `app.run` did not start, such as a cluster's job)."""
+  python_logging.getLogger("absl").addFilter(_LibraryInfoFilter())
 
 
 def config_files(argv: list[str], flag_values: flags.FlagValues) -> dict[str, str]:

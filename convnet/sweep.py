@@ -1,7 +1,7 @@
 r"""Runs a sweep: one training run per cell, each in a workdir of its own, one record per cell.
 
   python -m convnet.sweep --sweep=configs/sweeps/kernel_size.py --workdir=DIR \
-      [--sweep.data.source=embedded] [--shard=0/4] [--vmap_seeds]
+      [--sweep.data.source=embedded] [--shard=0/4 [--pull]] [--vmap_seeds]
   python -m convnet.report DIR
 
 A sweep file (see `configs/sweeps/`) has `get_config()`, the base config, and
@@ -22,7 +22,12 @@ range, another cell's) stops the sweep before anything trains, naming the file
 and the field, and is never overwritten; moved away, its cell trains again.
 `--shard=i/n` runs cells i, i+n, i+2n, ...: n processes with the same sweep
 and workdir, on one machine or many sharing a filesystem, run every cell once
-between them. With `--vmap_seeds`, cells that differ only by seed train
+between them. With `--pull` as well, a shard pulls work instead: before each
+cell it reads the records again and takes the next cell, from cell i on, that
+is neither finished nor held by another process's lock, so n workers stay busy
+until the sweep ends however uneven its cells are; the last to find nothing
+left writes the report (`convnet.launch` starts such workers as jobs). With
+`--vmap_seeds`, cells that differ only by seed train
 together in one `jax.vmap` program, in `groups/<setting>/`; `sweep.json`
 records which way a directory's seeds train, and a run the other way on it is
 refused.
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import functools
 import hashlib
 import importlib.util
@@ -434,20 +440,25 @@ def run_sweep(
   sweep_dir: str,
   shard: tuple[int, int] = (0, 1),
   vmap_seeds: bool = False,
+  pull: bool = False,
 ) -> list[dict[str, Any]]:
   """Runs this shard's unfinished cells; returns the records it wrote.
 
   Every cell's config is built (and a bad override rejected) before the first
   one trains. A cell that raises is recorded as failed, and the sweep goes on.
+  `shard=(i, n)` runs groups i, i+n, i+2n, ... of the sweep (a group is a cell,
+  or a setting's seeds with `vmap_seeds`); with `pull`, any group instead, taken
+  one at a time as `pull_groups` says, from group i on.
   """
-  configs = {cell.name: apply_overrides(base, cell.overrides) for cell in cells}
-  for cell in cells:
-    config_checks.validate(configs[cell.name])
+  configs = cell_configs(base, cells)
   files.make_dir(sweep_dir)
   check_mode(sweep_dir, vmap_seeds)
   files.remove_stale_files(os.path.join(sweep_dir, records_lib.FOLDER))
   index, count = shard
-  groups = _groups(cells, vmap_seeds)[index::count]
+  groups = _groups(cells, vmap_seeds)
+  if pull:
+    return pull_groups(sweep_dir, groups, configs, shard)
+  groups = groups[index::count]
   todo = [g for g in groups if not all(is_finished(sweep_dir, c, configs[c.name]) for c in g)]
   num_cells = sum(len(g) for g in groups)
   logging.info(
@@ -473,34 +484,186 @@ def run_sweep(
       num_cells - sum(len(g) for g in todo),
       eta_text,
     )
-    if len(group) == 1:
-      what = f"Cell {group[0].name}"
-      workdirs = [os.path.join(sweep_dir, "cells", group[0].name)]
-      train_group = functools.partial(_train_cell, configs[group[0].name], workdirs[0])
-    else:
-      what = f"Group {group[0].setting}"
-      group_dir = os.path.join(sweep_dir, "groups", group[0].setting)
-      seeds = [configs[c.name].seed for c in group]
-      workdirs = [checkpoints.seed_dir(group_dir, s) for s in seeds]
-      train_group = functools.partial(
-        seeds_lib.train_seeds, configs[group[0].name], seeds, group_dir
-      )
-    results = _train_recorded(what, len(group), train_group)
-    if results is None:
-      continue
-    for cell, workdir, result in zip(group, workdirs, results, strict=True):
-      written.append(_write_record(sweep_dir, cell, configs[cell.name], workdir, result))
+    written += _run_group(sweep_dir, group, configs) or []
+  _log_end(f"Sweep shard {index}/{count}", written, start)
+  return written
+
+
+def cell_configs(
+  base: ml_collections.ConfigDict, cells: Sequence[Cell]
+) -> dict[str, ml_collections.ConfigDict]:
+  """Each cell's config, by cell name, each checked (`config_checks.validate`).
+
+  Raises:
+    ConfigError: an override names no field or gives a wrong type, or a config cannot work.
+  """
+  configs = {cell.name: apply_overrides(base, cell.overrides) for cell in cells}
+  for cell in cells:
+    config_checks.validate(configs[cell.name])
+  return configs
+
+
+def group_workdir(sweep_dir: str, group: Sequence[Cell]) -> str:
+  """Where a group trains: `cells/<cell>/` for a cell alone, `groups/<setting>/` for its seeds."""
+  if len(group) == 1:
+    return os.path.join(sweep_dir, "cells", group[0].name)
+  return os.path.join(sweep_dir, "groups", group[0].setting)
+
+
+def _run_group(
+  sweep_dir: str, group: Sequence[Cell], configs: Mapping[str, ml_collections.ConfigDict]
+) -> list[dict[str, Any]] | None:
+  """Trains a group and writes its cells' records; None when another process holds its workdir."""
+  workdir = group_workdir(sweep_dir, group)
+  if len(group) == 1:
+    what = f"Cell {group[0].name}"
+    workdirs = [workdir]
+    train_group = functools.partial(_train_cell, configs[group[0].name], workdir)
+  else:
+    what = f"Group {group[0].setting}"
+    seeds = [configs[c.name].seed for c in group]
+    workdirs = [checkpoints.seed_dir(workdir, s) for s in seeds]
+    train_group = functools.partial(seeds_lib.train_seeds, configs[group[0].name], seeds, workdir)
+  results = _train_recorded(what, len(group), train_group)
+  if results is None:
+    return None
+  return [
+    _write_record(sweep_dir, cell, configs[cell.name], cell_dir, result)
+    for cell, cell_dir, result in zip(group, workdirs, results, strict=True)
+  ]
+
+
+def _log_end(who: str, written: Sequence[Mapping[str, Any]], start: float) -> None:
   failed = [r["cell"] for r in written if r["status"] != "done"]
   logging.info(
-    "Sweep shard %d/%d done in %s: %d cells run, %d failed%s",
-    index,
-    count,
+    "%s done in %s: %d cells run, %d failed%s",
+    who,
     display.duration(time.perf_counter() - start),
     len(written),
     len(failed),
     f" ({', '.join(failed)})" if failed else "",
   )
+
+
+def pull_groups(
+  sweep_dir: str,
+  groups: Sequence[Sequence[Cell]],
+  configs: Mapping[str, ml_collections.ConfigDict],
+  shard: tuple[int, int] = (0, 1),
+) -> list[dict[str, Any]]:
+  """Trains groups one at a time, each the next free one, until none is; the records it wrote.
+
+  Before each group the worker reads every record again and takes the first
+  group, from group `shard[0]` on and round the list, that it has not tried
+  yet, that has a cell still unsettled, and whose workdir no live process
+  holds (`workdir.is_locked`). A cell is settled when it had a finished record
+  of its config as the worker started, or when its record changed since (any
+  worker's, a failure included: a cell that fails is tried once, not by every
+  worker in turn). Workers that share `sweep_dir` so take every group between
+  them, and each stays busy while a free one is left, however long the others
+  take. The worker ends when every unsettled group is held by another: one
+  whose holder dies (the system lets go of its lock) is taken by the next
+  worker to look, and resumes from its checkpoint.
+  """
+  index, count = shard
+  cells = [c for g in groups for c in g]
+  at_start = {c.name: read_record(sweep_dir, c) for c in cells}
+  finished = {c.name for c in cells if is_finished(sweep_dir, c, configs[c.name])}
+  order = [*groups[index % len(groups) :], *groups[: index % len(groups)]]
+  tried: set[str] = set()
+  written, start = [], time.perf_counter()
+  logging.info(
+    "Sweep worker %d/%d pulls from %d cells in %d runs; %d finished before",
+    index,
+    count,
+    len(cells),
+    len(groups),
+    len(finished),
+  )
+  while True:
+    settled = finished | {c.name for c in cells if read_record(sweep_dir, c) != at_start[c.name]}
+    open_groups = [
+      g for g in order if g[0].name not in tried and any(c.name not in settled for c in g)
+    ]
+    held = {g[0].name for g in open_groups if workdir_lib.is_locked(group_workdir(sweep_dir, g))}
+    free = [g for g in open_groups if g[0].name not in held]
+    if not free:
+      break
+    group = free[0]
+    logging.info(
+      "Worker %d/%d takes %s (%d of %d cells settled; %d runs left, %d of them held by others)",
+      index,
+      count,
+      ", ".join(c.name for c in group),
+      len(settled),
+      len(cells),
+      len(open_groups),
+      len(held),
+    )
+    tried.add(group[0].name)
+    written += _run_group(sweep_dir, group, configs) or []
+  _log_end(f"Sweep worker {index}/{count}", written, start)
   return written
+
+
+REPORT_STAMP = ".reported"  # the digest of the records that the sweep's report was made from
+
+
+def write_report_when_complete(
+  sweep_dir: str, cells: Sequence[Cell], configs: Mapping[str, ml_collections.ConfigDict]
+) -> str | None:
+  """Writes the sweep's report if every cell has its last record; its path if this call wrote it.
+
+  A cell's record is its last when it is finished with its config, or failed
+  or stopped for good (any other status). For the workers of a sweep that end
+  one after another: each calls this when it finds no work left. Under a lock,
+  the first that sees every cell recorded writes `convnet.report`'s files in
+  `sweep_dir`, and `REPORT_STAMP`, the digest of the records it read; the
+  others find the report made from the same records (`current_report`), and
+  return None. Records that change later (a cell trained again) make the next
+  call write it again.
+
+  Raises:
+    DataError, FileFormatError: the records cannot make a report (as
+      `python -m convnet.report` says).
+  """
+  for cell in cells:
+    record = read_record(sweep_dir, cell)
+    if record is None or (
+      record["status"] == "done" and not is_finished(sweep_dir, cell, configs[cell.name])
+    ):
+      return None
+  from convnet import analysis, report  # plots: imported when a report is due
+
+  with files.open_append(os.path.join(sweep_dir, ".report.lock"), readable=True) as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # the next worker waits, then finds it written
+    if current_report(sweep_dir):
+      return None
+    digest = _records_digest(sweep_dir)
+    records = analysis.load_records(sweep_dir)
+    written = report.write_report(records, sweep_dir, report.describe(records, sweep_dir))
+    files.atomic_write(os.path.join(sweep_dir, REPORT_STAMP), digest + "\n")
+  logging.info("Wrote the sweep's report: %s", ", ".join(written))
+  return written[0]
+
+
+def current_report(sweep_dir: str) -> str | None:
+  """The path of the report that `write_report_when_complete` made from the records as they are."""
+  path, stamp = os.path.join(sweep_dir, "report.md"), os.path.join(sweep_dir, REPORT_STAMP)
+  if not (os.path.isfile(path) and os.path.isfile(stamp)):
+    return None
+  with open(stamp) as f:
+    return path if f.read().strip() == _records_digest(sweep_dir) else None
+
+
+def _records_digest(sweep_dir: str) -> str:
+  """SHA-256 of the records folder: each record's name and bytes, in name order."""
+  folder = os.path.join(sweep_dir, records_lib.FOLDER)
+  digest = hashlib.sha256()
+  for name in sorted(n for n in os.listdir(folder) if n.endswith(".json")):
+    with open(os.path.join(folder, name), "rb") as f:
+      digest.update(name.encode() + b"\0" + f.read() + b"\0")
+  return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------
@@ -509,21 +672,35 @@ def run_sweep(
 FLAGS = flags.FLAGS
 
 
+# What a sweep is and where it goes: flags of this command and of `convnet.launch`.
+SWEEP_FLAGS = (
+  (
+    "config_file",
+    "sweep",
+    None,
+    "A sweep file, or an installed sweep's name (python -m convnet.configs lists them); "
+    "--sweep.x=y changes every cell's config.",
+  ),
+  ("string", "workdir", None, "The sweep's directory: cell workdirs and records."),
+  ("bool", "vmap_seeds", False, "Train the seeds of each setting in one vmapped program."),
+)
+
+
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   """The command's flags; defined only when it runs, since sweep files import this module."""
   cli.define(
     flag_values,
     (
-      (
-        "config_file",
-        "sweep",
-        None,
-        "A sweep file, or an installed sweep's name (python -m convnet.configs lists them); "
-        "--sweep.x=y changes every cell's config.",
-      ),
-      ("string", "workdir", None, "The sweep's directory: cell workdirs and records."),
+      *SWEEP_FLAGS,
       ("string", "shard", "0/1", "i/n: run cells i, i+n, i+2n, ... of the sweep."),
-      ("bool", "vmap_seeds", False, "Train the seeds of each setting in one vmapped program."),
+      (
+        "bool",
+        "pull",
+        False,
+        "With --shard=i/n: before each cell, take the next one from cell i on that is neither "
+        "finished nor held by another worker, until none is left; the last worker writes the "
+        "report.",
+      ),
     ),
     required=("sweep", "workdir"),
   )
@@ -550,8 +727,10 @@ def main(argv):
     with cli.errors_in_file(sweep_path, f"--sweep={sweep_path}"):
       cells = expand(load_sweep_module(sweep_path).sweep)
     records = run_sweep(
-      FLAGS.sweep, cells, FLAGS.workdir, parse_shard(FLAGS.shard), FLAGS.vmap_seeds
+      FLAGS.sweep, cells, FLAGS.workdir, parse_shard(FLAGS.shard), FLAGS.vmap_seeds, FLAGS.pull
     )
+    if FLAGS.pull:  # the last worker to end writes the report
+      write_report_when_complete(FLAGS.workdir, cells, cell_configs(FLAGS.sweep, cells))
   except (RunInterrupted, preemption.StoppedAtOnce) as e:  # a stop signal, then a second one
     preemption.ignore_stop_signals()  # a later one would break off the exit with a traceback
     logging.warning("%s; rerun the sweep's command to go on", e)

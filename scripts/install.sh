@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The developer and test set-up, from the repository root (a user needs only `pip install .`):
 #   - a virtual environment in .venv with the package, editable, and its extras (pip): `test`
-#     (pytest, hypothesis, nbmake, the `tfds` extra: tensorflow-datasets and TensorFlow, and the
-#     `export` extra: onnx, onnxruntime and Playwright) and `tensorboard`;
+#     (pytest, hypothesis, nbmake, the `tfds` extra: tensorflow-datasets and TensorFlow, the
+#     `export` extra: onnx, onnxruntime and Playwright, and the `cluster` and `ray` extras:
+#     submitit and Ray) and `tensorboard`;
 #   - @tensorflow/tfjs in node_modules/ (npm ci, from package.json and package-lock.json), when
 #     npm is there;
 #   - from Debian (apt-get, as root or with sudo that needs no password), each only when it is

@@ -34,7 +34,7 @@ PAGES = sorted(
     *glob.glob(os.path.join(REPO, "docs", "*.md")),
   ]
 )
-LANGUAGES = {"python", "sh", ""}  # "" is a program's output, shown as it prints
+LANGUAGES = {"python", "sh", "yaml", ""}  # "" is a program's output, shown as it prints
 PATH_ROOTS = ("results/", "configs/", "scripts/", "convnet/", "docs/", "tests/")
 # Paths a page names that are not in the repository on purpose: the file a reader writes.
 NOT_IN_THE_REPOSITORY = {"convnet/sources/noisy_bars.py"}
@@ -46,6 +46,7 @@ SHELL_VARIABLES = {
   "SLURM_ARRAY_TASK_COUNT": "8",
   "SLURM_SUBMIT_DIR": ".",
   "job": "1",
+  "JOB_COMPLETION_INDEX": "0",
 }
 # The programs a page runs with `python -m`, each with a `define_flags(flag_values)`;
 # `convnet.configs` takes no flags, and runs in `test_the_cheap_commands_run_as_written`.
@@ -118,6 +119,17 @@ def test_every_shell_block_parses():
       if language == "sh":
         done = subprocess.run(["bash", "-n"], input=code, capture_output=True, text=True)
         assert done.returncode == 0, f"{page}: a sh block does not parse: {done.stderr}\n{code}"
+
+
+def test_every_yaml_block_parses():
+  yaml = pytest.importorskip("yaml")
+  blocks = [(p, c) for p in PAGES for lang, c in _blocks(_read(p)) if lang == "yaml"]
+  assert blocks, "no page has a yaml block: this test checks nothing"
+  for page, code in blocks:
+    try:
+      yaml.safe_load(code)
+    except yaml.YAMLError as e:
+      pytest.fail(f"{page}: a yaml block does not parse: {e}\n{code}")
 
 
 def test_every_server_a_page_starts_listens_on_this_machine_only():
@@ -245,7 +257,7 @@ def _page_commands() -> list[tuple[str, str, list[str], bool]]:
   for page in PAGES:
     text = _read(page)
     for language, code in _blocks(text):
-      if language == "sh":
+      if language in ("sh", "yaml"):  # a YAML block: a container's command, one line
         for line in _shell_lines(code):
           commands += [(page, p, a, True) for p, a in _commands(line)]
     for span in _inline_code(text):
