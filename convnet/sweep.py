@@ -43,6 +43,7 @@ import hashlib
 import importlib.util
 import itertools
 import json
+import math
 import os
 import re
 import sys
@@ -57,7 +58,18 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from convnet import checkpoints, cli, config_checks, display, files, preemption, train
+from convnet import (
+  checkpoints,
+  cli,
+  config_checks,
+  display,
+  files,
+  input_pipeline,
+  preemption,
+  train,
+)
+from convnet import epochs as epochs_lib
+from convnet import halving as halving_lib
 from convnet import records as records_lib
 from convnet import seeds as seeds_lib
 from convnet import workdir as workdir_lib
@@ -192,6 +204,23 @@ def load_sweep_module(path: str) -> types.ModuleType:
   return module
 
 
+def sweep_halving(module: types.ModuleType) -> halving_lib.Halving | None:
+  """The sweep file's successive halving: what its `halving()` returns, or None without one.
+
+  Raises:
+    ConfigError: `halving()` returns something else than a `convnet.halving.Halving`.
+  """
+  make = getattr(module, "halving", None)
+  if make is None:
+    return None
+  halving = make() if callable(make) else make
+  if not isinstance(halving, halving_lib.Halving):
+    raise ConfigError(
+      f"the sweep file's halving() gives {type(halving).__name__}, not a convnet.halving.Halving"
+    )
+  return halving
+
+
 def parse_shard(text: str) -> tuple[int, int]:
   """'i/n' as (i, n), with 0 <= i < n."""
   match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
@@ -298,19 +327,21 @@ def _failure(error: BaseException, status: str = "failed") -> dict[str, Any]:
 MODE_FILE = "sweep.json"
 
 
-def check_mode(sweep_dir: str, vmap_seeds: bool) -> None:
+def check_mode(sweep_dir: str, vmap_seeds: bool, vmap_rates: bool = False) -> None:
   """Holds a sweep directory to one way of training its seeds: one writer for each record.
 
   The first run writes `MODE_FILE`; a run the other way (with or without
-  `--vmap_seeds`) would train every cell again, in other workdirs, and mix its
-  records with the first way's, so it is refused. A directory of an older
-  version, without the file, counts as the way its `cells/` or `groups/` show.
+  `--vmap_seeds`, or `--vmap_rates`, which trains seeds together too) would
+  train every cell again, in other workdirs, and mix its records with the
+  first way's, so it is refused. A directory of an older version, without the
+  file, counts as the way its `cells/` or `groups/` show.
 
   Raises:
     ConfigError: `sweep_dir` was run the other way.
   """
   path = os.path.join(sweep_dir, MODE_FILE)
-  mode = {"vmap_seeds": bool(vmap_seeds)}
+  vmap_seeds = vmap_seeds or vmap_rates
+  mode = {"vmap_seeds": bool(vmap_seeds)} | ({"vmap_rates": True} if vmap_rates else {})
   if not os.path.exists(path):
     made = {d for d in ("cells", "groups") if os.path.isdir(os.path.join(sweep_dir, d))}
     if made and made != {"groups" if vmap_seeds else "cells"}:
@@ -380,6 +411,16 @@ def read_mode(path: str) -> dict[str, bool]:
 
 
 def _refuse_mode(sweep_dir: str, saved: Mapping[str, Any], mode: Mapping[str, Any]) -> None:
+  if saved.get("vmap_rates") is True and not mode.get("vmap_rates"):
+    raise ConfigError(
+      f"{sweep_dir} was run with --vmap_rates: run it with --vmap_rates again (the two ways "
+      "train in other folders, and their records would mix), or give another --workdir"
+    )
+  if mode.get("vmap_rates") and saved.get("vmap_rates") is not True:
+    raise ConfigError(
+      f"{sweep_dir} was run without --vmap_rates: run it without --vmap_rates again (the two "
+      "ways train in other folders, and their records would mix), or give another --workdir"
+    )
   if bool(saved.get("vmap_seeds")) != mode["vmap_seeds"]:
     way = "with" if saved.get("vmap_seeds") else "without"
     raise ConfigError(
@@ -388,13 +429,24 @@ def _refuse_mode(sweep_dir: str, saved: Mapping[str, Any], mode: Mapping[str, An
     )
 
 
-def _groups(cells: Sequence[Cell], vmap_seeds: bool) -> list[list[Cell]]:
-  """Cells to train together: one each, or every seed of a setting with `vmap_seeds`."""
-  if not vmap_seeds:
+# The field whose values `--vmap_rates` trains together, with the seeds (`seeds.train_group`).
+RATE_FIELD = "optimizer.learning_rate"
+
+
+def _rate_key(cell: Cell) -> str:
+  """The cell's setting without its seed and learning rate: the cells a rate group holds."""
+  return cell_name({k: v for k, v in cell.overrides.items() if k not in ("seed", RATE_FIELD)})
+
+
+def _groups(cells: Sequence[Cell], vmap_seeds: bool, vmap_rates: bool = False) -> list[list[Cell]]:
+  """Cells to train together: one each, every seed of a setting with `vmap_seeds`, or with
+  `vmap_rates` every seed and learning rate of a setting (one vmapped program)."""
+  if not (vmap_seeds or vmap_rates):
     return [[c] for c in cells]
+  key = _rate_key if vmap_rates else (lambda cell: cell.setting)
   groups: dict[str, list[Cell]] = {}
   for cell in cells:
-    groups.setdefault(cell.setting, []).append(cell)
+    groups.setdefault(key(cell), []).append(cell)
   return list(groups.values())
 
 
@@ -441,21 +493,27 @@ def run_sweep(
   shard: tuple[int, int] = (0, 1),
   vmap_seeds: bool = False,
   pull: bool = False,
+  vmap_rates: bool = False,
+  halving: halving_lib.Halving | None = None,
 ) -> list[dict[str, Any]]:
   """Runs this shard's unfinished cells; returns the records it wrote.
 
   Every cell's config is built (and a bad override rejected) before the first
   one trains. A cell that raises is recorded as failed, and the sweep goes on.
   `shard=(i, n)` runs groups i, i+n, i+2n, ... of the sweep (a group is a cell,
-  or a setting's seeds with `vmap_seeds`); with `pull`, any group instead, taken
-  one at a time as `pull_groups` says, from group i on.
+  or a setting's seeds with `vmap_seeds`, or its seeds and learning rates with
+  `vmap_rates`); with `pull`, any group instead, taken one at a time as
+  `pull_groups` says, from group i on. With `halving`, the sweep's arms are
+  halved instead (`run_halving`), an arm at a time.
   """
   configs = cell_configs(base, cells)
   files.make_dir(sweep_dir)
-  check_mode(sweep_dir, vmap_seeds)
+  check_mode(sweep_dir, vmap_seeds, vmap_rates)
   files.remove_stale_files(os.path.join(sweep_dir, records_lib.FOLDER))
+  if halving is not None:
+    return run_halving(cells, configs, sweep_dir, halving, shard, vmap_seeds, vmap_rates, pull)
   index, count = shard
-  groups = _groups(cells, vmap_seeds)
+  groups = _groups(cells, vmap_seeds, vmap_rates)
   if pull:
     return pull_groups(sweep_dir, groups, configs, shard)
   groups = groups[index::count]
@@ -504,27 +562,30 @@ def cell_configs(
 
 
 def group_workdir(sweep_dir: str, group: Sequence[Cell]) -> str:
-  """Where a group trains: `cells/<cell>/` for a cell alone, `groups/<setting>/` for its seeds."""
+  """Where a group trains: `cells/<cell>/` for a cell alone, `groups/<setting>/` for its seeds.
+
+  A group of several learning rates trains in `groups/<setting without rate and
+  seed>,optimizer.learning_rate=<r1>+<r2>.../`: each set of rates has a folder.
+  """
   if len(group) == 1:
     return os.path.join(sweep_dir, "cells", group[0].name)
+  if _is_rate_group(group):
+    rates = dict.fromkeys(display.setting_value(c.overrides[RATE_FIELD], ("_",)) for c in group)
+    key = {k: v for k, v in group[0].overrides.items() if k not in ("seed", RATE_FIELD)}
+    return os.path.join(sweep_dir, "groups", cell_name(key | {RATE_FIELD: "+".join(rates)}))
   return os.path.join(sweep_dir, "groups", group[0].setting)
+
+
+def _is_rate_group(group: Sequence[Cell]) -> bool:
+  """Whether the group's cells differ in more than their seed (in their rate: `_groups`)."""
+  return len({c.setting for c in group}) > 1
 
 
 def _run_group(
   sweep_dir: str, group: Sequence[Cell], configs: Mapping[str, ml_collections.ConfigDict]
 ) -> list[dict[str, Any]] | None:
   """Trains a group and writes its cells' records; None when another process holds its workdir."""
-  workdir = group_workdir(sweep_dir, group)
-  if len(group) == 1:
-    what = f"Cell {group[0].name}"
-    workdirs = [workdir]
-    train_group = functools.partial(_train_cell, configs[group[0].name], workdir)
-  else:
-    what = f"Group {group[0].setting}"
-    seeds = [configs[c.name].seed for c in group]
-    workdirs = [checkpoints.seed_dir(workdir, s) for s in seeds]
-    train_group = functools.partial(seeds_lib.train_seeds, configs[group[0].name], seeds, workdir)
-  results = _train_recorded(what, len(group), train_group)
+  results, workdirs = _train_group(sweep_dir, group, configs)
   if results is None:
     return None
   return [
@@ -533,13 +594,37 @@ def _run_group(
   ]
 
 
+def _train_group(
+  sweep_dir: str, group: Sequence[Cell], configs: Mapping[str, ml_collections.ConfigDict]
+) -> tuple[list[dict[str, Any]] | None, list[str]]:
+  """Trains a group (see `_train_recorded`): each cell's record fields, and each cell's folder."""
+  workdir = group_workdir(sweep_dir, group)
+  if len(group) == 1:
+    what = f"Cell {group[0].name}"
+    workdirs = [workdir]
+    train_group = functools.partial(_train_cell, configs[group[0].name], workdir)
+  elif _is_rate_group(group):
+    what = f"Group {os.path.basename(workdir)}"
+    workdirs = [os.path.join(workdir, c.name) for c in group]
+    members = [(c.name, configs[c.name]) for c in group]
+    train_group = functools.partial(seeds_lib.train_group, configs[group[0].name], members, workdir)
+  else:
+    what = f"Group {group[0].setting}"
+    seeds = [configs[c.name].seed for c in group]
+    workdirs = [checkpoints.seed_dir(workdir, s) for s in seeds]
+    train_group = functools.partial(seeds_lib.train_seeds, configs[group[0].name], seeds, workdir)
+  return _train_recorded(what, len(group), train_group), workdirs
+
+
 def _log_end(who: str, written: Sequence[Mapping[str, Any]], start: float) -> None:
-  failed = [r["cell"] for r in written if r["status"] != "done"]
+  failed = [r["cell"] for r in written if r["status"] not in ("done", "pruned")]
+  pruned = sum(r["status"] == "pruned" for r in written)
   logging.info(
-    "%s done in %s: %d cells run, %d failed%s",
+    "%s done in %s: %d cells run%s, %d failed%s",
     who,
     display.duration(time.perf_counter() - start),
     len(written),
+    f" ({pruned} pruned)" if pruned else "",
     len(failed),
     f" ({', '.join(failed)})" if failed else "",
   )
@@ -604,6 +689,144 @@ def pull_groups(
     written += _run_group(sweep_dir, group, configs) or []
   _log_end(f"Sweep worker {index}/{count}", written, start)
   return written
+
+
+# ----------------------------------------------------------------------------
+# Successive halving
+
+
+def run_halving(
+  cells: Sequence[Cell],
+  configs: Mapping[str, ml_collections.ConfigDict],
+  sweep_dir: str,
+  halving: halving_lib.Halving,
+  shard: tuple[int, int] = (0, 1),
+  vmap_seeds: bool = False,
+  vmap_rates: bool = False,
+  pull: bool = False,
+) -> list[dict[str, Any]]:
+  """Halves each arm of the sweep over `halving.field` (`convnet.halving`); the records written.
+
+  Each rung trains the arm's surviving cells to the rung's epochs of the full
+  schedule (`max_steps`). The first rung trains every value, grouped as
+  `_groups` groups them (with `vmap_rates`, every rate and seed in one
+  program); later rungs train the survivors one seed group (or cell) per
+  value, each going on from its checkpoint of the rung before where it has
+  one; the last rung trains them to the whole budget, and their records are
+  written as any cell's.
+  A pruned cell's record has status "pruned", the epoch where it stopped and
+  its best validation accuracy to there. `shard=(i, n)` halves arms i, i+n,
+  ...; with `pull`, a worker takes each arm that no other holds. Test
+  accuracies take no part in a choice; a rerun makes the same choices from the
+  runs' records and trains nothing twice.
+  """
+  arms = halving_lib.arms(cells, halving.field)
+  for cell in cells:
+    halving.check_budget(configs[cell.name].num_epochs)
+  index, count = shard
+  arms = [*arms[index:], *arms[:index]] if pull else arms[index::count]
+  decisions_dir = os.path.join(sweep_dir, halving_lib.FOLDER)
+  written, start = [], time.perf_counter()
+  for arm in arms:
+    arm_cells = [c for row in arm.grid for c in row]
+    if all(_is_settled(sweep_dir, c, configs[c.name]) for c in arm_cells):
+      continue
+    lock_dir = os.path.join(decisions_dir, arm.name)
+    files.make_dir(lock_dir, "the arm's lock folder")
+    try:
+      with workdir_lib.lock(lock_dir):
+        written += _halve_arm(arm, halving, configs, sweep_dir, vmap_seeds, vmap_rates)
+    except WorkdirInUseError:
+      logging.info("Arm %s is held by another worker: passed over", arm.name)
+  _log_end("Halving", written, start)
+  return written
+
+
+def _is_settled(sweep_dir: str, cell: Cell, config: ml_collections.ConfigDict) -> bool:
+  """Whether the cell has a finished or pruned record of its config (see `is_finished`)."""
+  record = read_record(sweep_dir, cell)
+  if record is None or record["status"] not in ("done", "pruned"):
+    return False
+  return not workdir_lib.changed_fields(record["config"], config, workdir_lib.RESULT_NEUTRAL)
+
+
+def _halve_arm(arm, halving, configs, sweep_dir: str, vmap_seeds: bool, vmap_rates: bool):
+  """One arm's rungs (`halving_lib.run_arm`), then its records; the records written."""
+  folders: dict[str, str] = {}  # each cell's folder, where it trained last
+  final: dict[str, dict[str, Any]] = {}  # the last rung's record fields, by cell
+
+  def train_rung(arm_name: str, epochs: int, rung_cells: Sequence[Cell]):
+    last = epochs == configs[rung_cells[0].name].num_epochs
+    rung_configs = {
+      c.name: configs[c.name] if last else _until_epoch(configs[c.name], epochs) for c in rung_cells
+    }
+    curves = {}
+    # Every rate trains to the first rung: together, with `vmap_rates` (one program). The
+    # survivors then train as seed groups, each going on from its own checkpoint at each rung.
+    first = len(rung_cells) == sum(len(row) for row in arm.grid)
+    for group in _groups(rung_cells, vmap_seeds or vmap_rates, vmap_rates and first):
+      if last and all(is_finished(sweep_dir, c, configs[c.name]) for c in group):
+        results = [None] * len(group)
+        workdirs = [os.path.join(sweep_dir, read_record(sweep_dir, c)["workdir"]) for c in group]
+      else:
+        logging.info("Arm %s, to epoch %d: %s", arm_name, epochs, ", ".join(c.name for c in group))
+        results, workdirs = _train_group(sweep_dir, group, rung_configs)
+        if results is None:
+          raise WorkdirInUseError(f"{group_workdir(sweep_dir, group)} is held by another process")
+      for cell, folder, result in zip(group, workdirs, results, strict=True):
+        folders[cell.name] = folder
+        if result is not None:
+          final[cell.name] = result
+        curves[cell.name] = _validation_curve(folder, epochs, result)
+    return curves
+
+  outcome = halving_lib.run_arm(
+    arm, halving, train_rung, os.path.join(sweep_dir, halving_lib.FOLDER), _identity(configs, arm)
+  )
+  written = []
+  for cell in (c for row in arm.grid for c in row):
+    fields = outcome.pruned_records().get(cell.name) or final.get(cell.name)
+    if fields is not None:
+      written.append(_write_record(sweep_dir, cell, configs[cell.name], folders[cell.name], fields))
+  return written
+
+
+_NUM_TRAIN: dict[str, int] = {}  # the training split's size, by data config (seeds alike)
+
+
+def _until_epoch(config: ml_collections.ConfigDict, epochs: int) -> ml_collections.ConfigDict:
+  """`config` stopped after `epochs` epochs of its schedule (`max_steps`: a resumable change)."""
+  key = config.data.to_json_best_effort(sort_keys=True)
+  if key not in _NUM_TRAIN:
+    _NUM_TRAIN[key] = len(input_pipeline.load(config.data, config.seed).train)
+  steps_per_epoch, _ = epochs_lib.step_counts(config, _NUM_TRAIN[key])
+  config = config.copy_and_resolve_references()
+  config.max_steps = epochs * steps_per_epoch
+  return config
+
+
+def _validation_curve(folder: str, epochs: int, result: Mapping[str, Any] | None) -> list[float]:
+  """A run's validation accuracy after each whole epoch, from its `metrics.jsonl`.
+
+  A run that diverged or failed gets NaN for the epochs it did not reach, so that it ranks last.
+  """
+  records = [
+    r
+    for r in workdir_lib.read_metrics(folder)
+    if r["kind"] == "epoch" and not workdir_lib.partial_epoch(r)
+  ]
+  curve = [float(r.get("validation_accuracy", math.nan)) for r in records]
+  if result is not None and result.get("status") not in ("done", None):
+    curve += [math.nan] * max(epochs - len(curve), 0)
+  return curve
+
+
+def _identity(configs: Mapping[str, ml_collections.ConfigDict], arm) -> dict[str, Any]:
+  """What an arm's curves depend on beside the halving: its first cell's config, seed aside."""
+  config = _config_json(configs[arm.grid[0][0].name])
+  config.pop("seed", None)
+  config.get("optimizer", {}).pop("learning_rate", None)
+  return config
 
 
 REPORT_STAMP = ".reported"  # the digest of the records that the sweep's report was made from
@@ -683,6 +906,19 @@ SWEEP_FLAGS = (
   ),
   ("string", "workdir", None, "The sweep's directory: cell workdirs and records."),
   ("bool", "vmap_seeds", False, "Train the seeds of each setting in one vmapped program."),
+  (
+    "bool",
+    "vmap_rates",
+    False,
+    "Train the seeds and learning rates of each setting in one vmapped program.",
+  ),
+  (
+    "bool",
+    "halving",
+    True,
+    "Halve the sweep's arms as its halving() says, where it has one (--nohalving: train every "
+    "cell to the whole budget).",
+  ),
 )
 
 
@@ -725,9 +961,18 @@ def main(argv):
   try:
     sweep_path = config_flags.get_config_filename(FLAGS["sweep"])
     with cli.errors_in_file(sweep_path, f"--sweep={sweep_path}"):
-      cells = expand(load_sweep_module(sweep_path).sweep)
+      module = load_sweep_module(sweep_path)
+      cells = expand(module.sweep)
+      halving = sweep_halving(module) if FLAGS.halving else None
     records = run_sweep(
-      FLAGS.sweep, cells, FLAGS.workdir, parse_shard(FLAGS.shard), FLAGS.vmap_seeds, FLAGS.pull
+      FLAGS.sweep,
+      cells,
+      FLAGS.workdir,
+      parse_shard(FLAGS.shard),
+      FLAGS.vmap_seeds,
+      FLAGS.pull,
+      FLAGS.vmap_rates,
+      halving,
     )
     if FLAGS.pull:  # the last worker to end writes the report
       write_report_when_complete(FLAGS.workdir, cells, cell_configs(FLAGS.sweep, cells))
@@ -737,7 +982,7 @@ def main(argv):
     sys.exit(128 + e.signum)
   except ConvnetError as e:
     sys.exit(f"error: {e}")
-  if any(r["status"] != "done" for r in records):
+  if any(r["status"] not in ("done", "pruned") for r in records):
     sys.exit(1)
 
 

@@ -1,0 +1,145 @@
+"""A sweep halved over its learning rates, and rates trained together (`--vmap_rates`)."""
+
+import json
+import os
+import types
+
+import pytest
+
+from convnet import halving, sweep
+from convnet.errors import ConfigError, RunInterrupted
+
+RATES = (1e-3, 3e-3, 1e-2)
+
+
+def _cells():
+  return sweep.expand(
+    lambda: sweep.product(
+      [{"model.name": "convnet"}, {"model.name": "dense"}],
+      sweep.axis("optimizer.learning_rate", RATES),
+      sweep.axis("seed", range(2)),
+    )
+  )
+
+
+def _base(config):
+  config.num_epochs, config.steps_per_epoch = 3, 2
+  return config
+
+
+def test_vmap_rates_groups_each_settings_rates_and_seeds_in_a_folder_of_its_rates():
+  cells = _cells()
+  groups = sweep._groups(cells, vmap_seeds=False, vmap_rates=True)
+  assert [len(g) for g in groups] == [6, 6]
+  assert {c.overrides["model.name"] for c in groups[1]} == {"dense"}
+  assert sweep.group_workdir("S", groups[0]) == os.path.join(
+    "S", "groups", "model.name=convnet,optimizer.learning_rate=0.001+0.003+0.01"
+  )
+  # A subset of the rates has a folder of its own; one rate's seeds are a seed group.
+  assert sweep.group_workdir("S", groups[0][2:]) == os.path.join(
+    "S", "groups", "model.name=convnet,optimizer.learning_rate=0.003+0.01"
+  )
+  assert sweep.group_workdir("S", groups[0][:2]) == os.path.join(
+    "S", "groups", "model.name=convnet,optimizer.learning_rate=0.001"
+  )
+  assert [len(g) for g in sweep._groups(cells, vmap_seeds=True)] == [2] * 6
+
+
+def test_a_sweep_folder_run_with_vmap_rates_keeps_that_way(tmp_path):
+  sweep.check_mode(str(tmp_path), vmap_seeds=False, vmap_rates=True)
+  assert json.loads((tmp_path / sweep.MODE_FILE).read_text()) == {
+    "vmap_seeds": True,
+    "vmap_rates": True,
+  }
+  sweep.check_mode(str(tmp_path), vmap_seeds=True, vmap_rates=True)
+  for vmap_seeds in (False, True):
+    with pytest.raises(ConfigError, match="was run with --vmap_rates"):
+      sweep.check_mode(str(tmp_path), vmap_seeds=vmap_seeds)
+  seeds_only = tmp_path / "seeds"
+  seeds_only.mkdir()
+  sweep.check_mode(str(seeds_only), vmap_seeds=True)
+  with pytest.raises(ConfigError, match="was run without --vmap_rates"):
+    sweep.check_mode(str(seeds_only), vmap_seeds=True, vmap_rates=True)
+
+
+def test_a_sweep_files_halving_is_read_or_refused_in_one_line():
+  rule = halving.Halving("optimizer.learning_rate", (1, 3), 2)
+  assert sweep.sweep_halving(types.SimpleNamespace(halving=lambda: rule)) is rule
+  assert sweep.sweep_halving(types.SimpleNamespace()) is None
+  with pytest.raises(ConfigError, match=r"halving\(\) gives dict, not a convnet.halving.Halving"):
+    sweep.sweep_halving(types.SimpleNamespace(halving=lambda: {"eta": 2}))
+
+
+def test_a_rung_stops_its_runs_after_whole_epochs_of_the_full_schedule(config):
+  config.steps_per_epoch = 4
+  stopped = sweep._until_epoch(config, 2)
+  assert stopped.max_steps == 8 and stopped.num_epochs == config.num_epochs
+  assert config.max_steps == -1  # the cell's own config is left as it was
+  config.steps_per_epoch = 0  # one pass: the 3,400 training digits in whole batches
+  assert sweep._until_epoch(config, 1).max_steps == 3400 // config.batch_size
+
+
+def _fields(sweep_dir):
+  """Each record's result, without what differs from one run to the next (times, paths)."""
+  kept = ("status", "pruned_at_epoch", "best_validation_accuracy", "best_epoch", "epoch")
+  fields = {}
+  for name in sorted(os.listdir(os.path.join(sweep_dir, "records"))):
+    with open(os.path.join(sweep_dir, "records", name)) as f:
+      record = json.load(f)
+    fields[name] = {k: record.get(k) for k in kept}
+  return fields
+
+
+@pytest.mark.slow  # two small sweeps of 12 cells, one of them stopped and resumed
+def test_a_halving_sweep_prunes_records_chooses_again_on_resume_and_trains_nothing_twice(
+  config, tmp_path, monkeypatch
+):
+  base, cells = _base(config), _cells()
+  rule = halving.Halving("optimizer.learning_rate", (1, 3), 2)
+  whole = str(tmp_path / "whole")
+  records = sweep.run_sweep(base, cells, whole, vmap_rates=True, halving=rule)
+  statuses = [r["status"] for r in records]
+  assert statuses.count("pruned") == 4 and statuses.count("done") == 8  # 3 rates keep 2, x2 arms
+  for record in records:
+    if record["status"] == "pruned":
+      assert record["pruned_at_epoch"] == 1 and "test_accuracy" not in record
+    else:
+      assert record["epoch"] == 3
+  decisions = json.loads((tmp_path / "whole" / "halving" / "model.name=convnet.json").read_text())
+  assert [d["epoch"] for d in decisions["decisions"]] == [1, 3]
+  # The first rung trained every rate and seed of an arm in one program.
+  assert os.path.isdir(
+    os.path.join(whole, "groups", "model.name=convnet,optimizer.learning_rate=0.001+0.003+0.01")
+  )
+  before = _fields(whole)
+  assert sweep.run_sweep(base, cells, whole, vmap_rates=True, halving=rule) == []
+
+  # Stopped after the first rung (a signal), then run again: the same choices and results.
+  resumed = str(tmp_path / "resumed")
+  train_group = sweep._train_group
+
+  def stop_at_the_second_rung(sweep_dir, group, configs):
+    if configs[group[0].name].max_steps < 0:
+      raise RunInterrupted("stop requested", 15)
+    return train_group(sweep_dir, group, configs)
+
+  monkeypatch.setattr(sweep, "_train_group", stop_at_the_second_rung)
+  with pytest.raises(RunInterrupted):
+    sweep.run_sweep(base, cells, resumed, vmap_rates=True, halving=rule)
+  monkeypatch.setattr(sweep, "_train_group", train_group)
+  sweep.run_sweep(base, cells, resumed, vmap_rates=True, halving=rule)
+  assert _fields(resumed) == before
+
+
+@pytest.mark.slow  # one group of 2 rates x 2 seeds against two seed groups
+def test_rates_trained_together_record_what_seed_groups_record(config, tmp_path):
+  base = _base(config)
+  cells = [c for c in _cells() if c.overrides["model.name"] == "dense"][:4]
+  together = sweep.run_sweep(base, cells, str(tmp_path / "rates"), vmap_rates=True)
+  apart = sweep.run_sweep(base, cells, str(tmp_path / "seeds"), vmap_seeds=True)
+  assert [r["cell"] for r in together] == [r["cell"] for r in apart]
+  for a, b in zip(together, apart, strict=True):
+    assert a["status"] == b["status"] == "done"
+    assert a["vmap_group_size"] == 4 and b["vmap_group_size"] == 2
+    assert a["best_validation_accuracy"] == pytest.approx(b["best_validation_accuracy"], abs=1e-6)
+    assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-4)
