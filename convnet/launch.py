@@ -50,6 +50,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from convnet import cli, files, sweep
+from convnet import halving as halving_lib
 from convnet.errors import ConfigError, ConvnetError, RunInterrupted
 
 CLUSTERS = ("local", "slurm", "ray")
@@ -106,6 +107,8 @@ class Worker:
   shard: tuple[int, int]
   vmap_seeds: bool = False
   environment: dict[str, str] = dataclasses.field(default_factory=job_environment)
+  vmap_rates: bool = False
+  halving: halving_lib.Halving | None = None  # the sweep file's (`sweep.sweep_halving`)
 
   def __call__(self) -> dict[str, Any]:
     """Pulls cells until none is left; what it did: {"shard", "records", "report"}.
@@ -123,7 +126,14 @@ class Worker:
     with _requeue_after_saving() as requeue:
       try:
         records = sweep.run_sweep(
-          self.base, self.cells, self.sweep_dir, self.shard, self.vmap_seeds, pull=True
+          self.base,
+          self.cells,
+          self.sweep_dir,
+          self.shard,
+          self.vmap_seeds,
+          pull=True,
+          vmap_rates=self.vmap_rates,
+          halving=self.halving,
         )
       except RunInterrupted:
         if requeue:
@@ -314,6 +324,8 @@ def launch(
   cluster: str = "local",
   vmap_seeds: bool = False,
   resources: Resources = Resources(),
+  vmap_rates: bool = False,
+  halving: halving_lib.Halving | None = None,
 ) -> dict[str, Any]:
   """Runs the sweep's cells with `shards` pulling workers on `cluster`, and waits for them.
 
@@ -333,9 +345,11 @@ def launch(
   import_engine(cluster)
   configs = sweep.cell_configs(base, cells)
   sweep_dir = os.path.abspath(files.make_dir(sweep_dir))
-  sweep.check_mode(sweep_dir, vmap_seeds)
+  sweep.check_mode(sweep_dir, vmap_seeds, vmap_rates)
   workers = [
-    Worker(base, list(cells), sweep_dir, (i, shards), vmap_seeds, job_environment())
+    Worker(
+      base, list(cells), sweep_dir, (i, shards), vmap_seeds, job_environment(), vmap_rates, halving
+    )
     for i in range(shards)
   ]
   logging.info(
@@ -350,7 +364,7 @@ def launch(
     record = sweep.read_record(sweep_dir, cell)
     if record is None:
       unfinished[cell.name] = "no record"
-    elif not sweep.is_finished(sweep_dir, cell, configs[cell.name]):
+    elif not sweep.is_settled(sweep_dir, cell, configs[cell.name]):  # done, or pruned
       unfinished[cell.name] = record["status"]
   # Written by the last worker already; here only if no worker lived to see every record.
   sweep.write_report_when_complete(sweep_dir, cells, configs)
@@ -423,7 +437,9 @@ def main(argv):
     import_engine(FLAGS.cluster)
     sweep_path = config_flags.get_config_filename(FLAGS["sweep"])
     with cli.errors_in_file(sweep_path, f"--sweep={sweep_path}"):
-      cells = sweep.expand(sweep.load_sweep_module(sweep_path).sweep)
+      module = sweep.load_sweep_module(sweep_path)
+      cells = sweep.expand(module.sweep)
+      halving = sweep.sweep_halving(module) if FLAGS.halving else None
     resources = Resources(
       timeout_min=FLAGS.timeout_min,
       slurm_partition=FLAGS.slurm_partition,
@@ -432,7 +448,15 @@ def main(argv):
       retries=FLAGS.retries,
     )
     outcome = launch(
-      FLAGS.sweep, cells, FLAGS.workdir, FLAGS.shards, FLAGS.cluster, FLAGS.vmap_seeds, resources
+      FLAGS.sweep,
+      cells,
+      FLAGS.workdir,
+      FLAGS.shards,
+      FLAGS.cluster,
+      FLAGS.vmap_seeds,
+      resources,
+      FLAGS.vmap_rates,
+      halving,
     )
   except ConvnetError as e:
     sys.exit(f"error: {e}")

@@ -729,7 +729,7 @@ def run_halving(
   written, start = [], time.perf_counter()
   for arm in arms:
     arm_cells = [c for row in arm.grid for c in row]
-    if all(_is_settled(sweep_dir, c, configs[c.name]) for c in arm_cells):
+    if all(is_settled(sweep_dir, c, configs[c.name]) for c in arm_cells):
       continue
     lock_dir = os.path.join(decisions_dir, arm.name)
     files.make_dir(lock_dir, "the arm's lock folder")
@@ -742,7 +742,7 @@ def run_halving(
   return written
 
 
-def _is_settled(sweep_dir: str, cell: Cell, config: ml_collections.ConfigDict) -> bool:
+def is_settled(sweep_dir: str, cell: Cell, config: ml_collections.ConfigDict) -> bool:
   """Whether the cell has a finished or pruned record of its config (see `is_finished`)."""
   record = read_record(sweep_dir, cell)
   if record is None or record["status"] not in ("done", "pruned"):
