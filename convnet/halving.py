@@ -37,15 +37,13 @@ import numbers
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from absl import logging
 
 from convnet import files
+from convnet.cells import Cell, cell_name
 from convnet.errors import ConfigError, DataError, FileFormatError
-
-if TYPE_CHECKING:
-  from convnet.sweep import Cell
 
 # The folder of a sweep directory that holds the decisions, one file per arm.
 FOLDER = "halving"
@@ -139,8 +137,6 @@ def arms(cells: Sequence[Cell], field: str) -> list[Arm]:
     ConfigError: a cell does not set `field`, or an arm is not a full grid (a value
       of `field` without one of the arm's seeds), in one line naming the arm.
   """
-  from convnet.sweep import cell_name  # convnet.sweep imports this module
-
   groups: dict[str, tuple[dict[str, Any], list[Cell]]] = {}
   for cell in sorted(cells, key=lambda c: c.index):
     if field not in cell.overrides:
