@@ -1,4 +1,4 @@
-r"""The convnet against a dense network with as many parameters, at three budgets, 3 seeds.
+r"""The convnet against a dense network with as many parameters, at three budgets, 5 seeds.
 
 Budgets of about 8.5k, 33k (the book's pair: 33,194 and 33,400) and 131k
 parameters. The convnets are the book's architecture at half, one and twice
@@ -35,4 +35,4 @@ def sweep():
       }
     )
     settings.append({"model.name": "dense", "model.dense_features": (dense_hidden,)})
-  return product(settings, axis("seed", range(3)))
+  return product(settings, axis("seed", range(5)))

@@ -1,4 +1,4 @@
-r"""Depth (1, 2 or 3 conv blocks) and width (half, the book's, double the filters), 3 seeds.
+r"""Depth (1, 2 or 3 conv blocks) and width (half, the book's, double the filters), 5 seeds.
 
 Each block keeps the book's 3x3 VALID conv; the first two blocks max-pool, as
 in the book. Fewer blocks leave a larger feature map for the dense head, so
@@ -36,4 +36,4 @@ def sweep():
       ],
     ),
   )
-  return product(settings, axis("seed", range(3)))
+  return product(settings, axis("seed", range(5)))

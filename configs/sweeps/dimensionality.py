@@ -1,4 +1,4 @@
-r"""The curse of dimensionality on the dense side: L1, PCA and pixel selection, 3 seeds.
+r"""The curse of dimensionality on the dense side: L1, PCA and pixel selection, 5 seeds.
 
 The book's note names three answers to too many input dimensions for a dense
 network: L1 regularisation (`l1_penalty` times the sum of |kernel weights|
@@ -27,4 +27,4 @@ def sweep():
   settings += axis("l1_penalty", [1e-5, 1e-4, 1e-3])
   for features, sizes in (("pca", [16, 50, 100]), ("top_variance", [50, 100, 200])):
     settings += [{"data.features": features, "data.num_features": k} for k in sizes]
-  return product(settings, axis("seed", range(3)))
+  return product(settings, axis("seed", range(5)))

@@ -1,4 +1,4 @@
-r"""Kernel size 1, 3, 5 and 7 in every conv block of the book's convnet, 3 seeds each.
+r"""Kernel size 1, 3, 5 and 7 in every conv block of the book's convnet, 5 seeds.
 
 SAME padding keeps the feature maps at 28, 14 and 7 pixels, so that a 7x7
 kernel fits every block; the dense head then sees 7x7x32 values, and the
@@ -22,4 +22,4 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def sweep():
-  return product(axis("model.conv.kernel_size", [1, 3, 5, 7]), axis("seed", range(3)))
+  return product(axis("model.conv.kernel_size", [1, 3, 5, 7]), axis("seed", range(5)))

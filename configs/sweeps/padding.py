@@ -1,4 +1,4 @@
-r"""VALID (the book's) against SAME padding in every conv block, 3 seeds each.
+r"""VALID (the book's) against SAME padding in every conv block, 5 seeds.
 
 With SAME padding the feature maps keep their size through each conv (28, 14
 and 7 pixels instead of 26, 11 and 3), so the dense head is larger too.
@@ -19,4 +19,4 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def sweep():
-  return product(axis("model.conv.padding", ["VALID", "SAME"]), axis("seed", range(3)))
+  return product(axis("model.conv.padding", ["VALID", "SAME"]), axis("seed", range(5)))

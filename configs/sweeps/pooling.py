@@ -1,4 +1,4 @@
-r"""Max pooling (the book's), average pooling, no pooling, and strided convs instead, 3 seeds.
+r"""Max pooling (the book's), average pooling, no pooling, and strided convs instead, 5 seeds.
 
 The book pools after the first two conv blocks. "avg" and "none" change those
 two; the last setting drops both pooling layers and gives the first two convs
@@ -28,4 +28,4 @@ def sweep():
     {"model.pool.type": "none"},
     {"model.pool.type": "none", "model.conv.strides": ((2, 2), (2, 2), (1, 1))},
   ]
-  return product(settings, axis("seed", range(3)))
+  return product(settings, axis("seed", range(5)))

@@ -1,4 +1,4 @@
-r"""Shapes3D: the 3D convnet against a dense network of about as many parameters, 3 seeds.
+r"""Shapes3D: the 3D convnet against a dense network of about as many parameters, 5 seeds.
 
 The configs/shapes3d.py convnet (31,402 parameters) and the
 configs/shapes3d_dense.py network (32,866).
@@ -23,4 +23,4 @@ def sweep():
     {"model.name": "convnet", "model.dense_features": (64,)},
     {"model.name": "dense", "model.dense_features": (8,)},
   ]
-  return product(models, axis("seed", range(3)))
+  return product(models, axis("seed", range(5)))

@@ -1,4 +1,4 @@
-r"""Spoken digits: the convnet against its dense baseline, clean and noisy, 3 seeds.
+r"""Spoken digits: the convnet against its dense baseline, clean and noisy, 5 seeds.
 
 The configs/spoken_digits.py convnet (162,218 parameters) and the
 configs/spoken_digits_dense.py network (164,554), on the clean clips and on
@@ -26,4 +26,4 @@ def sweep():
     {"model.name": "dense", "model.dense_features": (64,)},
   ]
   data = axis("data.name", ["spoken_digits", "spoken_digits_noisy"])
-  return product(data, models, axis("seed", range(3)))
+  return product(data, models, axis("seed", range(5)))

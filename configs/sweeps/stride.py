@@ -1,4 +1,4 @@
-r"""Conv stride 1, 2 and 3, 3 seeds each: a stride of 2 or 3 replaces the pooling.
+r"""Conv stride 1, 2 and 3, 5 seeds each: a stride of 2 or 3 replaces the pooling.
 
 Stride 1 keeps the book's max pooling; strides 2 and 3 drop every pooling
 layer, so the stride alone shrinks the feature maps (28 -> 13 -> 6 -> 2 and
@@ -25,4 +25,4 @@ def sweep():
     {"model.conv.strides": 2, "model.pool.type": "none"},
     {"model.conv.strides": 3, "model.pool.type": "none"},
   ]
-  return product(settings, axis("seed", range(3)))
+  return product(settings, axis("seed", range(5)))
