@@ -592,6 +592,31 @@ def pull_groups(
   return written
 
 
+def group_wall_time_s(sweep_dir: str) -> float:
+  """The seconds the sweep's runs have trained, each group once: the sum of every group's wall time.
+
+  A group's (or a cell's) wall time is the `wall_time_s` of its last epoch
+  record, which a resumed run carries on; a vmapped group's members share
+  theirs, so it counts once. Every folder under `cells/` and `groups/` counts,
+  the rungs of pruned rates included: the compute the sweep spent, as its
+  log's last line says.
+  """
+
+  def last_wall_time(folder: str) -> float:
+    records = [r for r in workdir_lib.read_metrics(folder) if r["kind"] == "epoch"]
+    return float(records[-1].get("wall_time_s", 0.0)) if records else 0.0
+
+  total = 0.0
+  for kind in ("cells", "groups"):
+    root = os.path.join(sweep_dir, kind)
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+      folder = os.path.join(root, name)
+      members = [os.path.join(folder, m) for m in sorted(os.listdir(folder))]
+      members = [m for m in members if os.path.isfile(os.path.join(m, workdir_lib.METRICS_FILE))]
+      total += max((last_wall_time(m) for m in members), default=last_wall_time(folder))
+  return total
+
+
 # ----------------------------------------------------------------------------
 # Successive halving
 
@@ -874,6 +899,10 @@ def main(argv):
       FLAGS.pull,
       FLAGS.vmap_rates,
       halving,
+    )
+    logging.info(
+      "The sweep's runs have trained for %s in all (group wall time, each group once)",
+      display.duration(group_wall_time_s(FLAGS.workdir)),
     )
     if FLAGS.pull:  # the last worker to end writes the report
       write_report_when_complete(FLAGS.workdir, cells, cell_configs(FLAGS.sweep, cells))

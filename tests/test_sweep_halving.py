@@ -143,3 +143,20 @@ def test_rates_trained_together_record_what_seed_groups_record(config, tmp_path)
     assert a["vmap_group_size"] == 4 and b["vmap_group_size"] == 2
     assert a["best_validation_accuracy"] == pytest.approx(b["best_validation_accuracy"], abs=1e-6)
     assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-4)
+
+
+def test_the_group_wall_time_counts_each_group_once_and_every_rung(tmp_path):
+  def epochs(folder, walls):
+    folder.mkdir(parents=True)
+    lines = [
+      {"kind": "epoch", "step": 10 * (i + 1), "epoch": i + 1, "wall_time_s": w}
+      for i, w in enumerate(walls)
+    ]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+  epochs(tmp_path / "cells" / "a", [2.0, 5.0])
+  epochs(tmp_path / "groups" / "g" / "seed_0", [3.0, 7.0])  # members share the group's time
+  epochs(tmp_path / "groups" / "g" / "seed_1", [3.0, 7.0])
+  epochs(tmp_path / "groups" / "rates=1+2" / "r1", [4.0])  # a pruned rung's group
+  assert sweep.group_wall_time_s(str(tmp_path)) == 16.0
+  assert sweep.group_wall_time_s(str(tmp_path / "none")) == 0.0
