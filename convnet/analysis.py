@@ -1,7 +1,16 @@
 """A sweep's records as statistics: settings over seeds, intervals, tuned learning rates, pairs.
 
 `convnet.report` writes these as tables and plots; `convnet.learning_curve`
-builds on them. Everything here is pure: records in, numbers out.
+builds on them. Everything here is pure: records in, numbers out (the number
+of classes of a record's data may be read from its source, see `num_classes`).
+The statistics themselves are `convnet.stats`: accuracies' intervals stay
+within [0, 1], differences are paired over shared seeds beside Welch's, and
+each table of differences is a family for Holm's correction.
+
+Run health: a finished run whose training loss stayed at chance
+(`records.collapsed`) counts in no mean, interval, choice or comparison, and
+each setting counts its collapsed runs and its runs still improving at their
+last epoch (`records.still_improving`).
 """
 
 from __future__ import annotations
@@ -14,9 +23,10 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from convnet import display, models
+from convnet import display, models, sources
 from convnet import records as records_lib
-from convnet.errors import DataError
+from convnet import stats as stats_lib
+from convnet.errors import ConvnetError, DataError
 
 METRICS = {
   "validation": "best_validation_accuracy",
@@ -68,6 +78,75 @@ def interval(values: Sequence[float]) -> dict[str, float]:
   return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
 
 
+def accuracy_interval(values: Sequence[float]) -> dict[str, float]:
+  """As `interval`, for accuracies in [0, 1]: the interval is `stats.accuracy_interval`'s, which
+  stays within [0, 1] (NaN with one value)."""
+  row = interval(values)
+  if len(values) >= 2:
+    row["ci_low"], row["ci_high"] = stats_lib.accuracy_interval(values)
+  return row
+
+
+_CLASSES: dict[str, int | None] = {}
+
+
+def num_classes(record: Mapping[str, Any]) -> int | None:
+  """How many classes the record's data has: its `num_classes`, else its source's `input_spec`.
+
+  None when neither tells (no data config, or a source whose files are not
+  here): run health then cannot tell a collapsed run.
+  """
+  if record.get("num_classes"):
+    return record["num_classes"]
+  data = record["config"].get("data")
+  if not isinstance(data, dict) or "source" not in data:
+    return None
+  key = json.dumps(data, sort_keys=True, default=str)
+  if key not in _CLASSES:
+    try:
+      _CLASSES[key] = int(sources.get(data["source"]).input_spec(data)[1])
+    except (ConvnetError, OSError, KeyError, ValueError):
+      _CLASSES[key] = None
+  return _CLASSES[key]
+
+
+def collapsed(record: Mapping[str, Any]) -> bool:
+  """Whether a finished run's training loss stayed at chance (`records.collapsed`)."""
+  return records_lib.collapsed(record, num_classes(record))
+
+
+def counted(record: Mapping[str, Any]) -> bool:
+  """Whether the record counts in the statistics: it finished ("done") and did not collapse."""
+  return record["status"] == "done" and not collapsed(record)
+
+
+def accuracies_by_seed(records: Sequence[Mapping[str, Any]], setting: str) -> dict[Any, float]:
+  """{seed: test accuracy at best validation} of `setting`'s counted runs (`counted`)."""
+  return {
+    records_lib.seed(r): r[METRICS["test"]]
+    for r in records
+    if r["setting"] == setting and counted(r) and METRICS["test"] in r
+  }
+
+
+def collapsed_runs(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+  """The finished runs that collapsed, in sweep order: `cell`, `setting`, `train_loss`,
+  `chance_loss` (ln of the number of classes) and `test_accuracy` (at best validation)."""
+  rows = []
+  for r in sorted(records, key=lambda r: r["index"]):
+    if r["status"] == "done" and collapsed(r):
+      rows.append(
+        {
+          "cell": r["cell"],
+          "setting": r["setting"],
+          "train_loss": r["train_loss"],
+          "chance_loss": records_lib.chance_loss(num_classes(r)),
+          "test_accuracy": r.get(METRICS["test"], math.nan),
+        }
+      )
+  return rows
+
+
 def _mean(records: Sequence[Mapping[str, Any]], key: str) -> float:
   values = [r[key] for r in records if r.get(key) is not None]
   return float(np.mean(values)) if values else math.nan
@@ -91,10 +170,13 @@ def varying_fields(records: Sequence[Mapping[str, Any]]) -> list[str]:
 def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
   """One row per setting, in the order of each setting's first cell.
 
-  Only finished cells (status "done") count in a row's statistics. `not_finished`
-  counts the others but those that successive halving pruned: where a sweep has
-  pruned cells, each row counts its own in `pruned` (a sweep without any has no
-  such key, and its rows are as they always were).
+  Only finished cells (status "done") that did not collapse (`counted`) count
+  in a row's statistics; accuracies' intervals are `accuracy_interval`'s.
+  `seeds` counts them, `collapsed` the finished runs left out, and
+  `still_improving` those counted whose best validation epoch was their last
+  (None where no record tells). `not_finished` counts the other cells but
+  those that successive halving pruned: where a sweep has pruned cells, each
+  row counts its own in `pruned` (a sweep without any has no such key).
   """
   settings: dict[str, list[Mapping[str, Any]]] = {}
   halved = any(r["status"] == "pruned" for r in records)
@@ -105,8 +187,10 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
   shared = [f for f in fields if shared_by_compared_models(f)]
   rows = []
   for setting, cells in settings.items():
-    done = [r for r in cells if r["status"] == "done"]
+    finished = [r for r in cells if r["status"] == "done"]
+    done = [r for r in finished if counted(r)]
     pruned = [r for r in cells if r["status"] == "pruned"]
+    improving = [records_lib.still_improving(r) for r in done]
     first = cells[0]
     row = {
       "setting": setting,
@@ -115,7 +199,11 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
       "model": first["config"]["model"]["name"],
       **{f: first["overrides"].get(f) for f in fields},
       "seeds": len(done),
-      "not_finished": len(cells) - len(done) - len(pruned),
+      "collapsed": len(finished) - len(done),
+      "still_improving": None
+      if all(i is None for i in improving)
+      else sum(1 for i in improving if i),
+      "not_finished": len(cells) - len(finished) - len(pruned),
       **({"pruned": len(pruned)} if halved else {}),
       "num_params": _mean(done, "num_params"),
       "flops_per_example": _mean(done, "flops_per_example"),
@@ -126,11 +214,12 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for name, key in METRICS.items():
       values = [r[key] for r in done if key in r]  # runs without a validation split have none
       blank = dict.fromkeys(("mean", "std", "ci_low", "ci_high"), math.nan)
-      stats_ = interval(values) if values else blank
+      stats_ = accuracy_interval(values) if values else blank
       row |= {f"{name}_{k}": v for k, v in stats_.items()}
     for name in other_test_metrics(records):
       values = [r[f"{name}{AT_BEST}"] for r in done if f"{name}{AT_BEST}" in r]
-      row |= {f"{name}_{k}": v for k, v in (interval(values) if values else blank).items()}
+      summary = accuracy_interval if "accuracy" in name else interval
+      row |= {f"{name}_{k}": v for k, v in (summary(values) if values else blank).items()}
     rows.append(row)
   return rows
 
@@ -183,18 +272,34 @@ def other_test_metrics(records: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def difference_interval(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
-  """mean(a) - mean(b), with Welch's 95% confidence interval (unequal variances)."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  difference = float(a.mean() - b.mean())
-  if len(a) < 2 or len(b) < 2:
-    return {"difference": difference, "ci_low": math.nan, "ci_high": math.nan}
-  va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-  se = math.sqrt(va + vb)
-  if se == 0:
-    return {"difference": difference, "ci_low": difference, "ci_high": difference}
-  dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-  half = float(stats.t.ppf(0.975, dof)) * se
-  return {"difference": difference, "ci_low": difference - half, "ci_high": difference + half}
+  """mean(a) - mean(b), with Welch's 95% confidence interval (unequal variances) and p-value
+  (`stats.welch_difference`: `difference`, `ci_low`, `ci_high`, `p`)."""
+  return stats_lib.welch_difference(a, b)
+
+
+def compare(a: Mapping[Any, float], b: Mapping[Any, float]) -> dict[str, Any]:
+  """Setting a minus setting b, from {seed: accuracy} of each: paired where seeds are shared.
+
+  Returns Welch's `difference_interval` over all seeds of each (`difference`,
+  `ci_low`, `ci_high`, and its p-value as `p_welch`); the paired difference
+  over the shared seeds (`stats.paired_difference`: `paired_seeds`,
+  `paired_difference`, `paired_ci_low`, `paired_ci_high`, `p_paired`); and
+  `p` with `test`: the paired p-value ("paired") where 2 or more seeds are
+  shared, else Welch's ("Welch").
+  """
+  welch = difference_interval(list(a.values()), list(b.values()))
+  paired = stats_lib.paired_difference(a, b)
+  use_paired = paired["seeds"] >= 2
+  return {
+    "difference": welch["difference"],
+    "ci_low": welch["ci_low"],
+    "ci_high": welch["ci_high"],
+    "p_welch": welch["p"],
+    **{f"paired_{k}": paired[k] for k in ("seeds", "difference", "ci_low", "ci_high")},
+    "p_paired": paired["p"],
+    "p": paired["p"] if use_paired else welch["p"],
+    "test": "paired" if use_paired else "Welch",
+  }
 
 
 def names_setting(overrides: Mapping[str, Any], reference: str) -> bool:
@@ -219,7 +324,7 @@ def names_setting(overrides: Mapping[str, Any], reference: str) -> bool:
 def against_reference(
   records: Sequence[Mapping[str, Any]], reference: str | None = None
 ) -> list[dict[str, Any]]:
-  """Each setting's test accuracy minus a reference's on the same test set, with Welch's 95% CI.
+  """Each setting's test accuracy minus a reference's on the same test set, paired and Welch's.
 
   Test accuracy is at the epoch of best validation accuracy (`METRICS["test"]`),
   as fractions (0.01 is one percentage point), one value per finished seed.
@@ -231,17 +336,20 @@ def against_reference(
   set are compared, and none if it has no finished seed. Parts that name one
   setting of each model (`dtype=float32` in a sweep of two models) give each
   model its own reference: each setting minus its model's. Each row has `label`,
-  `reference` (the reference's label), `model`, `seeds`, `difference`,
-  `ci_low` and `ci_high` (NaN with fewer than 2 seeds on either side).
+  `reference` (the reference's label), `model`, `seeds`, the fields of
+  `compare` (Welch's `difference`, `ci_low` and `ci_high`, NaN with fewer
+  than 2 seeds on either side; the paired difference over shared seeds; `p`),
+  and `p_holm` and `survives` (`stats.with_holm`): the rows are one family.
+  Collapsed runs take no part (`counted`).
 
   Raises:
     DataError: `reference` names no setting, or more than one.
   """
   rows = summarize(records)
-  values: dict[str, list[float]] = {}
-  for record in records:
-    if record["status"] == "done" and METRICS["test"] in record:
-      values.setdefault(record["setting"], []).append(record[METRICS["test"]])
+  values = {}
+  for row in rows:
+    if accuracies := accuracies_by_seed(records, row["setting"]):
+      values[row["setting"]] = accuracies
   overrides = {r["setting"]: r["overrides"] for r in records}
 
   def test_set(row):
@@ -281,10 +389,10 @@ def against_reference(
         "reference": base["label"],
         "model": row["model"],
         "seeds": len(values[row["setting"]]),
-        **difference_interval(values[row["setting"]], values[base["setting"]]),
+        **compare(values[row["setting"]], values[base["setting"]]),
       }
     )
-  return differences
+  return stats_lib.with_holm(differences)
 
 
 def matched_pairs(
@@ -304,18 +412,15 @@ def matched_pairs(
 
   Returns:
     One pair per paired setting, in sweep order: `model` and `baseline` (the
-    two `summarize` rows, or `tune_learning_rate` arms), and the
-    `difference_interval` of their test accuracies (model minus baseline).
+    two `summarize` rows, or `tune_learning_rate` arms), the `compare` fields
+    of their test accuracies (model minus baseline: paired over shared seeds,
+    and Welch's), and `p_holm` and `survives` with all pairs as one family
+    (`stats.with_holm`). Collapsed runs take no part (`counted`).
   """
   if LEARNING_RATE in varying_fields(records):
     rows = [arm for arm in tune_learning_rate(records) if arm["seeds"]]
   else:
     rows = [r for r in summarize(records) if r["seeds"]]
-  done = [r for r in records if r["status"] == "done"]
-
-  def accuracies(row):
-    return [r[METRICS["test"]] for r in done if r["setting"] == row["setting"]]
-
   pairs = []
   for row in (r for r in rows if r["model"] != baseline):
     candidates = [r for r in rows if r["model"] == baseline and r["context"] == row["context"]]
@@ -325,9 +430,12 @@ def matched_pairs(
     if abs(match["num_params"] - row["num_params"]) > tolerance * row["num_params"]:
       continue
     pairs.append(
-      {"model": row, "baseline": match} | difference_interval(accuracies(row), accuracies(match))
+      {"model": row, "baseline": match}
+      | compare(
+        accuracies_by_seed(records, row["setting"]), accuracies_by_seed(records, match["setting"])
+      )
     )
-  return pairs
+  return stats_lib.with_holm(pairs)
 
 
 def learning_rate(record: Mapping[str, Any]) -> float | None:
@@ -346,7 +454,8 @@ def tune_learning_rate(records: Sequence[Mapping[str, Any]]) -> list[dict[str, A
   arm's other rates: a rate where a seed diverged or failed, or whose seeds are
   not all recorded yet, is set aside (`set_aside` says why), since its mean
   over the surviving seeds is not comparable with the others' and divergence
-  disqualifies a rate; so is every rate of runs without a validation split.
+  disqualifies a rate; so does a seed that collapsed (`collapsed`). So is
+  every rate of runs without a validation split set aside.
   A rate that successive halving pruned (a cell of status "pruned") takes no
   part either, and is listed in `pruned`.
   Of rates with equal means, the smallest is chosen. An arm with no competing
@@ -385,6 +494,7 @@ def tune_learning_rate(records: Sequence[Mapping[str, Any]]) -> list[dict[str, A
         pruned[rate] = pruned_rows[next(r["setting"] for r in cells if r["status"] == "pruned")]
         continue
       statuses = [r["status"] for r in cells if r["status"] != "done"]
+      statuses += ["collapsed" for r in cells if r["status"] == "done" and collapsed(r)]
       reasons = [f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses)]
       if len(cells) < expected:
         reasons.append(f"{len(cells)} of {expected} seeds recorded")
@@ -408,7 +518,7 @@ def tune_learning_rate(records: Sequence[Mapping[str, Any]]) -> list[dict[str, A
       "pruned": pruned,
       "rates": per_rate,
     }
-    keys = ["seeds", "num_params"] + [
+    keys = ["seeds", "num_params", "collapsed", "still_improving"] + [
       f"{name}_{k}" for name in METRICS for k in ("mean", "std", "ci_low", "ci_high")
     ]
     best = rows[row["setting"]] if chosen is not None else {"seeds": 0}

@@ -8,11 +8,12 @@ them). When the sweep varies the learning rate, each (model, N) arm is at the
 rate `analysis.tune_learning_rate` chose on validation accuracy alone.
 
 - `learning_curve_rows`: per (model, N), the test accuracy at the epoch of best
-  validation accuracy (mean and Student's t 95% interval over seeds), the
-  chosen rate and the step budget;
+  validation accuracy (mean and 95% interval over seeds, within [0, 100]:
+  `analysis.accuracy_interval`), the chosen rate and the step budget;
 - `minus_baseline`: per N, each model minus each line of the baseline model
-  (`models.BASELINE`, the dense network) that shares its other fields, with
-  Welch's 95% interval;
+  (`models.BASELINE`, the dense network) that shares its other fields, paired
+  over shared seeds with Welch's 95% interval beside it, all pairs one family
+  for Holm's correction;
 - `section` (markdown lines) and `write_plot` (`learning_curve.png`).
 """
 
@@ -26,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from convnet import analysis, display, files
+from convnet import analysis, display, files, stats
+from convnet import records as records_lib
 from convnet.models import BASELINE
 
 SIZE = "data.num_train"
@@ -104,7 +106,8 @@ def learning_curve_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, 
   tuned rate, or None when the sweep does not vary it or no rate finished),
   `overrides` (the arm's first record's, at the chosen rate), `seeds`,
   `validation_*`/`test_*` statistics, `accuracies` (the seeds' test accuracies
-  at best validation) and the `budget` fields.
+  at best validation; collapsed runs left out, `analysis.counted`), `by_seed`
+  (the same, {seed: accuracy}) and the `budget` fields.
   """
   by_setting: dict[str, list[Mapping[str, Any]]] = {}
   for record in sorted(records, key=lambda r: r["index"]):
@@ -123,7 +126,7 @@ def learning_curve_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, 
     mine = [r for r in records if r["config"]["model"]["name"] == model]
     own = [f for f in fields if f in analysis.varying_fields(mine)]
     line = model_label(first["overrides"], model, own, all_fields)
-    done = [r for r in cells if r["status"] == "done"] if arm["setting"] else []
+    done = [r for r in cells if analysis.counted(r)] if arm["setting"] else []
     lines.setdefault(line, []).append(
       {
         "model": line,
@@ -133,6 +136,7 @@ def learning_curve_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, 
         "overrides": first["overrides"],
         **{k: arm[k] for k in keys},
         "accuracies": [r[analysis.METRICS["test"]] for r in done],
+        "by_seed": {records_lib.seed(r): r[analysis.METRICS["test"]] for r in done},
         **budget(first["config"], num_train(first)),
       }
     )
@@ -142,14 +146,15 @@ def learning_curve_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, 
 def minus_baseline(
   rows: Sequence[Mapping[str, Any]], baseline: str = BASELINE
 ) -> list[dict[str, Any]]:
-  """Per N, each model minus each baseline line on test accuracy, with Welch's 95% interval.
+  """Per N, each model minus each baseline line on test accuracy, paired and Welch's.
 
   A row of the `baseline` model (a `model.name`; by default `models.BASELINE`)
   is paired with each row of another model at the same N whose other
   non-model overrides (the data, say) it shares; the rows are at their tuned
   rates. Each pair has `num_train`, `model_name`, `model` and `baseline` (the
-  two lines' labels) and the `analysis.difference_interval` of their test
-  accuracies.
+  two lines' labels), the `analysis.compare` fields of their test accuracies
+  (Welch's `difference`, `ci_low`, `ci_high`; the paired difference over
+  shared seeds; `p`), and `p_holm` and `survives`, all pairs one family.
   """
   pairs = []
   for row in (r for r in rows if r["model_name"] != baseline):
@@ -171,16 +176,18 @@ def minus_baseline(
           "model": row["model"],
           "baseline": other["model"],
         }
-        | analysis.difference_interval(row["accuracies"], other["accuracies"])
+        | analysis.compare(row["by_seed"], other["by_seed"])
       )
-  return pairs
+  return stats.with_holm(pairs)
 
 
 def _cell(row: Mapping[str, Any]) -> str:
   if not row["seeds"]:
     return "–"
-  mean, half = 100 * row["test_mean"], 100 * (row["test_ci_high"] - row["test_mean"])
-  text = f"{mean:.2f} ± " + ("–" if math.isnan(half) else f"{half:.2f}")
+  low, high = 100 * row["test_ci_low"], 100 * row["test_ci_high"]
+  text = f"{100 * row['test_mean']:.2f} " + (
+    "[–]" if math.isnan(low) else f"[{low:.2f}, {high:.2f}]"
+  )
   return text + (f" (lr {row['learning_rate']:g})" if row["learning_rate"] is not None else "")
 
 
@@ -207,8 +214,8 @@ def section(records: Sequence[Mapping[str, Any]]) -> list[str]:
       "the epoch of best validation accuracy." if validated else "the last epoch (no validation)."
     ),
     "",
-    "Learning curve: test accuracy (%) by training-set size N, mean ± half-width of the 95% "
-    "interval over seeds (Student's t)"
+    "Learning curve: test accuracy (%) by training-set size N, mean [95% interval over seeds, "
+    "Student's t on the logit scale]"
     + (
       ", each model at the learning rate validation accuracy chose at that N (lr)" if tuned else ""
     )
@@ -229,7 +236,9 @@ def section(records: Sequence[Mapping[str, Any]]) -> list[str]:
     lines += [
       "",
       f"{names[:1].upper() + names[1:]} minus {BASELINE} by training-set size: test "
-      "accuracy (percentage points) at the same N, with Welch's 95% interval"
+      "accuracy (percentage points) at the same N: the difference, its 95% interval paired "
+      "over seeds, Holm's adjusted p-value (all cells one family; paired where 2 or more seeds "
+      "are shared, else Welch's), and Welch's 95% interval"
       + (", each arm at its tuned learning rate" if tuned else "")
       + ":",
       "",
@@ -245,14 +254,22 @@ def section(records: Sequence[Mapping[str, Any]]) -> list[str]:
 def _difference(pair: Mapping[str, Any] | None) -> str:
   if pair is None:
     return "–"
-  if math.isnan(pair["ci_low"]):
-    return f"{100 * pair['difference']:+.2f}"
-  low, high = 100 * pair["ci_low"], 100 * pair["ci_high"]
-  return f"{100 * pair['difference']:+.2f} [{low:+.2f}, {high:+.2f}]"
+  text = f"{100 * pair['difference']:+.2f}"
+  if pair["paired_seeds"] < 2:
+    text += ", fewer than 2 shared seeds"
+  else:
+    low, high = 100 * pair["paired_ci_low"], 100 * pair["paired_ci_high"]
+    text += f", paired [{low:+.2f}, {high:+.2f}]"
+  if not math.isnan(pair["p_holm"]):
+    text += ", Holm p " + ("<0.0001" if pair["p_holm"] < 1e-4 else f"{pair['p_holm']:.4f}")
+  if not math.isnan(pair["ci_low"]):
+    text += f"; Welch [{100 * pair['ci_low']:+.2f}, {100 * pair['ci_high']:+.2f}]"
+  return text
 
 
 def plot_learning_curve(rows: Sequence[Mapping[str, Any]], path: str, title: str = "") -> None:
-  """Test accuracy against N (log axis), one line per model, with 95% interval bars."""
+  """Test accuracy against N (log axis), one line per model, with 95% interval bars (within
+  [0, 100])."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -270,7 +287,7 @@ def plot_learning_curve(rows: Sequence[Mapping[str, Any]], path: str, title: str
     means = np.array([r["test_mean"] for r in mine]) * 100
     low = np.array([r["test_ci_low"] for r in mine]) * 100
     high = np.array([r["test_ci_high"] for r in mine]) * 100
-    errors = np.nan_to_num(np.stack([means - low, high - means]))
+    errors = np.maximum(0, np.nan_to_num(np.stack([means - low, high - means])))
     ax.errorbar(x, means, yerr=errors, fmt="o-", capsize=3, label=model)
   sizes = sorted({r["num_train"] for r in rows if r["num_train"] > 0})
   ax.set_xscale("log")

@@ -11,6 +11,11 @@ that successive halving stopped early (`convnet.halving`) has status "pruned",
 `best_validation_accuracy` up to there (null if it had none), and no test
 field: test data took no part in pruning it.
 
+A finished record may also say how its training went (`collapsed`: its
+training loss stayed at chance; `still_improving`: its best validation epoch
+was its last); reports count both per setting. `num_classes`, where a record
+holds it, is the number of classes its data has.
+
 A sweep folder may come from elsewhere (the docs invite copying one in), so
 every reader of records reads them here: `read` checks one file, field by
 field, and `read_folder` checks that a folder's records are of one sweep.
@@ -117,6 +122,7 @@ _FIELDS = {
   "epoch": "size",
   "best_epoch": "size",
   "pruned_at_epoch": "positive count",
+  "num_classes": "positive count",
 }
 # Fields of `config` (flattened) and of `overrides` that the report reads.
 _CONFIG_FIELDS = {
@@ -283,6 +289,45 @@ def read(path: str) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------
+# Run health: what a finished record says of how its training went
+
+# A run whose final training loss is within this fraction of chance's, ln(num_classes), learned
+# nothing: it collapsed, though it finished.
+CHANCE_TOLERANCE = 0.02
+
+
+def chance_loss(num_classes: int) -> float:
+  """The cross-entropy of a uniform guess over `num_classes` classes: ln(num_classes), in nats."""
+  return math.log(num_classes)
+
+
+def collapsed(record: Mapping[str, Any], num_classes: int | None) -> bool:
+  """Whether a finished run's training loss stayed at chance.
+
+  True when the record is "done" and its final `train_loss` is within
+  `CHANCE_TOLERANCE` (relative) of `chance_loss(num_classes)`; False when it
+  is not, or when the record has no `train_loss` or `num_classes` is None
+  (nothing to tell by).
+  """
+  loss = record.get("train_loss")
+  if record["status"] != "done" or num_classes is None or num_classes < 2 or loss is None:
+    return False
+  chance = chance_loss(num_classes)
+  return abs(loss - chance) <= CHANCE_TOLERANCE * chance
+
+
+def still_improving(record: Mapping[str, Any]) -> bool | None:
+  """Whether a finished run's best validation epoch was its last (`best_epoch == epoch`).
+
+  Such a run had not stopped improving when its budget ran out. None when the
+  record lacks either field (no validation split, or not finished).
+  """
+  if record["status"] != "done" or record.get("best_epoch") is None or record.get("epoch") is None:
+    return None
+  return record["best_epoch"] == record["epoch"]
+
+
+# ----------------------------------------------------------------------------
 # A folder of records: one sweep
 
 
@@ -291,7 +336,8 @@ def _overrides(record: Mapping[str, Any], field: str) -> bool:
   return any(field == k or field.startswith(k + ".") for k in record["overrides"])
 
 
-def _seed(record: Mapping[str, Any]) -> Any:
+def seed(record: Mapping[str, Any]) -> Any:
+  """The record's seed: its override, else its config's (None if neither holds one)."""
   return record["overrides"].get("seed", record["config"].get("seed"))
 
 
@@ -376,11 +422,11 @@ def check_one_sweep(records: Sequence[Mapping[str, Any]], folder: str = FOLDER) 
         f"overrides differ in {field}: one was edited or copied in; "
         f"move it out of {folder} (convnet.sweep then trains that cell again)"
       )
-    key = (record["setting"], json.dumps(_seed(record)))
+    key = (record["setting"], json.dumps(seed(record)))
     other = seeds.setdefault(key, n)
     if other != n:
       raise DataError(
-        f"{paths[other]} and {paths[n]} are both seed {_seed(record)} of setting "
+        f"{paths[other]} and {paths[n]} are both seed {seed(record)} of setting "
         f"{record['setting']!r}, which would count twice: move one out of {folder}"
       )
 

@@ -10,13 +10,17 @@ field, before anything is written; no record is left out or averaged with
 another sweep's. It writes:
 - `report.md` and `report.csv`: one row per setting (the cells that differ
   only by seed), in sweep order: mean ± standard deviation and a 95%
-  confidence interval of the mean (Student's t over seeds) of the best
-  validation accuracy and of the test accuracy at that epoch; parameters,
-  FLOPs per training example, wall time and examples/s; then each setting's
-  test accuracy minus a reference setting's on the same test set
-  (`--reference`, by default the first) with Welch's 95% interval, except
+  interval over seeds that stays within [0, 100] (Student's t on the logit
+  scale, `stats.accuracy_interval`) of the best validation accuracy and of
+  the test accuracy at that epoch; parameters, FLOPs per training example,
+  wall time and examples/s; each setting's runs still improving at their last
+  epoch; then each setting's test accuracy minus a reference setting's on the
+  same test set (`--reference`, by default the first), paired over shared
+  seeds with Welch's interval beside it and Holm-adjusted p-values, except
   where the sweep pairs models with the baseline (`models.BASELINE`, the
-  dense network), tunes rates or varies N;
+  dense network), tunes rates or varies N; the runs that collapsed (training
+  loss at chance: left out of every mean); and the statistics' methods and
+  the multiple-comparison policy, in words;
 - `accuracy.png`: validation and test accuracy against the swept setting;
 - `params.png`, when the sweep has more than one model: test accuracy against
   parameter count, one series per model;
@@ -52,7 +56,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from convnet import analysis, cli, files, learning_curve, sources
+from convnet import analysis, cli, files, learning_curve, sources, stats
 from convnet import records as records_lib
 from convnet.errors import ConvnetError, DataError
 
@@ -73,11 +77,47 @@ def _percent(row: Mapping[str, Any], name: str) -> tuple[str, str]:
   return f"{100 * mean:.2f} ± {spread}", ci
 
 
-def difference_ci(difference: Mapping[str, Any]) -> str:
-  """`[+0.54, +2.33]`: a difference's 95% interval in percentage points; `–` where it has none."""
-  if math.isnan(difference["ci_low"]):
+def difference_ci(difference: Mapping[str, Any], prefix: str = "") -> str:
+  """`[+0.54, +2.33]`: a difference's 95% interval in percentage points; `–` where it has none.
+
+  `prefix`: "paired_" for the paired interval, which says so where fewer than
+  2 seeds are shared.
+  """
+  if prefix == "paired_" and difference["paired_seeds"] < 2:
+    return "fewer than 2 shared seeds"
+  low, high = difference[f"{prefix}ci_low"], difference[f"{prefix}ci_high"]
+  if math.isnan(low):
     return "–"
-  return f"[{100 * difference['ci_low']:+.2f}, {100 * difference['ci_high']:+.2f}]"
+  return f"[{100 * low:+.2f}, {100 * high:+.2f}]"
+
+
+def p_value(p: float) -> str:
+  """`0.0123`, `<0.0001`, or `–` where there is none."""
+  if math.isnan(p):
+    return "–"
+  return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def tested(difference: Mapping[str, Any]) -> list[str]:
+  """The cells of a comparison's test: paired interval, p (its test named where Welch's), Holm's
+  adjusted p, whether it survives, Welch's interval."""
+  p = p_value(difference["p"])
+  if difference["test"] == "Welch" and p != "–":
+    p += " (Welch)"
+  survives = {None: "–", True: "yes", False: "no"}[difference["survives"]]
+  return [
+    difference_ci(difference, "paired_"),
+    p,
+    p_value(difference["p_holm"]),
+    survives,
+    difference_ci(difference),
+  ]
+
+
+TEST_COLUMNS = (
+  "paired 95% CI | p | Holm p | survives Holm (0.05) | Welch 95% CI",
+  "---|---|---|---|---",
+)
 
 
 def markdown(
@@ -86,7 +126,8 @@ def markdown(
   reference: str | None = None,
 ) -> str:
   """The table of settings, each setting against a reference, the settings successive halving
-  pruned, then the cells that did not finish.
+  pruned, the runs that collapsed, the cells that did not finish, then the statistics' methods,
+  the multiple-comparison policy and the run-health rules in words (`methods_markdown`).
 
   Each setting is compared with a reference setting on its test set
   (`analysis.against_reference`: `reference`, or by default each test set's
@@ -100,8 +141,8 @@ def markdown(
   """
   lines = [
     "| setting | model | parameters | MFLOP/example | seeds | validation % (mean ± std) "
-    "| validation 95% CI | test % (mean ± std) | test 95% CI | wall time (s) |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+    "| validation 95% CI | test % (mean ± std) | test 95% CI | wall time (s) | still improving |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for row in rows:
     validation, validation_ci = _percent(row, "validation")
@@ -110,11 +151,12 @@ def markdown(
     flops = "–" if math.isnan(row["flops_per_example"]) else f"{row['flops_per_example'] / 1e6:.2f}"
     wall = "–" if math.isnan(row["wall_time_s"]) else f"{row['wall_time_s']:.1f}"
     notes = [f"{row['not_finished']} did not finish"] if row["not_finished"] else []
+    notes += [f"{row['collapsed']} collapsed"] if row.get("collapsed") else []
     notes += [f"{row['pruned']} pruned"] if row.get("pruned") else []
     seeds = str(row["seeds"]) + (f" ({', '.join(notes)})" if notes else "")
     lines.append(
       f"| {row['label']} | {row['model']} | {params} | {flops} | {seeds} | {validation} "
-      f"| {validation_ci} | {test} | {test_ci} | {wall} |"
+      f"| {validation_ci} | {test} | {test_ci} | {wall} | {_improving(row)} |"
     )
   lines += other_metrics_markdown(rows, analysis.other_test_metrics(records))
   tuned = analysis.tune_learning_rate(records)
@@ -149,13 +191,60 @@ def markdown(
       "Seeds trained together by one vmapped program share its wall time: the column "
       "gives the whole group's.",
     ]
+  lines += collapsed_markdown(analysis.collapsed_runs(records))
   failed = [r for r in records if r["status"] not in ("done", "pruned")]
   if failed:
     lines += ["", "Cells that did not finish:", ""]
     for r in failed:
       error = (r.get("error") or "").splitlines()[0] if r.get("error") else ""
       lines.append(f"- `{r['cell']}`: {r['status']}: {error}")
+  lines += ["", *methods_markdown()]
   return "\n".join(lines) + "\n"
+
+
+def _improving(row: Mapping[str, Any]) -> str:
+  """`2 of 3`: the setting's counted runs whose best validation epoch was their last."""
+  if row.get("still_improving") is None or not row["seeds"]:
+    return "–"
+  return f"{row['still_improving']} of {row['seeds']}"
+
+
+def collapsed_markdown(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+  """The runs that collapsed (`analysis.collapsed_runs`), each named; [] if none."""
+  if not runs:
+    return []
+  lines = [
+    "",
+    "Collapsed runs (finished, but their training loss stayed at chance), left out of every "
+    "mean, interval, choice and comparison above:",
+    "",
+  ]
+  for run in runs:
+    accuracy = run["test_accuracy"]
+    test = "" if math.isnan(accuracy) else f", test accuracy {100 * accuracy:.2f}%"
+    lines.append(
+      f"- `{run['cell']}`: final training loss {run['train_loss']:.4f} against chance's "
+      f"{run['chance_loss']:.4f}{test}"
+    )
+  return lines
+
+
+def methods_markdown() -> list[str]:
+  """What every report says of its statistics: intervals, pairing, the correction policy, run
+  health."""
+  chance = 100 * records_lib.CHANCE_TOLERANCE
+  return [
+    "Statistics. " + stats.INTERVAL_METHOD,
+    "",
+    stats.DIFFERENCE_METHOD,
+    "",
+    stats.POLICY,
+    "",
+    "Run health. A finished run is collapsed when its final training loss is within "
+    f"{chance:g}% of chance's, ln(number of classes); it is named above and left out of the "
+    "means. A run is still improving when its best validation epoch is its last: the column "
+    "counts such runs among each setting's seeds.",
+  ]
 
 
 def pairs_markdown(pairs: Sequence[Mapping[str, Any]], tuned: bool) -> list[str]:
@@ -164,10 +253,12 @@ def pairs_markdown(pairs: Sequence[Mapping[str, Any]], tuned: bool) -> list[str]
   at_rates = ", each arm at its tuned learning rate" if tuned else ""
   lines = [
     f"{model[:1].upper() + model[1:]} minus {baseline} at matched parameter counts, test "
-    f"accuracy (percentage points), with Welch's 95% interval{at_rates}:",
+    f"accuracy (percentage points), paired over seeds, with Welch's 95% interval{at_rates}; "
+    "these pairs are one family for Holm's correction:",
     "",
-    f"| {model} | {baseline} | parameters ({model} / {baseline}) | difference | 95% CI |",
-    "|---|---|---|---|---|",
+    f"| {model} | {baseline} | parameters ({model} / {baseline}) | difference "
+    f"| {TEST_COLUMNS[0]} |",
+    f"|---|---|---|---|{TEST_COLUMNS[1]}|",
   ]
   for p in pairs:
     labels = (
@@ -177,7 +268,7 @@ def pairs_markdown(pairs: Sequence[Mapping[str, Any]], tuned: bool) -> list[str]
     lines.append(
       f"| {' | '.join(labels)} | "
       f"{p['model']['num_params']:,.0f} / {p['baseline']['num_params']:,.0f} | "
-      f"{100 * p['difference']:+.2f} | {difference_ci(p)} |"
+      f"{100 * p['difference']:+.2f} | {' | '.join(tested(p))} |"
     )
   return lines
 
@@ -189,16 +280,16 @@ def reference_markdown(differences: Sequence[Mapping[str, Any]]) -> list[str]:
   lines = [
     "",
     "Each setting minus a reference setting on the same test set, test accuracy at best "
-    "validation (percentage points), with Welch's 95% interval:",
+    "validation (percentage points), paired over seeds, with Welch's 95% interval; the rows "
+    "are one family for Holm's correction:",
     "",
-    "| setting | minus | model | seeds | difference | 95% CI |",
-    "|---|---|---|---|---|---|",
+    f"| setting | minus | model | seeds | difference | {TEST_COLUMNS[0]} |",
+    f"|---|---|---|---|---|{TEST_COLUMNS[1]}|",
   ]
   for d in differences:
-    ci = difference_ci(d)
     lines.append(
       f"| {d['label']} | {d['reference']} | {d['model']} | {d['seeds']} "
-      f"| {100 * d['difference']:+.2f} | {ci} |"
+      f"| {100 * d['difference']:+.2f} | {' | '.join(tested(d))} |"
     )
   return lines
 
@@ -208,7 +299,7 @@ def tuned_markdown(tuned: Sequence[Mapping[str, Any]]) -> list[str]:
   lines = [
     "Tuned learning rate per arm: the rate of best mean validation accuracy over seeds "
     "(test accuracy takes no part in the choice; of equal means, the smaller rate); rates "
-    "where a seed diverged, failed or is not recorded are set aside.",
+    "where a seed diverged, failed, collapsed or is not recorded are set aside.",
     "",
     "| arm | model | learning rate | grid | set aside | seeds | validation % (mean ± std) "
     "| test % (mean ± std) | test 95% CI |",
@@ -311,7 +402,9 @@ def _errors(rows, name):
   means = np.array([r[f"{name}_mean"] for r in rows]) * 100
   low = np.array([r[f"{name}_ci_low"] for r in rows]) * 100
   high = np.array([r[f"{name}_ci_high"] for r in rows]) * 100
-  return means, np.nan_to_num(np.stack([means - low, high - means]))
+  # The interval is the logit scale's: it need not be centred on the mean, and may even leave
+  # it out (or miss it by a rounding), so an error bar never reaches past the mean the wrong way.
+  return means, np.maximum(0, np.nan_to_num(np.stack([means - low, high - means])))
 
 
 def describe(records: Sequence[Mapping[str, Any]], sweep_dir: str) -> str:

@@ -80,7 +80,7 @@ def test_rows_per_size_are_at_the_validation_chosen_rate():
     (model, n, CHOSEN[model, n]) for model in ("convnet", "dense") for n in SIZES
   ]
   for row in rows:
-    expected = analysis.interval(TEST[row["model"], row["num_train"]])
+    expected = analysis.accuracy_interval(TEST[row["model"], row["num_train"]])
     assert row["seeds"] == 3
     assert row["accuracies"] == list(TEST[row["model"], row["num_train"]])
     assert (row["test_mean"], row["test_ci_low"], row["test_ci_high"]) == pytest.approx(
@@ -127,19 +127,22 @@ def test_markdown_tables_and_plot_are_written(tmp_path):
   assert "| N | batch | steps/epoch | steps | convnet | dense |" in table
 
   def cell(model, n):
-    stats_ = analysis.interval(TEST[model, n])
-    half = 100 * (stats_["ci_high"] - stats_["mean"])
-    return f"{100 * stats_['mean']:.2f} ± {half:.2f} (lr {CHOSEN[model, n]:g})"
+    stats_ = analysis.accuracy_interval(TEST[model, n])
+    low, high = 100 * stats_["ci_low"], 100 * stats_["ci_high"]
+    return f"{100 * stats_['mean']:.2f} [{low:.2f}, {high:.2f}] (lr {CHOSEN[model, n]:g})"
 
   assert f"| 50 | 50 | 26 | 260 | {cell('convnet', 50)} | {cell('dense', 50)} |" in table
   assert f"| 800 | 128 | 26 | 260 | {cell('convnet', 800)} | {cell('dense', 800)} |" in table
   assert "Convnet minus dense by training-set size" in table
   assert "| N | convnet − dense |" in table
+  # The difference, paired over the seeds both share, then Welch's interval beside it.
   welch = analysis.difference_interval(TEST["convnet", 200], TEST["dense", 200])
+  paired = stats.ttest_rel(TEST["convnet", 200], TEST["dense", 200]).confidence_interval(0.95)
   assert (
-    f"| 200 | {100 * welch['difference']:+.2f} "
-    f"[{100 * welch['ci_low']:+.2f}, {100 * welch['ci_high']:+.2f}] |"
+    f"| 200 | {100 * welch['difference']:+.2f}, "
+    f"paired [{100 * paired.low:+.2f}, {100 * paired.high:+.2f}], Holm p "
   ) in table
+  assert f"; Welch [{100 * welch['ci_low']:+.2f}, {100 * welch['ci_high']:+.2f}] |" in table
   image = matplotlib.image.imread(tmp_path / "learning_curve.png")
   assert image.shape[0] >= 400 and image.shape[1] >= 600
   assert image[..., :3].std() > 0.05  # not blank

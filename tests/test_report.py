@@ -1,6 +1,7 @@
 """The sweep report: statistics over seeds, the table, the CSV and the plots."""
 
 import csv
+import glob
 import io
 import json
 import math
@@ -13,6 +14,7 @@ import warnings
 
 import matplotlib.image
 import pytest
+from scipy import stats
 
 from convnet import analysis, report
 from convnet.errors import DataError, FileFormatError
@@ -21,6 +23,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Student's t, 97.5th percentile, with 2 and 1 degrees of freedom (table values).
 T_975_2 = 4.302652729911275
 T_975_1 = 12.706204736174705
+
+
+def _logit_interval(values, t):
+  """The logit-scale t interval, by hand: mean and sample spread of log(a / (1 - a)), back."""
+  logits = [math.log(v / (1 - v)) for v in values]
+  mean = sum(logits) / len(logits)
+  std = math.sqrt(sum((x - mean) ** 2 for x in logits) / (len(logits) - 1))
+  half = t * std / math.sqrt(len(logits))
+  return 1 / (1 + math.exp(-(mean - half))), 1 / (1 + math.exp(-(mean + half)))
 
 
 def _record(index, overrides, validation=None, test=None, model="convnet", params=1000, **extra):
@@ -69,9 +80,10 @@ def test_statistics_over_seeds():
   assert three["seeds"] == 3 and three["not_finished"] == 0
   assert three["validation_mean"] == pytest.approx(0.92)
   assert three["validation_std"] == pytest.approx(0.02)
-  half = T_975_2 * 0.02 / math.sqrt(3)
-  assert three["validation_ci_low"] == pytest.approx(0.92 - half)
-  assert three["validation_ci_high"] == pytest.approx(0.92 + half)
+  # Accuracies' intervals are Student's t on the logit scale (they stay within [0, 1]).
+  low, high = _logit_interval([0.90, 0.92, 0.94], T_975_2)
+  assert three["validation_ci_low"] == pytest.approx(low)
+  assert three["validation_ci_high"] == pytest.approx(high)
   assert three["test_mean"] == pytest.approx(0.93)
   # The failed cell is counted, and left out of the statistics.
   assert five["seeds"] == 1 and five["not_finished"] == 1
@@ -111,7 +123,8 @@ def test_files_table_and_plots(tmp_path):
   assert sorted(os.path.basename(p) for p in paths) == ["accuracy.png", "report.csv", "report.md"]
   table = open(tmp_path / "report.md").read()
   assert "| kernel_size=3 | convnet | 1,000 | 2.00 | 3 | 92.00 ± 2.00 |" in table
-  assert f"[{100 * (0.93 - T_975_2 * 0.02 / 3**0.5):.2f}, " in table
+  low, high = _logit_interval([0.91, 0.93, 0.95], T_975_2)
+  assert f"| [{100 * low:.2f}, {100 * high:.2f}] |" in table
   assert (
     "| kernel_size=5 | convnet | 1,000 | 2.00 | 1 (1 did not finish) | 80.00 ± – | – |" in table
   )
@@ -120,7 +133,7 @@ def test_files_table_and_plots(tmp_path):
     rows = list(csv.DictReader(f))
   assert [r["setting"] for r in rows] == ["model.conv.kernel_size=3", "model.conv.kernel_size=5"]
   assert float(rows[0]["test_std"]) == pytest.approx(0.02)
-  assert float(rows[0]["test_ci_high"]) == pytest.approx(0.93 + T_975_2 * 0.02 / 3**0.5)
+  assert float(rows[0]["test_ci_high"]) == pytest.approx(high)
   image = matplotlib.image.imread(tmp_path / "accuracy.png")
   assert image.shape[0] >= 400 and image.shape[1] >= 600
   assert image[..., :3].std() > 0.05  # not blank
@@ -254,7 +267,10 @@ def test_every_model_is_compared_with_the_baseline_whatever_the_sweeps_order():
   assert [p["difference"] for p in pairs] == pytest.approx([0.055, -0.255])
   table = report.markdown(analysis.summarize(records), records)
   assert "Convnet minus dense at matched parameter counts" in table
-  assert "| convnet | dense | parameters (convnet / dense) | difference | 95% CI |" in table
+  assert (
+    "| convnet | dense | parameters (convnet / dense) | difference | paired 95% CI | p | Holm p "
+    "| survives Holm (0.05) | Welch 95% CI |"
+  ) in table
   assert "| name=convnet | name=dense | 33,194 / 33,400 | +5.50 |" in table
   assert "Tiny minus dense at matched parameter counts" in table
   assert "| name=tiny | name=dense | 32,000 / 33,400 | -25.50 |" in table
@@ -318,10 +334,9 @@ def test_the_rate_is_chosen_on_validation_and_test_is_reported_there():
   assert arm["seeds"] == 2
   assert arm["validation_mean"] == pytest.approx(0.96)
   # The test accuracy at the validation-chosen rate, not the best test accuracy (0.98).
-  expected = analysis.interval([0.90, 0.92])
   assert arm["test_mean"] == pytest.approx(0.91)
   assert (arm["test_ci_low"], arm["test_ci_high"]) == pytest.approx(
-    (expected["ci_low"], expected["ci_high"])
+    _logit_interval([0.90, 0.92], T_975_1)
   )
   assert [r["learning_rate"] for r in arm["rates"]] == [3e-4, 1e-3, 3e-3]
   assert [r["test_mean"] for r in arm["rates"]] == pytest.approx([0.91, 0.91, 0.98])
@@ -510,7 +525,10 @@ def test_each_setting_is_compared_with_the_first_by_welchs_interval():
   table = report.markdown(analysis.summarize(_padding_records()), _padding_records())
   assert "Each setting minus a reference setting on the same test set" in table
   assert "| padding=SAME | padding=VALID | convnet | 2 | +5.50 | [" in table
-  assert "| padding=FULL | padding=VALID | convnet | 1 | -10.50 | – |" in table
+  assert (
+    "| padding=FULL | padding=VALID | convnet | 1 | -10.50 | fewer than 2 shared seeds | – | – "
+    "| – | – |"
+  ) in table
 
 
 def test_the_reference_is_chosen_by_label_or_setting_and_a_bad_one_is_named():
@@ -792,3 +810,111 @@ def test_a_reference_that_names_one_setting_of_each_model_gives_each_model_its_o
   # Parts that name two settings of one model still name no single reference.
   with pytest.raises(DataError, match=r"--reference='name=convnet' names 2 settings"):
     analysis.against_reference(records, "name=convnet")
+
+
+def _health_records():
+  """Two settings on the embedded digits (10 classes), 3 seeds each; seed 0 of `padding=SAME`
+  collapsed (training loss at ln 10), two runs ended at their best epoch."""
+  p = "model.conv.padding"
+  data = {"model": {"name": "convnet"}, "data": {"source": "embedded", "name": "mnist"}}
+  records = []
+  for setting, tests in (("VALID", (0.90, 0.91, 0.93)), ("SAME", (0.10, 0.95, 0.96))):
+    for seed, test in enumerate(tests):
+      loss = 2.3055 if test == 0.10 else 0.3
+      best = 10 if (setting, seed) in (("VALID", 0), ("SAME", 1)) else 7
+      record = _record(len(records), {p: setting, "seed": seed}, test, test)
+      records.append(record | {"config": data, "train_loss": loss, "best_epoch": best, "epoch": 10})
+  return records
+
+
+def test_collapsed_runs_are_left_out_named_and_counted_and_improving_runs_counted():
+  records = _health_records()
+  valid, same = analysis.summarize(records)
+  assert (same["seeds"], same["collapsed"], same["not_finished"]) == (2, 1, 0)
+  assert same["test_mean"] == pytest.approx(0.955)  # the collapsed seed's 0.10 left out
+  assert (valid["still_improving"], same["still_improving"]) == (1, 1)
+  (run,) = analysis.collapsed_runs(records)
+  assert run["cell"] == "model.conv.padding=SAME,seed=0"
+  assert run["chance_loss"] == pytest.approx(math.log(10))
+  table = report.markdown([valid, same], records)
+  assert "| padding=SAME | convnet | 1,000 | 2.00 | 2 (1 collapsed) | 95.50 ± " in table
+  assert table.count("| 1 of 3 |") == 1 and table.count("| 1 of 2 |") == 1
+  assert "Collapsed runs (finished, but their training loss stayed at chance)" in table
+  assert (
+    "- `model.conv.padding=SAME,seed=0`: final training loss 2.3055 against chance's 2.3026"
+    in (table)
+  )
+  assert "Run health. A finished run is collapsed when its final training loss is within 2%" in (
+    table
+  )
+  # The comparison pairs only the seeds both settings counted: seeds 1 and 2.
+  (difference,) = analysis.against_reference(records)
+  assert difference["paired_seeds"] == 2 and difference["seeds"] == 2
+  assert difference["paired_difference"] == pytest.approx(((0.95 - 0.91) + (0.96 - 0.93)) / 2)
+
+
+def test_the_reference_table_is_paired_with_holms_p_values_and_the_policy_is_stated():
+  p = "model.conv.padding"
+  tests = {"VALID": (0.90, 0.91, 0.93), "SAME": (0.95, 0.97, 0.96), "FULL": (0.91, 0.90, 0.94)}
+  records = [
+    _record(3 * i + seed, {p: setting, "seed": seed}, 0.9, test)
+    for i, (setting, values) in enumerate(tests.items())
+    for seed, test in enumerate(values)
+  ]
+  same, full = analysis.against_reference(records)
+  raw = [stats.ttest_rel(tests[name], tests["VALID"]).pvalue for name in ("SAME", "FULL")]
+  ci = stats.ttest_rel(tests["SAME"], tests["VALID"]).confidence_interval(0.95)
+  assert (same["paired_ci_low"], same["paired_ci_high"]) == pytest.approx((ci.low, ci.high))
+  assert [same["p"], full["p"]] == pytest.approx(raw)
+  # Holm over the family of two: the smaller p doubled, the larger kept (but never below it).
+  small, large = sorted(raw)
+  assert sorted([same["p_holm"], full["p_holm"]]) == pytest.approx(
+    [2 * small, max(2 * small, large)]
+  )
+  assert same["test"] == "paired" and same["survives"] == (same["p_holm"] < 0.05)
+  table = report.markdown(analysis.summarize(records), records)
+  assert (
+    "| setting | minus | model | seeds | difference | paired 95% CI | p | Holm p "
+    "| survives Holm (0.05) | Welch 95% CI |"
+  ) in table
+  assert f"| padding=SAME | padding=VALID | convnet | 3 | +4.67 | [{100 * ci.low:+.2f}, " in table
+  assert "Multiple comparisons: each table of differences is one family" in table
+  assert "Holm's step-down correction" in table
+
+
+def _committed_reports():
+  return sorted(
+    os.path.relpath(path, REPO)
+    for path in glob.glob(os.path.join(REPO, "results", "**", "report.md"), recursive=True)
+  )
+
+
+# `[93.20, 96.80]`: an interval of accuracies (percent); `[+0.54, +2.33]`: of a difference.
+_INTERVAL = re.compile(r"\[([+-]?\d+(?:\.\d+)?), ([+-]?\d+(?:\.\d+)?)\]")
+
+
+@pytest.mark.parametrize("path", _committed_reports())
+def test_committed_reports_print_no_interval_past_its_bounds(path):
+  with open(os.path.join(REPO, path)) as f:
+    text = f.read()
+  for low, high in _INTERVAL.findall(text):
+    signed = low[0] in "+-" or high[0] in "+-"
+    bound = (-100.0, 100.0) if signed else (0.0, 100.0)
+    assert bound[0] <= float(low) <= float(high) <= bound[1], f"{path}: [{low}, {high}]"
+
+
+@pytest.mark.parametrize(
+  "path",
+  [
+    p
+    for p in _committed_reports()
+    if os.path.isdir(os.path.join(REPO, os.path.dirname(p), "records"))
+  ],
+)
+def test_committed_reports_with_records_state_their_correction_policy(path):
+  with open(os.path.join(REPO, path)) as f:
+    text = f.read()
+  assert "Multiple comparisons: each table of differences is one family" in text, (
+    f"{path} predates the stated policy: python -m convnet.report {os.path.dirname(path)}"
+  )
+  assert "Run health. A finished run is collapsed" in text
