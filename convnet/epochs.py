@@ -153,6 +153,7 @@ def evaluate(
   sharding=None,
   multiple_of: int = 1,
   longest: int = 0,
+  predictions: bool = False,
 ):
   """Each metric's mean over every example of a split, each example counted once.
 
@@ -164,6 +165,12 @@ def evaluate(
   `data.features`, are fitted on each seed's training split, so even test
   splits differ). With `sharding`, each batch is put on the devices split by
   it. Sums are float64. `batch_size`, `multiple_of` and `longest`: see `eval_batches`.
+
+  With `predictions` (an `eval_fn` of `steps.eval_step(..., per_example=True)`),
+  returns (metrics, predictions): the predictions of every example of the
+  split, in its order, as numpy arrays (N,) (`steps.example_predictions`), one
+  dict per seed where the metrics are. Otherwise such an `eval_fn`'s
+  predictions stay on the device, unread.
   """
   single = isinstance(splits, input_pipeline.Split)
   if single:
@@ -173,10 +180,17 @@ def evaluate(
     batches = map(stack, zip(*per_seed, strict=True))
   if sharding is not None:
     batches = (parallel.put(batch, sharding) for batch in batches)
-  sums, started, logged = [], time.perf_counter(), time.perf_counter()
-  num_batches = -(-len(splits if single else splits[0]) // batch_size)
+  sums, outputs, started, logged = [], [], time.perf_counter(), time.perf_counter()
+  num_examples = len(splits if single else splits[0])
+  num_batches = -(-num_examples // batch_size)
   for i, batch in enumerate(batches, 1):
-    sums.append(eval_fn(state, batch))
+    result = eval_fn(state, batch)
+    if isinstance(result, tuple):  # (sums, per-example predictions)
+      result, per_example = result
+      outputs.append(per_example)
+    elif predictions:
+      raise ValueError("predictions=True needs an eval_fn of steps.eval_step(per_example=True)")
+    sums.append(result)
     if i % 16 == 0 and i < num_batches:  # A long evaluation says how far it has got.
       jax.block_until_ready(sums[-1])
       now = time.perf_counter()
@@ -192,7 +206,16 @@ def evaluate(
     {k: float(v) for k, v in steps.means({k: v[i] for k, v in totals.items()}).items()}
     for i in range(len(totals["count"]))
   ]
-  return results[0] if single else results
+  if not predictions:
+    return results[0] if single else results
+  # Each batch's examples in order (batch, or seeds x batch), the last batch's padding dropped.
+  joined = {
+    k: np.concatenate([o[k] for o in jax.device_get(outputs)], axis=-1)[..., :num_examples]
+    for k in outputs[0]
+  }
+  if single:
+    return results[0], joined
+  return results, [{k: v[i] for k, v in joined.items()} for i in range(len(results))]
 
 
 def epoch_record(

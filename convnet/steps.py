@@ -199,23 +199,54 @@ def eval_step(
   batch: Batch,
   microbatch_size: int = 0,
   batch_sharding: jax.sharding.NamedSharding | None = None,
-) -> dict[str, jax.Array]:
+  per_example: bool = False,
+):
   """`summed_metrics` of a batch: each metric summed over the examples where "mask" is 1.
 
   With `microbatch_size` (a divisor of the batch size), the batch runs in
   microbatches of that size, one after another; with `batch_sharding`, split
-  across devices.
+  across devices. With `per_example`, returns (sums, `example_predictions`):
+  the same sums, and each example's prediction in the batch's order (padding
+  included), from the same logits.
   """
   batch = constrain(batch, batch_sharding)
 
   def sums(batch):
     logits = state.apply_fn({"params": state.params}, batch["image"])
-    return summed_metrics(logits, batch["label"], batch["mask"])
+    metrics = summed_metrics(logits, batch["label"], batch["mask"])
+    return (metrics, example_predictions(logits, batch["label"])) if per_example else metrics
 
   if not microbatch_size or microbatch_size >= batch["label"].shape[0]:
     return sums(batch)
   microbatches = split_batch(batch, microbatch_size, batch_sharding)
-  return jax.tree.map(lambda x: x.sum(0), jax.lax.map(sums, microbatches))
+  outputs = jax.lax.map(sums, microbatches)
+  metrics = outputs[0] if per_example else outputs
+  metrics = jax.tree.map(lambda x: x.sum(0), metrics)
+  if not per_example:
+    return metrics
+  return metrics, jax.tree.map(lambda x: join_microbatches(x, batch_sharding), outputs[1])
+
+
+def example_predictions(logits_BK: jax.Array, labels_B: jax.Array) -> dict[str, jax.Array]:
+  """Each example's predicted class, int32 (B,), and the probability of its label, float32 (B,).
+
+  "predicted" is the argmax of the logits (the class that "accuracy" counts);
+  "true_probability" is the softmax probability of the label's class.
+  """
+  log_probabilities = jax.nn.log_softmax(logits_BK.astype(jnp.float32))
+  true_log_probability = jnp.take_along_axis(log_probabilities, labels_B[:, None], axis=-1)
+  return {
+    "predicted": jnp.argmax(logits_BK, -1).astype(jnp.int32),
+    "true_probability": jnp.exp(true_log_probability[:, 0]),
+  }
+
+
+def join_microbatches(x: jax.Array, sharding=None) -> jax.Array:
+  """The inverse of `split_batch` for one array: (batch / m, m, ...) back to (batch, ...)."""
+  devices = 1 if sharding is None else sharding.mesh.size
+  num_microbatches, size = x.shape[:2]
+  x = x.reshape(num_microbatches, devices, size // devices, *x.shape[2:]).swapaxes(0, 1)
+  return x.reshape(num_microbatches * size, *x.shape[3:])
 
 
 def compiled_flops(fn, *args) -> float:

@@ -2,9 +2,10 @@
 
 `train_and_evaluate(config, workdir)` is what `convnet.main`, the tests and
 research scripts call. The workdir (see `convnet.workdir`) gets the resolved
-config, one metrics record per logged step or epoch, TensorBoard events and
-Orbax checkpoints; running it again on the same workdir resumes from the last
-checkpoint, and a finished run reports its result and returns.
+config, one metrics record per logged step or epoch, TensorBoard events,
+Orbax checkpoints and the best epoch's test predictions (`convnet.predictions`);
+running it again on the same workdir resumes from the last checkpoint, and a
+finished run reports its result and returns.
 
 `fit` is the loop. It trains one model, or (for `convnet.seeds`) copies of one
 model stacked along a leading axis, so that both write, evaluate, checkpoint
@@ -44,11 +45,17 @@ from convnet import (
   optim,
   parallel,
   precompile,
+  predictions,
   preemption,
 )
 from convnet import steps as steps_lib
 from convnet import workdir as workdir_lib
-from convnet.errors import CheckpointError, DivergedError, WorkdirReadOnlyError
+from convnet.errors import (
+  CheckpointError,
+  DivergedError,
+  FileFormatError,
+  WorkdirReadOnlyError,
+)
 
 
 class SeedsDivergedError(DivergedError):
@@ -80,6 +87,7 @@ class Member:
   config: ml_collections.ConfigDict  # its own (its seed and learning rate)
   diverged: str = ""  # why this seed of a group stopped training; "" while it trains
   stopped: epochs.EarlyStop | None = None  # where and why it stopped early (`early_stop`)
+  folder: str = ""  # its folder: metrics, and its test predictions (`convnet.predictions`)
 
   @property
   def training(self) -> bool:
@@ -108,6 +116,9 @@ class Run:
   # after `key` (`steps.train_steps`' guard); None for a single run, which stops when it diverges.
   live: jax.Array | None
   evaluate: Callable[[Any, str], list[dict[str, float]] | None]  # per member; None: no split
+  # state -> the test split's (metrics, per-example predictions), a list of each per member
+  # (`epochs.evaluate`), or None without a test split.
+  predict: Callable[[Any], tuple[list[dict[str, float]], list[dict[str, np.ndarray]]] | None]
   members: list[Member]
   manager: Any  # orbax.checkpoint.CheckpointManager
   best: checkpoints.KeepSteps  # the members' best epochs' steps, kept beside the newest
@@ -115,6 +126,8 @@ class Run:
   steps_per_epoch: int
   total_steps: int
   result: dict[str, Any]  # fields added to each member's result
+  test_labels: list[np.ndarray]  # each member's test labels (empty without a test split)
+  num_classes: int
   started_at: float  # time.perf_counter() when the set-up began
 
 
@@ -268,6 +281,8 @@ def step_functions(
 ):
   """`steps.train_steps` and `steps.eval_step` with the config's settings bound, not jitted.
 
+  The evaluation returns each example's predictions beside its sums (`per_example`).
+
   Raises:
     ConfigError: `config.augment` cannot mask examples of `input_shape`.
   """
@@ -281,8 +296,11 @@ def step_functions(
     batch_sharding=batch_sharding,
     masking=augment.masking(config.augment, input_shape),
   )
-  eval_fn = functools.partial(
-    steps_lib.eval_step, microbatch_size=config.microbatch_size, batch_sharding=batch_sharding
+  eval_fn = functools.partial(  # per example: the loop keeps the best epoch's test predictions
+    steps_lib.eval_step,
+    microbatch_size=config.microbatch_size,
+    batch_sharding=batch_sharding,
+    per_example=True,
   )
   return train_fn, eval_fn
 
@@ -560,7 +578,8 @@ def set_up(
   if not fresh_run and int(np.ravel(state.step)[0]) < total_steps:
     start_compiles()
 
-  def evaluate(state, name: str):
+  def evaluate(state, name: str, predictions: bool = False):
+    """Each member's metrics on split `name`; with `predictions`, and its predictions too."""
     splits = [getattr(d, name) for d in datasets]
     if not len(splits[0]):
       return None
@@ -574,8 +593,11 @@ def set_up(
       batch_sharding,
       multiple_of,
       _longest_eval_split(datasets),
+      predictions,
     )
-    return results if vmapped else [results]
+    if vmapped:
+      return results
+    return ([results[0]], [results[1]]) if predictions else [results]
 
   result = {"num_params": num_params, "train_flops_per_example": flops}
   if vmapped:
@@ -592,8 +614,9 @@ def set_up(
     key=key,
     live=place(np.array([n not in diverged for n in names])) if vmapped else None,
     evaluate=evaluate,
+    predict=functools.partial(evaluate, name="test", predictions=True),
     members=[
-      Member(name, workdir_lib.MetricsWriter(d, main, c, r), r, c, diverged.get(name, ""))
+      Member(name, workdir_lib.MetricsWriter(d, main, c, r), r, c, diverged.get(name, ""), folder=d)
       for name, (d, c), r in zip(names, member_dirs, records, strict=True)
     ],
     manager=manager,
@@ -602,6 +625,8 @@ def set_up(
     steps_per_epoch=steps_per_epoch,
     total_steps=total_steps,
     result=result,
+    test_labels=[d.test.labels for d in datasets],
+    num_classes=data.num_classes,
     started_at=started_at,
   )
 
@@ -650,6 +675,7 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
   """
   config, state, members = run.config, run.state, run.members
   live = _restore_stops(run, run.live)
+  check_predictions(run, state)
   steps_per_epoch, total_steps = run.steps_per_epoch, run.total_steps
   sums = epoch_sums(run.loop, len(members), config.batch_size)
   step = int(np.ravel(state.step)[0])
@@ -739,7 +765,9 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
     seconds = time.perf_counter() - epoch_start
     if epoch_end - first_step <= steps_per_epoch:  # the first evaluation of this process
       logging.info("Evaluating on validation and test (waiting for its program first)")
-    evals = {name: run.evaluate(state, name) for name in ("validation", "test")}
+    evals = {"validation": run.evaluate(state, "validation")}
+    improved = _improves(members, evals["validation"])
+    evals["test"], outputs = _evaluate_test(run, state, any(improved))
     live = _judge_evaluations(run, evals, step, window, live)
     wall_time_s = time.perf_counter() - start_time
     done = epoch_end - epoch * steps_per_epoch - index
@@ -758,10 +786,137 @@ def fit(run: Run, stop: preemption.StopRequests) -> list[dict[str, Any]]:
       live = _judge_early_stopping(run, window, live)
     run.best.steps = checkpoints.best_steps(member.records for member in members)
     save(wall_time_s)
+    # After the checkpoint: a run stopped in between resumes at this epoch (`check_predictions`).
+    for i, member in enumerate(members if outputs else ()):
+      record = member.records[-1] if member.records else None
+      if record and record["step"] == step and epochs.best_record(member.records) is record:
+        _save_predictions(run, i, outputs[i], record)
     window_start, window_steps = time.perf_counter(), 0
 
   profiler.stop(state)
   return _finish(run, step, already_finished)
+
+
+def _improves(members: list[Member], validation) -> list[bool]:
+  """Whether each member's epoch just evaluated becomes its best (`epochs.best_record`).
+
+  Without a validation split, every epoch does: the best is the last.
+  """
+  improves = []
+  for i, member in enumerate(members):
+    candidate = {"kind": "epoch"}
+    if validation:
+      candidate["validation_accuracy"] = validation[i]["accuracy"]
+    improves.append(
+      member.training and epochs.best_record([*member.records, candidate]) is candidate
+    )
+  return improves
+
+
+def _evaluate_test(run: Run, state, predictions: bool):
+  """The test metrics of each member (None without a test split), and with `predictions` each
+  member's per-example predictions (else None): one evaluation either way."""
+  if not predictions:
+    return run.evaluate(state, "test"), None
+  return run.predict(state) or (None, None)
+
+
+def _save_predictions(run: Run, i: int, output: dict[str, np.ndarray], record) -> None:
+  """Writes member `i`'s test predictions, made after `record`'s step (process 0 only)."""
+  if not parallel.is_main_process():
+    return
+  predictions.save(
+    run.members[i].folder,
+    output["predicted"],
+    output["true_probability"],
+    run.test_labels[i],
+    step=int(record["step"]),
+    epoch=record["epoch"],
+    num_classes=run.num_classes,
+  )
+
+
+def check_predictions(run: Run, state) -> None:
+  """Makes each member's saved test predictions those of its best epoch, at a (re)start.
+
+  The loop saves them after the checkpoint of each epoch that becomes the best, so a run
+  stopped in between has the best epoch's checkpoint and older predictions; a resumed run
+  whose `max_steps` is larger drops a partial last epoch, and with it perhaps its best; a run
+  trained before runs kept predictions has none. Such a member's predictions are made again,
+  from the restored state or from its best epoch's checkpoint (kept: `checkpoints.KeepSteps`).
+  Where that checkpoint is gone, a warning says so, and a file that is not the best epoch's
+  is removed. Predictions that match, or a run without a test split, cost a file's read.
+  Every process evaluates alike; process 0 writes.
+  """
+  step = int(np.ravel(state.step)[0])
+  has_test = len(run.test_labels[0]) > 0
+  for i, member in enumerate(run.members):
+    if member.diverged:
+      continue
+    best = epochs.best_record(member.records)
+    saved = _saved_step(member.folder)
+    if best is not None and has_test and saved == int(best["step"]):
+      continue
+    if best is None or not has_test:
+      if saved is not None:
+        _remove_predictions(member, "no epoch of the run as restored backs them")
+      continue
+    try:
+      if int(best["step"]) == step:
+        at = state
+      else:
+        params, at_step = checkpoints.restore_params(member.folder, "best")
+        if at_step != int(best["step"]):
+          raise CheckpointError(f"the best checkpoint read is step {at_step}")
+        at = _with_member_params(state, params, i if run.live is not None else None)
+    except CheckpointError as e:
+      logging.warning(
+        "%s: the test predictions of its best epoch (%s, step %s) cannot be made again: %s",
+        member.folder,
+        best["epoch"],
+        best["step"],
+        e,
+      )
+      if saved is not None:
+        _remove_predictions(member, "they are not its best epoch's")
+      continue
+    logging.info(
+      "%s: saving the test predictions of its best epoch (%s, step %s)",
+      member.folder,
+      best["epoch"],
+      best["step"],
+    )
+    _, outputs = _evaluate_test(run, at, True)
+    _save_predictions(run, i, outputs[i], best)
+
+
+def _saved_step(folder: str) -> int | None:
+  """The step of a folder's saved test predictions; None without them, -1 where damaged."""
+  try:
+    return predictions.load(folder).step
+  except FileNotFoundError:
+    return None
+  except (FileFormatError, OSError) as e:
+    logging.warning("%s; it is made again", e)
+    return -1
+
+
+def _remove_predictions(member: Member, why: str) -> None:
+  if not parallel.is_main_process():
+    return
+  path = predictions.path(member.folder)
+  logging.info("Removing %s: %s", path, why)  # as metrics past the restored step are dropped
+  with contextlib.suppress(FileNotFoundError):
+    os.unlink(path)
+
+
+def _with_member_params(state, params, index: int | None):
+  """`state` with member `index`'s parameters (a stacked group's), or all of them (None)."""
+  if index is None:
+    return state.replace(
+      params=jax.tree.map(lambda s, p: jax.device_put(p, s.sharding), state.params, params)
+    )
+  return state.replace(params=jax.tree.map(lambda s, p: s.at[index].set(p), state.params, params))
 
 
 def _judge_evaluations(run: Run, evals, step: int, window, live):

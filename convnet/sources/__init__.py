@@ -13,7 +13,10 @@ Every source module has the same two functions:
       builder's metadata, or nothing at all for generated data.
 
 A module may also have `title(data_config, sizes) -> str`, how titles name
-its data ("embedded MNIST"); without one, titles use `data.name`.
+its data ("embedded MNIST"); without one, titles use `data.name`. One whose
+test examples come in dependent groups (a spoken digit's voice) has
+`example_clusters(data_config) -> (N,) labels`, in the test split's order, for
+`convnet.predictions.cluster_labels`.
 
 Both read only the `data_config` fields they need and raise ConfigError for a
 field that cannot work, DataError for data that cannot be read. What comes

@@ -151,6 +151,16 @@ def load(data_config: Mapping[str, Any]) -> sources.RawData:
   return sources.check_data(raw, path)
 
 
+def example_clusters(data_config: Mapping[str, Any]) -> np.ndarray:
+  """(N,) int64: the voice of each test clip, in the test split's order (indices into voices).
+
+  A clip's voice shapes all its words: a paired bootstrap resamples voices whole
+  (`convnet.predictions.cluster_labels`).
+  """
+  arrays, _ = load_arrays(params_for(data_config["name"]))
+  return arrays["test_voices"]
+
+
 def input_spec(data_config: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
   """(40, 64, 1) and 10 classes, once `data.name` is checked (a ConfigError if not a preset)."""
   params_for(data_config["name"])
