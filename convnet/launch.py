@@ -345,7 +345,7 @@ def launch(
   import_engine(cluster)
   configs = sweep.cell_configs(base, cells)
   sweep_dir = os.path.abspath(files.make_dir(sweep_dir))
-  sweep.check_mode(sweep_dir, vmap_seeds, vmap_rates)
+  sweep.check_mode(sweep_dir, vmap_seeds, vmap_rates, halving is not None)
   workers = [
     Worker(
       base, list(cells), sweep_dir, (i, shards), vmap_seeds, job_environment(), vmap_rates, halving

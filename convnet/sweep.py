@@ -202,6 +202,11 @@ def _write_record(sweep_dir: str, cell: Cell, config, workdir: str, result: Mapp
       "Cell %s: its finished record is kept; this run's failure is not written", cell.name
     )
     return record
+  if record["status"] == "done" and is_finished(sweep_dir, cell, config):
+    # Another worker recorded this cell between its run's end and this one's start (pulling
+    # workers): the run found itself finished, and the record on disk stays as it is.
+    logging.info("Cell %s: already recorded by another worker; its record is kept", cell.name)
+    return kept
   os.makedirs(os.path.join(sweep_dir, records_lib.FOLDER), exist_ok=True)
   files.atomic_write(record_path(sweep_dir, cell), json.dumps(record, indent=1) + "\n")
   return record
@@ -228,14 +233,17 @@ def _failure(error: BaseException, status: str = "failed") -> dict[str, Any]:
 MODE_FILE = "sweep.json"
 
 
-def check_mode(sweep_dir: str, vmap_seeds: bool, vmap_rates: bool = False) -> None:
+def check_mode(
+  sweep_dir: str, vmap_seeds: bool, vmap_rates: bool = False, halving: bool = False
+) -> None:
   """Holds a sweep directory to one way of training its seeds: one writer for each record.
 
   The first run writes `MODE_FILE`; a run the other way (with or without
-  `--vmap_seeds`, or `--vmap_rates`, which trains seeds together too) would
-  train every cell again, in other workdirs, and mix its records with the
-  first way's, so it is refused. A directory of an older version, without the
-  file, counts as the way its `cells/` or `groups/` show.
+  `--vmap_seeds`, or `--vmap_rates`, which trains seeds together too, or with
+  or without successive halving) would train every cell again, in other
+  workdirs, and mix its records with the first way's, so it is refused. A
+  directory of an older version, without the file, counts as the way its
+  `cells/` or `groups/` show.
 
   Raises:
     ConfigError: `sweep_dir` was run the other way.
@@ -243,6 +251,7 @@ def check_mode(sweep_dir: str, vmap_seeds: bool, vmap_rates: bool = False) -> No
   path = os.path.join(sweep_dir, MODE_FILE)
   vmap_seeds = vmap_seeds or vmap_rates
   mode = {"vmap_seeds": bool(vmap_seeds)} | ({"vmap_rates": True} if vmap_rates else {})
+  mode |= {"halving": True} if halving else {}
   if not os.path.exists(path):
     made = {d for d in ("cells", "groups") if os.path.isdir(os.path.join(sweep_dir, d))}
     if made and made != {"groups" if vmap_seeds else "cells"}:
@@ -312,6 +321,13 @@ def read_mode(path: str) -> dict[str, bool]:
 
 
 def _refuse_mode(sweep_dir: str, saved: Mapping[str, Any], mode: Mapping[str, Any]) -> None:
+  if bool(saved.get("halving")) != bool(mode.get("halving")):
+    way = "with" if saved.get("halving") else "without"
+    raise ConfigError(
+      f"{sweep_dir} was run {way} successive halving: run it {way} it again (the sweep file's "
+      "halving(); --nohalving turns it off), or give another --workdir: the two ways train in "
+      "other folders, and a whole-grid run would train the pruned cells again"
+    )
   if saved.get("vmap_rates") is True and not mode.get("vmap_rates"):
     raise ConfigError(
       f"{sweep_dir} was run with --vmap_rates: run it with --vmap_rates again (the two ways "
@@ -408,8 +424,12 @@ def run_sweep(
   halved instead (`run_halving`), an arm at a time.
   """
   configs = cell_configs(base, cells)
+  if halving is not None:  # the arms and budgets checked before anything is written
+    halving_lib.arms(cells, halving.field)
+    for cell in cells:
+      halving.check_budget(configs[cell.name].num_epochs)
   files.make_dir(sweep_dir)
-  check_mode(sweep_dir, vmap_seeds, vmap_rates)
+  check_mode(sweep_dir, vmap_seeds, vmap_rates, halving is not None)
   files.remove_stale_files(os.path.join(sweep_dir, records_lib.FOLDER))
   if halving is not None:
     return run_halving(cells, configs, sweep_dir, halving, shard, vmap_seeds, vmap_rates, pull)
@@ -571,7 +591,7 @@ def pull_groups(
     open_groups = [
       g for g in order if g[0].name not in tried and any(c.name not in settled for c in g)
     ]
-    held = {g[0].name for g in open_groups if workdir_lib.is_locked(group_workdir(sweep_dir, g))}
+    held = {g[0].name for g in open_groups if _is_held(sweep_dir, g)}
     free = [g for g in open_groups if g[0].name not in held]
     if not free:
       break
@@ -587,9 +607,30 @@ def pull_groups(
       len(held),
     )
     tried.add(group[0].name)
-    written += _run_group(sweep_dir, group, configs) or []
+    try:
+      # Held from before its run starts until its records are written: no other worker can take
+      # the group between its run's end (its workdir's lock let go) and its records.
+      with workdir_lib.lock(_pull_dir(sweep_dir, group)):
+        if all(c.name in finished or read_record(sweep_dir, c) != at_start[c.name] for c in group):
+          continue  # recorded by another worker since this one looked
+        written += _run_group(sweep_dir, group, configs) or []
+    except WorkdirInUseError:
+      continue  # another worker took it first
   _log_end(f"Sweep worker {index}/{count}", written, start)
   return written
+
+
+def _pull_dir(sweep_dir: str, group: Sequence[Cell]) -> str:
+  """The folder whose lock a pulling worker holds while a group is its own: `.pull/<group>/`."""
+  kind, name = os.path.split(os.path.relpath(group_workdir(sweep_dir, group), sweep_dir))
+  return files.make_dir(os.path.join(sweep_dir, ".pull", kind, name), "a pulling worker's lock")
+
+
+def _is_held(sweep_dir: str, group: Sequence[Cell]) -> bool:
+  """Whether a live process trains the group, or a pulling worker holds it."""
+  return workdir_lib.is_locked(group_workdir(sweep_dir, group)) or workdir_lib.is_locked(
+    _pull_dir(sweep_dir, group)
+  )
 
 
 def group_wall_time_s(sweep_dir: str) -> float:

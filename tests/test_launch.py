@@ -55,6 +55,19 @@ def test_a_worker_takes_every_other_cell_while_one_cell_runs_long(config, tmp_pa
       return _fake_result(config)
 
   monkeypatch.setattr(train, "train_and_evaluate", fake_train)
+  write_record = sweep._write_record
+
+  def slow_write_record(sweep_dir, cell, *args):
+    # Opens the moment between a run's end (its lock let go) and its record, as a busy machine
+    # does: the long cell's record comes late, and worker 1 looks again within that moment.
+    if cell.name == "seed=0":
+      time.sleep(0.5)
+    record = write_record(sweep_dir, cell, *args)
+    if cell.name == "seed=5":
+      time.sleep(0.2)
+    return record
+
+  monkeypatch.setattr(sweep, "_write_record", slow_write_record)
   written = {}
 
   def work(i):

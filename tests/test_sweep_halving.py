@@ -160,3 +160,42 @@ def test_the_group_wall_time_counts_each_group_once_and_every_rung(tmp_path):
   epochs(tmp_path / "groups" / "rates=1+2" / "r1", [4.0])  # a pruned rung's group
   assert sweep.group_wall_time_s(str(tmp_path)) == 16.0
   assert sweep.group_wall_time_s(str(tmp_path / "none")) == 0.0
+
+
+def test_a_halved_folder_is_not_trained_whole_nor_the_other_way(tmp_path):
+  sweep.check_mode(str(tmp_path), vmap_seeds=False, vmap_rates=True, halving=True)
+  with pytest.raises(ConfigError, match="was run with successive halving.*--nohalving"):
+    sweep.check_mode(str(tmp_path), vmap_seeds=False, vmap_rates=True)
+  whole = tmp_path / "whole"
+  whole.mkdir()
+  sweep.check_mode(str(whole), vmap_seeds=True)
+  with pytest.raises(ConfigError, match="was run without successive halving"):
+    sweep.check_mode(str(whole), vmap_seeds=True, halving=True)
+
+
+def test_a_halving_that_cannot_work_writes_nothing(config, tmp_path):
+  folder = tmp_path / "sweep"
+  wrong_budget = halving.Halving("optimizer.learning_rate", (1, 2), 2)  # num_epochs is 3
+  with pytest.raises(ConfigError, match="the last rung is the full budget"):
+    sweep.run_sweep(_base(config), _cells(), str(folder), vmap_rates=True, halving=wrong_budget)
+  unset = halving.Halving("optimizer.momentum", (1, 3), 2)
+  with pytest.raises(ConfigError, match="does not set optimizer.momentum"):
+    sweep.run_sweep(_base(config), _cells(), str(folder), vmap_rates=True, halving=unset)
+  assert not folder.exists()  # no sweep.json to hold the folder to a way it never ran
+
+
+def test_a_finished_record_is_kept_when_another_worker_finds_the_run_finished(config, tmp_path):
+  # Two pulling workers: one records a cell as its run ends; the other, taking the cell in
+  # between, finds the run finished and must leave that record (and the report's digest) be.
+  cell = _cells()[0]
+  cell_config = sweep.apply_overrides(_base(config), cell.overrides)
+  result = {"status": "done", "test_accuracy_at_best_validation": 0.5, "wall_time_s": 1.0}
+  sweep._write_record(str(tmp_path), cell, cell_config, str(tmp_path / "cells" / "a"), result)
+  path = tmp_path / "records" / f"{cell.name}.json"
+  before = path.read_bytes()
+  again = result | {"wall_time_s": 2.0}
+  kept = sweep._write_record(str(tmp_path), cell, cell_config, str(tmp_path / "cells" / "a"), again)
+  assert path.read_bytes() == before and kept["wall_time_s"] == 1.0
+  other = sweep.apply_overrides(cell_config, {"num_epochs": 4})  # another config: rewritten
+  sweep._write_record(str(tmp_path), cell, other, str(tmp_path / "cells" / "a"), again)
+  assert json.loads(path.read_text())["wall_time_s"] == 2.0
