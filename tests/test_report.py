@@ -627,7 +627,10 @@ def test_the_references_sweeps_sh_names_are_settings_of_their_sweeps(name):
 
 @pytest.mark.slow
 def test_sweeps_sh_writes_each_report_beside_the_records_it_came_from(tmp_path):
-  """The script's plumbing, on a sweep of one step a cell: report, records and sweep.json."""
+  """The script's plumbing, on a sweep of a few steps a cell: report, records and sweep.json.
+
+  Enough steps that no run stays at chance (one that does is collapsed, and left out).
+  """
   env = dict(
     os.environ,
     PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
@@ -636,20 +639,26 @@ def test_sweeps_sh_writes_each_report_beside_the_records_it_came_from(tmp_path):
   )
 
   def sweeps_sh(runs):
-    command = ["scripts/sweeps.sh", "embedded", str(runs), "--sweep.max_steps=1"]
+    command = [
+      "scripts/sweeps.sh",
+      "embedded",
+      str(runs),
+      "--sweep.num_epochs=2",
+      "--sweep.steps_per_epoch=15",
+    ]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     return done
 
   sweeps_sh(tmp_path / "runs")
   out = tmp_path / "results" / "padding"
-  assert "| padding=SAME | padding=VALID | convnet | 3 |" in (out / "report.md").read_text()
+  assert "| padding=SAME | padding=VALID | convnet | 5 |" in (out / "report.md").read_text()
   records = sorted(os.listdir(out / "records"))
   assert records == sorted(os.listdir(tmp_path / "runs" / "padding" / "records"))
-  assert len(records) == 6 and (out / "sweep.json").exists()
+  assert len(records) == 10 and (out / "sweep.json").exists()  # 2 settings x 5 seeds
   # The copied records are a sweep directory of their own: the report reads them again.
   again = analysis.load_records(str(out))
-  assert [r["status"] for r in again] == ["done"] * 6
+  assert [r["status"] for r in again] == ["done"] * 10
   assert analysis.against_reference(again)[0]["label"] == "padding=SAME"
   # ... and a sweep resumes from them elsewhere, as docs/sweeps.md says: nothing is trained again.
   elsewhere = tmp_path / "elsewhere" / "padding"
