@@ -989,29 +989,29 @@ def stopped_members(
       whose keys are members of this run and whose values are an epoch
       (>= 1), the last epoch that improved (>= 0) and a reason.
   """
-  stopped = loop.get("stopped_early", {})
 
   def whole(value, least: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
-  fits = isinstance(stopped, dict) and all(
-    isinstance(name, str)
-    and name in names
-    and isinstance(stop, dict)
-    and set(stop) == {"epoch", "improved_epoch", "reason"}
-    and whole(stop["epoch"], 1)
-    and whole(stop["improved_epoch"], 0)
-    and isinstance(stop["reason"], str)
-    and stop["reason"]
-    for name, stop in stopped.items()
-  )
-  if not fits:
-    raise CheckpointError(
-      f"the checkpoint restored from {os.path.join(workdir, checkpoints.CHECKPOINTS)}: field "
-      f"stopped_early of its loop/metadata is {str(stopped)[:60]}, not an object of early stops "
-      f"for the members {', '.join(repr(n) for n in names)}; use a new --workdir, or delete its "
-      "checkpoints to start fresh"
+  def valid(stop) -> bool:
+    return (
+      isinstance(stop, dict)
+      and set(stop) == {"epoch", "improved_epoch", "reason"}
+      and whole(stop["epoch"], 1)
+      and whole(stop["improved_epoch"], 0)
+      and isinstance(stop["reason"], str)
+      and bool(stop["reason"])
     )
+
+  members = ", ".join(repr(n) for n in names)
+  stopped = _members_field(
+    loop,
+    "stopped_early",
+    names,
+    workdir,
+    valid,
+    f"an object of early stops for the members {members}",
+  )
   return {name: epochs.EarlyStop(**stop) for name, stop in stopped.items()}
 
 
@@ -1065,19 +1065,36 @@ def diverged_members(loop: dict[str, Any], names: list[str], workdir: str) -> di
       keys are seeds of this group (never a single run's) and whose values are
       messages.
   """
-  diverged = loop.get("diverged", {})
-  fits = isinstance(diverged, dict) and all(
-    isinstance(k, str) and k and k in names and isinstance(v, str) and v
-    for k, v in diverged.items()
+  seeds = ", ".join(n for n in names if n) or "(none: a single run)"
+  return _members_field(
+    loop,
+    "diverged",
+    names,
+    workdir,
+    lambda why: isinstance(why, str) and bool(why),
+    f"an object of messages for the seeds {seeds}",
+    lambda name: name != "",
+  )
+
+
+def _members_field(loop, field: str, names, workdir: str, valid, expected: str, member=None):
+  """`loop[field]` ({} when absent), checked: an object of `valid` values keyed by `names`.
+
+  Raises:
+    CheckpointError: it is not, in one line naming the field and `expected`.
+  """
+  value = loop.get(field, {})
+  fits = isinstance(value, dict) and all(
+    isinstance(k, str) and k in names and (member is None or member(k)) and valid(v)
+    for k, v in value.items()
   )
   if not fits:
     raise CheckpointError(
       f"the checkpoint restored from {os.path.join(workdir, checkpoints.CHECKPOINTS)}: field "
-      f"diverged of its loop/metadata is {str(diverged)[:60]}, not an object of messages for the "
-      f"seeds {', '.join(n for n in names if n) or '(none: a single run)'}; use a new --workdir, "
+      f"{field} of its loop/metadata is {str(value)[:60]}, not {expected}; use a new --workdir, "
       "or delete its checkpoints to start fresh"
     )
-  return dict(diverged)
+  return dict(value)
 
 
 def epoch_sums(loop: dict[str, Any], num_members: int, batch_size: int) -> dict[str, np.ndarray]:
