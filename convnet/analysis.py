@@ -335,9 +335,9 @@ def against_reference(
   that only it satisfies (`names_setting`); then only the settings on its test
   set are compared, and none if it has no finished seed. Parts that name one
   setting of each model (`dtype=float32` in a sweep of two models) give each
-  model its own reference: each setting minus its model's. Each row has `label`,
-  `reference` (the reference's label), `model`, `seeds`, the fields of
-  `compare` (Welch's `difference`, `ci_low` and `ci_high`, NaN with fewer
+  model its own reference: each setting minus its model's. Each row has `label`
+  and `setting`, `reference` and `reference_setting` (the reference's), `model`,
+  `seeds`, the fields of `compare` (Welch's `difference`, `ci_low` and `ci_high`, NaN with fewer
   than 2 seeds on either side; the paired difference over shared seeds; `p`),
   and `p_holm` and `survives` (`stats.with_holm`): the rows are one family.
   Collapsed runs take no part (`counted`).
@@ -386,7 +386,9 @@ def against_reference(
     differences.append(
       {
         "label": row["label"],
+        "setting": row["setting"],
         "reference": base["label"],
+        "reference_setting": base["setting"],
         "model": row["model"],
         "seeds": len(values[row["setting"]]),
         **compare(values[row["setting"]], values[base["setting"]]),

@@ -18,6 +18,7 @@ spoken digit's voices: `cluster_labels`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import os
@@ -30,9 +31,19 @@ import numpy as np
 from scipy import stats
 
 from convnet import files, sources
+from convnet import records as records_lib
 from convnet.errors import FileFormatError
 
 FILE = "test_predictions.npz"
+# What a report says of the statistics made from these files (`compare_settings`).
+METHOD = (
+  "Test examples. Where the runs' test predictions are kept beside their records, each "
+  "comparison also gets a paired bootstrap interval that resamples both seeds and test examples "
+  "(10,000 resamples, the same draws for both settings, percentile interval; where test examples "
+  "come in clusters, such as a spoken digit's voices, whole clusters are resampled), and "
+  "McNemar's exact test of each seed's pair of runs: the column counts the seed pairs with "
+  "p < 0.05, uncorrected (Holm's correction applies to the p-values of the seed-paired tests)."
+)
 FORMAT = "convnet test predictions 1"  # the file's "format" entry; a new layout gets a new one
 MAX_BYTES = 64 * 2**20  # the largest file read, and the most its arrays may hold unpacked
 _FIELDS = ("format", "predicted", "label", "true_probability", "step", "epoch", "num_classes")
@@ -117,6 +128,66 @@ def save(
   with files.atomic_open(target, "wb") as f:
     np.savez_compressed(f, **arrays)
   return target
+
+
+def beside_record(record_path: str) -> str:
+  """Where a sweep keeps a cell's test predictions: beside its record `CELL.json`, as
+  `CELL.test_predictions.npz` (a report reads them from there, `for_records`)."""
+  stem = record_path[: -len(".json")] if record_path.endswith(".json") else record_path
+  return f"{stem}.{FILE}"
+
+
+def keep_beside_record(folder: str, record_path: str) -> str | None:
+  """Copies run `folder`'s test predictions beside its record (`beside_record`), atomically.
+
+  The file is checked first (`load`). A run without predictions (one trained
+  before runs kept them) leaves any copy there removed, so that a record never
+  stands beside another run's predictions.
+
+  Returns:
+    The copy's path, or None where the run has none.
+
+  Raises:
+    FileFormatError: the run's file is damaged.
+    WorkdirError: the copy cannot be written; what stood there is left as it was.
+  """
+  target = beside_record(record_path)
+  try:
+    data = _read_bytes(path(folder))
+  except FileNotFoundError:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(target)
+    return None
+  load(path(folder))
+  with files.atomic_open(target, "wb") as f:
+    f.write(data)
+  return target
+
+
+def for_records(sweep_dir: str, records: Sequence[Mapping[str, Any]]) -> list[Predictions] | None:
+  """The test predictions of each of `records` (a sweep's, as `records.read_folder` gives them),
+  read from beside each record in `sweep_dir/records`, in the same order; None where any is
+  missing (a sweep written before runs kept them).
+
+  Raises:
+    FileFormatError: a file that is there but damaged (`load`), or one whose step or accuracy is
+      not its record's: the report stops rather than compare other predictions than the runs'.
+  """
+  found = []
+  for record in records:
+    target = beside_record(os.path.join(sweep_dir, records_lib.FOLDER, f"{record['cell']}.json"))
+    try:
+      kept = load(target)
+    except FileNotFoundError:
+      return None
+    accuracy = record.get("test_accuracy_at_best_validation")
+    if accuracy is not None and abs(kept.accuracy - accuracy) > 1e-6:
+      raise FileFormatError(
+        f"{target}: its accuracy {kept.accuracy:.6f} is not its record's test accuracy at best "
+        f"validation, {accuracy:.6f}: the file is another run's; move it away"
+      )
+    found.append(kept)
+  return found
 
 
 def load(location: str) -> Predictions:
@@ -364,6 +435,44 @@ def paired_bootstrap(
   tail = 100 * (1 - confidence) / 2
   low, high = np.percentile(differences, [tail, 100 - tail])
   return 100 * float(difference_SN.mean()), 100 * float(low), 100 * float(high)
+
+
+def compare_settings(
+  a: Mapping[Any, Predictions],
+  b: Mapping[Any, Predictions],
+  clusters: Any = None,
+  num_resamples: int = 10_000,
+) -> dict[str, Any]:
+  """Setting a minus setting b on the same test examples, from {seed: Predictions} of each.
+
+  Over the seeds both have: the paired bootstrap over seeds and examples
+  (`paired_bootstrap`, clusters resampled whole where given) and McNemar's exact
+  test of each seed's pair of runs (`mcnemar`).
+
+  Returns:
+    {} where no seed is shared; else `example_seeds` (the shared seeds' count),
+    `bootstrap_difference`, `bootstrap_ci_low`, `bootstrap_ci_high` (fractions:
+    0.01 is one percentage point), `mcnemar_p` ([p] per shared seed, in seed
+    order) and `mcnemar_below` (how many of them are below 0.05).
+
+  Raises:
+    ValueError: the runs' test examples differ (`correct_matrix`).
+  """
+  seeds = sorted(set(a) & set(b), key=str)
+  if not seeds:
+    return {}
+  correct = correct_matrix([a[s] for s in seeds] + [b[s] for s in seeds])
+  correct_a, correct_b = correct[: len(seeds)], correct[len(seeds) :]
+  difference, low, high = paired_bootstrap(correct_a, correct_b, num_resamples, clusters=clusters)
+  p_values = [mcnemar(x, y)[1] for x, y in zip(correct_a, correct_b, strict=True)]
+  return {
+    "example_seeds": len(seeds),
+    "bootstrap_difference": difference / 100,
+    "bootstrap_ci_low": low / 100,
+    "bootstrap_ci_high": high / 100,
+    "mcnemar_p": p_values,
+    "mcnemar_below": sum(p < 0.05 for p in p_values),
+  }
 
 
 def _counts(rows: np.ndarray, draws: np.ndarray, num_rows: int, size: int) -> np.ndarray:

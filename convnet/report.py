@@ -45,6 +45,7 @@ plots each arm's accuracy against the rate.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -57,6 +58,7 @@ import numpy as np
 from absl import app, flags
 
 from convnet import analysis, cli, files, learning_curve, sources, stats
+from convnet import predictions as predictions_lib
 from convnet import records as records_lib
 from convnet.errors import ConvnetError, DataError
 
@@ -111,19 +113,83 @@ def tested(difference: Mapping[str, Any]) -> list[str]:
     p_value(difference["p_holm"]),
     survives,
     difference_ci(difference),
+    *example_cells(difference),
+  ]
+
+
+def example_cells(difference: Mapping[str, Any]) -> list[str]:
+  """The cells of a comparison's test-example statistics (`predictions.compare_settings`): the
+  bootstrap interval over seeds and examples, and the seed pairs McNemar's test tells apart;
+  `–` where the runs' predictions were not kept."""
+  if "bootstrap_ci_low" not in difference:
+    return ["–", "–"]
+  low, high = difference["bootstrap_ci_low"], difference["bootstrap_ci_high"]
+  return [
+    f"[{100 * low:+.2f}, {100 * high:+.2f}]",
+    f"{difference['mcnemar_below']} of {difference['example_seeds']}",
   ]
 
 
 TEST_COLUMNS = (
-  "paired 95% CI | p | Holm p | survives Holm (0.05) | Welch 95% CI",
-  "---|---|---|---|---",
+  "paired 95% CI | p | Holm p | survives Holm (0.05) | Welch 95% CI "
+  "| seeds × examples 95% CI | McNemar p < 0.05",
+  "---|---|---|---|---|---|---",
 )
+
+
+@dataclasses.dataclass
+class Examples:
+  """The test predictions kept beside a sweep's records (`read_examples`), for comparisons."""
+
+  runs: dict[str, dict[Any, predictions_lib.Predictions]]  # setting -> {seed: its predictions}
+  clusters: dict[str, Any]  # setting -> None or (N,) the cluster of each of its test examples
+  missing: str = ""  # why some settings have none, in words; "" if none lacks them
+
+  def compare(self, setting: str, reference: str) -> dict[str, Any]:
+    """`predictions.compare_settings` of `setting` minus `reference`; {} where either lacks
+    predictions."""
+    if setting not in self.runs or reference not in self.runs:
+      return {}
+    clusters = self.clusters[setting]
+    return predictions_lib.compare_settings(self.runs[setting], self.runs[reference], clusters)
+
+
+def read_examples(records: Sequence[Mapping[str, Any]], sweep_dir: str) -> Examples:
+  """The counted runs' test predictions, kept beside their records in `sweep_dir/records`
+  (`predictions.for_records`), per setting: a setting has them only if all its runs do. Where a
+  setting's test examples come in clusters (`predictions.cluster_labels`), they are read from its
+  data; a dataset that cannot be read here leaves its settings without them, as `missing` says.
+
+  Raises:
+    FileFormatError: a predictions file that is damaged or is not its record's run's.
+  """
+  runs, clusters, lacking, unreadable = {}, {}, [], ""
+  counted = [r for r in records if analysis.counted(r)]
+  for setting in dict.fromkeys(r["setting"] for r in counted):
+    mine = [r for r in counted if r["setting"] == setting]
+    found = predictions_lib.for_records(sweep_dir, mine)
+    if found is None:
+      lacking.append(setting)
+      continue
+    try:
+      clusters[setting] = predictions_lib.cluster_labels(mine[0]["config"]["data"])
+    except ConvnetError as e:
+      unreadable = f"their test examples' clusters could not be read ({e})"
+      continue
+    runs[setting] = {records_lib.seed(r): p for r, p in zip(mine, found, strict=True)}
+  missing = []
+  if lacking:
+    missing.append(f"{len(lacking)} setting(s) have runs without kept test predictions")
+  if unreadable:
+    missing.append(unreadable)
+  return Examples(runs, clusters, "; ".join(missing))
 
 
 def markdown(
   rows: Sequence[Mapping[str, Any]],
   records: Sequence[Mapping[str, Any]],
   reference: str | None = None,
+  examples: Examples | None = None,
 ) -> str:
   """The table of settings, each setting against a reference, the settings successive halving
   pruned, the runs that collapsed, the cells that did not finish, then the statistics' methods,
@@ -133,7 +199,9 @@ def markdown(
   (`analysis.against_reference`: `reference`, or by default each test set's
   first), except in sweeps with tables of their own: by default, sweeps that
   pair models with the baseline (`analysis.matched_pairs`); always, sweeps
-  that tune a learning rate or draw a learning curve.
+  that tune a learning rate or draw a learning curve. With `examples` (the
+  runs' kept test predictions, `read_examples`), each comparison also gets an
+  interval over seeds and test examples and McNemar's test per seed pair.
 
   Raises:
     DataError: `reference` names no setting or several, or the sweep tunes a
@@ -163,7 +231,11 @@ def markdown(
   if tuned:
     lines += ["", *tuned_markdown(tuned)]
   lines += pruned_markdown(analysis.pruned_settings(records), tuned)
-  pairs = analysis.matched_pairs(records)
+  examples = examples or Examples({}, {})
+  pairs = [
+    p | examples.compare(p["model"]["setting"], p["baseline"]["setting"])
+    for p in analysis.matched_pairs(records)
+  ]
   for model in dict.fromkeys(p["model"]["model"] for p in pairs):
     lines += ["", *pairs_markdown([p for p in pairs if p["model"]["model"] == model], bool(tuned))]
 
@@ -175,7 +247,10 @@ def markdown(
       "a reference; leave --reference out"
     )
   if not tuned and not curve and (reference is not None or not pairs):
-    differences = analysis.against_reference(records, reference)
+    differences = [
+      d | examples.compare(d["setting"], d["reference_setting"])
+      for d in analysis.against_reference(records, reference)
+    ]
     lines += reference_markdown(differences)
     if reference is not None and not differences:
       lines += [
@@ -198,7 +273,7 @@ def markdown(
     for r in failed:
       error = (r.get("error") or "").splitlines()[0] if r.get("error") else ""
       lines.append(f"- `{r['cell']}`: {r['status']}: {error}")
-  lines += ["", *methods_markdown()]
+  lines += ["", *methods_markdown(examples.missing)]
   return "\n".join(lines) + "\n"
 
 
@@ -229,21 +304,24 @@ def collapsed_markdown(runs: Sequence[Mapping[str, Any]]) -> list[str]:
   return lines
 
 
-def methods_markdown() -> list[str]:
-  """What every report says of its statistics: intervals, pairing, the correction policy, run
-  health."""
+def methods_markdown(missing: str = "") -> list[str]:
+  """What every report says of its statistics: intervals, pairing, the test-example statistics
+  (and `missing`: why some comparisons lack them), the correction policy, run health."""
   chance = 100 * records_lib.CHANCE_TOLERANCE
+  examples = predictions_lib.METHOD + (f" Here {missing}: their cells show –." if missing else "")
   return [
     "Statistics. " + stats.INTERVAL_METHOD,
     "",
     stats.DIFFERENCE_METHOD,
     "",
+    examples,
+    "",
     stats.POLICY,
     "",
     "Run health. A finished run is collapsed when its final training loss is within "
-    f"{chance:g}% of chance's, ln(number of classes); it is named above and left out of the "
-    "means. A run is still improving when its best validation epoch is its last: the column "
-    "counts such runs among each setting's seeds.",
+    f"{chance:g}% of chance's, ln(number of classes); collapsed runs are listed apart and left "
+    "out of every mean, interval and comparison. A run is still improving when its best "
+    "validation epoch is its last: the column counts such runs among each setting's seeds.",
   ]
 
 
@@ -576,6 +654,7 @@ def write_report(
   out_dir: str,
   title: str = "",
   reference: str | None = None,
+  sweep_dir: str | None = None,
 ) -> list[str]:
   """Writes the table, the CSV and the plots; returns their paths.
 
@@ -585,13 +664,17 @@ def write_report(
   (`records.check_one_sweep`), as are a bad record (the report stops on the
   first, naming its file and field, rather than leave it out).
   `reference`: the setting the others are compared with (`markdown`); by default the first.
+  `sweep_dir`: where the records were read; the runs' test predictions kept beside them give
+  each comparison its statistics over test examples (`read_examples`).
 
   Raises:
     DataError: as `markdown`, or records of more than one sweep; before anything is written.
   """
   records_lib.check_one_sweep(records)
   rows = analysis.summarize(records)
-  text = markdown(rows, records, reference)  # before writing anything: it may refuse `reference`
+  examples = read_examples(records, sweep_dir) if sweep_dir else None
+  # Before writing anything: it may refuse `reference`.
+  text = markdown(rows, records, reference, examples)
   files.prepare_folder(out_dir, REPORT_FILES)
   paths = {name: os.path.join(out_dir, name) for name in ("report.md", "report.csv")}
   files.atomic_write(paths["report.md"], text)
@@ -643,7 +726,8 @@ def main(argv):
     )
   try:
     records = analysis.load_records(argv[1])
-    paths = write_report(records, FLAGS.out or argv[1], describe(records, argv[1]), FLAGS.reference)
+    title = describe(records, argv[1])
+    paths = write_report(records, FLAGS.out or argv[1], title, FLAGS.reference, argv[1])
   except ConvnetError as e:
     sys.exit(f"error: {e}")
   with open(paths[0]) as f:

@@ -68,6 +68,7 @@ from convnet import (
 )
 from convnet import epochs as epochs_lib
 from convnet import halving as halving_lib
+from convnet import predictions as predictions_lib
 from convnet import records as records_lib
 from convnet import seeds as seeds_lib
 from convnet import workdir as workdir_lib
@@ -208,8 +209,21 @@ def _write_record(sweep_dir: str, cell: Cell, config, workdir: str, result: Mapp
     logging.info("Cell %s: already recorded by another worker; its record is kept", cell.name)
     return kept
   os.makedirs(os.path.join(sweep_dir, records_lib.FOLDER), exist_ok=True)
+  if record["status"] == "done":  # its test predictions first: a record's are there with it
+    _keep_predictions(workdir, record_path(sweep_dir, cell))
   files.atomic_write(record_path(sweep_dir, cell), json.dumps(record, indent=1) + "\n")
   return record
+
+
+def _keep_predictions(workdir: str, record: str) -> None:
+  """Copies the run's test predictions beside its record (`predictions.keep_beside_record`); a
+  damaged file is named in a warning and not copied (the report then compares seeds only)."""
+  try:
+    predictions_lib.keep_beside_record(workdir, record)
+  except FileFormatError as e:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(predictions_lib.beside_record(record))
+    logging.warning("%s; the record is written without its test predictions", e)
 
 
 def _result_fields(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -831,7 +845,9 @@ def write_report_when_complete(
       return None
     digest = _records_digest(sweep_dir)
     records = analysis.load_records(sweep_dir)
-    written = report.write_report(records, sweep_dir, report.describe(records, sweep_dir))
+    written = report.write_report(
+      records, sweep_dir, report.describe(records, sweep_dir), sweep_dir=sweep_dir
+    )
     files.atomic_write(os.path.join(sweep_dir, REPORT_STAMP), digest + "\n")
   logging.info("Wrote the sweep's report: %s", ", ".join(written))
   return written[0]

@@ -359,7 +359,9 @@ def write_figures(
   workdir = os.path.abspath(workdir)
   if os.path.isdir(os.path.join(workdir, "records")):
     records = analysis.load_records(workdir)
-    return report.write_report(records, out or workdir, report.describe(records, workdir))
+    return report.write_report(
+      records, out or workdir, report.describe(records, workdir), sweep_dir=workdir
+    )
   run = trained.load(workdir, checkpoint)
   convs = layers.convs(run.model.layers)
   num_blocks = len(convs)
