@@ -173,7 +173,15 @@ def conv_max_pool(
   taps = kernel.shape[:-2]
   x = _pad(x, explicit_padding(x.shape[1:-1], taps, strides, padding), 0.0)
   conv_out = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:-1], taps, strides, strict=True)]
-  pooled = [o // w for o, w in zip(conv_out, window, strict=True)]
+  pooled = tuple(o // w for o, w in zip(conv_out, window, strict=True))
+  patches = _pooled_patches(x, tuple(taps), tuple(strides), tuple(window), pooled)
+  y = _first_max(matmul(patches, kernel.reshape(-1, kernel.shape[-1]), dtype))
+  return y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
+
+
+def _pooled_patches(x, taps, strides, window, pooled) -> jax.Array:
+  """(offsets, batch, *pooled, taps x in): for each offset within a pooling window, the im2col
+  of the conv's outputs at that offset of every window (strided slices of padded `x`)."""
   steps = tuple(s * w for s, w in zip(strides, window, strict=True))
   groups = []
   for offset in itertools.product(*(range(w) for w in window)):
@@ -185,9 +193,7 @@ def conv_max_pool(
         jax.lax.slice(x, (0, *start, 0), (x.shape[0], *limit, x.shape[-1]), (1, *steps, 1))
       )
     groups.append(slices[0] if len(slices) == 1 else jnp.concatenate(slices, axis=-1))
-  patches = jnp.stack(groups)  # (offsets, batch, *pooled, taps x in)
-  y = _first_max(matmul(patches, kernel.reshape(-1, kernel.shape[-1]), dtype))
-  return y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
+  return jnp.stack(groups)
 
 
 @jax.custom_vjp
