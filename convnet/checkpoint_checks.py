@@ -334,7 +334,7 @@ def loop_problem(loop: Any, members: int | None = None) -> str | None:
   """What is wrong with a checkpoint's loop metadata ("loop"), or None if nothing.
 
   Each field the loop reads is checked for its type and range: "wall_time_s"
-  (seconds, >= 0) and "constants" (see `train.run_constants`) are required;
+  (seconds, >= 0) and "constants" (see `run_setup.run_constants`) are required;
   "epoch_sums", "window_losses", "seeds", "members", "result", "diverged", the sums of earlier
   versions ("epoch_loss_sum", "epoch_correct", "epoch_steps") and
   `STATE_DIGEST` are checked where present. `members` is how many seeds the

@@ -20,7 +20,7 @@ import sys
 import jax
 from absl import app, flags, logging
 
-from convnet import cli, parallel, preemption, summary, train
+from convnet import cli, parallel, preemption, run_setup, summary, train
 from convnet.errors import ConvnetError, RunInterrupted
 
 FLAGS = flags.FLAGS
@@ -55,7 +55,7 @@ def main(argv):
     cli.usage_error(f"JAX cannot start its backend: {str(e).splitlines()[0]}")
   try:
     # What can be refused without a device or any data is refused before anything is logged.
-    train.check_before_starting(FLAGS.config, FLAGS.workdir)
+    run_setup.check_before_starting(FLAGS.config, FLAGS.workdir)
   except ConvnetError as e:
     sys.exit(f"error: {e}")
   logging.info("JAX devices: %s (process %d of %d)", devices, jax.process_index(),

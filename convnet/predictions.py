@@ -8,7 +8,7 @@ class, the label and the softmax probability of the label's class (float16),
 with the step and epoch they were made at: about 4 KB for 1,000 examples,
 25 KB for 10,000. `convnet.train` writes it (`save`) after the checkpoint of
 each epoch that becomes the best, and a resumed run checks it against its
-best epoch (`train.check_predictions`).
+best epoch (`best_predictions.check_predictions`).
 
 Two runs' predictions on the same test examples compare pairwise: `mcnemar`
 for one pair of runs, `paired_bootstrap` for the seeds of two settings,

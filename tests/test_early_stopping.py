@@ -19,7 +19,17 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from convnet import checkpoint_checks, checkpoints, config_checks, epochs, files, seeds, train
+from convnet import (
+  checkpoint_checks,
+  checkpoints,
+  config_checks,
+  epochs,
+  files,
+  members,
+  run_setup,
+  seeds,
+  train,
+)
 from convnet.errors import CheckpointError, ConfigError
 
 NAN, INF = math.nan, math.inf
@@ -129,12 +139,12 @@ def test_early_stopping_needs_a_validation_split(config):
 )
 def test_a_damaged_record_of_stops_in_a_checkpoint_is_refused_in_one_line(stopped):
   with pytest.raises(CheckpointError, match="field stopped_early of its loop/metadata") as e:
-    train.stopped_members({"stopped_early": stopped}, ["seed 0", "seed 1"], "somewhere")
+    members.stopped_members({"stopped_early": stopped}, ["seed 0", "seed 1"], "somewhere")
   assert "\n" not in str(e.value)
 
 
 def test_a_checkpoint_saved_before_early_stopping_has_no_stops():
-  assert train.stopped_members({"wall_time_s": 1.0}, [""], "somewhere") == {}
+  assert members.stopped_members({"wall_time_s": 1.0}, [""], "somewhere") == {}
 
 
 # ----------------------------------------------------------------------------
@@ -240,7 +250,7 @@ def test_a_run_resumed_before_its_stop_stops_where_an_uninterrupted_one_does(con
 
 def _scripted_validation(monkeypatch, curves):
   """Runs set up from now on report `curves[member][epoch - 1]` as their validation accuracy."""
-  set_up = train.set_up
+  set_up = run_setup.set_up
 
   def scripted_set_up(*args, **kwargs):
     run = set_up(*args, **kwargs)
@@ -257,7 +267,7 @@ def _scripted_validation(monkeypatch, curves):
     run.evaluate = scripted
     return run
 
-  monkeypatch.setattr(train, "set_up", scripted_set_up)
+  monkeypatch.setattr(run_setup, "set_up", scripted_set_up)
 
 
 @pytest.mark.slow  # a group of two seeds, run twice

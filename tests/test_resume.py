@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from test_train import _events
 
-from convnet import checkpoints, files, input_pipeline, sweep, train, trained
+from convnet import checkpoints, files, input_pipeline, run_setup, sweep, train, trained
 from convnet import workdir as workdir_lib
 from convnet.errors import CheckpointError, ConfigError, WorkdirError, WorkdirReadOnlyError
 
@@ -86,7 +86,7 @@ def test_the_schedule_spans_num_epochs_and_max_steps_only_stops(config, embedded
   config.num_epochs = 2
   config.max_steps = 13
   dataset = input_pipeline.load(config.data, config.seed)
-  constants = train.run_constants(config, [dataset], 13)
+  constants = run_setup.run_constants(config, [dataset], 13)
   assert constants["schedule_decay_steps"] == 26  # not 13: max_steps does not rescale it
   assert constants["steps_per_epoch"] == 13 and constants["num_train"] == 3400
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from convnet import epochs, input_pipeline, train
+from convnet import epochs, input_pipeline, run_setup, train
 from convnet import workdir as workdir_lib
 from convnet.errors import ConfigError
 
@@ -83,7 +83,7 @@ def test_a_small_sample_trains_the_step_budget_not_a_few_steps(config, tmp_path)
 def test_a_batch_larger_than_the_sample_is_refused(config):
   config.data.num_train = 50
   with pytest.raises(ConfigError, match="batch_size=256 is larger than the 50 training examples"):
-    train.model_and_optimizer(config, _load(config, 50))
+    run_setup.model_and_optimizer(config, _load(config, 50))
 
 
 def test_runs_saved_before_the_new_fields_are_still_the_same_run(config, tmp_path):

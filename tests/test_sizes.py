@@ -16,7 +16,17 @@ import jax
 import numpy as np
 import pytest
 
-from convnet import config_checks, epochs, input_pipeline, memory, steps, sweep, train, workdir
+from convnet import (
+  config_checks,
+  epochs,
+  input_pipeline,
+  memory,
+  run_setup,
+  steps,
+  sweep,
+  train,
+  workdir,
+)
 from convnet.errors import ConfigError
 from tests.conftest import REPO, cpu_env, main_command
 
@@ -136,7 +146,7 @@ def test_a_number_of_epochs_past_the_step_counter_is_refused_and_big_ints_reach_
   config.num_epochs = 10**20
   config.max_steps = 5
   with pytest.raises(ConfigError, match=re.escape("num_epochs=100000000000000000000: num_epochs")):
-    train.check_before_starting(config, "unused")
+    run_setup.check_before_starting(config, "unused")
   # Where the steps come from the data, the epochs' steps are counted once it is loaded.
   config.num_epochs = 2**31 - 1
   with pytest.raises(ConfigError, match=r"num_epochs=2147483647: .* pass 2,147,483,647 steps"):

@@ -379,7 +379,7 @@ def test_main_end_to_end_and_rerun_resumes(tmp_path):
 def test_the_metrics_writer_imports_tensorboardx_without_pytorch():
   # tensorboardX imports PyTorch where it is installed (a second), for nothing the run uses.
   code = (
-    "import sys; from convnet import train; train._import_tensorboardx(); "
+    "import sys; from convnet import run_setup; run_setup._import_tensorboardx(); "
     "from tensorboardX.event_file_writer import EventsWriter; "
     "print('torch' in sys.modules, 'tensorboardX' in sys.modules)"
   )
