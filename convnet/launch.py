@@ -49,7 +49,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from convnet import cli, files, sweep
+from convnet import cli, files, sweep, sweep_halving, sweep_records
 from convnet import halving as halving_lib
 from convnet.errors import ConfigError, ConvnetError, RunInterrupted
 
@@ -108,7 +108,7 @@ class Worker:
   vmap_seeds: bool = False
   environment: dict[str, str] = dataclasses.field(default_factory=job_environment)
   vmap_rates: bool = False
-  halving: halving_lib.Halving | None = None  # the sweep file's (`sweep.sweep_halving`)
+  halving: halving_lib.Halving | None = None  # the sweep file's (`sweep_halving.from_sweep_file`)
 
   def __call__(self) -> dict[str, Any]:
     """Pulls cells until none is left; what it did: {"shard", "records", "report"}.
@@ -361,10 +361,10 @@ def launch(
     results, failures = wait_for_jobs(submit(cluster, workers, resources))
   unfinished = {}
   for cell in cells:
-    record = sweep.read_record(sweep_dir, cell)
+    record = sweep_records.read_record(sweep_dir, cell)
     if record is None:
       unfinished[cell.name] = "no record"
-    elif not sweep.is_settled(sweep_dir, cell, configs[cell.name]):  # done, or pruned
+    elif not sweep_records.is_settled(sweep_dir, cell, configs[cell.name]):  # done, or pruned
       unfinished[cell.name] = record["status"]
   # Written by the last worker already; here only if no worker lived to see every record.
   sweep.write_report_when_complete(sweep_dir, cells, configs)
@@ -439,7 +439,7 @@ def main(argv):
     with cli.errors_in_file(sweep_path, f"--sweep={sweep_path}"):
       module = sweep.load_sweep_module(sweep_path)
       cells = sweep.expand(module.sweep)
-      halving = sweep.sweep_halving(module) if FLAGS.halving else None
+      halving = sweep_halving.from_sweep_file(module) if FLAGS.halving else None
     resources = Resources(
       timeout_min=FLAGS.timeout_min,
       slurm_partition=FLAGS.slurm_partition,

@@ -37,40 +37,25 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import hashlib
 import importlib.util
 import json
-import math
 import os
 import re
 import sys
 import tempfile
 import time
-import traceback
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from convnet import (
-  checkpoints,
-  cli,
-  config_checks,
-  display,
-  files,
-  input_pipeline,
-  preemption,
-  train,
-)
-from convnet import epochs as epochs_lib
+from convnet import cli, config_checks, display, files, preemption, sweep_halving, sweep_records
 from convnet import halving as halving_lib
-from convnet import predictions as predictions_lib
 from convnet import records as records_lib
-from convnet import seeds as seeds_lib
 from convnet import workdir as workdir_lib
 from convnet.cells import (  # noqa: F401 (sweep files import these names from here)
   Cell,
@@ -85,7 +70,6 @@ from convnet.cells import (  # noqa: F401 (sweep files import these names from h
 from convnet.errors import (
   ConfigError,
   ConvnetError,
-  DivergedError,
   FileFormatError,
   RunInterrupted,
   WorkdirInUseError,
@@ -106,23 +90,6 @@ def load_sweep_module(path: str) -> types.ModuleType:
   return module
 
 
-def sweep_halving(module: types.ModuleType) -> halving_lib.Halving | None:
-  """The sweep file's successive halving: what its `halving()` returns, or None without one.
-
-  Raises:
-    ConfigError: `halving()` returns something else than a `convnet.halving.Halving`.
-  """
-  make = getattr(module, "halving", None)
-  if make is None:
-    return None
-  halving = make() if callable(make) else make
-  if not isinstance(halving, halving_lib.Halving):
-    raise ConfigError(
-      f"the sweep file's halving() gives {type(halving).__name__}, not a convnet.halving.Halving"
-    )
-  return halving
-
-
 def parse_shard(text: str) -> tuple[int, int]:
   """'i/n' as (i, n), with 0 <= i < n."""
   match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
@@ -133,115 +100,6 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------
 # Running
-
-
-def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  return json.loads(config.to_json_best_effort())
-
-
-def record_path(sweep_dir: str, cell: Cell) -> str:
-  return os.path.join(sweep_dir, records_lib.FOLDER, f"{cell.name}.json")
-
-
-def read_record(sweep_dir: str, cell: Cell) -> dict[str, Any] | None:
-  """The cell's record, checked (`records.read`); None when it has none.
-
-  Raises:
-    FileFormatError: the file is not a record of this project (torn, nested too
-      deep, a field of the wrong type or range); the message names the file and
-      the field. The sweep then stops before it trains anything: the file is
-      not the sweep's to overwrite, and moving it away lets the cell train again.
-  """
-  try:
-    return records_lib.read(record_path(sweep_dir, cell))
-  except FileNotFoundError:
-    return None
-
-
-def is_finished(sweep_dir: str, cell: Cell, config: ml_collections.ConfigDict) -> bool:
-  """Whether the cell has a finished record of this config, but for `workdir.RESULT_NEUTRAL`.
-
-  Log, checkpoint and profiling intervals don't count, nor does such a field
-  that a record of an older version lacks. A finished record of another config
-  (other epochs, other data) is not this sweep's result: the cell trains again,
-  and its new record replaces that one, as the log says.
-
-  Raises:
-    FileFormatError: as `read_record`.
-  """
-  record = read_record(sweep_dir, cell)
-  if not record or record["status"] != "done":
-    return False
-  changed = workdir_lib.changed_fields(record["config"], config, workdir_lib.RESULT_NEUTRAL)
-  if changed:
-    logging.info(
-      "Cell %s: its record is of another config (%s%s); it trains again, and the new record "
-      "replaces that one",
-      cell.name,
-      "; ".join(changed[:3]),
-      f"; {len(changed) - 3} more" if len(changed) > 3 else "",
-    )
-  return not changed
-
-
-def _write_record(sweep_dir: str, cell: Cell, config, workdir: str, result: Mapping[str, Any]):
-  record = {
-    "cell": cell.name,
-    "index": cell.index,
-    "setting": cell.setting,
-    "overrides": cell.overrides,
-    "config": _config_json(config),
-    "workdir": os.path.relpath(workdir, sweep_dir),
-    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    **result,
-  }
-  kept = read_record(sweep_dir, cell)
-  if record["status"] != "done" and kept and kept["status"] == "done":
-    # A finished result is never lost: a run of another config that fails (a refused resume,
-    # say) leaves the finished record as it was.
-    logging.warning(
-      "Cell %s: its finished record is kept; this run's failure is not written", cell.name
-    )
-    return record
-  if record["status"] == "done" and is_finished(sweep_dir, cell, config):
-    # Another worker recorded this cell between its run's end and this one's start (pulling
-    # workers): the run found itself finished, and the record on disk stays as it is.
-    logging.info("Cell %s: already recorded by another worker; its record is kept", cell.name)
-    return kept
-  os.makedirs(os.path.join(sweep_dir, records_lib.FOLDER), exist_ok=True)
-  if record["status"] == "done":  # its test predictions first: a record's are there with it
-    _keep_predictions(workdir, record_path(sweep_dir, cell))
-  files.atomic_write(record_path(sweep_dir, cell), json.dumps(record, indent=1) + "\n")
-  return record
-
-
-def _keep_predictions(workdir: str, record: str) -> None:
-  """Copies the run's test predictions beside its record (`predictions.keep_beside_record`); a
-  damaged file is named in a warning and not copied (the report then compares seeds only)."""
-  try:
-    predictions_lib.keep_beside_record(workdir, record)
-  except FileFormatError as e:
-    with contextlib.suppress(FileNotFoundError):
-      os.unlink(predictions_lib.beside_record(record))
-    logging.warning("%s; the record is written without its test predictions", e)
-
-
-def _result_fields(result: Mapping[str, Any]) -> dict[str, Any]:
-  """A run's result as a record's fields: every metric it reports, its size and its cost.
-
-  The run's FLOP count is `flops_per_example`; `vmap_group_size` is 1 for a cell trained alone.
-  """
-  fields = {k: v for k, v in result.items() if k not in ("kind", "step")}
-  fields["flops_per_example"] = fields.pop("train_flops_per_example", None)
-  return {"status": "done", "vmap_group_size": 1} | fields
-
-
-def _failure(error: BaseException, status: str = "failed") -> dict[str, Any]:
-  return {
-    "status": status,
-    "error": f"{type(error).__name__}: {error}",
-    "traceback": "".join(traceback.format_exception(error)),
-  }
 
 
 MODE_FILE = "sweep.json"
@@ -360,63 +218,6 @@ def _refuse_mode(sweep_dir: str, saved: Mapping[str, Any], mode: Mapping[str, An
     )
 
 
-# The field whose values `--vmap_rates` trains together, with the seeds (`seeds.train_group`).
-RATE_FIELD = "optimizer.learning_rate"
-
-
-def _rate_key(cell: Cell) -> str:
-  """The cell's setting without its seed and learning rate: the cells a rate group holds."""
-  return cell_name({k: v for k, v in cell.overrides.items() if k not in ("seed", RATE_FIELD)})
-
-
-def _groups(cells: Sequence[Cell], vmap_seeds: bool, vmap_rates: bool = False) -> list[list[Cell]]:
-  """Cells to train together: one each, every seed of a setting with `vmap_seeds`, or with
-  `vmap_rates` every seed and learning rate of a setting (one vmapped program)."""
-  if not (vmap_seeds or vmap_rates):
-    return [[c] for c in cells]
-  key = _rate_key if vmap_rates else (lambda cell: cell.setting)
-  groups: dict[str, list[Cell]] = {}
-  for cell in cells:
-    groups.setdefault(key(cell), []).append(cell)
-  return list(groups.values())
-
-
-def _train_recorded(
-  what: str, size: int, train_group: Callable[[], list[dict[str, Any]]]
-) -> list[dict[str, Any]] | None:
-  """Each cell's record fields from `train_group()`, a cell or a group of `size` seeds.
-
-  A cell that fails or diverges is recorded as such (a group's seeds each as
-  they ended, `train.SeedsDivergedError`), and the sweep goes on;
-  None when another process holds the workdir (the records are its to write).
-  A signal's `RunInterrupted` stops the sweep, after the run saved its checkpoint.
-  """
-  try:
-    results = [_result_fields(r) | {"vmap_group_size": size} for r in train_group()]
-  except RunInterrupted:
-    raise
-  except WorkdirInUseError as e:
-    logging.warning("Skipping %s: %s", what[0].lower() + what[1:], e)
-    return None
-  except DivergedError as e:
-    logging.error("%s diverged: %s", what, e)
-    each = e.results if isinstance(e, train.SeedsDivergedError) else [e] * size  # seed by seed
-    return [
-      _failure(r, "diverged")
-      if isinstance(r, DivergedError)
-      else _result_fields(r) | {"vmap_group_size": size}
-      for r in each
-    ]
-  except Exception as e:
-    logging.error("%s failed: %s: %s", what, type(e).__name__, e)
-    return [_failure(e)] * size
-  return results
-
-
-def _train_cell(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
-  return [train.train_and_evaluate(config, workdir)]
-
-
 def run_sweep(
   base: ml_collections.ConfigDict,
   cells: Sequence[Cell],
@@ -435,7 +236,7 @@ def run_sweep(
   or a setting's seeds with `vmap_seeds`, or its seeds and learning rates with
   `vmap_rates`); with `pull`, any group instead, taken one at a time as
   `pull_groups` says, from group i on. With `halving`, the sweep's arms are
-  halved instead (`run_halving`), an arm at a time.
+  halved instead (`sweep_halving.run_halving`), an arm at a time.
   """
   configs = cell_configs(base, cells)
   if halving is not None:  # the arms and budgets checked before anything is written
@@ -446,13 +247,19 @@ def run_sweep(
   check_mode(sweep_dir, vmap_seeds, vmap_rates, halving is not None)
   files.remove_stale_files(os.path.join(sweep_dir, records_lib.FOLDER))
   if halving is not None:
-    return run_halving(cells, configs, sweep_dir, halving, shard, vmap_seeds, vmap_rates, pull)
+    return sweep_halving.run_halving(
+      cells, configs, sweep_dir, halving, shard, vmap_seeds, vmap_rates, pull
+    )
   index, count = shard
-  groups = _groups(cells, vmap_seeds, vmap_rates)
+  groups = sweep_records.group_cells(cells, vmap_seeds, vmap_rates)
   if pull:
     return pull_groups(sweep_dir, groups, configs, shard)
   groups = groups[index::count]
-  todo = [g for g in groups if not all(is_finished(sweep_dir, c, configs[c.name]) for c in g)]
+  todo = [
+    g
+    for g in groups
+    if not all(sweep_records.is_finished(sweep_dir, c, configs[c.name]) for c in g)
+  ]
   num_cells = sum(len(g) for g in groups)
   logging.info(
     "Sweep shard %d/%d: %d of %d cells, %d left",
@@ -478,7 +285,7 @@ def run_sweep(
       eta_text,
     )
     written += _run_group(sweep_dir, group, configs) or []
-  _log_end(f"Sweep shard {index}/{count}", written, start)
+  sweep_records.log_end(f"Sweep shard {index}/{count}", written, start)
   return written
 
 
@@ -496,73 +303,17 @@ def cell_configs(
   return configs
 
 
-def group_workdir(sweep_dir: str, group: Sequence[Cell]) -> str:
-  """Where a group trains: `cells/<cell>/` for a cell alone, `groups/<setting>/` for its seeds.
-
-  A group of several learning rates trains in `groups/<setting without rate and
-  seed>,optimizer.learning_rate=<r1>+<r2>.../`: each set of rates has a folder.
-  """
-  if len(group) == 1:
-    return os.path.join(sweep_dir, "cells", group[0].name)
-  if _is_rate_group(group):
-    rates = dict.fromkeys(display.setting_value(c.overrides[RATE_FIELD], ("_",)) for c in group)
-    key = {k: v for k, v in group[0].overrides.items() if k not in ("seed", RATE_FIELD)}
-    return os.path.join(sweep_dir, "groups", cell_name(key | {RATE_FIELD: "+".join(rates)}))
-  return os.path.join(sweep_dir, "groups", group[0].setting)
-
-
-def _is_rate_group(group: Sequence[Cell]) -> bool:
-  """Whether the group's cells differ in more than their seed (in their rate: `_groups`)."""
-  return len({c.setting for c in group}) > 1
-
-
 def _run_group(
   sweep_dir: str, group: Sequence[Cell], configs: Mapping[str, ml_collections.ConfigDict]
 ) -> list[dict[str, Any]] | None:
   """Trains a group and writes its cells' records; None when another process holds its workdir."""
-  results, workdirs = _train_group(sweep_dir, group, configs)
+  results, workdirs = sweep_records.train_group(sweep_dir, group, configs)
   if results is None:
     return None
   return [
-    _write_record(sweep_dir, cell, configs[cell.name], cell_dir, result)
+    sweep_records.write_record(sweep_dir, cell, configs[cell.name], cell_dir, result)
     for cell, cell_dir, result in zip(group, workdirs, results, strict=True)
   ]
-
-
-def _train_group(
-  sweep_dir: str, group: Sequence[Cell], configs: Mapping[str, ml_collections.ConfigDict]
-) -> tuple[list[dict[str, Any]] | None, list[str]]:
-  """Trains a group (see `_train_recorded`): each cell's record fields, and each cell's folder."""
-  workdir = group_workdir(sweep_dir, group)
-  if len(group) == 1:
-    what = f"Cell {group[0].name}"
-    workdirs = [workdir]
-    train_group = functools.partial(_train_cell, configs[group[0].name], workdir)
-  elif _is_rate_group(group):
-    what = f"Group {os.path.basename(workdir)}"
-    workdirs = [os.path.join(workdir, c.name) for c in group]
-    members = [(c.name, configs[c.name]) for c in group]
-    train_group = functools.partial(seeds_lib.train_group, configs[group[0].name], members, workdir)
-  else:
-    what = f"Group {group[0].setting}"
-    seeds = [configs[c.name].seed for c in group]
-    workdirs = [checkpoints.seed_dir(workdir, s) for s in seeds]
-    train_group = functools.partial(seeds_lib.train_seeds, configs[group[0].name], seeds, workdir)
-  return _train_recorded(what, len(group), train_group), workdirs
-
-
-def _log_end(who: str, written: Sequence[Mapping[str, Any]], start: float) -> None:
-  failed = [r["cell"] for r in written if r["status"] not in ("done", "pruned")]
-  pruned = sum(r["status"] == "pruned" for r in written)
-  logging.info(
-    "%s done in %s: %d cells run%s, %d failed%s",
-    who,
-    display.duration(time.perf_counter() - start),
-    len(written),
-    f" ({pruned} pruned)" if pruned else "",
-    len(failed),
-    f" ({', '.join(failed)})" if failed else "",
-  )
 
 
 def pull_groups(
@@ -587,8 +338,8 @@ def pull_groups(
   """
   index, count = shard
   cells = [c for g in groups for c in g]
-  at_start = {c.name: read_record(sweep_dir, c) for c in cells}
-  finished = {c.name for c in cells if is_finished(sweep_dir, c, configs[c.name])}
+  at_start = {c.name: sweep_records.read_record(sweep_dir, c) for c in cells}
+  finished = {c.name for c in cells if sweep_records.is_finished(sweep_dir, c, configs[c.name])}
   order = [*groups[index % len(groups) :], *groups[: index % len(groups)]]
   tried: set[str] = set()
   written, start = [], time.perf_counter()
@@ -601,7 +352,9 @@ def pull_groups(
     len(finished),
   )
   while True:
-    settled = finished | {c.name for c in cells if read_record(sweep_dir, c) != at_start[c.name]}
+    settled = finished | {
+      c.name for c in cells if sweep_records.read_record(sweep_dir, c) != at_start[c.name]
+    }
     open_groups = [
       g for g in order if g[0].name not in tried and any(c.name not in settled for c in g)
     ]
@@ -625,26 +378,31 @@ def pull_groups(
       # Held from before its run starts until its records are written: no other worker can take
       # the group between its run's end (its workdir's lock let go) and its records.
       with workdir_lib.lock(_pull_dir(sweep_dir, group)):
-        if all(c.name in finished or read_record(sweep_dir, c) != at_start[c.name] for c in group):
+        if all(
+          c.name in finished or sweep_records.read_record(sweep_dir, c) != at_start[c.name]
+          for c in group
+        ):
           continue  # recorded by another worker since this one looked
         written += _run_group(sweep_dir, group, configs) or []
     except WorkdirInUseError:
       continue  # another worker took it first
-  _log_end(f"Sweep worker {index}/{count}", written, start)
+  sweep_records.log_end(f"Sweep worker {index}/{count}", written, start)
   return written
 
 
 def _pull_dir(sweep_dir: str, group: Sequence[Cell]) -> str:
   """The folder whose lock a pulling worker holds while a group is its own: `.pull/<group>/`."""
-  kind, name = os.path.split(os.path.relpath(group_workdir(sweep_dir, group), sweep_dir))
+  kind, name = os.path.split(
+    os.path.relpath(sweep_records.group_workdir(sweep_dir, group), sweep_dir)
+  )
   return files.make_dir(os.path.join(sweep_dir, ".pull", kind, name), "a pulling worker's lock")
 
 
 def _is_held(sweep_dir: str, group: Sequence[Cell]) -> bool:
   """Whether a live process trains the group, or a pulling worker holds it."""
-  return workdir_lib.is_locked(group_workdir(sweep_dir, group)) or workdir_lib.is_locked(
-    _pull_dir(sweep_dir, group)
-  )
+  return workdir_lib.is_locked(
+    sweep_records.group_workdir(sweep_dir, group)
+  ) or workdir_lib.is_locked(_pull_dir(sweep_dir, group))
 
 
 def group_wall_time_s(sweep_dir: str) -> float:
@@ -672,144 +430,6 @@ def group_wall_time_s(sweep_dir: str) -> float:
   return total
 
 
-# ----------------------------------------------------------------------------
-# Successive halving
-
-
-def run_halving(
-  cells: Sequence[Cell],
-  configs: Mapping[str, ml_collections.ConfigDict],
-  sweep_dir: str,
-  halving: halving_lib.Halving,
-  shard: tuple[int, int] = (0, 1),
-  vmap_seeds: bool = False,
-  vmap_rates: bool = False,
-  pull: bool = False,
-) -> list[dict[str, Any]]:
-  """Halves each arm of the sweep over `halving.field` (`convnet.halving`); the records written.
-
-  Each rung trains the arm's surviving cells to the rung's epochs of the full
-  schedule (`max_steps`). The first rung trains every value, grouped as
-  `_groups` groups them (with `vmap_rates`, every rate and seed in one
-  program); later rungs train the survivors one seed group (or cell) per
-  value, each going on from its checkpoint of the rung before where it has
-  one; the last rung trains them to the whole budget, and their records are
-  written as any cell's.
-  A pruned cell's record has status "pruned", the epoch where it stopped and
-  its best validation accuracy to there. `shard=(i, n)` halves arms i, i+n,
-  ...; with `pull`, a worker takes each arm that no other holds. Test
-  accuracies take no part in a choice; a rerun makes the same choices from the
-  runs' records and trains nothing twice.
-  """
-  arms = halving_lib.arms(cells, halving.field)
-  for cell in cells:
-    halving.check_budget(configs[cell.name].num_epochs)
-  index, count = shard
-  arms = [*arms[index:], *arms[:index]] if pull else arms[index::count]
-  decisions_dir = os.path.join(sweep_dir, halving_lib.FOLDER)
-  written, start = [], time.perf_counter()
-  for arm in arms:
-    arm_cells = [c for row in arm.grid for c in row]
-    if all(is_settled(sweep_dir, c, configs[c.name]) for c in arm_cells):
-      continue
-    lock_dir = os.path.join(decisions_dir, arm.name)
-    files.make_dir(lock_dir, "the arm's lock folder")
-    try:
-      with workdir_lib.lock(lock_dir):
-        written += _halve_arm(arm, halving, configs, sweep_dir, vmap_seeds, vmap_rates)
-    except WorkdirInUseError:
-      logging.info("Arm %s is held by another worker: passed over", arm.name)
-  _log_end("Halving", written, start)
-  return written
-
-
-def is_settled(sweep_dir: str, cell: Cell, config: ml_collections.ConfigDict) -> bool:
-  """Whether the cell has a finished or pruned record of its config (see `is_finished`)."""
-  record = read_record(sweep_dir, cell)
-  if record is None or record["status"] not in ("done", "pruned"):
-    return False
-  return not workdir_lib.changed_fields(record["config"], config, workdir_lib.RESULT_NEUTRAL)
-
-
-def _halve_arm(arm, halving, configs, sweep_dir: str, vmap_seeds: bool, vmap_rates: bool):
-  """One arm's rungs (`halving_lib.run_arm`), then its records; the records written."""
-  folders: dict[str, str] = {}  # each cell's folder, where it trained last
-  final: dict[str, dict[str, Any]] = {}  # the last rung's record fields, by cell
-
-  def train_rung(arm_name: str, epochs: int, rung_cells: Sequence[Cell]):
-    last = epochs == configs[rung_cells[0].name].num_epochs
-    rung_configs = {
-      c.name: configs[c.name] if last else _until_epoch(configs[c.name], epochs) for c in rung_cells
-    }
-    curves = {}
-    # Every rate trains to the first rung: together, with `vmap_rates` (one program). The
-    # survivors then train as seed groups, each going on from its own checkpoint at each rung.
-    first = len(rung_cells) == sum(len(row) for row in arm.grid)
-    for group in _groups(rung_cells, vmap_seeds or vmap_rates, vmap_rates and first):
-      if last and all(is_finished(sweep_dir, c, configs[c.name]) for c in group):
-        results = [None] * len(group)
-        workdirs = [os.path.join(sweep_dir, read_record(sweep_dir, c)["workdir"]) for c in group]
-      else:
-        logging.info("Arm %s, to epoch %d: %s", arm_name, epochs, ", ".join(c.name for c in group))
-        results, workdirs = _train_group(sweep_dir, group, rung_configs)
-        if results is None:
-          raise WorkdirInUseError(f"{group_workdir(sweep_dir, group)} is held by another process")
-      for cell, folder, result in zip(group, workdirs, results, strict=True):
-        folders[cell.name] = folder
-        if result is not None:
-          final[cell.name] = result
-        curves[cell.name] = _validation_curve(folder, epochs, result)
-    return curves
-
-  outcome = halving_lib.run_arm(
-    arm, halving, train_rung, os.path.join(sweep_dir, halving_lib.FOLDER), _identity(configs, arm)
-  )
-  written = []
-  for cell in (c for row in arm.grid for c in row):
-    fields = outcome.pruned_records().get(cell.name) or final.get(cell.name)
-    if fields is not None:
-      written.append(_write_record(sweep_dir, cell, configs[cell.name], folders[cell.name], fields))
-  return written
-
-
-_NUM_TRAIN: dict[str, int] = {}  # the training split's size, by data config (seeds alike)
-
-
-def _until_epoch(config: ml_collections.ConfigDict, epochs: int) -> ml_collections.ConfigDict:
-  """`config` stopped after `epochs` epochs of its schedule (`max_steps`: a resumable change)."""
-  key = config.data.to_json_best_effort(sort_keys=True)
-  if key not in _NUM_TRAIN:
-    _NUM_TRAIN[key] = len(input_pipeline.load(config.data, config.seed).train)
-  steps_per_epoch, _ = epochs_lib.step_counts(config, _NUM_TRAIN[key])
-  config = config.copy_and_resolve_references()
-  config.max_steps = epochs * steps_per_epoch
-  return config
-
-
-def _validation_curve(folder: str, epochs: int, result: Mapping[str, Any] | None) -> list[float]:
-  """A run's validation accuracy after each whole epoch, from its `metrics.jsonl`.
-
-  A run that diverged or failed gets NaN for the epochs it did not reach, so that it ranks last.
-  """
-  records = [
-    r
-    for r in workdir_lib.read_metrics(folder)
-    if r["kind"] == "epoch" and not workdir_lib.partial_epoch(r)
-  ]
-  curve = [float(r.get("validation_accuracy", math.nan)) for r in records]
-  if result is not None and result.get("status") not in ("done", None):
-    curve += [math.nan] * max(epochs - len(curve), 0)
-  return curve
-
-
-def _identity(configs: Mapping[str, ml_collections.ConfigDict], arm) -> dict[str, Any]:
-  """What an arm's curves depend on beside the halving: its first cell's config, seed aside."""
-  config = _config_json(configs[arm.grid[0][0].name])
-  config.pop("seed", None)
-  config.get("optimizer", {}).pop("learning_rate", None)
-  return config
-
-
 REPORT_STAMP = ".reported"  # the digest of the records that the sweep's report was made from
 
 
@@ -832,9 +452,10 @@ def write_report_when_complete(
       `python -m convnet.report` says).
   """
   for cell in cells:
-    record = read_record(sweep_dir, cell)
+    record = sweep_records.read_record(sweep_dir, cell)
     if record is None or (
-      record["status"] == "done" and not is_finished(sweep_dir, cell, configs[cell.name])
+      record["status"] == "done"
+      and not sweep_records.is_finished(sweep_dir, cell, configs[cell.name])
     ):
       return None
   from convnet import analysis, report  # plots: imported when a report is due
@@ -946,7 +567,7 @@ def main(argv):
     with cli.errors_in_file(sweep_path, f"--sweep={sweep_path}"):
       module = load_sweep_module(sweep_path)
       cells = expand(module.sweep)
-      halving = sweep_halving(module) if FLAGS.halving else None
+      halving = sweep_halving.from_sweep_file(module) if FLAGS.halving else None
     records = run_sweep(
       FLAGS.sweep,
       cells,

@@ -13,7 +13,7 @@ import time
 import pytest
 from absl import flags
 
-from convnet import cli, launch, sweep, train, workdir
+from convnet import cli, launch, sweep, sweep_records, train, workdir
 from convnet.errors import ConfigError
 from tests.conftest import REPO, cpu_env
 
@@ -55,7 +55,7 @@ def test_a_worker_takes_every_other_cell_while_one_cell_runs_long(config, tmp_pa
       return _fake_result(config)
 
   monkeypatch.setattr(train, "train_and_evaluate", fake_train)
-  write_record = sweep._write_record
+  write_record = sweep_records.write_record
 
   def slow_write_record(sweep_dir, cell, *args):
     # Opens the moment between a run's end (its lock let go) and its record, as a busy machine
@@ -67,7 +67,7 @@ def test_a_worker_takes_every_other_cell_while_one_cell_runs_long(config, tmp_pa
       time.sleep(0.2)
     return record
 
-  monkeypatch.setattr(sweep, "_write_record", slow_write_record)
+  monkeypatch.setattr(sweep_records, "write_record", slow_write_record)
   written = {}
 
   def work(i):
@@ -278,8 +278,9 @@ def _job_logs(sweep_dir):
 
 
 def _check_finished(sweep_dir, names):
+  # Each record, and beside it its run's test predictions: nothing else.
   assert sorted(os.listdir(os.path.join(sweep_dir, "records"))) == sorted(
-    f"{n}.json" for n in names
+    f"{n}{end}" for n in names for end in (".json", ".test_predictions.npz")
   )
   for name in names:
     with open(os.path.join(sweep_dir, "records", f"{name}.json")) as f:

@@ -24,6 +24,7 @@ from convnet import (
   seeds,
   steps,
   sweep,
+  sweep_records,
   train,
 )
 from tests.conftest import book_state
@@ -139,7 +140,7 @@ def test_a_new_metric_reaches_each_seed_and_the_sweep_record(top_2, config, tmp_
   cells = sweep.expand(lambda: [{"seed": 0}])
   (written,) = sweep.run_sweep(config, cells, str(tmp_path / "sweep"))
   assert written["status"] == "done"
-  with open(sweep.record_path(str(tmp_path / "sweep"), cells[0])) as f:
+  with open(sweep_records.record_path(str(tmp_path / "sweep"), cells[0])) as f:
     record = json.load(f)
   assert record[f"test_{NAME}"] == pytest.approx(results[0][f"test_{NAME}"], abs=1e-6)
   assert record[f"validation_{NAME}"] >= record["validation_accuracy"]

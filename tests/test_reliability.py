@@ -275,7 +275,7 @@ def test_a_sweep_leaves_a_cell_that_another_process_runs_to_it(config, tmp_path)
     holder.kill()
     holder.wait()
   assert [r["cell"] for r in records] == ["seed=1"]
-  assert os.listdir(tmp_path / "records") == ["seed=1.json"]
+  assert sorted(os.listdir(tmp_path / "records")) == ["seed=1.json", "seed=1.test_predictions.npz"]
 
 
 # 4. Non-finite loss.

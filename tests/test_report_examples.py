@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from convnet import analysis, predictions, report, sweep, train
+from convnet import analysis, predictions, report, sweep, sweep_records, train
 from convnet.errors import FileFormatError
 
 N = 50  # test examples
@@ -198,7 +198,7 @@ def test_a_sweep_keeps_each_finished_runs_predictions_beside_its_record(
   written = sweep.run_sweep(config, _cells(), folder)
   assert len(written) == 4
   for cell in _cells():
-    copy = predictions.beside_record(sweep.record_path(folder, cell))
+    copy = predictions.beside_record(sweep_records.record_path(folder, cell))
     wrong = WRONGS[(cell.overrides[K], cell.overrides["seed"])]
     assert predictions.load(copy).accuracy == 1 - len(wrong) / N
   examples = report.read_examples(analysis.load_records(folder), folder)

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from convnet import config_checks, input_pipeline, models, seeds, steps, sweep, train
+from convnet import config_checks, input_pipeline, models, seeds, steps, sweep, sweep_records, train
 from convnet.errors import CheckpointError, ConfigError, RunInterrupted
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -154,7 +154,7 @@ def test_shards_cover_every_cell_once(config, tmp_path, monkeypatch, vmap_seeds)
   assert len(os.listdir(tmp_path / "records")) == len(cells)
   assert len(calls) == (5 if vmap_seeds else 15)
   for cell in cells:
-    record = sweep.read_record(str(tmp_path), cell)
+    record = sweep_records.read_record(str(tmp_path), cell)
     assert record["overrides"] == cell.overrides and record["status"] == "done"
     assert record["config"]["seed"] == cell.overrides["seed"]
     assert record["test_accuracy_at_best_validation"] == cell.overrides["seed"] / 10
@@ -180,13 +180,13 @@ def test_finished_cells_are_skipped_and_a_crash_is_recorded(config, tmp_path, mo
   assert sum(r["status"] == "done" for r in first) == 5  # the sweep went on past the crash
 
   calls.clear()
-  done = {c.name: os.path.getmtime(sweep.record_path(str(tmp_path), c)) for c in cells}
+  done = {c.name: os.path.getmtime(sweep_records.record_path(str(tmp_path), c)) for c in cells}
   second = sweep.run_sweep(config, cells, str(tmp_path))  # only the failed cell again
   assert calls == ["optimizer.learning_rate=0.002,seed=1"]
   assert [r["status"] for r in second] == ["failed"]
   for cell in cells:
     if cell.name != calls[0]:
-      assert os.path.getmtime(sweep.record_path(str(tmp_path), cell)) == done[cell.name]
+      assert os.path.getmtime(sweep_records.record_path(str(tmp_path), cell)) == done[cell.name]
 
   calls.clear()
   changed = config.copy_and_resolve_references()
@@ -199,7 +199,7 @@ def test_finished_cells_are_skipped_and_a_crash_is_recorded(config, tmp_path, mo
   calls.clear()
   neutral = changed.copy_and_resolve_references()
   neutral.log_every_steps, neutral.checkpoint_every_steps, neutral.profile_steps = 7, 5, 3
-  path = sweep.record_path(str(tmp_path), cells[0])
+  path = sweep_records.record_path(str(tmp_path), cells[0])
   with open(path) as f:
     record = json.load(f)
   del record["config"]["profile_steps"]
@@ -244,7 +244,7 @@ def test_a_failed_rerun_of_another_config_keeps_the_finished_records(
   monkeypatch.setattr(seeds, "train_seeds", fake_seeds)
   cells = _cells(n_settings=2, n_seeds=2)
   sweep.run_sweep(config, cells, str(tmp_path), vmap_seeds=vmap_seeds)
-  before = {c.name: sweep.read_record(str(tmp_path), c) for c in cells}
+  before = {c.name: sweep_records.read_record(str(tmp_path), c) for c in cells}
 
   def refused(*args, **kwargs):
     raise CheckpointError("augment.freq_mask_width: 0 (saved) vs 6 (now)")
@@ -256,7 +256,7 @@ def test_a_failed_rerun_of_another_config_keeps_the_finished_records(
   written = sweep.run_sweep(changed, cells, str(tmp_path), vmap_seeds=vmap_seeds)
   assert [r["status"] for r in written] == ["failed"] * len(cells)  # reported as failed...
   for cell in cells:  # ...but the finished records stay as they were
-    assert sweep.read_record(str(tmp_path), cell) == before[cell.name]
+    assert sweep_records.read_record(str(tmp_path), cell) == before[cell.name]
 
 
 @pytest.mark.slow
@@ -351,7 +351,9 @@ def test_sweep_killed_mid_cell_resumes_with_no_record_lost_or_repeated(tmp_path)
   )
   assert rerun.returncode == 0, rerun.stderr[-2000:]
   assert "Resumed from checkpoint at step" in rerun.stderr
-  assert sorted(os.listdir(workdir / "records")) == ["seed=0.json", "seed=1.json"]
+  assert sorted(os.listdir(workdir / "records")) == [
+    f"seed={seed}{end}" for seed in (0, 1) for end in (".json", ".test_predictions.npz")
+  ]
   for name in ("seed=0", "seed=1"):
     with open(workdir / "records" / f"{name}.json") as f:
       assert json.load(f)["status"] == "done"

@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from convnet import halving, sweep
+from convnet import halving, sweep, sweep_halving, sweep_records
 from convnet.errors import ConfigError, RunInterrupted
 
 RATES = (1e-3, 3e-3, 1e-2)
@@ -29,20 +29,20 @@ def _base(config):
 
 def test_vmap_rates_groups_each_settings_rates_and_seeds_in_a_folder_of_its_rates():
   cells = _cells()
-  groups = sweep._groups(cells, vmap_seeds=False, vmap_rates=True)
+  groups = sweep_records.group_cells(cells, vmap_seeds=False, vmap_rates=True)
   assert [len(g) for g in groups] == [6, 6]
   assert {c.overrides["model.name"] for c in groups[1]} == {"dense"}
-  assert sweep.group_workdir("S", groups[0]) == os.path.join(
+  assert sweep_records.group_workdir("S", groups[0]) == os.path.join(
     "S", "groups", "model.name=convnet,optimizer.learning_rate=0.001+0.003+0.01"
   )
   # A subset of the rates has a folder of its own; one rate's seeds are a seed group.
-  assert sweep.group_workdir("S", groups[0][2:]) == os.path.join(
+  assert sweep_records.group_workdir("S", groups[0][2:]) == os.path.join(
     "S", "groups", "model.name=convnet,optimizer.learning_rate=0.003+0.01"
   )
-  assert sweep.group_workdir("S", groups[0][:2]) == os.path.join(
+  assert sweep_records.group_workdir("S", groups[0][:2]) == os.path.join(
     "S", "groups", "model.name=convnet,optimizer.learning_rate=0.001"
   )
-  assert [len(g) for g in sweep._groups(cells, vmap_seeds=True)] == [2] * 6
+  assert [len(g) for g in sweep_records.group_cells(cells, vmap_seeds=True)] == [2] * 6
 
 
 def test_a_sweep_folder_run_with_vmap_rates_keeps_that_way(tmp_path):
@@ -64,26 +64,28 @@ def test_a_sweep_folder_run_with_vmap_rates_keeps_that_way(tmp_path):
 
 def test_a_sweep_files_halving_is_read_or_refused_in_one_line():
   rule = halving.Halving("optimizer.learning_rate", (1, 3), 2)
-  assert sweep.sweep_halving(types.SimpleNamespace(halving=lambda: rule)) is rule
-  assert sweep.sweep_halving(types.SimpleNamespace()) is None
+  assert sweep_halving.from_sweep_file(types.SimpleNamespace(halving=lambda: rule)) is rule
+  assert sweep_halving.from_sweep_file(types.SimpleNamespace()) is None
   with pytest.raises(ConfigError, match=r"halving\(\) gives dict, not a convnet.halving.Halving"):
-    sweep.sweep_halving(types.SimpleNamespace(halving=lambda: {"eta": 2}))
+    sweep_halving.from_sweep_file(types.SimpleNamespace(halving=lambda: {"eta": 2}))
 
 
 def test_a_rung_stops_its_runs_after_whole_epochs_of_the_full_schedule(config):
   config.steps_per_epoch = 4
-  stopped = sweep._until_epoch(config, 2)
+  stopped = sweep_halving._until_epoch(config, 2)
   assert stopped.max_steps == 8 and stopped.num_epochs == config.num_epochs
   assert config.max_steps == -1  # the cell's own config is left as it was
   config.steps_per_epoch = 0  # one pass: the 3,400 training digits in whole batches
-  assert sweep._until_epoch(config, 1).max_steps == 3400 // config.batch_size
+  assert sweep_halving._until_epoch(config, 1).max_steps == 3400 // config.batch_size
 
 
 def _fields(sweep_dir):
   """Each record's result, without what differs from one run to the next (times, paths)."""
   kept = ("status", "pruned_at_epoch", "best_validation_accuracy", "best_epoch", "epoch")
   fields = {}
-  for name in sorted(os.listdir(os.path.join(sweep_dir, "records"))):
+  for name in sorted(
+    n for n in os.listdir(os.path.join(sweep_dir, "records")) if n.endswith(".json")
+  ):
     with open(os.path.join(sweep_dir, "records", name)) as f:
       record = json.load(f)
     fields[name] = {k: record.get(k) for k in kept}
@@ -116,17 +118,17 @@ def test_a_halving_sweep_prunes_records_chooses_again_on_resume_and_trains_nothi
 
   # Stopped after the first rung (a signal), then run again: the same choices and results.
   resumed = str(tmp_path / "resumed")
-  train_group = sweep._train_group
+  train_group = sweep_records.train_group
 
   def stop_at_the_second_rung(sweep_dir, group, configs):
     if configs[group[0].name].max_steps < 0:
       raise RunInterrupted("stop requested", 15)
     return train_group(sweep_dir, group, configs)
 
-  monkeypatch.setattr(sweep, "_train_group", stop_at_the_second_rung)
+  monkeypatch.setattr(sweep_records, "train_group", stop_at_the_second_rung)
   with pytest.raises(RunInterrupted):
     sweep.run_sweep(base, cells, resumed, vmap_rates=True, halving=rule)
-  monkeypatch.setattr(sweep, "_train_group", train_group)
+  monkeypatch.setattr(sweep_records, "train_group", train_group)
   sweep.run_sweep(base, cells, resumed, vmap_rates=True, halving=rule)
   assert _fields(resumed) == before
 
@@ -190,12 +192,16 @@ def test_a_finished_record_is_kept_when_another_worker_finds_the_run_finished(co
   cell = _cells()[0]
   cell_config = sweep.apply_overrides(_base(config), cell.overrides)
   result = {"status": "done", "test_accuracy_at_best_validation": 0.5, "wall_time_s": 1.0}
-  sweep._write_record(str(tmp_path), cell, cell_config, str(tmp_path / "cells" / "a"), result)
+  sweep_records.write_record(
+    str(tmp_path), cell, cell_config, str(tmp_path / "cells" / "a"), result
+  )
   path = tmp_path / "records" / f"{cell.name}.json"
   before = path.read_bytes()
   again = result | {"wall_time_s": 2.0}
-  kept = sweep._write_record(str(tmp_path), cell, cell_config, str(tmp_path / "cells" / "a"), again)
+  kept = sweep_records.write_record(
+    str(tmp_path), cell, cell_config, str(tmp_path / "cells" / "a"), again
+  )
   assert path.read_bytes() == before and kept["wall_time_s"] == 1.0
   other = sweep.apply_overrides(cell_config, {"num_epochs": 4})  # another config: rewritten
-  sweep._write_record(str(tmp_path), cell, other, str(tmp_path / "cells" / "a"), again)
+  sweep_records.write_record(str(tmp_path), cell, other, str(tmp_path / "cells" / "a"), again)
   assert json.loads(path.read_text())["wall_time_s"] == 2.0

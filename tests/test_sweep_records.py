@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from convnet import analysis, records, report, sweep, train
+from convnet import analysis, records, report, sweep, sweep_records, train
 from convnet.errors import DataError, FileFormatError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,7 +95,7 @@ def test_every_committed_sweep_folder_passes_the_checks():
   assert len(folders) >= 20
   for folder in folders:
     read = records.read_folder(os.path.dirname(folder))
-    assert len(read) == len(os.listdir(folder)), folder
+    assert len(read) == len(glob.glob(os.path.join(folder, "*.json"))), folder
 
 
 def test_a_good_sweep_is_read_in_sweep_order(tmp_path):
@@ -398,7 +398,9 @@ def test_a_finished_record_of_another_config_is_replaced_and_the_log_says_so(
   assert len(calls) == 2
   assert "its record is of another config (num_epochs:" in caplog.text
   assert "the new record replaces that one" in caplog.text
-  assert sweep.read_record(str(tmp_path), cells[0])["config"]["num_epochs"] == changed.num_epochs
+  assert (
+    sweep_records.read_record(str(tmp_path), cells[0])["config"]["num_epochs"] == changed.num_epochs
+  )
 
 
 @pytest.mark.parametrize(
