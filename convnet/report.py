@@ -179,7 +179,8 @@ def read_examples(records: Sequence[Mapping[str, Any]], sweep_dir: str) -> Examp
     runs[setting] = {records_lib.seed(r): p for r, p in zip(mine, found, strict=True)}
   missing = []
   if lacking:
-    missing.append(f"{len(lacking)} setting(s) have runs without kept test predictions")
+    settings = "1 setting" if len(lacking) == 1 else f"{len(lacking)} settings"
+    missing.append(f"the runs of {settings} were recorded without their test predictions")
   if unreadable:
     missing.append(unreadable)
   return Examples(runs, clusters, "; ".join(missing))

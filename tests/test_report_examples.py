@@ -130,7 +130,8 @@ def test_settings_without_kept_predictions_show_none_and_say_why(tmp_path):
   )
   (row,) = [line for line in table.splitlines() if line.startswith("| kernel_size=5 | kernel_")]
   assert row.endswith("| – | – |")
-  assert "Here 1 setting(s) have runs without kept test predictions: their cells show –." in table
+  said = "Here the runs of 1 setting were recorded without their test predictions: their cells"
+  assert f"{said} show –." in table
 
 
 def test_predictions_that_are_not_the_records_run_stop_the_report_in_one_line(tmp_path):
