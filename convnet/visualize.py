@@ -1,6 +1,7 @@
 r"""Pictures of what a trained network learned, drawn from its workdir.
 
   python -m convnet.visualize --workdir=DIR [--out=DIR/figures] [--checkpoint=best]
+  python -m convnet.visualize --workdir=DIR --compare=OTHER_DIR   # two runs' t-SNE maps
 
 Loads the run's config and its latest checkpoint (or, with
 `--checkpoint=best`, its best epoch's by validation accuracy: the model behind
@@ -15,7 +16,19 @@ Loads the run's config and its latest checkpoint (or, with
   predicted class's logit with respect to the input, and Grad-CAM on the last
   conv block (for a model with convolutions);
 - `confusion.png`: the test set's confusion matrix;
-- `mistakes.png`: the most confidently misclassified test images.
+- `mistakes.png`: the most confidently misclassified test images;
+- `occlusion.png` and `occlusion.json`: for the same images as `saliency.png`,
+  the drop in the true class's probability when a patch covers each pixel,
+  beside saliency and Grad-CAM, and the rank correlations of occlusion with
+  them over a sample of test images (examples with pixels, not feature vectors);
+- `embedding.png` and `embedding.json`: a t-SNE map of the penultimate
+  activations of a sample of test images, by class, with k-NN accuracy and
+  silhouette on the map and on the activations;
+- `maximised_conv_<k>.png` and `maximised_logits.png`: activation
+  maximisation of the first filters of each conv block and of each logit.
+
+With `--compare=OTHER_DIR` it writes only `embedding_comparison.png` and
+`.json`: the two runs' maps side by side, on the same test images.
 
 A workdir of seeds trained together (`convnet.seeds`, `convnet.sweep
 --vmap_seeds`) is one `seed_<s>/` folder; its weights come from the group's
@@ -26,6 +39,7 @@ drawn by `convnet.report`. What the figures show is computed by
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -54,6 +68,11 @@ DPI = 100
 FEATURE_MAP_COLUMNS = 8
 NUM_MISTAKES = 16
 SALIENCY_SAMPLE = 1000  # test images whose saliency's share on the foreground is measured
+OCCLUSION_SAMPLE = 100  # test images whose occlusion is compared with saliency and Grad-CAM
+EMBEDDING_EXAMPLES = 2000  # test images embedded by t-SNE (--embedding_examples)
+KNN_NEIGHBOURS = 5
+MAXIMISED_FILTERS = 8  # filters of each conv block drawn by activation maximisation
+MAXIMISE_STEPS = 200
 
 
 # ----------------------------------------------------------------------------
@@ -331,6 +350,103 @@ def plot_mistakes(
   return _save(fig, path)
 
 
+def plot_occlusion(
+  images: np.ndarray,
+  saliency_magnitude: np.ndarray,
+  cams: np.ndarray | None,
+  drops: np.ndarray,
+  labels: np.ndarray,
+  class_names: Sequence[str],
+  path: str,
+  title: str = "",
+  cam_label: str = "Grad-CAM",
+  note: str = "",
+) -> str:
+  """Images, then |saliency|, Grad-CAM and occlusion of their true class, one column each.
+
+  `saliency_magnitude`, `cams` and `drops` are (N, *spatial) (`interpret.occlusion`'s
+  drops: red where covering a pixel lowers the class's probability, each map
+  scaled to its largest |drop|); each column's title gives the largest drop and
+  Spearman's rank correlation of occlusion with the others (n/a: an empty map).
+  """
+  plt = _pyplot()
+  n = len(images)
+  rows = [("input", None), ("|d logit / d input|", saliency_magnitude)]
+  rows += [(cam_label, cams)] if cams is not None else []
+  rows += [("occlusion: drop in\np(true class), scaled", drops)]
+  fig, axes = plt.subplots(
+    len(rows), n, figsize=(1.4 * n + 0.8, 1.55 * len(rows) + 0.8), squeeze=False
+  )
+  with_saliency = interpret.rank_correlation(drops, saliency_magnitude)
+  with_cam = interpret.rank_correlation(drops, cams) if cams is not None else None
+  for i in range(n):
+    heading = (
+      f"{class_names[labels[i]]}, max drop {drops[i].max():.2f}\nρ sal {with_saliency[i]:.2f}"
+    )
+    if with_cam is not None:
+      heading += ", cam n/a" if np.isnan(with_cam[i]) else f", cam {with_cam[i]:.2f}"
+    for r, (_, maps) in enumerate(rows):
+      ax = axes[r, i]
+      if maps is None:
+        _show(ax, example_map(images[i]))
+        ax.set_title(heading, fontsize=7)
+      elif maps is drops:  # each map to its own largest |drop|: a sure class drops little
+        limit = float(np.abs(maps[i]).max()) or 1.0
+        _show(ax, maps[i], cmap="RdBu_r", vmin=-limit, vmax=limit)
+      elif maps is cams and maps[i].ndim == 2:  # over the image, as in saliency.png
+        _show(ax, example_map(images[i]))
+        ax.imshow(maps[i], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+      else:
+        _show(ax, maps[i], cmap="hot" if maps is saliency_magnitude else "jet")
+  for r, (label, _) in enumerate(rows):
+    axes[r, 0].set_ylabel(label, fontsize=8)
+  heading = f"Occlusion of the true class{f' ({title})' if title else ''}"
+  fig.suptitle(f"{heading}\n{note}" if note else heading, fontsize=10)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def plot_embeddings(
+  panels: Sequence[tuple[np.ndarray, np.ndarray, str]],
+  class_names: Sequence[str],
+  path: str,
+  title: str = "",
+) -> str:
+  """2D maps side by side, one panel per (points (N, 2), labels (N,), caption), by class colour."""
+  plt = _pyplot()
+  colours = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 5.9), squeeze=False)
+  for ax, (points, labels, caption) in zip(axes[0], panels, strict=True):
+    for k, name in enumerate(class_names):
+      chosen = labels == k
+      if chosen.any():
+        ax.scatter(*points[chosen].T, s=4, color=colours(k % colours.N), label=name, alpha=0.7)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(caption, fontsize=8)
+  axes[0, -1].legend(fontsize=7, markerscale=3, loc="center left", bbox_to_anchor=(1.0, 0.5))
+  fig.suptitle(f"t-SNE of the penultimate activations{f' ({title})' if title else ''}", fontsize=10)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def plot_maximised(inputs: np.ndarray, captions: Sequence[str], path: str, title: str = "") -> str:
+  """Inputs found by activation maximisation (T, *input_shape), one tile each, captioned."""
+  plt = _pyplot()
+  columns = min(FEATURE_MAP_COLUMNS, max(len(inputs), 1))
+  rows = max(math.ceil(len(inputs) / columns), 1)
+  fig, axes = plt.subplots(rows, columns, figsize=(1.5 * columns, 1.7 * rows + 0.9), squeeze=False)
+  for i, ax in enumerate(axes.flat):
+    if i < len(inputs):
+      _show(ax, example_map(inputs[i]))
+      ax.set_title(captions[i], fontsize=7)
+    else:
+      ax.axis("off")
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
 # ----------------------------------------------------------------------------
 # All the figures of a workdir
 
@@ -347,10 +463,17 @@ def write_figures(
   num_images: int = 3,
   grad_cam_block: int = -1,
   checkpoint: str = "latest",
+  occlusion_patch: int = 4,
+  occlusion_stride: int = 2,
+  embedding_examples: int = EMBEDDING_EXAMPLES,
+  maximise_steps: int = MAXIMISE_STEPS,
 ) -> list[str]:
   """Writes every figure of a run's workdir, or a sweep's report; returns their paths.
 
-  `checkpoint`: "latest" or "best" (see `trained.load`).
+  `checkpoint`: "latest" or "best" (see `trained.load`). Occlusion covers
+  patches of `occlusion_patch` pixels every `occlusion_stride`; the t-SNE map
+  embeds `embedding_examples` test images (a seeded sample); activation
+  maximisation climbs `maximise_steps` steps.
 
   Raises:
     ConfigError: `grad_cam_block` names a conv block the model lacks.
@@ -373,6 +496,11 @@ def write_figures(
   out = out or os.path.join(workdir, "figures")
   figures = ["curves.png", "filters.png", "saliency.png", "confusion.png", "mistakes.png"]
   figures += [f"feature_maps_{n}.png" for n in range(num_images)] if convs else []
+  spatial = len(run.dataset.input_shape) > 1  # not feature vectors
+  figures += ["occlusion.png", "occlusion.json"] if spatial else []
+  embedding = min(embedding_examples, len(run.dataset.test)) > KNN_NEIGHBOURS
+  figures += ["embedding.png", "embedding.json"] if embedding else []
+  figures += [f"maximised_conv_{k}.png" for k in range(num_blocks)] + ["maximised_logits.png"]
   files.prepare_folder(out, figures)  # all checked before any is drawn
   title = describe(run)
   test = run.dataset.test
@@ -426,6 +554,14 @@ def write_figures(
       note,
     )
   )
+  block = grad_cam_block % num_blocks if convs else None
+  if spatial:
+    paths += write_occlusion(run, picks, out, block, occlusion_patch, occlusion_stride)
+  else:
+    logging.info("No occlusion: the examples are feature vectors, with no pixels to cover")
+  if embedding:
+    paths += write_embedding(run, out, embedding_examples)
+  paths += write_maximised(run, out, maximise_steps)
   counts = interpret.confusion_matrix(test.labels, predictions, run.dataset.num_classes)
   paths.append(plot_confusion(counts, names, os.path.join(out, "confusion.png"), title))
   wrong = interpret.confident_mistakes(probs, test.labels, NUM_MISTAKES)
@@ -439,6 +575,247 @@ def write_figures(
       title,
     )
   )
+  return paths
+
+
+def sample(num_examples: int, size: int, seed: int = 0) -> np.ndarray:
+  """`size` indices of `num_examples` (all of them if fewer), drawn with `seed`, in order."""
+  if size >= num_examples:
+    return np.arange(num_examples)
+  return np.sort(np.random.default_rng(seed).choice(num_examples, size, replace=False))
+
+
+def _json_ready(value):
+  """`value` with NaN as None, NumPy numbers as Python's: a JSON file that any reader takes."""
+  if isinstance(value, dict):
+    return {k: _json_ready(v) for k, v in value.items()}
+  if isinstance(value, list | tuple | np.ndarray):
+    return [_json_ready(v) for v in value]
+  if isinstance(value, float | np.floating):
+    return None if not np.isfinite(value) else float(value)
+  if isinstance(value, np.integer):
+    return int(value)
+  return value
+
+
+def _write_json(path: str, value) -> str:
+  files.atomic_write(path, json.dumps(_json_ready(value), indent=2) + "\n")
+  return path
+
+
+def _agreement(values: np.ndarray) -> dict[str, Any]:
+  return {
+    "mean": float(np.nanmean(values)) if np.isfinite(values).any() else float("nan"),
+    "undefined": int(np.isnan(values).sum()),  # an empty (constant) map
+    "per_image": values,
+  }
+
+
+def write_occlusion(
+  run: trained.TrainedRun,
+  picks: np.ndarray,
+  out: str,
+  block: int | None,
+  patch: int = 4,
+  stride: int = 2,
+) -> list[str]:
+  """`occlusion.png` of test images `picks`, and `occlusion.json`: the agreement measures.
+
+  Occlusion (`interpret.occlusion`, fill: the training images' mean per
+  channel), |saliency| and Grad-CAM on conv block `block` (None: no Grad-CAM),
+  all of the true class; the JSON gives Spearman's rank correlation over pixels
+  of occlusion with the other two, per image and their mean, over
+  `OCCLUSION_SAMPLE` test images (a seeded sample).
+  """
+  test = run.dataset.test
+  train_images = run.dataset.train.images
+  fill = train_images.mean(axis=tuple(range(train_images.ndim - 1)))
+
+  def maps(indices):
+    images, classes = test.images[indices], test.labels[indices]
+    drops = interpret.occlusion(run.model, run.params, images, classes, patch, stride, fill)
+    gradients = interpret.saliency(run.model, run.params, images, classes)
+    cams = None
+    if block is not None:
+      cams = interpret.grad_cam(run.model, run.params, images, classes, block)
+    return drops, np.abs(gradients).max(-1), cams
+
+  measured = sample(len(test), OCCLUSION_SAMPLE)
+  both = maps(np.concatenate([picks, measured]))  # one batch: one compiled program of each
+  drops, magnitude, cams = (m if m is None else m[len(picks) :] for m in both)
+  measures = {
+    "patch": patch,
+    "stride": stride,
+    "fill": fill,
+    "examples": len(measured),
+    "test_indices": measured,
+    "spearman_with_saliency": _agreement(interpret.rank_correlation(drops, magnitude)),
+  }
+  note = (
+    f"over {len(measured)} test images, Spearman's ρ of occlusion with |saliency| "
+    f"{measures['spearman_with_saliency']['mean']:.2f}"
+  )
+  cam_label = ""
+  if cams is not None:
+    measures["grad_cam_block"] = block
+    measures["spearman_with_grad_cam"] = _agreement(interpret.rank_correlation(drops, cams))
+    note += f", with Grad-CAM {measures['spearman_with_grad_cam']['mean']:.2f}"
+    cam_label = f"Grad-CAM, {layers.convs(run.model.layers)[block].name}"
+  logging.info("Occlusion: %s", note)
+  drops, magnitude, cams = (m if m is None else m[: len(picks)] for m in both)
+  figure = plot_occlusion(
+    test.images[picks],
+    magnitude,
+    cams,
+    drops,
+    test.labels[picks],
+    run.dataset.class_names,
+    os.path.join(out, "occlusion.png"),
+    describe(run),
+    cam_label,
+    f"patch {patch}, stride {stride}; {note}",
+  )
+  return [figure, _write_json(os.path.join(out, "occlusion.json"), measures)]
+
+
+def representation(
+  run: trained.TrainedRun, examples: int = EMBEDDING_EXAMPLES, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+  """A run's learned representation of `examples` test images (a sample drawn with `seed`).
+
+  Returns:
+    The t-SNE map (n, 2) of their penultimate activations (`interpret.embed`),
+    their labels (n,), and the separation measures: leave-one-out k-NN
+    accuracy and silhouette, on the map and on the activations.
+  """
+  test = run.dataset.test
+  indices = sample(len(test), examples, seed)
+  activations = interpret.penultimate(run.model, run.params, test.images[indices])
+  points = interpret.embed(activations, seed)
+  labels = test.labels[indices]
+  measures: dict[str, Any] = {"examples": len(indices), "features": activations.shape[1]}
+  measures["k"] = KNN_NEIGHBOURS
+  spaces = {"embedding": points, "activations": activations}
+  measures["knn_accuracy"] = {
+    where: interpret.knn_accuracy(values, labels, KNN_NEIGHBOURS)
+    for where, values in spaces.items()
+  }
+  measures["silhouette"] = {where: _silhouette(values, labels) for where, values in spaces.items()}
+  return points, labels, measures
+
+
+def _silhouette(points: np.ndarray, labels: np.ndarray) -> float:
+  try:
+    return interpret.silhouette(points, labels)
+  except ValueError:  # one class in the sample
+    return float("nan")
+
+
+def _caption(run: trained.TrainedRun, measures: Mapping[str, Any]) -> str:
+  knn, silhouette = measures["knn_accuracy"], measures["silhouette"]
+  return (
+    f"{describe(run)}, {measures['examples']:,} test images\n"
+    f"{measures['k']}-NN accuracy {100 * knn['embedding']:.1f}% on the map, "
+    f"{100 * knn['activations']:.1f}% on the {measures['features']} activations\n"
+    f"silhouette {silhouette['embedding']:.2f} on the map, "
+    f"{silhouette['activations']:.2f} on the activations"
+  )
+
+
+def write_embedding(
+  run: trained.TrainedRun, out: str, examples: int = EMBEDDING_EXAMPLES
+) -> list[str]:
+  """`embedding.png`, the t-SNE map of a run's test images by class, and `embedding.json`."""
+  points, labels, measures = representation(run, examples)
+  logging.info("Embedding: %s", _caption(run, measures).replace("\n", "; "))
+  path = os.path.join(out, "embedding.png")
+  figure = plot_embeddings(
+    [(points, labels, _caption(run, measures))], run.dataset.class_names, path
+  )
+  return [figure, _write_json(os.path.join(out, "embedding.json"), measures)]
+
+
+def write_comparison(
+  workdir: str,
+  other: str,
+  out: str | None = None,
+  checkpoint: str = "latest",
+  examples: int = EMBEDDING_EXAMPLES,
+) -> list[str]:
+  """`embedding_comparison.png`: two runs' t-SNE maps side by side, and its JSON of measures.
+
+  Both runs embed the same test images (their test sets must be the same), so
+  their k-NN accuracies and silhouettes compare. Writes to `out` (default
+  WORKDIR/figures).
+
+  Raises:
+    ConfigError: the two runs' test sets differ.
+    CheckpointError: `other` is not a directory.
+    CheckpointError, WorkdirError, DataError: as `trained.load`, or `out` cannot be written.
+  """
+  workdir, other = os.path.abspath(workdir), os.path.abspath(other)
+  if not os.path.isdir(other):
+    raise CheckpointError(f"--compare={other} is not a directory")
+  runs = [trained.load(workdir, checkpoint), trained.load(other, checkpoint)]
+  mine, theirs = (run.dataset.test for run in runs)
+  if mine.images.shape != theirs.images.shape or not np.array_equal(mine.labels, theirs.labels):
+    raise ConfigError(
+      f"--compare={other}: its test set is not that of --workdir ({len(theirs):,} and "
+      f"{len(mine):,} images, or other labels); compare two runs on the same data"
+    )
+  out = out or os.path.join(workdir, "figures")
+  names = ["embedding_comparison.png", "embedding_comparison.json"]
+  files.prepare_folder(out, names)
+  panels, entries = [], []
+  for run in runs:
+    points, labels, measures = representation(run, examples)
+    panels.append((points, labels, _caption(run, measures)))
+    entries.append({"workdir": run.workdir, "run": describe(run), "step": run.step, **measures})
+  figure = plot_embeddings(panels, runs[0].dataset.class_names, os.path.join(out, names[0]))
+  return [figure, _write_json(os.path.join(out, names[1]), {"runs": entries})]
+
+
+def write_maximised(run: trained.TrainedRun, out: str, steps: int = MAXIMISE_STEPS) -> list[str]:
+  """`maximised_conv_<k>.png` per conv block and `maximised_logits.png`: activation maximisation.
+
+  The first `MAXIMISED_FILTERS` filters of each block and every class's logit
+  (`interpret.maximise`, within the training images' range); each tile's
+  caption gives the value it reached.
+  """
+  train_images = run.dataset.train.images
+  data_range = (float(train_images.min()), float(train_images.max()))
+  names = run.dataset.class_names
+  groups = [  # (figure, targets, captions, what)
+    (
+      f"maximised_{conv.name}.png",
+      [(f"activation_{k}", c) for c in range(min(MAXIMISED_FILTERS, conv.features))],
+      [f"filter {c}" for c in range(min(MAXIMISED_FILTERS, conv.features))],
+      f"{conv.name}: the inputs that most excite {min(MAXIMISED_FILTERS, conv.features)} of "
+      f"its {conv.features} filters (mean activation)",
+    )
+    for k, conv in enumerate(layers.convs(run.model.layers))
+  ]
+  classes = range(run.dataset.num_classes)
+  groups.append(
+    (
+      "maximised_logits.png",
+      [("logits", c) for c in classes],
+      [names[c] for c in classes],
+      "the inputs that most raise each class's logit",
+    )
+  )
+  targets = [target for group in groups for target in group[1]]  # all in one program
+  inputs = interpret.maximise(
+    run.model, run.params, targets, run.dataset.input_shape, steps=steps, data_range=data_range
+  )
+  values = interpret.target_values(run.model, run.params, targets, inputs)
+  paths, first = [], 0
+  for name, group, captions, what in groups:
+    chosen = slice(first, first + len(group))
+    first += len(group)
+    captions = [f"{c}: {v:.2f}" for c, v in zip(captions, values[chosen], strict=True)]
+    title = f"Activation maximisation, {what}\n{describe(run)}, {steps} steps"
+    paths.append(plot_maximised(inputs[chosen], captions, os.path.join(out, name), title))
   return paths
 
 
@@ -464,6 +841,29 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
         "The weights drawn: the latest checkpoint's, or the best validation epoch's.",
         {"enum_values": list(checkpoints.WHICH)},
       ),
+      ("integer", "occlusion_patch", 4, "Occlusion's patch, in pixels.", {"lower_bound": 1}),
+      ("integer", "occlusion_stride", 2, "Occlusion's stride, in pixels.", {"lower_bound": 1}),
+      (
+        "integer",
+        "embedding_examples",
+        EMBEDDING_EXAMPLES,
+        "Test images in the t-SNE map of the penultimate activations (a seeded sample).",
+        {"lower_bound": KNN_NEIGHBOURS + 1},
+      ),
+      (
+        "integer",
+        "maximise_steps",
+        MAXIMISE_STEPS,
+        "Gradient ascent steps of activation maximisation.",
+        {"lower_bound": 1},
+      ),
+      (
+        "string",
+        "compare",
+        None,
+        "Another run on the same data: write only the side-by-side t-SNE maps of the two "
+        "(embedding_comparison.png and .json).",
+      ),
     ),
     required=("workdir",),
   )
@@ -472,9 +872,22 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 def main(argv):
   cli.start(argv)
   try:
-    paths = write_figures(
-      FLAGS.workdir, FLAGS.out, FLAGS.num_images, FLAGS.grad_cam_block, FLAGS.checkpoint
-    )
+    if FLAGS.compare:
+      paths = write_comparison(
+        FLAGS.workdir, FLAGS.compare, FLAGS.out, FLAGS.checkpoint, FLAGS.embedding_examples
+      )
+    else:
+      paths = write_figures(
+        FLAGS.workdir,
+        FLAGS.out,
+        FLAGS.num_images,
+        FLAGS.grad_cam_block,
+        FLAGS.checkpoint,
+        FLAGS.occlusion_patch,
+        FLAGS.occlusion_stride,
+        FLAGS.embedding_examples,
+        FLAGS.maximise_steps,
+      )
   except ConvnetError as e:
     sys.exit(f"error: {e}")
   print("Wrote " + ", ".join(paths))

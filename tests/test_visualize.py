@@ -14,6 +14,7 @@ import pytest
 
 from convnet import (
   checkpoints,
+  files,
   input_pipeline,
   interpret,
   models,
@@ -36,7 +37,14 @@ CONVNET_FIGURES = [
   "saliency.png",
   "confusion.png",
   "mistakes.png",
+  "occlusion.png",
+  "embedding.png",
+  "maximised_conv_0.png",
+  "maximised_conv_1.png",
+  "maximised_conv_2.png",
+  "maximised_logits.png",
 ]
+FIGURE_DATA = ["occlusion.json", "embedding.json"]
 
 
 def _config(model="convnet"):
@@ -98,11 +106,23 @@ def _assert_drawn(path):
 @pytest.mark.slow  # every figure drawn (13 s); the quick tier reads and checks the same run
 def test_every_figure_of_a_convnet_run_is_drawn(convnet_run, tmp_path):
   out = str(tmp_path / "figures")
-  paths = visualize.write_figures(convnet_run, out, num_images=2)
-  assert sorted(os.path.basename(p) for p in paths) == sorted(CONVNET_FIGURES)
+  paths = visualize.write_figures(
+    convnet_run, out, num_images=2, embedding_examples=200, maximise_steps=20
+  )
+  assert sorted(os.path.basename(p) for p in paths) == sorted(CONVNET_FIGURES + FIGURE_DATA)
   for path in paths:
     assert os.path.dirname(path) == out
-    _assert_drawn(path)
+    if path.endswith(".png"):
+      _assert_drawn(path)
+  occlusion = files.read_json(os.path.join(out, "occlusion.json"))
+  for measure in ("spearman_with_saliency", "spearman_with_grad_cam"):
+    values = [v for v in occlusion[measure]["per_image"] if v is not None]
+    assert len(values) == 100 - occlusion[measure]["undefined"]
+    assert np.mean(values) == pytest.approx(occlusion[measure]["mean"])
+    assert all(-1 <= v <= 1 for v in values)
+  embedding = files.read_json(os.path.join(out, "embedding.json"))
+  assert embedding["examples"] == 200 and embedding["features"] == 64
+  assert 0.5 < embedding["knn_accuracy"]["activations"] <= 1  # 40 steps: already far from 0.1
   assert not [n for n in os.listdir(out) if ".tmp." in n]
   # Sizes follow the content: 16 first-layer kernels in 2 rows of 8; 10 classes' confusion.
   # Update these only with a deliberate change of those figures' layout.
@@ -111,19 +131,33 @@ def test_every_figure_of_a_convnet_run_is_drawn(convnet_run, tmp_path):
 
 
 @pytest.mark.slow  # a run of its own, then every figure
-def test_a_dense_run_gets_its_first_layer_weights_and_no_conv_figures(tmp_path):
+def test_a_dense_run_gets_its_first_layer_weights_and_no_conv_figures(convnet_run, tmp_path):
   workdir = str(tmp_path / "dense")
   config = _config("dense")
   config.model.dense_features = (12,)
   train.train_and_evaluate(config, workdir)
-  paths = visualize.write_figures(workdir)
+  paths = visualize.write_figures(workdir, embedding_examples=200, maximise_steps=20)
   names = sorted(os.path.basename(p) for p in paths)
   assert names == sorted(
     ["curves.png", "filters.png", "saliency.png", "confusion.png", "mistakes.png"]
+    + ["occlusion.png", "embedding.png", "maximised_logits.png"]
+    + FIGURE_DATA
   )
   assert all(os.path.dirname(p) == os.path.join(workdir, "figures") for p in paths)
   for path in paths:
-    _assert_drawn(path)
+    if path.endswith(".png"):
+      _assert_drawn(path)
+  # Beside the convnet on the same test images: two maps, two runs' measures.
+  out = tmp_path / "comparison"
+  paths = visualize.write_comparison(convnet_run, workdir, str(out), examples=150)
+  assert [os.path.basename(p) for p in paths] == [
+    "embedding_comparison.png",
+    "embedding_comparison.json",
+  ]
+  _assert_drawn(paths[0])
+  runs = files.read_json(paths[1])["runs"]
+  assert [r["workdir"] for r in runs] == [convnet_run, workdir]
+  assert [r["features"] for r in runs] == [64, 12] and runs[0]["examples"] == 150
 
 
 def test_a_trained_run_is_read_with_its_last_checkpoint(convnet_run):
@@ -302,11 +336,12 @@ def test_a_sequence_layout_run_gets_its_figures(config, tmp_path):
   config.max_steps = 4
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(config, workdir)
-  paths = visualize.write_figures(workdir, num_images=2)
+  paths = visualize.write_figures(workdir, num_images=2, embedding_examples=100, maximise_steps=10)
   names = {os.path.basename(p) for p in paths}
-  assert {"saliency.png", "mistakes.png", "filters.png"} <= names
+  assert {"saliency.png", "mistakes.png", "filters.png", "occlusion.png", "embedding.png"} <= names
   for path in paths:
-    _assert_drawn(path)
+    if path.endswith(".png"):
+      _assert_drawn(path)
 
 
 def test_curves_need_an_epoch(tmp_path):
@@ -384,6 +419,12 @@ def test_command_line_names_a_bad_workdir(tmp_path):
   assert "has no checkpoints/" in untrained.stderr.strip().splitlines()[-1]
   assert "Traceback" not in untrained.stderr
   assert os.listdir(tmp_path) == ["config.json"]
+  elsewhere = _visualize(f"--workdir={tmp_path}", f"--compare={tmp_path / 'nowhere'}")
+  assert elsewhere.returncode != 0
+  assert (
+    elsewhere.stderr.strip().splitlines()[-1]
+    == f"error: --compare={tmp_path / 'nowhere'} is not a directory"
+  )
 
 
 def test_reading_a_run_prints_no_warnings_about_reading_it(convnet_run, caplog):
