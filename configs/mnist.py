@@ -50,6 +50,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.features = "pixels"  # or "pca", "top_variance": for the dense model
   config.data.num_features = 0  # components or pixels kept by "pca" and "top_variance"
   config.data.layout = "image"  # or "sequence": (rows, columns, 1) as columns of `rows` channels
+  config.data.permute_pixels = 0  # N > 0: one fixed permutation of the positions, drawn from N
+  # data.source="canvas": each image of `base` at a random place on a size x size canvas, over
+  # `clutter` pieces cut from other images (convnet/sources/canvas.py); positions drawn by `seed`.
+  config.data.canvas = ml_collections.ConfigDict()
+  config.data.canvas.base = "idx"  # a source of 2D images: "idx" (data.idx_dir), "embedded", ...
+  config.data.canvas.size = 56
+  config.data.canvas.clutter = 0
+  config.data.canvas.seed = 0
 
   # One value for every block, or a tuple with one value per block (see
   # model_config.conv_blocks). Sizes are ints or tuples with one entry per spatial axis.

@@ -33,7 +33,16 @@ METRICS = {
   "test": "test_accuracy_at_best_validation",
 }
 # The fields that name a test set: settings that differ in one are never subtracted.
-DATASET_FIELDS = ("data.name", "data.source", "data.idx_dir", "data.tfds_data_dir")
+DATASET_FIELDS = (
+  "data.name",
+  "data.source",
+  "data.idx_dir",
+  "data.tfds_data_dir",
+  "data.canvas.base",
+  "data.canvas.size",
+  "data.canvas.clutter",
+  "data.canvas.seed",
+)
 # The field a sweep's grid of learning rates varies; arms are tuned over it.
 LEARNING_RATE = "optimizer.learning_rate"
 # Fields under `model.` that say how a model computes, not what it is: two models compared must

@@ -12,7 +12,7 @@ from typing import Any
 
 import ml_collections
 
-from convnet import epochs, input_pipeline, models
+from convnet import epochs, input_pipeline, models, sources
 from convnet.errors import ConfigError
 from convnet.optim import OPTIMIZERS, SCHEDULES
 
@@ -98,6 +98,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     config.data.layout,
     f"is one of {', '.join(input_pipeline.LAYOUTS)}",
   )
+  input_pipeline.check_permute_pixels(config.data.get("permute_pixels", 0))
   for field, value in config.augment.items():  # drawn as int32 on the device
     _require(0 <= value < 2**31, f"augment.{field}", value, "is 0 or more, and below 2**31")
   opt = config.optimizer
@@ -130,6 +131,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     source,
     f"is one of {', '.join(input_pipeline.SOURCES)}",
   )
+  # A source's own fields, where it checks them apart, before any data is read.
+  check_fields = getattr(sources.get(source), "check_fields", None)
+  if check_fields:
+    check_fields(config.data)
 
 
 def _check_early_stopping(config: ml_collections.ConfigDict) -> None:

@@ -8,6 +8,9 @@ The sources themselves live in `convnet.sources`, one module each, chosen by
 - scales uint8 pixels to float32 in [0, 1], and makes a source's own floats
   (standardised sequences and spectrograms, voxel occupancies) float32 as they
   are;
+- moves every example's positions by one fixed permutation if
+  `data.permute_pixels` asks (`permute_pixels`), the control that takes away
+  locality and leaves every pixel's value;
 - lays a single-channel 2D example out as a sequence if `data.layout` asks
   (`arrange`), for 1D convolutions over a spectrogram's time;
 - reduces each example to `data.num_features` numbers if `data.features` asks
@@ -94,6 +97,7 @@ def load(data_config: Mapping[str, Any], seed: int) -> Dataset:
   dataset = _split_validation(
     raw, data_config["validation_fraction"], seed, data_config.get("num_train", 0)
   )
+  dataset = permute_pixels(dataset, data_config.get("permute_pixels", 0))
   dataset = arrange(dataset, data_config.get("layout", "image"))
   return select_features(
     dataset, data_config.get("features", "pixels"), data_config.get("num_features", 0)
@@ -159,6 +163,58 @@ def _split_validation(
     num_classes=raw.num_classes,
     class_names=raw.class_names,
   )
+
+
+def pixel_permutation(spatial_shape: tuple[int, ...], seed: int) -> np.ndarray:
+  """One permutation of the positions of a grid of `spatial_shape`, drawn from `seed`.
+
+  Returns:
+    int64 (prod(spatial_shape),): position i of a permuted example, in C order
+    over the spatial axes, is position `permutation[i]` of the original.
+
+  Raises:
+    ConfigError: `seed` is not a whole number from 0 to 2**63 - 1 (`data.permute_pixels`).
+  """
+  check_permute_pixels(seed)
+  return np.random.default_rng(seed).permutation(math.prod(spatial_shape))
+
+
+def permute_pixels(dataset: Dataset, seed: int) -> Dataset:
+  """The dataset with every example's positions moved by one permutation, or as it is (`seed` 0).
+
+  Examples are (N, *spatial, channels): 2D images, 1D sequences and 3D volumes
+  alike. The permutation (`pixel_permutation(spatial, seed)`) is the same for
+  the train, validation and test splits and for every channel; a pixel's
+  values are kept, only its place changes, so a network without locality
+  (the dense baseline) sees the same problem, and a convnet loses its
+  neighbourhoods.
+
+  Raises:
+    ConfigError: a `seed` that is not 0 or a whole number below 2**63
+      (`data.permute_pixels`).
+  """
+  check_permute_pixels(seed)
+  if seed == 0:
+    return dataset
+  spatial = dataset.input_shape[:-1]
+  permutation = pixel_permutation(spatial, seed)
+
+  def permute(split: Split) -> Split:
+    flat = split.images.reshape(len(split), len(permutation), split.images.shape[-1])
+    moved = np.ascontiguousarray(flat[:, permutation]).reshape(split.images.shape)
+    return Split(moved, split.labels)
+
+  return dataset.map_splits(permute)
+
+
+def check_permute_pixels(value: Any) -> None:
+  """Rejects a `data.permute_pixels` that is not 0 (off) or a whole number below 2**63."""
+  whole = isinstance(value, int | np.integer) and not isinstance(value, bool)
+  if not (whole and 0 <= value < 2**63):
+    raise ConfigError(
+      f"data.permute_pixels={value!r}: permute_pixels is 0 (off) or the seed of one fixed "
+      "permutation of the positions, a whole number from 1 to 2**63 - 1"
+    )
 
 
 def arrange(dataset: Dataset, layout: str) -> Dataset:

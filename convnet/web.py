@@ -136,6 +136,11 @@ def check_page_input(data_config: Mapping[str, Any], input_shape: Sequence[int])
       f"{tuple(input_shape)} (data.source={data_config.get('source')!r}, "
       f"data.features={features!r}, data.layout={layout!r}); export it without --page"
     )
+  if data_config.get("permute_pixels", 0):
+    raise ExportError(
+      f"--page draws images as they are, and this run's model reads them with their pixels "
+      f"permuted (data.permute_pixels={data_config['permute_pixels']}); export it without --page"
+    )
 
 
 def preprocessing(*names: str) -> str:

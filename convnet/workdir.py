@@ -75,6 +75,11 @@ ADDED_FIELDS = {
   "augment.freq_mask_width": 0,
   "early_stopping.patience": 0,
   "early_stopping.min_delta": 0.0,
+  "data.permute_pixels": 0,
+  "data.canvas.base": "idx",
+  "data.canvas.size": 56,
+  "data.canvas.clutter": 0,
+  "data.canvas.seed": 0,
 }
 
 

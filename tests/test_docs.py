@@ -51,7 +51,7 @@ SHELL_VARIABLES = {
 # The programs a page runs with `python -m`, each with a `define_flags(flag_values)`;
 # `convnet.configs` takes no flags, and runs in `test_the_cheap_commands_run_as_written`.
 NO_FLAGS = {"convnet.configs"}
-POSITIONAL = {"convnet.report": 1}  # the sweep directory
+POSITIONAL = {"convnet.report": 1, "convnet.invariance": 1}  # the sweep (or run) directory
 
 
 def _read(page: str) -> str:
@@ -436,7 +436,7 @@ def test_the_cheap_commands_run_as_written():
   assert names <= listed, f"not listed by python -m convnet.configs: {names - listed}"
 
 
-@pytest.mark.slow  # about a minute on 2 vCPUs: 10 epochs, the figures and an ONNX export
+@pytest.mark.slow  # about 3 minutes on 2 vCPUs: 10 epochs of two models, figures, ONNX
 def test_the_quick_start_runs_as_written(tmp_path):
   (install_and_train,) = _shell_lines(_block_with("README.md", "pip install"))
   train = "python -m convnet.main" + install_and_train.split("python -m convnet.main", 1)[1]
@@ -462,3 +462,10 @@ def test_the_quick_start_runs_as_written(tmp_path):
   )
   assert done.returncode == 0, done.stderr[-3000:]
   assert done.stdout.strip() == "(1, 10)"
+
+  # The interpretation page's figures, and its dense baseline beside the convnet.
+  for line in _shell_lines(_block_with("docs/interpretation.md", "--compare=")):
+    done = _run(line, **moved)  # runs/mnist_5k_dense goes beside runs/mnist_5k
+    assert done.returncode == 0, f"{line}: {done.stderr[-3000:]}"
+  figures = tmp_path / "mnist_5k" / "figures"
+  assert (figures / "occlusion.json").exists() and (figures / "embedding_comparison.png").exists()

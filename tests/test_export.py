@@ -398,6 +398,17 @@ def test_the_page_refuses_inputs_that_are_not_28x28_pixels(tmp_path):
   assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("permute_pixels", [0, 7])
+def test_the_page_refuses_a_model_that_reads_permuted_pixels(permute_pixels):
+  data = {"source": "embedded", "features": "pixels", "layout": "image"}
+  data["permute_pixels"] = permute_pixels
+  if not permute_pixels:
+    web.check_page_input(data, (28, 28, 1))  # the book's input: no refusal
+    return
+  with pytest.raises(ExportError, match=r"permuted \(data.permute_pixels=7\); export it without"):
+    web.check_page_input(data, (28, 28, 1))
+
+
 def test_find_tfjs_looks_in_the_named_node_modules_first(tmp_path, monkeypatch):
   package = tmp_path / "node_modules" / "@tensorflow" / "tfjs"
   package.mkdir(parents=True)

@@ -79,7 +79,7 @@ def test_an_unknown_source_is_one_line_naming_the_field():
       call(config)
     assert str(error.value) == (
       "data.source='s3' is not a source; choose one of "
-      "tfds, idx, embedded, mnist1d, spoken_digits, shapes3d"
+      "tfds, idx, embedded, mnist1d, spoken_digits, shapes3d, canvas"
     )
 
 

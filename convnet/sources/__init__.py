@@ -16,7 +16,9 @@ A module may also have `title(data_config, sizes) -> str`, how titles name
 its data ("embedded MNIST"); without one, titles use `data.name`. One whose
 test examples come in dependent groups (a spoken digit's voice) has
 `example_clusters(data_config) -> (N,) labels`, in the test split's order, for
-`convnet.predictions.cluster_labels`.
+`convnet.predictions.cluster_labels`. One with fields of its own (`data.canvas`)
+has `check_fields(data_config)`, which `config_checks.validate` calls before
+any data is read, raising ConfigError for a field that cannot work.
 
 Both read only the `data_config` fields they need and raise ConfigError for a
 field that cannot work, DataError for data that cannot be read. What comes
@@ -186,6 +188,7 @@ REGISTRY = {
   "mnist1d": "convnet.sources.mnist1d",
   "spoken_digits": "convnet.sources.spoken_digits",
   "shapes3d": "convnet.sources.shapes3d",
+  "canvas": "convnet.sources.canvas",
 }
 
 
