@@ -430,15 +430,26 @@ def plot_embeddings(
   return _save(fig, path)
 
 
-def plot_maximised(inputs: np.ndarray, captions: Sequence[str], path: str, title: str = "") -> str:
-  """Inputs found by activation maximisation (T, *input_shape), one tile each, captioned."""
+def plot_maximised(
+  inputs: np.ndarray,
+  captions: Sequence[str],
+  path: str,
+  title: str = "",
+  data_range: tuple[float, float] | None = None,
+) -> str:
+  """Inputs found by activation maximisation (T, *input_shape), one tile each, captioned.
+
+  `data_range` (low, high): the grey scale of every tile, so that tiles compare and a constant
+  one shows its value (None: each tile scaled to its own values).
+  """
+  scale = {} if data_range is None else {"vmin": data_range[0], "vmax": data_range[1]}
   plt = _pyplot()
   columns = min(FEATURE_MAP_COLUMNS, max(len(inputs), 1))
   rows = max(math.ceil(len(inputs) / columns), 1)
   fig, axes = plt.subplots(rows, columns, figsize=(1.5 * columns, 1.7 * rows + 0.9), squeeze=False)
   for i, ax in enumerate(axes.flat):
     if i < len(inputs):
-      _show(ax, example_map(inputs[i]))
+      _show(ax, example_map(inputs[i]), **scale)
       ax.set_title(captions[i], fontsize=7)
     else:
       ax.axis("off")
@@ -815,7 +826,8 @@ def write_maximised(run: trained.TrainedRun, out: str, steps: int = MAXIMISE_STE
     first += len(group)
     captions = [f"{c}: {v:.2f}" for c, v in zip(captions, values[chosen], strict=True)]
     title = f"Activation maximisation, {what}\n{describe(run)}, {steps} steps"
-    paths.append(plot_maximised(inputs[chosen], captions, os.path.join(out, name), title))
+    path = os.path.join(out, name)
+    paths.append(plot_maximised(inputs[chosen], captions, path, title, data_range))
   return paths
 
 

@@ -74,3 +74,18 @@ def test_a_target_the_model_lacks_is_named():
     interpret.maximise(model, params, [("activation_2", 0)], shape)
   with pytest.raises(ValueError, match="unit 3 of activation_1: it has 3"):
     interpret.target_values(model, params, [("activation_1", 3)], np.zeros((1, *shape)))
+
+
+def test_tiles_share_the_datas_grey_scale_so_a_constant_input_shows_its_value(tmp_path):
+  import matplotlib.image
+
+  from convnet import visualize
+
+  inputs = np.stack([np.ones((12, 12, 1)), np.zeros((12, 12, 1))]).astype(np.float32)
+  path = visualize.plot_maximised(inputs, ["white", "black"], str(tmp_path / "m.png"), "", (0, 1))
+  image = matplotlib.image.imread(path)[..., :3].mean(-1)
+  height, width = image.shape
+  white, black = image[height // 2, width // 4], image[height // 2, 3 * width // 4]  # the middles
+  # The all-ones tile is drawn white and the all-zeros one black (each scaled to itself, both
+  # constant tiles were drawn alike).
+  assert white > 0.95 and black < 0.05
