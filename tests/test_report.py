@@ -912,15 +912,10 @@ def test_committed_reports_print_no_interval_past_its_bounds(path):
     assert bound[0] <= float(low) <= float(high) <= bound[1], f"{path}: [{low}, {high}]"
 
 
-@pytest.mark.parametrize(
-  "path",
-  [
-    p
-    for p in _committed_reports()
-    if os.path.isdir(os.path.join(REPO, os.path.dirname(p), "records"))
-  ],
-)
-def test_committed_reports_with_records_state_their_correction_policy(path):
+@pytest.mark.parametrize("path", _committed_reports())
+def test_committed_reports_keep_their_records_and_state_their_correction_policy(path):
+  records = os.path.join(REPO, os.path.dirname(path), "records")
+  assert glob.glob(os.path.join(records, "*.json")), f"{path}: no records beside it"
   with open(os.path.join(REPO, path)) as f:
     text = f.read()
   assert "Multiple comparisons: each table of differences is one family" in text, (
