@@ -1,4 +1,4 @@
-"""Dense networks matched to the convnet in parameters and in FLOPs (`convnet.models.matching`)."""
+"""Dense networks matched to the convnet in parameters and in FLOPs (`convnet.matching`)."""
 
 import os
 
@@ -6,10 +6,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from convnet import models, sweep
+from convnet import matching, models, sweep
 from convnet.configs import mnist
 from convnet.errors import ConfigError
-from convnet.models import matching
 from tests.conftest import REPO
 
 

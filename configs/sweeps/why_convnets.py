@@ -3,7 +3,7 @@ r"""Why a convnet wins on images: objects at random places, and dense networks m
 Each image sits at a random place on a 56x56 canvas (the "canvas" source), so
 where the object is varies. The book's convnet (219,562 parameters on this
 input, 8.49 MFLOP forward per example) against two dense networks of one hidden
-layer, their widths computed by `convnet.models.matching` when the sweep is
+layer, their widths computed by `convnet.matching` when the sweep is
 expanded: one matched in parameters (70 units, 220,300 parameters), one
 matched in forward FLOPs (1,349 units, 8.49 MFLOP, 4.2M parameters), 5 seeds.
 A record's `flops_per_example` counts a training step, which costs a dense
@@ -25,9 +25,8 @@ canvas size needs them computed again (change CANVAS_SIZE).
 
 import ml_collections
 
-from convnet import input_pipeline
+from convnet import input_pipeline, matching
 from convnet.configs import mnist
-from convnet.models import matching
 from convnet.sweep import axis, product
 
 CANVAS_SIZE = 56

@@ -19,7 +19,7 @@ data is refused before anything is read.
 A new model is one module and one line in `REGISTRY` (docs/adding_a_model.md
 shows one). Reports compare every other model with `BASELINE` on the same
 data, at matched parameter counts (`analysis.matched_pairs`);
-`matching.matched_width` sizes the dense baseline to match a model in
+`convnet.matching.matched_width` sizes the dense baseline to match a model in
 parameters, forward FLOPs or training FLOPs.
 
 This package imports no JAX or Flax of its own, so reports can read the

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import jax
 import ml_collections
 
-from convnet import models, optim, steps
+from convnet import models, optim, steps, summary
 from convnet.errors import ConfigError
 
 MEASURES = ("params", "forward_flops", "train_flops")
@@ -71,8 +71,6 @@ def cost(
     raise ConfigError(f"measure={measure!r} is not one of {', '.join(MEASURES)}")
   input_shape = tuple(input_shape)
   if measure == "forward_flops":
-    from convnet import summary  # which imports this package's registry
-
     return summary.xla_counts(config.model, input_shape, num_classes, compiled=False)[
       "flops_lowered"
     ]
