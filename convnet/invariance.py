@@ -237,7 +237,8 @@ def evaluate(
     fraction in [0, 1], in the order given.
 
   Raises:
-    ConfigError: a bad transform name, or a run that does not read 2D images.
+    ConfigError: a bad transform name, a shift by the image's size or more, or a run that
+      does not read 2D images.
     CheckpointError: no such run, no such checkpoint, or files that no longer
       give the accuracy the run recorded.
     ConfigError, DataError: the run's data cannot be built.
@@ -247,6 +248,14 @@ def evaluate(
   parsed = parse_transforms(transforms)
   run = trained.load(workdir, checkpoint)
   check_input(run)
+  height, width = run.dataset.input_shape[:2]
+  for transform in parsed:
+    size = {"dy": height, "dx": width}.get(transform.kind)
+    if size is not None and abs(transform.amount) >= size:
+      raise ConfigError(
+        f"--transforms: {transform.name} moves every pixel off this run's {height}x{width} "
+        f"images; shift by less than {size}"
+      )
   labels = np.asarray(run.dataset.test.labels)
   if not len(labels):
     raise DataError(f"{workdir}: the run's data has no test images")

@@ -184,7 +184,8 @@ def for_records(sweep_dir: str, records: Sequence[Mapping[str, Any]]) -> list[Pr
     if accuracy is not None and abs(kept.accuracy - accuracy) > 1e-6:
       raise FileFormatError(
         f"{target}: its accuracy {kept.accuracy:.6f} is not its record's test accuracy at best "
-        f"validation, {accuracy:.6f}: the file is another run's; move it away"
+        f"validation, {accuracy:.6f}: the file is damaged or another run's; move it away (the "
+        "report then compares seeds only)"
       )
     found.append(kept)
   return found

@@ -147,11 +147,27 @@ class Examples:
 
   def compare(self, setting: str, reference: str) -> dict[str, Any]:
     """`predictions.compare_settings` of `setting` minus `reference`; {} where either lacks
-    predictions."""
+    predictions, or where their counted seeds differ (the table's difference is then over
+    other seeds than the shared ones, and an interval over the shared ones alone would not be
+    its interval).
+
+    Raises:
+      DataError: the two settings' predictions are not of the same test examples (a file
+        beside the records that is another run's, or damaged), in one line.
+    """
     if setting not in self.runs or reference not in self.runs:
       return {}
+    if set(self.runs[setting]) != set(self.runs[reference]):
+      return {}
     clusters = self.clusters[setting]
-    return predictions_lib.compare_settings(self.runs[setting], self.runs[reference], clusters)
+    try:
+      return predictions_lib.compare_settings(self.runs[setting], self.runs[reference], clusters)
+    except ValueError as e:
+      raise DataError(
+        f"the test predictions kept beside the records of {setting} and of {reference} are not "
+        f"of the same test examples ({e}): one of those files is damaged or another run's; move "
+        "it away (the report then compares seeds only)"
+      ) from None
 
 
 def read_examples(records: Sequence[Mapping[str, Any]], sweep_dir: str) -> Examples:

@@ -261,6 +261,7 @@ def run_sweep(
     if not all(sweep_records.is_finished(sweep_dir, c, configs[c.name]) for c in g)
   ]
   num_cells = sum(len(g) for g in groups)
+  sweep_records.keep_missing_predictions(sweep_dir, [c for g in groups if g not in todo for c in g])
   logging.info(
     "Sweep shard %d/%d: %d of %d cells, %d left",
     index,

@@ -139,6 +139,32 @@ def _keep_predictions(workdir: str, record: str) -> None:
     logging.warning("%s; the record is written without its test predictions", e)
 
 
+def keep_missing_predictions(sweep_dir: str, cells: Sequence[Cell]) -> int:
+  """Copies again, beside each finished record of `cells` that lacks them, the test predictions
+  its run's folder still holds (a copy moved away or lost); returns how many were copied.
+
+  A record whose run folder holds none is left as it is (the report compares its seeds only).
+
+  Raises:
+    FileFormatError: a record that is not one (`read_record`).
+  """
+  copied = 0
+  for cell in cells:
+    target = record_path(sweep_dir, cell)
+    if os.path.lexists(predictions_lib.beside_record(target)):
+      continue
+    record = read_record(sweep_dir, cell)
+    if not record or record["status"] != "done":
+      continue
+    folder = os.path.normpath(os.path.join(sweep_dir, record["workdir"]))
+    if os.path.isfile(predictions_lib.path(folder)):
+      _keep_predictions(folder, target)
+      copied += os.path.exists(predictions_lib.beside_record(target))
+  if copied:
+    logging.info("Copied the test predictions of %d finished cell(s) beside their records", copied)
+  return copied
+
+
 def _result_fields(result: Mapping[str, Any]) -> dict[str, Any]:
   """A run's result as a record's fields: every metric it reports, its size and its cost.
 

@@ -746,6 +746,33 @@ def write_embedding(
   return [figure, _write_json(os.path.join(out, "embedding.json"), measures)]
 
 
+def _check_same_test_set(runs: Sequence[trained.TrainedRun], other: str) -> None:
+  """Raises ConfigError, naming why, unless two runs' test splits are the same examples: the
+  same data fields (the pixel permutation may differ: the same examples, their pixels moved),
+  the same example shape and the same labels in the same order."""
+
+  def data(run):
+    fields = run.config.data.to_dict()
+    fields.pop("permute_pixels", None)
+    return fields
+
+  mine, theirs = (run.dataset.test for run in runs)
+  differ = sorted(k for k in set(data(runs[0])) | set(data(runs[1]))
+                  if data(runs[0]).get(k) != data(runs[1]).get(k))  # fmt: skip
+  if differ:
+    shown = ", ".join(
+      f"data.{k}={data(runs[1]).get(k)!r} against {data(runs[0]).get(k)!r}" for k in differ[:3]
+    )
+    why = f"its data differs ({shown})"
+  elif mine.images.shape[1:] != theirs.images.shape[1:]:
+    why = f"its test examples are {theirs.images.shape[1:]}, not {mine.images.shape[1:]}"
+  elif len(mine) != len(theirs) or not np.array_equal(mine.labels, theirs.labels):
+    why = f"its {len(theirs):,} test labels are not the {len(mine):,} of --workdir, in order"
+  else:
+    return
+  raise ConfigError(f"--compare={other}: {why}; compare two runs on the same test examples")
+
+
 def write_comparison(
   workdir: str,
   other: str,
@@ -768,12 +795,7 @@ def write_comparison(
   if not os.path.isdir(other):
     raise CheckpointError(f"--compare={other} is not a directory")
   runs = [trained.load(workdir, checkpoint), trained.load(other, checkpoint)]
-  mine, theirs = (run.dataset.test for run in runs)
-  if mine.images.shape != theirs.images.shape or not np.array_equal(mine.labels, theirs.labels):
-    raise ConfigError(
-      f"--compare={other}: its test set is not that of --workdir ({len(theirs):,} and "
-      f"{len(mine):,} images, or other labels); compare two runs on the same data"
-    )
+  _check_same_test_set(runs, other)
   out = out or os.path.join(workdir, "figures")
   names = ["embedding_comparison.png", "embedding_comparison.json"]
   files.prepare_folder(out, names)

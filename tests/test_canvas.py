@@ -120,10 +120,15 @@ def test_an_idx_base_reads_its_own_fields(idx_dir, embedded):
 @pytest.mark.parametrize(
   ("field", "value", "message"),
   [
-    ("base", "canvas", "data.canvas.base='canvas' is not a source to paste from; choose one of"),
+    (
+      "base",
+      "canvas",
+      "data.canvas.base='canvas' is not a source to paste from; choose a source of 2D images: "
+      "one of tfds, idx, embedded",
+    ),
     ("base", "cifar", "data.canvas.base='cifar' is not a source to paste from"),
     ("size", 20, "data.canvas.size=20: size is too small for the base's 28x28 images; make it 28"),
-    ("size", 0, "data.canvas.size=0: size is a whole number of pixels, 1 or more"),
+    ("size", 0, "data.canvas.size=0: size is a whole number of pixels, 1 to 32,768"),
     ("size", 56.0, "data.canvas.size=56.0: size is a whole number"),
     ("clutter", -1, "data.canvas.clutter=-1: clutter is a whole number of pieces, 0 to 64"),
     ("clutter", True, "data.canvas.clutter=True: clutter is a whole number"),

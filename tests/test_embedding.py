@@ -4,6 +4,7 @@ import os
 import types
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -96,15 +97,31 @@ def test_the_embedding_has_two_coordinates_per_point_and_is_the_same_for_a_seed(
     interpret.embed(points[:3])
 
 
-def test_runs_on_other_test_sets_are_not_compared(monkeypatch, tmp_path):
-  def load(workdir, checkpoint):  # two runs whose test images have other labels
-    labels = np.arange(10) % (3 if workdir.endswith("convnet") else 2)
-    test = input_pipeline.Split(np.zeros((10, 4, 4, 1), np.float32), labels)
-    return types.SimpleNamespace(workdir=workdir, dataset=types.SimpleNamespace(test=test))
+@pytest.mark.parametrize(
+  "change, why",
+  [
+    ({"labels": 2}, "its 10 test labels are not the 10 of --workdir, in order"),
+    ({"shape": (5, 5, 1)}, "its test examples are (5, 5, 1), not (4, 4, 1)"),
+    ({"data": {"canvas": {"seed": 1}}}, "its data differs (data.canvas={'seed': 1} against"),
+  ],
+)
+def test_runs_on_other_test_sets_are_not_compared(monkeypatch, tmp_path, change, why):
+  def load(workdir, checkpoint):
+    theirs = workdir.endswith("other")
+    labels = np.arange(10) % (change.get("labels", 3) if theirs else 3)
+    shape = change.get("shape", (4, 4, 1)) if theirs else (4, 4, 1)
+    data = {"source": "canvas", "canvas": {"seed": 0}, "permute_pixels": 1 if theirs else 0}
+    data |= change.get("data", {}) if theirs else {}
+    test = input_pipeline.Split(np.zeros((10, *shape), np.float32), labels)
+    config = types.SimpleNamespace(data=ml_collections.ConfigDict(data))
+    return types.SimpleNamespace(
+      workdir=workdir, config=config, dataset=types.SimpleNamespace(test=test)
+    )
 
   monkeypatch.setattr(trained, "load", load)
-  other = str(tmp_path / "dense")
+  other = str(tmp_path / "other")
   os.makedirs(other)
-  with pytest.raises(ConfigError, match=f"--compare={other}: its test set is not that of"):
+  with pytest.raises(ConfigError) as error:
     visualize.write_comparison(str(tmp_path / "convnet"), other, str(tmp_path / "out"))
+  assert str(error.value).startswith(f"--compare={other}: {why}")
   assert not (tmp_path / "out").exists()

@@ -161,6 +161,13 @@ def test_the_command_on_a_run_and_on_a_sweep(config, tmp_path):
     done = _run(*args)
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error: ")
+  # A shift by the image's size or more leaves nothing to see: refused, the earlier file kept.
+  before = (workdir / "invariance.json").read_text()
+  done = _run(str(workdir), "--transforms=dy=28")
+  assert done.stderr.strip().endswith(
+    "moves every pixel off this run's 28x28 images; shift by less than 28"
+  )
+  assert (workdir / "invariance.json").read_text() == before
 
   # A sweep of the convnet and a dense network of about as many parameters, two seeds each.
   config.data.permute_pixels = 0

@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 
 from convnet import analysis, predictions, report, sweep, sweep_records, train
-from convnet.errors import FileFormatError
+from convnet.errors import DataError, FileFormatError
 
 N = 50  # test examples
 K = "model.conv.kernel_size"
@@ -144,8 +144,39 @@ def test_predictions_that_are_not_the_records_run_stop_the_report_in_one_line(tm
   with pytest.raises(FileFormatError) as error:
     report.write_report(analysis.load_records(folder), str(tmp_path / "out"), sweep_dir=folder)
   message = str(error.value)
-  assert message.startswith(beside) and "is another run's" in message and "\n" not in message
+  assert message.startswith(beside) and "damaged or another run's" in message
+  assert "\n" not in message
   assert not (tmp_path / "out").exists()
+
+
+def test_predictions_of_other_test_examples_stop_the_report_in_one_line(tmp_path):
+  folder = _sweep(tmp_path, WRONGS)
+  beside = os.path.join(folder, "records", f"{K}=5,seed=1.{predictions.FILE}")
+  run = tmp_path / "shuffled"
+  run.mkdir()
+  predicted, probability, label = _predictions(WRONGS[(5, 1)])
+  order = np.random.default_rng(0).permutation(N)  # the same accuracy, the examples reordered
+  predictions.save(
+    str(run), predicted[order], probability[order], label[order], step=1, epoch=1, num_classes=10
+  )
+  os.replace(predictions.path(str(run)), beside)
+  with pytest.raises(DataError) as error:
+    report.write_report(analysis.load_records(folder), str(tmp_path / "out"), sweep_dir=folder)
+  message = str(error.value)
+  assert "not of the same test examples" in message and f"{K}=5" in message
+  assert "\n" not in message and not (tmp_path / "out").exists()
+
+
+def test_settings_whose_seeds_are_not_all_shared_get_no_interval_over_examples(tmp_path):
+  wrongs = {k: v for k, v in WRONGS.items() if k != (5, 0)}  # 5x5 has seed 1 only
+  folder = _sweep(tmp_path, wrongs)
+  records = analysis.load_records(folder)
+  table = report.markdown(
+    analysis.summarize(records), records, "kernel_size=3", report.read_examples(records, folder)
+  )
+  (row,) = [line for line in table.splitlines() if line.startswith("| kernel_size=5 | kernel_")]
+  # The difference is Welch's over all seeds (1 against 2): no interval over seed 1 alone.
+  assert row.endswith("| – | – |") and "fewer than 2 shared seeds" in row
 
 
 def test_keeping_predictions_copies_them_and_a_run_without_any_leaves_no_stale_copy(tmp_path):
@@ -204,6 +235,12 @@ def test_a_sweep_keeps_each_finished_runs_predictions_beside_its_record(
     assert predictions.load(copy).accuracy == 1 - len(wrong) / N
   examples = report.read_examples(analysis.load_records(folder), folder)
   assert sorted(examples.runs) == [f"{K}=3", f"{K}=5"] and not examples.missing
+
+  # A copy moved away comes back from its run's folder when the sweep runs again; nothing trains.
+  lost = predictions.beside_record(sweep_records.record_path(folder, _cells()[0]))
+  os.unlink(lost)
+  assert sweep.run_sweep(config, _cells(), folder) == []
+  assert predictions.load(lost).accuracy == 1 - len(WRONGS[(3, 0)]) / N
 
   # The cells trained again (another config) by runs that keep no predictions: no record stands
   # beside the old runs' files.

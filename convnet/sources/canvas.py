@@ -52,6 +52,10 @@ class Settings:
   seed: int
 
 
+# The registered sources whose examples are 2D images (height, width, channels), to paste from.
+IMAGE_SOURCES = ("tfds", "idx", "embedded")
+
+
 def settings(data_config: Mapping[str, Any]) -> Settings:
   """The config's `data.canvas` fields, checked (DEFAULTS for those it lacks).
 
@@ -63,10 +67,11 @@ def settings(data_config: Mapping[str, Any]) -> Settings:
   bases = [name for name in sources.REGISTRY if name != "canvas"]
   if base not in bases:
     raise ConfigError(
-      f"data.canvas.base={base!r} is not a source to paste from; choose one of {', '.join(bases)}"
+      f"data.canvas.base={base!r} is not a source to paste from; choose a source of 2D images: "
+      f"one of {', '.join(b for b in bases if b in IMAGE_SOURCES)}"
     )
   rules = {
-    "size": (1, 2**15, "a whole number of pixels, 1 or more"),
+    "size": (1, 2**15, "a whole number of pixels, 1 to 32,768 (2**15)"),
     "clutter": (0, MAX_CLUTTER, f"a whole number of pieces, 0 to {MAX_CLUTTER}"),
     "seed": (0, 2**63 - 1, "a whole number, 0 or more, below 2**63"),
   }
