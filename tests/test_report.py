@@ -655,7 +655,9 @@ def test_sweeps_sh_writes_each_report_beside_the_records_it_came_from(tmp_path):
   assert "| padding=SAME | padding=VALID | convnet | 5 |" in (out / "report.md").read_text()
   records = sorted(os.listdir(out / "records"))
   assert records == sorted(os.listdir(tmp_path / "runs" / "padding" / "records"))
-  assert len(records) == 10 and (out / "sweep.json").exists()  # 2 settings x 5 seeds
+  # 2 settings x 5 seeds, each record with its run's test predictions beside it.
+  assert len([r for r in records if r.endswith(".json")]) == 10 and (out / "sweep.json").exists()
+  assert len([r for r in records if r.endswith(".test_predictions.npz")]) == 10
   # The copied records are a sweep directory of their own: the report reads them again.
   again = analysis.load_records(str(out))
   assert [r["status"] for r in again] == ["done"] * 10

@@ -7,13 +7,24 @@ import os
 import subprocess
 import sys
 import threading
+import types
 
 import jax
 import numpy as np
 import pytest
 from flax import traverse_util
 
-from convnet import checkpoints, config_checks, epochs, input_pipeline, models, optim, train
+from convnet import (
+  checkpoints,
+  config_checks,
+  epochs,
+  input_pipeline,
+  models,
+  optim,
+  precompile,
+  run_setup,
+  train,
+)
 from convnet import steps as steps_lib
 from convnet.errors import CheckpointError, ConfigError
 from tests.conftest import book_state, main_command, start_processes
@@ -625,14 +636,35 @@ def test_an_error_during_the_set_up_waits_for_the_programs_compiling_in_other_th
 ):
   # A fresh run starts compiling its steps before it initialises the parameters; an error
   # after that goes on only once those threads are done (Python's exit would abort in them).
+  # Each compile waits at a gate that opens a second after the error is raised, so that the
+  # compiles are surely still going when it is (a cached program would compile at once).
+  gate, start = threading.Event(), precompile.Compiles.start
+
+  class Gated:
+    def __init__(self, jitted):
+      self.jitted = jitted
+
+    def lower(self, *args):
+      lowered = self.jitted.lower(*args)
+      return types.SimpleNamespace(compile=lambda: gate.wait(60) and lowered.compile())
+
+    def __call__(self, *args, **kwargs):
+      return self.jitted(*args, **kwargs)
+
   def refuse(*args, **kwargs):
     assert any(t.name == "convnet-compile" for t in threading.enumerate())  # still compiling
+    threading.Timer(1.0, gate.set).start()
     raise CheckpointError("refused for the test")
 
-  config.eval_batch_size = 192  # programs this session has not compiled yet
-  monkeypatch.setattr(train, "resume", refuse)
+  monkeypatch.setattr(
+    precompile.Compiles,
+    "start",
+    lambda self, jitted, *examples: start(self, Gated(jitted), *examples),
+  )
+  monkeypatch.setattr(run_setup, "resume", refuse)
   with pytest.raises(CheckpointError, match="refused for the test"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert gate.is_set()  # the error waited for the gated compiles
   assert not any(t.name == "convnet-compile" for t in threading.enumerate())
 
 
