@@ -180,6 +180,7 @@ def read_examples(records: Sequence[Mapping[str, Any]], sweep_dir: str) -> Examp
     FileFormatError: a predictions file that is damaged or is not its record's run's.
   """
   runs, clusters, lacking, unreadable = {}, {}, [], ""
+  by_data: dict[str, Any] = {}  # the clusters of each test set, read once (a source loads data)
   counted = [r for r in records if analysis.counted(r)]
   for setting in dict.fromkeys(r["setting"] for r in counted):
     mine = [r for r in counted if r["setting"] == setting]
@@ -187,11 +188,15 @@ def read_examples(records: Sequence[Mapping[str, Any]], sweep_dir: str) -> Examp
     if found is None:
       lacking.append(setting)
       continue
+    data = mine[0]["config"]["data"]
+    key = json.dumps(data, sort_keys=True, default=str)
     try:
-      clusters[setting] = predictions_lib.cluster_labels(mine[0]["config"]["data"])
+      if key not in by_data:
+        by_data[key] = predictions_lib.cluster_labels(data)
     except ConvnetError as e:
       unreadable = f"their test examples' clusters could not be read ({e})"
       continue
+    clusters[setting] = by_data[key]
     runs[setting] = {records_lib.seed(r): p for r, p in zip(mine, found, strict=True)}
   missing = []
   if lacking:
