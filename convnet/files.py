@@ -14,6 +14,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
 import os
 import re
 import shutil
@@ -22,6 +23,8 @@ import stat
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
+
+import numpy as np
 
 from convnet.errors import FileFormatError, WorkdirError, WorkdirInUseError
 
@@ -337,6 +340,24 @@ def save_figure(fig, path: str, dpi: int) -> str:
   with atomic_open(path, "wb") as f:
     fig.savefig(f, format="png", dpi=dpi)
   return path
+
+
+def json_text(value: Any) -> str:
+  """`value` as indented JSON that any reader takes: NaN and infinities as null, NumPy numbers
+  and arrays as Python's numbers and lists."""
+
+  def clean(v):
+    if isinstance(v, Mapping):
+      return {k: clean(x) for k, x in v.items()}
+    if isinstance(v, list | tuple | np.ndarray):
+      return [clean(x) for x in v]
+    if isinstance(v, float | np.floating):
+      return float(v) if math.isfinite(v) else None
+    if isinstance(v, np.integer):
+      return int(v)
+    return v
+
+  return json.dumps(clean(value), indent=2, allow_nan=False) + "\n"
 
 
 def atomic_write(path: str, text: str) -> None:

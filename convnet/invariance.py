@@ -35,7 +35,6 @@ than 2D images are refused.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -513,21 +512,6 @@ def report_markdown(result: Mapping[str, Any], title: str) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _json_text(value: Any) -> str:
-  """JSON with NaN written as null."""
-
-  def clean(v):
-    if isinstance(v, float) and not math.isfinite(v):
-      return None
-    if isinstance(v, dict):
-      return {k: clean(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-      return [clean(x) for x in v]
-    return v
-
-  return json.dumps(clean(value), indent=2, allow_nan=False) + "\n"
-
-
 def write(path: str, out: str | None = None, transforms: Sequence[str] = DEFAULT_TRANSFORMS):
   """Evaluates a run or a sweep folder and writes its files; returns (text to print, paths).
 
@@ -545,7 +529,7 @@ def write(path: str, out: str | None = None, transforms: Sequence[str] = DEFAULT
     text = report_markdown(result, os.path.basename(os.path.normpath(os.path.abspath(path))))
     folder = files.prepare_folder(out or path, [RESULT_FILE, REPORT_FILE])
     paths = [os.path.join(folder, RESULT_FILE), os.path.join(folder, REPORT_FILE)]
-    files.atomic_write(paths[0], _json_text(result))
+    files.atomic_write(paths[0], files.json_text(result))
     files.atomic_write(paths[1], text)
     return text, paths
   if not os.path.isfile(os.path.join(path, "config.json")):
@@ -557,7 +541,7 @@ def write(path: str, out: str | None = None, transforms: Sequence[str] = DEFAULT
   result = evaluate(path, transforms)
   folder = files.prepare_folder(out or path, [RESULT_FILE])
   paths = [os.path.join(folder, RESULT_FILE)]
-  files.atomic_write(paths[0], _json_text(result))
+  files.atomic_write(paths[0], files.json_text(result))
   return f"{result['check']}\n{run_table(result)}", paths
 
 

@@ -39,7 +39,6 @@ drawn by `convnet.report`. What the figures show is computed by
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -596,21 +595,8 @@ def sample(num_examples: int, size: int, seed: int = 0) -> np.ndarray:
   return np.sort(np.random.default_rng(seed).choice(num_examples, size, replace=False))
 
 
-def _json_ready(value):
-  """`value` with NaN as None, NumPy numbers as Python's: a JSON file that any reader takes."""
-  if isinstance(value, dict):
-    return {k: _json_ready(v) for k, v in value.items()}
-  if isinstance(value, list | tuple | np.ndarray):
-    return [_json_ready(v) for v in value]
-  if isinstance(value, float | np.floating):
-    return None if not np.isfinite(value) else float(value)
-  if isinstance(value, np.integer):
-    return int(value)
-  return value
-
-
 def _write_json(path: str, value) -> str:
-  files.atomic_write(path, json.dumps(_json_ready(value), indent=2) + "\n")
+  files.atomic_write(path, files.json_text(value))
   return path
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from convnet import cli, input_pipeline, invariance
+from convnet import cli, files, input_pipeline, invariance
 from convnet.errors import ConfigError
 from tests.conftest import REPO, cpu_env
 
@@ -197,3 +197,8 @@ def test_the_command_on_a_run_and_on_a_sweep(config, tmp_path):
       run_drops["model_setting"] - run_drops["baseline_setting"]
     )
   assert os.path.isdir(sweep_dir / "records")
+
+
+def test_its_json_writes_nan_as_null_and_numpy_numbers_as_pythons():
+  value = {"a": np.float32(0.5), "b": [np.int64(3), float("nan")], "c": np.array([1.0, np.inf])}
+  assert json.loads(files.json_text(value)) == {"a": 0.5, "b": [3, None], "c": [1.0, None]}
