@@ -47,6 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.test_split = "test"
   config.data.validation_fraction = 0.15
   config.data.num_train = 0  # 0: every training example; N: N of them, nested across N by seed
+  config.data.num_validation = 0  # 0: the whole validation split; V: V of it, nested by seed
   config.data.features = "pixels"  # or "pca", "top_variance": for the dense model
   config.data.num_features = 0  # components or pixels kept by "pca" and "top_variance"
   config.data.layout = "image"  # or "sequence": (rows, columns, 1) as columns of `rows` channels

@@ -30,9 +30,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(config[field] >= 1, field, config[field], "must be a positive int")
   for field in ("log_every_steps", "checkpoint_every_steps", "profile_steps", "steps_per_epoch"):
     _require(config[field] >= 0, field, config[field], "cannot be negative")
-  _require(
-    config.data.num_train >= 0, "data.num_train", config.data.num_train, "is 0 (all) or more"
-  )
+  for field in ("num_train", "num_validation"):
+    value = config.data.get(field, 0)
+    _require(value >= 0, f"data.{field}", value, "is 0 (all) or more")
   _require(config.microbatch_size >= 0, "microbatch_size", config.microbatch_size, "is 0 or more")
   _require(
     config.mesh_shape == -1 or config.mesh_shape >= 1,

@@ -83,7 +83,9 @@ def load(data_config: Mapping[str, Any], seed: int) -> Dataset:
   split does not depend on `seed`. With `data.num_train` N > 0, the training
   split is N examples drawn (by `seed`) from what the validation split leaves:
   for one seed, the subsets of every N are nested, and none holds a
-  validation or test example.
+  validation or test example. With `data.num_validation` V > 0, the
+  validation split is the first V examples of that held-out fraction (nested
+  across V by seed), so a learning curve can validate in proportion to N.
 
   Raises:
     ConfigError: for an unknown source, name or feature setting, or an
@@ -95,7 +97,11 @@ def load(data_config: Mapping[str, Any], seed: int) -> Dataset:
   """
   raw = sources.get(data_config["source"]).load(data_config)
   dataset = _split_validation(
-    raw, data_config["validation_fraction"], seed, data_config.get("num_train", 0)
+    raw,
+    data_config["validation_fraction"],
+    seed,
+    data_config.get("num_train", 0),
+    data_config.get("num_validation", 0),
   )
   dataset = permute_pixels(dataset, data_config.get("permute_pixels", 0))
   dataset = arrange(dataset, data_config.get("layout", "image"))
@@ -125,12 +131,18 @@ def input_spec(data_config: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
 
 
 def _split_validation(
-  raw: sources.RawData, validation_fraction: float, seed: int, num_train: int = 0
+  raw: sources.RawData,
+  validation_fraction: float,
+  seed: int,
+  num_train: int = 0,
+  num_validation: int = 0,
 ) -> Dataset:
   """A random `validation_fraction` of the training split (by `seed`) as validation data.
 
   The rest is the training split, or (`num_train` > 0) the first `num_train`
   of its examples in an order fixed by `seed` alone: nested across sizes.
+  `num_validation` > 0 keeps the first `num_validation` of the validation
+  examples, in an order fixed by `seed` alone; the rest of them are not used.
   """
   if not 0.0 <= validation_fraction < 1.0:
     raise ConfigError(f"data.validation_fraction={validation_fraction!r} must be in [0, 1)")
@@ -151,6 +163,15 @@ def _split_validation(
       )
     drawn = np.random.default_rng([seed, 1]).permutation(len(train_idx))[:num_train]
     train_idx = np.sort(train_idx[drawn])
+  if num_validation:
+    if not 0 < num_validation <= len(val_idx):
+      raise ConfigError(
+        f"data.num_validation={num_validation!r} must be 0 (the whole validation split) or 1 "
+        f"to the {len(val_idx)} examples that data.validation_fraction={validation_fraction!r} "
+        "holds out; raise data.validation_fraction or lower data.num_validation"
+      )
+    drawn = np.random.default_rng([seed, 2]).permutation(len(val_idx))[:num_validation]
+    val_idx = np.sort(val_idx[drawn])
 
   def split(images, labels):
     return Split(scale(images), labels.astype(np.int32))

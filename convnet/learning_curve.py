@@ -33,7 +33,7 @@ from convnet.models import BASELINE
 
 SIZE = "data.num_train"
 # Fields a sweep may set per size, alongside N; not part of what a model is when N fixes them.
-PER_SIZE = ("batch_size", "steps_per_epoch")
+PER_SIZE = ("batch_size", "steps_per_epoch", "data.num_validation")
 # How a model's label writes a field's value ("dense, pca 64", "dense, L1 0.0001"); other
 # fields are written `name=value`.
 VALUE_FORMATS = {
@@ -77,6 +77,8 @@ def model_label(
   for field in fields:
     if field == "model.name" or field not in overrides:
       continue
+    if field == "data.num_features" and overrides.get("data.features") == "pixels":
+      continue  # all pixels: the number of features is not a setting
     value = overrides[field]
     if field in VALUE_FORMATS:
       parts.append(VALUE_FORMATS[field].format(value))
@@ -247,11 +249,11 @@ def section(records: Sequence[Mapping[str, Any]]) -> list[str]:
     ]
     for n in sizes:
       cells = {(p["model"], p["baseline"]): p for p in pairs if p["num_train"] == n}
-      lines.append(f"| {n} | " + " | ".join(_difference(cells.get(c)) for c in columns) + " |")
+      lines.append(f"| {n} | " + " | ".join(difference_text(cells.get(c)) for c in columns) + " |")
   return lines
 
 
-def _difference(pair: Mapping[str, Any] | None) -> str:
+def difference_text(pair: Mapping[str, Any] | None) -> str:
   if pair is None:
     return "–"
   text = f"{100 * pair['difference']:+.2f}"

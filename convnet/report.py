@@ -26,7 +26,9 @@ another sweep's. It writes:
   parameter count, one series per model;
 - `learning_rate.png`, when the sweep varies the learning rate (below);
 - `learning_curve.png` and learning-curve tables, when the sweep varies
-  `data.num_train` (see `convnet.learning_curve`).
+  `data.num_train` (see `convnet.learning_curve`);
+- `samples_features.png` and a table of the best input per N, when the sweep
+  varies both N and the dense network's input (see `convnet.samples_features`).
 
 Cells that successive halving pruned (`convnet.halving`, status "pruned") take
 no part in any mean, interval, choice or comparison; `report.md` names each
@@ -57,7 +59,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from convnet import analysis, cli, files, learning_curve, sources, stats
+from convnet import analysis, cli, files, learning_curve, samples_features, sources, stats
 from convnet import predictions as predictions_lib
 from convnet import records as records_lib
 from convnet.errors import ConvnetError, DataError
@@ -282,6 +284,8 @@ def markdown(
       ]
   if curve:
     lines += ["", *curve]
+  if grid := samples_features.section(records):
+    lines += ["", *grid]
   if any(row["vmap_group_size"] > 1 for row in rows):
     lines += [
       "",
@@ -668,6 +672,7 @@ REPORT_FILES = (
   "params.png",
   "learning_rate.png",
   learning_curve.FILE,
+  samples_features.FILE,
 )
 
 
@@ -715,6 +720,8 @@ def write_report(
 
   if curve := learning_curve.write_plot(records, out_dir, title):
     paths["learning_curve.png"] = curve
+  if heat_map := samples_features.write_plot(records, out_dir, title):
+    paths[samples_features.FILE] = heat_map
   return list(paths.values())
 
 

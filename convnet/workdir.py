@@ -66,6 +66,7 @@ RESUMABLE_CHANGES = (*RESULT_NEUTRAL, "max_steps", "mesh_shape")
 # them ran as: a run or sweep record of an older version is still the same run.
 ADDED_FIELDS = {
   "data.num_train": 0,
+  "data.num_validation": 0,
   "steps_per_epoch": 0,
   "data.layout": "image",
   "model.dtype": "float32",

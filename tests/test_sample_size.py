@@ -90,9 +90,65 @@ def test_runs_saved_before_the_new_fields_are_still_the_same_run(config, tmp_pat
   workdir_lib.write_config(str(tmp_path), config)
   path = tmp_path / "config.json"
   saved = json.loads(path.read_text())
-  del saved["data"]["num_train"], saved["steps_per_epoch"]
+  del saved["data"]["num_train"], saved["data"]["num_validation"], saved["steps_per_epoch"]
   path.write_text(json.dumps(saved))
   workdir_lib.check_resumable(str(tmp_path), config)
   config.data.num_train = 100
   with pytest.raises(Exception, match=r"data.num_train: 0 \(saved\) vs 100 \(now\)"):
     workdir_lib.check_resumable(str(tmp_path), config)
+  config.data.num_train, config.data.num_validation = 0, 100
+  with pytest.raises(Exception, match=r"data.num_validation: 0 \(saved\) vs 100 \(now\)"):
+    workdir_lib.check_resumable(str(tmp_path), config)
+
+
+def _validation(config, num_validation, seed=0, num_train=0):
+  config.data.num_validation = num_validation
+  return _load(config, num_train, seed)
+
+
+def test_validation_sets_are_nested_within_the_held_out_split_and_leave_training_alone(config):
+  full = _validation(config, 0)
+  sizes = [1, 100, 250, len(full.validation)]
+  subsets = [_validation(config, v) for v in sizes]
+  for smaller, larger in zip(subsets, subsets[1:], strict=False):
+    assert _rows(smaller.validation.images) <= _rows(larger.validation.images)
+  for v, subset in zip(sizes, subsets, strict=True):
+    assert len(subset.validation) == v
+    assert _rows(subset.validation.images) <= _rows(full.validation.images)
+    np.testing.assert_array_equal(subset.train.images, full.train.images)
+    np.testing.assert_array_equal(subset.test.labels, full.test.labels)
+  # Labels stay with their images.
+  by_row = dict(zip(_rows_list(full.validation.images), full.validation.labels, strict=True))
+  small = subsets[1]
+  assert [by_row[r] for r in _rows_list(small.validation.images)] == list(small.validation.labels)
+
+
+def _rows_list(images):
+  return [row.tobytes() for row in np.asarray(images).reshape(len(images), -1)]
+
+
+def test_a_validation_subset_follows_its_seed_and_not_the_training_size(config):
+  a = _validation(config, 100, num_train=50)
+  b = _validation(config, 100, num_train=800)
+  np.testing.assert_array_equal(a.validation.images, b.validation.images)
+  other = _validation(config, 100, seed=1, num_train=50)
+  assert _rows(other.validation.images) != _rows(a.validation.images)
+  assert not _rows(b.train.images) & _rows(b.validation.images)
+
+
+@pytest.mark.parametrize("num_validation", [601, 10**9])
+def test_a_validation_size_the_split_cannot_give_names_both_fields(config, num_validation):
+  with pytest.raises(
+    ConfigError,
+    match=f"data.num_validation={num_validation} must be 0 .* or 1 to the 600 examples that "
+    r"data.validation_fraction=0.15 holds out; raise data.validation_fraction",
+  ):
+    _validation(config, num_validation)
+
+
+def test_a_negative_validation_size_is_refused_by_field(config):
+  from convnet import config_checks
+
+  config.data.num_validation = -1
+  with pytest.raises(ConfigError, match=r"data.num_validation=-1: .*is 0 \(all\) or more"):
+    config_checks.validate(config)
