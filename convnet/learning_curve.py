@@ -42,6 +42,10 @@ VALUE_FORMATS = {
   "l1_penalty": "L1 {:g}",
 }
 
+# A remedy's own setting, chosen at each N on validation where a model's line takes several
+# values of it (the PCA components, the pixels kept, L1's strength), and how a label names it.
+TUNED_SETTINGS = {"data.num_features": "d", "l1_penalty": "L1"}
+
 FILE = "learning_curve.png"  # the figure `write_plot` writes
 
 
@@ -101,12 +105,19 @@ def budget(config: Mapping[str, Any], size: int) -> dict[str, Any]:
   return {"batch_size": batch, "steps_per_epoch": steps, "num_epochs": epochs, "steps": total}
 
 
-def learning_curve_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def learning_curve_rows(
+  records: Sequence[Mapping[str, Any]], tune_remedies: bool = True
+) -> list[dict[str, Any]]:
   """Per (model, N), in the order of each model's first record, then by N.
 
+  With `tune_remedies` False, every line is kept as it is (no `tune_settings`).
+
   Each row has `model` (the line's label), `model_name`, `num_train`, `learning_rate` (the
-  tuned rate, or None when the sweep does not vary it or no rate finished),
-  `overrides` (the arm's first record's, at the chosen rate), `seeds`,
+  tuned rate, or None when the sweep does not vary it or no rate finished), `rate_grid`
+  (the rates it was chosen from, ascending; empty when none), `tuned` ({field: (chosen value,
+  the values it was chosen from)} for a remedy's setting chosen on validation at this N, see
+  `tune_settings`; empty when none), `overrides` (the arm's first record's, at the chosen
+  rate), `seeds`,
   `validation_*`/`test_*` statistics, `accuracies` (the seeds' test accuracies
   at best validation; collapsed runs left out, `analysis.counted`), `by_seed`
   (the same, {seed: accuracy}) and the `budget` fields.
@@ -135,6 +146,8 @@ def learning_curve_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, 
         "model_name": model,
         "num_train": num_train(first),
         "learning_rate": arm["learning_rate"] if tuned else None,
+        "rate_grid": list(arm.get("grid", [])),
+        "tuned": {},
         "overrides": first["overrides"],
         **{k: arm[k] for k in keys},
         "accuracies": [r[analysis.METRICS["test"]] for r in done],
@@ -142,7 +155,78 @@ def learning_curve_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, 
         **budget(first["config"], num_train(first)),
       }
     )
-  return [row for rows in lines.values() for row in sorted(rows, key=lambda r: r["num_train"])]
+  rows = [row for rows in lines.values() for row in sorted(rows, key=lambda r: r["num_train"])]
+  return tune_settings(rows, fields, all_fields) if tune_remedies else rows
+
+
+def tune_settings(
+  rows: Sequence[dict[str, Any]], own_fields: Sequence[str], all_fields: Sequence[str]
+) -> list[dict[str, Any]]:
+  """Lines that differ only in a remedy's setting (`TUNED_SETTINGS`) become one line, tuned at
+  each N.
+
+  Lines of one model whose overrides agree but for the values of tuned fields (each line
+  setting the same fields) form a family. At each N the family keeps the row of best mean
+  validation accuracy (ties: the first line, the sweep's order), labelled for the family
+  (`dense, pca, d tuned`, `dense, L1 tuned`), with `tuned` naming the chosen value and the
+  values it was chosen from. Test accuracy takes no part. A line alone in its family is kept
+  as it is.
+  """
+
+  def family(row):
+    overrides = row["overrides"]
+    rest = tuple((f, json_key(overrides.get(f))) for f in own_fields if f not in TUNED_SETTINGS)
+    present = tuple(f for f in TUNED_SETTINGS if f in overrides)
+    return row["model_name"], rest, present
+
+  members: dict[Any, dict[str, None]] = {}
+  for row in rows:
+    members.setdefault(family(row), {})[row["model"]] = None
+  out: dict[tuple[str, int], dict[str, Any]] = {}
+  for row in rows:
+    key = family(row)
+    if len(members[key]) == 1:
+      out[row["model"], row["num_train"]] = row
+      continue
+    at_n = [r for r in rows if family(r) == key and r["num_train"] == row["num_train"]]
+    varying = [f for f in key[2] if len({json_key(r["overrides"][f]) for r in at_n}) > 1]
+    fields = [f for f in own_fields if f not in varying]
+    label = model_label(row["overrides"], row["model_name"], fields, all_fields)
+    label = ", ".join([label, *(f"{TUNED_SETTINGS[f]} tuned" for f in varying)])
+    if (label, row["num_train"]) in out:
+      continue
+    finished = [r for r in at_n if r["seeds"]]
+    chosen = max(finished, key=lambda r: r["validation_mean"]) if finished else at_n[0]
+    grid = {f: sorted({r["overrides"][f] for r in at_n}) for f in varying}
+    out[label, row["num_train"]] = dict(
+      chosen,
+      model=label,
+      tuned={f: (chosen["overrides"][f], grid[f]) for f in varying} if finished else {},
+    )
+  return list(out.values())
+
+
+def json_key(value: Any) -> str:
+  """A value as a hashable, comparable key (tuples and lists alike)."""
+  return json.dumps(value, sort_keys=True, default=str)
+
+
+def at_grid_edges(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+  """Each row whose chosen rate or remedy setting is the smallest or largest of its grid (of 3
+  or more values), as `model at N: lr 0.01 (largest of 0.0003-0.01)`."""
+  found = []
+  for row in rows:
+    grids = {"lr": (row["learning_rate"], row["rate_grid"])}
+    grids |= {TUNED_SETTINGS[f]: chosen for f, chosen in row["tuned"].items()}
+    for name, (value, grid) in grids.items():
+      if value is None or len(grid) < 3 or value not in (grid[0], grid[-1]):
+        continue
+      end = "smallest" if value == grid[0] else "largest"
+      found.append(
+        f"{row['model']} at N = {row['num_train']}: {name} {value:g} ({end} of "
+        f"{grid[0]:g} to {grid[-1]:g})"
+      )
+  return found
 
 
 def minus_baseline(
@@ -190,7 +274,9 @@ def _cell(row: Mapping[str, Any]) -> str:
   text = f"{100 * row['test_mean']:.2f} " + (
     "[–]" if math.isnan(low) else f"[{low:.2f}, {high:.2f}]"
   )
-  return text + (f" (lr {row['learning_rate']:g})" if row["learning_rate"] is not None else "")
+  chosen = [f"lr {row['learning_rate']:g}"] if row["learning_rate"] is not None else []
+  chosen += [f"{TUNED_SETTINGS[f]} {value:g}" for f, (value, _) in row.get("tuned", {}).items()]
+  return text + (f" ({', '.join(chosen)})" if chosen else "")
 
 
 def _values(rows: Sequence[Mapping[str, Any]], key: str) -> str:
@@ -231,6 +317,21 @@ def section(records: Sequence[Mapping[str, Any]]) -> list[str]:
     cells = {r["model"]: _cell(r) for r in at_n}
     budget_ = " | ".join(_values(at_n, k) for k in ("batch_size", "steps_per_epoch", "steps"))
     lines.append(f"| {n} | {budget_} | " + " | ".join(cells.get(m, "–") for m in models) + " |")
+  if any(r["tuned"] for r in rows):
+    lines += [
+      "",
+      'A line marked "tuned" takes, at each N, the remedy\'s setting of best mean validation '
+      "accuracy (d: the principal components or pixels kept; L1: the penalty's strength), each "
+      "setting at its own tuned learning rate; test accuracy takes no part in either choice.",
+    ]
+  edges = at_grid_edges(rows)
+  if tuned or any(r["tuned"] for r in rows):
+    lines += [
+      "",
+      "Choices at the edge of their grid (the best value may lie beyond it): "
+      + ("; ".join(edges) if edges else "none")
+      + ".",
+    ]
   pairs = minus_baseline(rows)
   if pairs:
     columns = list(dict.fromkeys((p["model"], p["baseline"]) for p in pairs))

@@ -58,7 +58,7 @@ def grid(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
   """Per N (ascending): `num_train`, `inputs` ({label: learning-curve row}, sorted by d) and
   `best` (the label of the finished input with the best mean validation accuracy; of equal
   means, the smaller input; None when no input at that N finished)."""
-  rows = learning_curve.learning_curve_rows(records)
+  rows = learning_curve.learning_curve_rows(records, tune_remedies=False)
   out = []
   for n in sorted({r["num_train"] for r in rows}):
     at_n = sorted((r for r in rows if r["num_train"] == n), key=lambda r: input_key(r["overrides"]))

@@ -212,3 +212,84 @@ def test_sweeps_without_num_train_get_no_learning_curve(tmp_path):
     assert "Learning curve" not in table and "Training:" not in table
   paths = report.write_report(rate_records, str(tmp_path))
   assert "learning_curve.png" not in [os.path.basename(p) for p in paths]
+
+
+# A remedy's own setting tuned per N: validation prefers CHOSEN_SETTING, test the other values.
+CHOSEN_SETTING = {
+  ("pca", 50): 8,
+  ("pca", 200): 32,
+  ("pca", 800): 64,
+  ("l1", 50): 1e-3,
+  ("l1", 200): 1e-4,
+  ("l1", 800): 1e-4,
+}
+SETTINGS = {
+  "pca": [{"data.features": "pca", "data.num_features": k} for k in (8, 32, 64)],
+  "l1": [{"l1_penalty": v} for v in (1e-5, 1e-4, 1e-3)],
+}
+
+
+def _remedy_records():
+  """convnet, dense, and the two remedies at three settings each; 3 sizes x 3 rates x 3 seeds."""
+  records = []
+  rates = (1e-3, 3e-3, 1e-2)
+  lines = [("convnet", None, {}), ("dense", None, {})]
+  lines += [("dense", name, s) for name, settings in SETTINGS.items() for s in settings]
+  for model, remedy, setting in lines:
+    for n in SIZES:
+      for rate in rates:
+        for seed in range(3):
+          value = (
+            next(iter(setting.values())) if remedy == "l1" else setting.get("data.num_features")
+          )
+          chosen_setting = remedy is None or value == CHOSEN_SETTING[remedy, n]
+          # Validation prefers 3e-3 everywhere but for the remedies at N = 800 (1e-2: an edge).
+          best_rate = 1e-2 if remedy and n == 800 else 3e-3
+          validation = 0.80 + 0.05 * chosen_setting + 0.04 * (rate == best_rate) + 0.001 * seed
+          test = 0.70 + 0.01 * seed if chosen_setting and rate == best_rate else 0.99
+          overrides = {"model.name": model, **_size(n), **setting, RATE: rate, "seed": seed}
+          config = {k: v for k, v in overrides.items() if k in ("batch_size", "steps_per_epoch")}
+          records.append(_record(len(records), overrides, validation, test, model, **config))
+  return records
+
+
+def test_a_remedys_setting_is_tuned_per_size_on_validation_and_named():
+  rows = learning_curve.learning_curve_rows(_remedy_records())
+  models = list(dict.fromkeys(r["model"] for r in rows))
+  assert models == ["convnet", "dense", "dense, pca, d tuned", "dense, L1 tuned"]
+  for row in rows:
+    assert row["test_mean"] == pytest.approx(0.71)  # never a 0.99 that validation rejected
+    if row["model"] == "dense, pca, d tuned":
+      assert row["tuned"] == {
+        "data.num_features": (CHOSEN_SETTING["pca", row["num_train"]], [8, 32, 64])
+      }
+    elif row["model"] == "dense, L1 tuned":
+      value, grid = row["tuned"]["l1_penalty"]
+      assert value == CHOSEN_SETTING["l1", row["num_train"]] and grid == [1e-5, 1e-4, 1e-3]
+    else:
+      assert row["tuned"] == {}
+  untuned = learning_curve.learning_curve_rows(_remedy_records(), tune_remedies=False)
+  assert len({r["model"] for r in untuned}) == 8
+
+
+def test_choices_at_a_grid_edge_are_listed_and_a_line_alone_keeps_its_label():
+  rows = learning_curve.learning_curve_rows(_remedy_records())
+  edges = learning_curve.at_grid_edges(rows)
+  assert "dense, pca, d tuned at N = 50: d 8 (smallest of 8 to 64)" in edges
+  assert "dense, pca, d tuned at N = 800: d 64 (largest of 8 to 64)" in edges
+  assert "dense, pca, d tuned at N = 800: lr 0.01 (largest of 0.001 to 0.01)" in edges
+  assert "dense, L1 tuned at N = 50: L1 0.001 (largest of 1e-05 to 0.001)" in edges
+  assert not [e for e in edges if e.startswith(("convnet ", "dense at"))]
+  assert not [e for e in edges if "N = 200: d" in e or "N = 200: lr" in e]
+  text = "\n".join(learning_curve.section(_remedy_records()))
+  assert "71.00 [" in text and "(lr 0.003, d 32)" in text and "(lr 0.01, L1 0.0001)" in text
+  assert "Choices at the edge of their grid" in text and "d 8 (smallest of 8 to 64)" in text
+  # The first sweep's lines, one setting each, keep their names.
+  one_setting = [
+    r
+    for r in _remedy_records()
+    if r["overrides"].get("data.num_features", 32) == 32
+    and r["overrides"].get("l1_penalty", 1e-4) == 1e-4
+  ]
+  names = {r["model"] for r in learning_curve.learning_curve_rows(one_setting)}
+  assert names == {"convnet", "dense", "dense, pca 32", "dense, L1 0.0001"}
