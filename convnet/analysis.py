@@ -349,11 +349,16 @@ def against_reference(
   `seeds`, the fields of `compare` (Welch's `difference`, `ci_low` and `ci_high`, NaN with fewer
   than 2 seeds on either side; the paired difference over shared seeds; `p`),
   and `p_holm` and `survives` (`stats.with_holm`): the rows are one family.
-  Collapsed runs take no part (`counted`).
+  Collapsed runs take no part (`counted`). When the sweep varies the learning
+  rate, each arm takes part at the rate validation chose for it
+  (`tune_learning_rate`), its label naming that rate; the other rates take no part.
 
   Raises:
     DataError: `reference` names no setting, or more than one.
   """
+  if tuned := tune_learning_rate(records):
+    chosen = {arm["setting"] for arm in tuned if arm["setting"]}
+    records = [r for r in records if r["setting"] in chosen]
   rows = summarize(records)
   values = {}
   for row in rows:

@@ -49,7 +49,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from convnet import cli, files, sweep, sweep_halving, sweep_records
+from convnet import cli, files, sweep, sweep_records
 from convnet import halving as halving_lib
 from convnet.errors import ConfigError, ConvnetError, RunInterrupted
 
@@ -437,9 +437,9 @@ def main(argv):
     import_engine(FLAGS.cluster)
     sweep_path = config_flags.get_config_filename(FLAGS["sweep"])
     with cli.errors_in_file(sweep_path, f"--sweep={sweep_path}"):
-      module = sweep.load_sweep_module(sweep_path)
-      cells = sweep.expand(module.sweep)
-      halving = sweep_halving.from_sweep_file(module) if FLAGS.halving else None
+      cells, halving = sweep.read_sweep(
+        sweep_path, FLAGS.halving, FLAGS.learning_rates, FLAGS.halving_rungs, FLAGS.halving_eta
+      )
     resources = Resources(
       timeout_min=FLAGS.timeout_min,
       slurm_partition=FLAGS.slurm_partition,

@@ -223,13 +223,15 @@ def markdown(
   (`analysis.against_reference`: `reference`, or by default each test set's
   first), except in sweeps with tables of their own: by default, sweeps that
   pair models with the baseline (`analysis.matched_pairs`); always, sweeps
-  that tune a learning rate or draw a learning curve. With `examples` (the
+  that draw a learning curve or pair models at tuned learning rates. A sweep
+  of one model's settings that tunes the rate compares each arm at its chosen
+  rate. With `examples` (the
   runs' kept test predictions, `read_examples`), each comparison also gets an
   interval over seeds and test examples and McNemar's test per seed pair.
 
   Raises:
-    DataError: `reference` names no setting or several, or the sweep tunes a
-      learning rate or draws a learning curve.
+    DataError: `reference` names no setting or several, or the sweep draws a
+      learning curve or pairs models at tuned learning rates.
   """
   lines = [
     "| setting | model | parameters | MFLOP/example | seeds | validation % (mean ± std) "
@@ -264,18 +266,18 @@ def markdown(
     lines += ["", *pairs_markdown([p for p in pairs if p["model"]["model"] == model], bool(tuned))]
 
   curve = learning_curve.section(records)
-  if reference is not None and (tuned or curve):
-    compared = "arms at their tuned learning rates" if tuned else "models at each N"
+  if reference is not None and (curve or (tuned and pairs)):
+    compared = "models at each N" if curve else "arms at their tuned learning rates"
     raise DataError(
       f"--reference={reference!r}: this sweep's report compares {compared}, not settings with "
       "a reference; leave --reference out"
     )
-  if not tuned and not curve and (reference is not None or not pairs):
+  if not curve and (reference is not None or not pairs):
     differences = [
       d | examples.compare(d["setting"], d["reference_setting"])
       for d in analysis.against_reference(records, reference)
     ]
-    lines += reference_markdown(differences)
+    lines += reference_markdown(differences, bool(tuned))
     if reference is not None and not differences:
       lines += [
         "",
@@ -377,15 +379,17 @@ def pairs_markdown(pairs: Sequence[Mapping[str, Any]], tuned: bool) -> list[str]
   return lines
 
 
-def reference_markdown(differences: Sequence[Mapping[str, Any]]) -> list[str]:
-  """The table of each setting minus its reference (`analysis.against_reference`), if any."""
+def reference_markdown(differences: Sequence[Mapping[str, Any]], tuned: bool = False) -> list[str]:
+  """The table of each setting minus its reference (`analysis.against_reference`), if any;
+  `tuned`: the settings are arms at their tuned learning rates."""
   if not differences:
     return []
+  at_rates = ", each arm at the learning rate validation chose for it" if tuned else ""
   lines = [
     "",
     "Each setting minus a reference setting on the same test set, test accuracy at best "
-    "validation (percentage points), paired over seeds, with Welch's 95% interval; the rows "
-    "are one family for Holm's correction:",
+    f"validation (percentage points){at_rates}, paired over seeds, with Welch's 95% interval; "
+    "the rows are one family for Holm's correction:",
     "",
     f"| setting | minus | model | seeds | difference | {TEST_COLUMNS[0]} |",
     f"|---|---|---|---|---|{TEST_COLUMNS[1]}|",

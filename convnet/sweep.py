@@ -57,6 +57,7 @@ from convnet import cli, config_checks, display, files, preemption, sweep_halvin
 from convnet import halving as halving_lib
 from convnet import records as records_lib
 from convnet import workdir as workdir_lib
+from convnet.analysis import LEARNING_RATE
 from convnet.cells import (  # noqa: F401 (sweep files import these names from here)
   Cell,
   Overrides,
@@ -524,7 +525,86 @@ SWEEP_FLAGS = (
     "Halve the sweep's arms as its halving() says, where it has one (--nohalving: train every "
     "cell to the whole budget).",
   ),
+  (
+    "list",
+    "learning_rates",
+    None,
+    "Cross every cell of the sweep with these learning rates, e.g. 0.001,0.003,0.01: each "
+    "setting becomes an arm whose rate the report chooses on validation accuracy.",
+  ),
+  (
+    "list",
+    "halving_rungs",
+    None,
+    "With --learning_rates: halve each arm over its rates at these epochs, e.g. 2,6,30 (the "
+    "last is num_epochs).",
+  ),
+  ("integer", "halving_eta", 2, "With --halving_rungs: each rung keeps the best 1/eta rates."),
 )
+
+
+def read_sweep(
+  path: str,
+  halving: bool = True,
+  learning_rates: Sequence[str] | None = None,
+  halving_rungs: Sequence[str] | None = None,
+  halving_eta: int = 2,
+) -> tuple[list[Cell], halving_lib.Halving | None]:
+  """A sweep file's cells and successive halving, with the command's rates and rungs.
+
+  `learning_rates` (the flag's strings) crosses every cell with those rates,
+  each before the cell's seed, in the order settings, rates, seeds; `halving_rungs` halves each arm over them, as a
+  sweep file's `halving()` would; `halving` False leaves out any halving.
+
+  Raises:
+    ConfigError: a rate or rung that is not a number, rungs without rates, rates for a sweep
+      whose cells set the rate already, rungs for a sweep file with a `halving()` of its own,
+      and the sweep file's own errors.
+  """
+  module = load_sweep_module(path)
+  cells = expand(module.sweep)
+  own = sweep_halving.from_sweep_file(module)
+  if halving_rungs and not learning_rates:
+    raise ConfigError("--halving_rungs halves over --learning_rates: give those too")
+  if not learning_rates:
+    return cells, own if halving else None
+  rates = [_number(text, "--learning_rates", float) for text in learning_rates]
+  if any(LEARNING_RATE in cell.overrides for cell in cells):
+    raise ConfigError(
+      f"--learning_rates: the sweep's cells set {LEARNING_RATE} already; leave the flag out, "
+      "or sweep a file whose cells do not"
+    )
+  by_setting: dict[str, list[Cell]] = {}
+  for cell in cells:
+    by_setting.setdefault(cell.setting, []).append(cell)
+  crossed = []
+  for same_setting in by_setting.values():  # settings, then rates, then seeds
+    for rate in rates:
+      for cell in same_setting:
+        plain = {k: v for k, v in cell.overrides.items() if k != "seed"}
+        seed = {"seed": cell.overrides["seed"]} if "seed" in cell.overrides else {}
+        crossed.append(plain | {LEARNING_RATE: rate} | seed)
+  cells = expand(lambda: crossed)
+  if not halving_rungs:
+    return cells, own if halving else None
+  if own is not None:
+    raise ConfigError(
+      "--halving_rungs: the sweep file halves its arms itself (its halving()); leave the flag out"
+    )
+  rungs = tuple(_number(text, "--halving_rungs", int) for text in halving_rungs)
+  return cells, halving_lib.Halving(LEARNING_RATE, rungs, halving_eta) if halving else None
+
+
+def _number(text: str, flag: str, kind: type) -> float | int:
+  try:
+    value = kind(text)
+  except ValueError:
+    raise ConfigError(
+      f"{flag}: {text!r} is not a {'whole ' if kind is int else ''}number"
+    ) from None
+  if not value > 0:
+    raise ConfigError(f"{flag}: {text!r} must be above 0")
+  return value
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
@@ -566,9 +646,9 @@ def main(argv):
   try:
     sweep_path = config_flags.get_config_filename(FLAGS["sweep"])
     with cli.errors_in_file(sweep_path, f"--sweep={sweep_path}"):
-      module = load_sweep_module(sweep_path)
-      cells = expand(module.sweep)
-      halving = sweep_halving.from_sweep_file(module) if FLAGS.halving else None
+      cells, halving = read_sweep(
+        sweep_path, FLAGS.halving, FLAGS.learning_rates, FLAGS.halving_rungs, FLAGS.halving_eta
+      )
     records = run_sweep(
       FLAGS.sweep,
       cells,

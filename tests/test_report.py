@@ -924,3 +924,49 @@ def test_committed_reports_keep_their_records_and_state_their_correction_policy(
     f"{path} predates the stated policy: python -m convnet.report {os.path.dirname(path)}"
   )
   assert "Run health. A finished run is collapsed" in text
+
+
+def _tuned_design_records():
+  """VALID and SAME padding at two rates, 3 seeds: validation picks 1e-3 for VALID and 3e-3
+  for SAME; the rejected rates have the better test accuracy (0.99), which no row may read."""
+  p, rate = "model.conv.padding", "optimizer.learning_rate"
+  chosen = {"VALID": 1e-3, "SAME": 3e-3}
+  test = {"VALID": (0.90, 0.91, 0.92), "SAME": (0.93, 0.95, 0.96)}
+  records = []
+  for padding in ("VALID", "SAME"):
+    for lr in (1e-3, 3e-3):
+      for seed in range(3):
+        best = lr == chosen[padding]
+        records.append(
+          _record(
+            len(records),
+            {p: padding, rate: lr, "seed": seed},
+            0.95 if best else 0.90,
+            test[padding][seed] if best else 0.99,
+          )
+        )
+  return records
+
+
+def test_a_design_sweep_that_tunes_rates_compares_each_arm_at_its_chosen_rate():
+  records = _tuned_design_records()
+  (d,) = analysis.against_reference(records)
+  assert d["setting"] == "model.conv.padding=SAME,optimizer.learning_rate=0.003"
+  assert d["reference_setting"] == "model.conv.padding=VALID,optimizer.learning_rate=0.001"
+  assert d["paired_difference"] == pytest.approx((0.03 + 0.04 + 0.04) / 3)
+  assert d["paired_seeds"] == 3
+  text = report.markdown(analysis.summarize(records), records)
+  assert "each arm at the learning rate validation chose for it" in text
+  assert "| +3.67 |" in text
+
+
+def test_a_reference_for_a_tuned_design_sweep_is_taken_and_for_tuned_pairs_refused(tmp_path):
+  records = _tuned_design_records()
+  (d,) = analysis.against_reference(records, "model.conv.padding=SAME")
+  assert d["reference_setting"].startswith("model.conv.padding=SAME,")
+  assert d["setting"] == "model.conv.padding=VALID,optimizer.learning_rate=0.001"
+  assert d["paired_difference"] == pytest.approx(-(0.03 + 0.04 + 0.04) / 3)
+  report.write_report(records, str(tmp_path / "design"), reference="model.conv.padding=SAME")
+  assert "| -3.67 |" in (tmp_path / "design" / "report.md").read_text()
+  with pytest.raises(DataError, match="compares arms at their tuned learning rates"):
+    report.write_report(_tuned_pair_records(), str(tmp_path / "pairs"), reference="name=convnet")

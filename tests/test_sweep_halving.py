@@ -205,3 +205,108 @@ def test_a_finished_record_is_kept_when_another_worker_finds_the_run_finished(co
   other = sweep.apply_overrides(cell_config, {"num_epochs": 4})  # another config: rewritten
   sweep_records.write_record(str(tmp_path), cell, other, str(tmp_path / "cells" / "a"), again)
   assert json.loads(path.read_text())["wall_time_s"] == 2.0
+
+
+def _sweep_file(tmp_path, body):
+  path = tmp_path / "a_sweep.py"
+  path.write_text(
+    "from convnet.configs import mnist\n"
+    "from convnet.sweep import axis, product\n"
+    "from convnet.halving import Halving\n\n"
+    "def get_config():\n  return mnist.get_config()\n\n" + body
+  )
+  return str(path)
+
+
+PADDING = (
+  "def sweep():\n"
+  "  return product(axis('model.conv.padding', ['VALID', 'SAME']), axis('seed', range(2)))\n"
+)
+
+
+def test_learning_rates_from_the_command_cross_every_cell_before_its_seed(tmp_path):
+  path = _sweep_file(tmp_path, PADDING)
+  cells, rule = sweep.read_sweep(path, learning_rates=["0.001", "3e-3"])
+  assert rule is None
+  assert [c.name for c in cells[:3]] == [
+    "model.conv.padding=VALID,optimizer.learning_rate=0.001,seed=0",
+    "model.conv.padding=VALID,optimizer.learning_rate=0.001,seed=1",
+    "model.conv.padding=VALID,optimizer.learning_rate=0.003,seed=0",
+  ]
+  assert len(cells) == 8 and [c.index for c in cells] == list(range(8))
+  assert {c.overrides["optimizer.learning_rate"] for c in cells} == {1e-3, 3e-3}
+  plain, none = sweep.read_sweep(path)
+  assert len(plain) == 4 and none is None
+
+
+def test_halving_rungs_from_the_command_halve_the_rates_of_each_arm(tmp_path):
+  path = _sweep_file(tmp_path, PADDING)
+  cells, rule = sweep.read_sweep(
+    path, learning_rates=["0.001", "0.003", "0.01"], halving_rungs=["2", "6", "30"], halving_eta=3
+  )
+  assert rule == halving.Halving("optimizer.learning_rate", (2, 6, 30), 3)
+  assert halving.arms(cells, rule.field)  # every arm a full grid of rates and seeds
+  _, off = sweep.read_sweep(
+    path, halving=False, learning_rates=["0.001", "0.003"], halving_rungs=["2", "6"]
+  )
+  assert off is None
+
+
+@pytest.mark.parametrize(
+  "body, options, message",
+  [
+    (PADDING, {"halving_rungs": ["1", "3"]}, "--halving_rungs halves over --learning_rates"),
+    (PADDING, {"learning_rates": ["0.001", "fast"]}, "--learning_rates: 'fast' is not a number"),
+    (PADDING, {"learning_rates": ["-0.1"]}, "--learning_rates: '-0.1' must be above 0"),
+    (
+      PADDING,
+      {"learning_rates": ["0.001", "0.01"], "halving_rungs": ["1", "2.5"]},
+      "--halving_rungs: '2.5' is not a whole number",
+    ),
+    (
+      PADDING,
+      {"learning_rates": ["0.001", "0.01"], "halving_rungs": ["3", "1"]},
+      "halving rungs \\(3, 1\\) must be at least two epoch budgets",
+    ),
+    (
+      "def sweep():\n  return product(axis('optimizer.learning_rate', [1e-3, 1e-2]), "
+      "axis('seed', range(2)))\n",
+      {"learning_rates": ["0.003"]},
+      "--learning_rates: the sweep's cells set optimizer.learning_rate already",
+    ),
+    (
+      PADDING + "\ndef halving():\n  return Halving('model.conv.padding', (1, 2), 2)\n",
+      {"learning_rates": ["0.001", "0.01"], "halving_rungs": ["1", "2"]},
+      "--halving_rungs: the sweep file halves its arms itself",
+    ),
+  ],
+)
+def test_the_commands_rates_and_rungs_are_refused_in_one_line(tmp_path, body, options, message):
+  with pytest.raises(ConfigError, match=message):
+    sweep.read_sweep(_sweep_file(tmp_path, body), **options)
+
+
+def test_the_commands_rates_and_rungs_on_the_command_line_write_nothing_when_refused(tmp_path):
+  import subprocess
+  import sys
+
+  workdir = tmp_path / "sweep"
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "convnet.sweep",
+      f"--sweep={_sweep_file(tmp_path, PADDING)}",
+      f"--workdir={workdir}",
+      "--learning_rates=0.001,0.01",
+      "--halving_rungs=1,5",
+      "--sweep.data.source=embedded",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith("error: halving rungs (1, 5) end at 5")
+  assert "Traceback" not in result.stderr
+  assert not workdir.exists()
