@@ -8,7 +8,7 @@ chooses on the whole validation split, and fixes each remedy's setting. Here:
   budget is the cap (each record says where it stopped);
 - the validation set is in proportion to N: N/5 examples, at least 100, at most the 600 that
   the validation split holds (`data.num_validation`);
-- four learning rates, 3e-4 to 1e-2, trained together per setting (`--vmap_rates`); and each
+- five learning rates, 3e-4 to 3e-2, trained together per setting (`--vmap_rates`); and each
   remedy's own setting is a grid too: the first 8 to 256 principal components (at most N - 1,
   the most that N centred examples span), the 16 to 256 pixels of highest variance, and L1
   strengths of 1e-5 to 1e-3. The report chooses the rate, then the remedy's setting, at each N

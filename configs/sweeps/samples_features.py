@@ -15,7 +15,7 @@ The protocol separates sample size from training length and from selection:
   what they can and large ones are not cut short;
 - the validation set is in proportion to N: N/5 examples, at least 100 and at
   most the 600 that the validation split holds (`data.num_validation`);
-- four learning rates, 3e-4 to 1e-2, trained together per cell
+- five learning rates, 3e-4 to 3e-2, trained together per cell
   (`--vmap_rates`); the report picks one per cell by validation accuracy.
 
 A cell with d > N - 1 is left out: N centred examples span at most N - 1
@@ -33,7 +33,7 @@ from convnet.sweep import axis, product
 
 SIZES = (50, 100, 200, 400, 800, 1600, 3400)
 COMPONENTS = (8, 16, 32, 64, 128, 256)
-LEARNING_RATES = (3e-4, 1e-3, 3e-3, 1e-2)
+LEARNING_RATES = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 SEEDS = range(5)
 VALIDATION_SPLIT = 600  # round(0.15 * 4,000) embedded training digits
 STEPS_PER_EPOCH = 50

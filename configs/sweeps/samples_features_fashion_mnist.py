@@ -4,7 +4,7 @@ The same protocol as on the digits (`samples_features.py`): the book's dense
 network on the first d principal components (8 to 256) or on all 784 pixels,
 4,000 steps of `min(128, N)` images with early stopping (patience 8 epochs of
 50 steps), a validation set of N/5 images (at least 100, at most the 9,000
-that the validation split holds), four learning rates trained together, and
+that the validation split holds), five learning rates trained together, and
 5 seeds. Cells with d > N - 1 are left out.
 
   python -m convnet.sweep --sweep=configs/sweeps/samples_features_fashion_mnist.py \
