@@ -256,13 +256,17 @@ def run_sweep(
   if pull:
     return pull_groups(sweep_dir, groups, configs, shard)
   groups = groups[index::count]
-  todo = [
-    g
-    for g in groups
-    if not all(sweep_records.is_finished(sweep_dir, c, configs[c.name]) for c in g)
+  # A group trains only its cells without a finished record: a seed or rate added to a finished
+  # sweep trains alone, and a finished cell is not trained again beside it.
+  unfinished = [
+    [c for c in g if not sweep_records.is_finished(sweep_dir, c, configs[c.name])] for g in groups
   ]
+  todo = [g for g in unfinished if g]
   num_cells = sum(len(g) for g in groups)
-  sweep_records.keep_missing_predictions(sweep_dir, [c for g in groups if g not in todo for c in g])
+  left = {c.name for g in todo for c in g}
+  sweep_records.keep_missing_predictions(
+    sweep_dir, [c for g in groups for c in g if c.name not in left]
+  )
   logging.info(
     "Sweep shard %d/%d: %d of %d cells, %d left",
     index,
@@ -553,8 +557,9 @@ def read_sweep(
   """A sweep file's cells and successive halving, with the command's rates and rungs.
 
   `learning_rates` (the flag's strings) crosses every cell with those rates,
-  each before the cell's seed, in the order settings, rates, seeds; `halving_rungs` halves each arm over them, as a
-  sweep file's `halving()` would; `halving` False leaves out any halving.
+  each before the cell's seed, in the order settings, rates, seeds;
+  `halving_rungs` halves each arm over them, as a sweep file's `halving()`
+  would; `halving` False leaves out any halving.
 
   Raises:
     ConfigError: a rate or rung that is not a number, rungs without rates, rates for a sweep

@@ -161,6 +161,45 @@ def test_shards_cover_every_cell_once(config, tmp_path, monkeypatch, vmap_seeds)
     assert record["vmap_group_size"] == (3 if vmap_seeds else 1)
 
 
+def test_a_seed_or_rate_added_to_a_finished_sweep_trains_alone(config, tmp_path, monkeypatch):
+  """Only a group's cells without a finished record train: the finished ones are not run again."""
+  trained = []
+
+  def fake_seeds(config, seed_list, workdir):
+    trained.append([(config.optimizer.learning_rate, s) for s in seed_list])
+    return [_fake_result(seeds.seed_config(config, s), workdir) for s in seed_list]
+
+  def fake_rates(config, members, workdir):
+    trained.append([(c.optimizer.learning_rate, c.seed) for _, c in members])
+    return [_fake_result(c, os.path.join(workdir, name)) for name, c in members]
+
+  def fake_train(config, workdir):  # a group of one cell trains as a plain run
+    trained.append([(config.optimizer.learning_rate, config.seed)])
+    return _fake_result(config, workdir)
+
+  monkeypatch.setattr(train, "train_and_evaluate", fake_train)
+  monkeypatch.setattr(seeds, "train_seeds", fake_seeds)
+  monkeypatch.setattr(seeds, "train_group", fake_rates)
+  two_seeds = str(tmp_path / "seeds")
+  sweep.run_sweep(config, _cells(n_settings=2, n_seeds=2), two_seeds, vmap_seeds=True)
+  assert trained == [[(1e-3, 0), (1e-3, 1)], [(2e-3, 0), (2e-3, 1)]]
+  trained.clear()
+  written = sweep.run_sweep(config, _cells(n_settings=2, n_seeds=3), two_seeds, vmap_seeds=True)
+  assert trained == [[(1e-3, 2)], [(2e-3, 2)]]  # the new seed of each setting, alone
+  assert sorted(r["cell"] for r in written) == [
+    "optimizer.learning_rate=0.001,seed=2",
+    "optimizer.learning_rate=0.002,seed=2",
+  ]
+  assert len(os.listdir(tmp_path / "seeds" / "records")) == 6
+
+  rates = str(tmp_path / "rates")
+  sweep.run_sweep(config, _cells(n_settings=2, n_seeds=2), rates, vmap_rates=True)
+  trained.clear()
+  sweep.run_sweep(config, _cells(n_settings=3, n_seeds=2), rates, vmap_rates=True)
+  assert trained == [[(3e-3, 0), (3e-3, 1)]]  # the new rate's seeds only
+  assert sweep.run_sweep(config, _cells(n_settings=3, n_seeds=2), rates, vmap_rates=True) == []
+
+
 def test_finished_cells_are_skipped_and_a_crash_is_recorded(config, tmp_path, monkeypatch):
   calls = []
 
