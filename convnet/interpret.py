@@ -237,13 +237,20 @@ def occlusion_masks(
   int, or one per spatial axis.
 
   Raises:
-    ValueError: `patch` or `stride` is not positive, or not one per axis; no spatial axis.
+    ValueError: `patch` or `stride` is not positive, or not one per axis; no spatial axis; a
+      patch that covers the whole image.
   """
   if not len(spatial_shape):
     raise ValueError("occlusion needs examples with a spatial axis, not feature vectors")
   sizes = [min(p, n) for p, n in zip(_per_axis(patch, len(spatial_shape), "patch"),
                                      spatial_shape, strict=True)]  # fmt: skip
   strides = _per_axis(stride, len(spatial_shape), "stride")
+  if all(size == n for size, n in zip(sizes, spatial_shape, strict=True)):
+    shape = "x".join(str(n) for n in spatial_shape)
+    raise ValueError(
+      f"a patch of {patch} covers the whole {shape} image, so occlusion would show no place; "
+      "give a patch smaller than the image"
+    )
   starts = []
   for n, size, step in zip(spatial_shape, sizes, strides, strict=True):
     axis = list(range(0, n - size + 1, step))

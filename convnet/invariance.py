@@ -333,7 +333,18 @@ def evaluate_sweep(
   done = [r for r in sorted(records, key=lambda r: r["index"]) if r["status"] == "done"]
   for i, record in enumerate(done, 1):
     logging.info("Evaluating %s (%d of %d)", record["cell"], i, len(done))
-    result = evaluate(run_folder(sweep_dir, record), names)
+    folder = run_folder(sweep_dir, record)
+    try:
+      result = evaluate(folder, names)
+    except CheckpointError as e:
+      if not _has_no_checkpoints(e):
+        raise
+      raise CheckpointError(
+        f"finished cell {record['cell']} of {sweep_dir} has no checkpoints left in {folder}, "
+        "and its record stands, so rerunning the sweep trains nothing: move "
+        f"{records_lib.FOLDER}/{record['cell']}.json out of {records_lib.FOLDER}/ and rerun the "
+        "sweep to train that cell again"
+      ) from None
     runs.append(
       {
         "cell": record["cell"],
@@ -512,18 +523,47 @@ def report_markdown(result: Mapping[str, Any], title: str) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _has_no_checkpoints(error: CheckpointError) -> bool:
+  """Whether `error` says a run's checkpoints are missing (not damaged or of another kind)."""
+  return "train it first" in str(error)
+
+
+def earlier_transforms(path: str) -> list[str]:
+  """The transforms of the `invariance.json` already at `path`, if one is there and readable.
+
+  A rerun with other transforms evaluates these as well, so that none of the earlier results
+  is lost; a file that cannot be read gives none (it is replaced, with a warning).
+  """
+  if not os.path.lexists(path):
+    return []
+  try:
+    earlier = files.read_json(path)
+    names = earlier["transforms"] if "transforms" in earlier else list(earlier["accuracy"])[1:]
+    return [t.name for t in parse_transforms(names)]
+  except (ConvnetError, OSError, KeyError, TypeError, IndexError) as e:
+    logging.warning("%s is not a result of convnet.invariance (%s): it is replaced", path, e)
+    return []
+
+
 def write(path: str, out: str | None = None, transforms: Sequence[str] = DEFAULT_TRANSFORMS):
   """Evaluates a run or a sweep folder and writes its files; returns (text to print, paths).
 
   A folder with `records/` is a sweep (`evaluate_sweep`: `invariance.json` and
   `invariance.md`), one with `config.json` a run (`evaluate`:
-  `invariance.json`); the files go to `out`, by default `path` itself.
+  `invariance.json`); the files go to `out`, by default `path` itself. The
+  transforms of an `invariance.json` already there are evaluated again beside
+  `transforms`, so that a rerun with others loses none of its results.
 
   Raises:
     ConvnetError: one line, naming the folder, transform or file at fault.
   """
   if not os.path.isdir(path):
     raise DataError(f"{path} is not a folder: give a run's workdir or a sweep folder")
+  names = [t.name for t in parse_transforms(transforms)]
+  kept = [n for n in earlier_transforms(os.path.join(out or path, RESULT_FILE)) if n not in names]
+  if kept:
+    logging.info("Evaluating again the transforms %s already in %s", ", ".join(kept), RESULT_FILE)
+  transforms = kept + names
   if os.path.isdir(os.path.join(path, records_lib.FOLDER)):
     result = evaluate_sweep(path, transforms)
     text = report_markdown(result, os.path.basename(os.path.normpath(os.path.abspath(path))))

@@ -508,6 +508,11 @@ def write_figures(
   figures += [f"feature_maps_{n}.png" for n in range(num_images)] if convs else []
   spatial = len(run.dataset.input_shape) > 1  # not feature vectors
   figures += ["occlusion.png", "occlusion.json"] if spatial else []
+  if spatial:  # a bad patch is refused before anything is drawn
+    try:
+      interpret.occlusion_masks(run.dataset.input_shape[:-1], occlusion_patch, occlusion_stride)
+    except ValueError as e:
+      raise ConfigError(f"--occlusion_patch={occlusion_patch}: {e}") from None
   embedding = min(embedding_examples, len(run.dataset.test)) > KNN_NEIGHBOURS
   figures += ["embedding.png", "embedding.json"] if embedding else []
   figures += [f"maximised_conv_{k}.png" for k in range(num_blocks)] + ["maximised_logits.png"]

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import types
@@ -197,6 +198,34 @@ def test_the_command_on_a_run_and_on_a_sweep(config, tmp_path):
       run_drops["model_setting"] - run_drops["baseline_setting"]
     )
   assert os.path.isdir(sweep_dir / "records")
+
+  # Other transforms later: the earlier ones are evaluated again beside them, none lost.
+  done = _run(str(sweep_dir), "--transforms=dy=2")
+  assert done.returncode == 0, done.stderr[-3000:]
+  again = json.loads((sweep_dir / "invariance.json").read_text())
+  assert again["transforms"] == ["dx=-2", "rotate=+15", "dy=+2"]
+  assert [r["accuracy"]["dx=-2"] for r in again["runs"]] == [
+    r["accuracy"]["dx=-2"] for r in result["runs"]
+  ]
+  done = _run(str(workdir), "--transforms=dx=3")
+  assert done.returncode == 0, done.stderr[-3000:]
+  kept = json.loads((workdir / "invariance.json").read_text())
+  assert list(kept["accuracy"]) == ["original", *invariance.DEFAULT_TRANSFORMS, "dx=+3"]
+
+  # A finished cell whose checkpoints are gone: one line that says how to train it again.
+  (record,) = [r for r in result["runs"] if r["cell"].endswith("seed=1")][:1]
+  shutil.rmtree(sweep_dir / record["workdir"] / "checkpoints")
+  before = (sweep_dir / "invariance.json").read_text()
+  done = _run(str(sweep_dir))
+  assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+  line = done.stderr.strip().splitlines()[-1]  # after the log's lines of the runs evaluated
+  assert (
+    line.startswith("error: ")
+    and f"finished cell {record['cell']}" in line
+    and "has no checkpoints left" in line
+  )
+  assert f"move records/{record['cell']}.json out of records/" in line
+  assert (sweep_dir / "invariance.json").read_text() == before
 
 
 def test_its_json_writes_nan_as_null_and_numpy_numbers_as_pythons():

@@ -36,7 +36,11 @@ def test_patches_cover_every_pixel_the_last_one_ending_at_the_edge():
                                                     [0, 0, 0, 1, 1, 1]])  # fmt: skip
   assert interpret.occlusion_masks((5, 7), (2, 3), (2, 2)).shape == (3 * 3, 5, 7)
   assert interpret.occlusion_masks((5, 7), (2, 3), (2, 2)).any(0).all()
-  np.testing.assert_array_equal(interpret.occlusion_masks((4,), 9, 1), [[True] * 4])
+  spans_rows = interpret.occlusion_masks((4, 6), (9, 2), 2)  # every row, columns 2 at a time
+  assert spans_rows.shape == (3, 4, 6) and spans_rows.all(1).any(1).all()
+  for whole in ((4,), 9), ((6, 6), 6), ((6, 6), (7, 8)):
+    with pytest.raises(ValueError, match="covers the whole .* image, so occlusion would show"):
+      interpret.occlusion_masks(*whole, 1)
   with pytest.raises(ValueError, match="stride=0"):
     interpret.occlusion_masks((6, 6), 3, 0)
   with pytest.raises(ValueError, match="patch=\\(3, 3, 3\\)"):

@@ -443,6 +443,15 @@ def test_a_grad_cam_block_the_model_lacks_is_named_before_any_figure(convnet_run
   assert not (tmp_path / "figures").exists()
 
 
+@pytest.mark.parametrize("patch", [28, 100])
+def test_an_occlusion_patch_that_covers_the_image_is_named_before_any_figure(
+  convnet_run, tmp_path, patch
+):
+  with pytest.raises(ConfigError, match=rf"--occlusion_patch={patch}: .* covers the whole 28x28"):
+    visualize.write_figures(convnet_run, str(tmp_path / "figures"), occlusion_patch=patch)
+  assert not (tmp_path / "figures").exists()
+
+
 @pytest.mark.parametrize("name", ["saliency.png", "feature_maps_2.png"])
 def test_a_link_where_a_figure_goes_is_refused_before_any_figure_is_drawn(
   convnet_run, tmp_path, name
