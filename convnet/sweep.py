@@ -53,7 +53,16 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from convnet import cli, config_checks, display, files, preemption, sweep_halving, sweep_records
+from convnet import (
+  cli,
+  config_checks,
+  display,
+  files,
+  input_pipeline,
+  preemption,
+  sweep_halving,
+  sweep_records,
+)
 from convnet import halving as halving_lib
 from convnet import records as records_lib
 from convnet import workdir as workdir_lib
@@ -298,14 +307,22 @@ def run_sweep(
 def cell_configs(
   base: ml_collections.ConfigDict, cells: Sequence[Cell]
 ) -> dict[str, ml_collections.ConfigDict]:
-  """Each cell's config, by cell name, each checked (`config_checks.validate`).
+  """Each cell's config, by cell name, each checked (`config_checks.validate`), and each
+  distinct data config's input shape read (`input_pipeline.input_spec`, which reads no data).
 
   Raises:
     ConfigError: an override names no field or gives a wrong type, or a config cannot work.
+    DataError: a cell's data cannot be read (files missing, a source's field out of range);
+      before anything trains or is written.
   """
   configs = {cell.name: apply_overrides(base, cell.overrides) for cell in cells}
+  data_checked = set()
   for cell in cells:
     config_checks.validate(configs[cell.name])
+    data = configs[cell.name].data
+    if (key := data.to_json_best_effort(sort_keys=True)) not in data_checked:
+      data_checked.add(key)
+      input_pipeline.input_spec(data)
   return configs
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from convnet import config_checks, input_pipeline, models, seeds, steps, sweep, sweep_records, train
-from convnet.errors import CheckpointError, ConfigError, RunInterrupted
+from convnet.errors import CheckpointError, ConfigError, DataError, RunInterrupted
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEPS = sorted(glob.glob(os.path.join(REPO, "configs", "sweeps", "*.py")))
@@ -265,6 +265,26 @@ def test_a_stop_request_stops_the_sweep_and_records_nothing(
     sweep.run_sweep(config, _cells(n_settings=2, n_seeds=2), str(tmp_path), vmap_seeds=vmap_seeds)
   assert len(calls) == 1  # the first group or cell only
   assert not os.path.exists(tmp_path / "records") or not os.listdir(tmp_path / "records")
+
+
+@pytest.mark.parametrize(
+  "field, value, message",
+  [
+    ("canvas.size", 10, "data.canvas.size=10: size is too small for the base's 28x28 images"),
+    ("idx_dir", "/nonexistent", "/nonexistent: no such folder \\(data.idx_dir\\)"),
+  ],
+)
+def test_data_that_cannot_be_read_is_refused_before_any_cell(
+  config, tmp_path, field, value, message
+):
+  """A sweep-wide data field that no cell can read stops the sweep, not each cell in turn."""
+  config.data.source = "canvas" if field.startswith("canvas") else "idx"
+  config.data.canvas.base = "embedded"
+  parent, leaf = ("canvas", "size") if field.startswith("canvas") else (None, field)
+  (config.data[parent] if parent else config.data)[leaf] = value
+  with pytest.raises((ConfigError, DataError), match=message):
+    sweep.run_sweep(config, _cells(), str(tmp_path / "sweep"))
+  assert not (tmp_path / "sweep").exists()
 
 
 @pytest.mark.parametrize("vmap_seeds", [False, True])
