@@ -49,6 +49,10 @@ def test_shape_labels_and_classes_are_the_base_s(digits, on_canvas):
   assert sources.title(_data_config(clutter=3)) == (
     "embedded MNIST on a 56x56 canvas, 3 pieces of clutter"
   )
+  permuted = dict(_data_config(), permute_pixels=7)
+  assert (
+    sources.title(permuted) == "embedded MNIST on a 56x56 canvas, pixels permuted (permutation 7)"
+  )
 
 
 def test_each_digit_is_whole_and_alone_at_its_drawn_position(digits, on_canvas):

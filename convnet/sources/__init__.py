@@ -213,11 +213,14 @@ def title(data_config: Mapping[str, Any], sizes: bool = False) -> str:
   else `data.name` ("mnist1d", "shapes3d", a TFDS name).
 
   A source that is not registered (records of another version, say) gets
-  `data.name` too.
+  `data.name` too. Data whose pixels are permuted (`data.permute_pixels`) say so.
   """
   source = data_config.get("source", "")
   own = getattr(get(source), "title", None) if source in REGISTRY else None
-  return own(data_config, sizes) if own else data_config.get("name", "")
+  text = own(data_config, sizes) if own else data_config.get("name", "")
+  if permutation := data_config.get("permute_pixels", 0):
+    text += f", pixels permuted (permutation {permutation})"
+  return text
 
 
 def check_name(name: str, names: Iterable[str], source: str, kind: str) -> str:

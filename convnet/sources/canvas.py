@@ -133,7 +133,8 @@ def input_spec(data_config: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
 def title(data_config: Mapping[str, Any], sizes: bool = False) -> str:
   """The base's title on its canvas: "embedded MNIST on a 56x56 canvas, 4 pieces of clutter"."""
   setting = settings(data_config)
-  text = f"{sources.title({**data_config, 'source': setting.base}, sizes)} on a "
+  base = {**data_config, "source": setting.base, "permute_pixels": 0}  # said once, after
+  text = f"{sources.title(base, sizes)} on a "
   text += f"{setting.size}x{setting.size} canvas"
   return text + (f", {setting.clutter} pieces of clutter" if setting.clutter else "")
 
