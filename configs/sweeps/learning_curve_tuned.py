@@ -59,15 +59,7 @@ def models(n: int) -> list[dict]:
 
 def cells(sizes, held_out: int) -> list[dict]:
   """Per N (the outer loop, so that a stopped sweep leaves whole points): its models."""
-  out = []
-  for n in sizes:
-    size = {
-      "data.num_train": n,
-      "data.num_validation": samples_features.validation_size(n, held_out),
-      "batch_size": min(128, n),
-    }
-    out += [size | m for m in models(n)]
-  return out
+  return [samples_features.size(n, held_out) | m for n in sizes for m in models(n)]
 
 
 def sweep():

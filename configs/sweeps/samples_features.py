@@ -61,17 +61,18 @@ def features(n: int, components=COMPONENTS) -> list[dict]:
   return cells + [{"data.features": "pixels", "data.num_features": 0}]
 
 
+def size(n: int, held_out: int) -> dict:
+  """The fields set per N: the size, its batch, and its validation size."""
+  return {
+    "data.num_train": n,
+    "data.num_validation": validation_size(n, held_out),
+    "batch_size": min(128, n),
+  }
+
+
 def cells(sizes, held_out: int, components=COMPONENTS) -> list[dict]:
-  """One override dict per (N, d): the size, its batch, its validation size, and the input."""
-  out = []
-  for n in sizes:
-    size = {
-      "data.num_train": n,
-      "data.num_validation": validation_size(n, held_out),
-      "batch_size": min(128, n),
-    }
-    out += [size | f for f in features(n, components)]
-  return out
+  """One override dict per (N, d): the size's fields (`size`) and the input."""
+  return [size(n, held_out) | f for n in sizes for f in features(n, components)]
 
 
 def sweep():
