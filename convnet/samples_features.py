@@ -182,10 +182,13 @@ def plot_grid(cells: Sequence[Mapping[str, Any]], path: str, title: str = "") ->
   fig, ax = plt.subplots(figsize=(1.0 * len(columns) + 2.5, 0.5 * len(cells) + 2.0))
   image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto", origin="lower")
   fig.colorbar(image, ax=ax, label="test accuracy (%), mean over seeds")
+  low, high = np.nanmin(values), np.nanmax(values)
   for i, cell in enumerate(cells):
     for j, column in enumerate(columns):
       if not math.isnan(values[i, j]):
-        ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=7, color="w")
+        bright = high > low and (values[i, j] - low) / (high - low) > 0.6  # viridis turns yellow
+        color = "k" if bright else "w"
+        ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=7, color=color)
       if column == cell["best"]:
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2))
   ax.set_xticks(range(len(columns)), [c.replace("pca ", "") for c in columns])
