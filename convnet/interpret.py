@@ -238,13 +238,19 @@ def occlusion_masks(
 
   Raises:
     ValueError: `patch` or `stride` is not positive, or not one per axis; no spatial axis; a
-      patch that covers the whole image.
+      stride longer than the patch (pixels left uncovered); a patch that covers the whole image.
   """
   if not len(spatial_shape):
     raise ValueError("occlusion needs examples with a spatial axis, not feature vectors")
   sizes = [min(p, n) for p, n in zip(_per_axis(patch, len(spatial_shape), "patch"),
                                      spatial_shape, strict=True)]  # fmt: skip
   strides = _per_axis(stride, len(spatial_shape), "stride")
+  for size, step in zip(sizes, strides, strict=True):
+    if step > size:
+      raise ValueError(
+        f"a stride of {step} is longer than the patch of {size}, so the pixels between patches "
+        "would get no value; give a stride of at most the patch"
+      )
   if all(size == n for size, n in zip(sizes, spatial_shape, strict=True)):
     shape = "x".join(str(n) for n in spatial_shape)
     raise ValueError(

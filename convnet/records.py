@@ -302,18 +302,18 @@ def chance_loss(num_classes: int) -> float:
 
 
 def collapsed(record: Mapping[str, Any], num_classes: int | None) -> bool:
-  """Whether a finished run's training loss stayed at chance.
+  """Whether a finished run's training loss stayed at chance, or went above it.
 
-  True when the record is "done" and its final `train_loss` is within
-  `CHANCE_TOLERANCE` (relative) of `chance_loss(num_classes)`; False when it
-  is not, or when the record has no `train_loss` or `num_classes` is None
-  (nothing to tell by).
+  True when the record is "done" and its final `train_loss` is at least
+  `chance_loss(num_classes)` less `CHANCE_TOLERANCE` (relative): at chance, or
+  worse than guessing every class alike; False when it is below that, or when
+  the record has no `train_loss` or `num_classes` is None (nothing to tell by).
   """
   loss = record.get("train_loss")
   if record["status"] != "done" or num_classes is None or num_classes < 2 or loss is None:
     return False
   chance = chance_loss(num_classes)
-  return abs(loss - chance) <= CHANCE_TOLERANCE * chance
+  return loss >= (1 - CHANCE_TOLERANCE) * chance
 
 
 def still_improving(record: Mapping[str, Any]) -> bool | None:

@@ -346,8 +346,9 @@ def methods_markdown(missing: str = "") -> list[str]:
     "",
     stats.POLICY,
     "",
-    "Run health. A finished run is collapsed when its final training loss is within "
-    f"{chance:g}% of chance's, ln(number of classes); collapsed runs are listed apart and left "
+    "Run health. A finished run is collapsed when its final training loss is at chance's, "
+    f"ln(number of classes), or above it (at most {chance:g}% below counts as at chance); "
+    "collapsed runs are listed apart and left "
     "out of every mean, interval and comparison. A run is still improving when its best "
     "validation epoch is its last: the column counts such runs among each setting's seeds.",
   ]

@@ -512,7 +512,9 @@ def write_figures(
     try:
       interpret.occlusion_masks(run.dataset.input_shape[:-1], occlusion_patch, occlusion_stride)
     except ValueError as e:
-      raise ConfigError(f"--occlusion_patch={occlusion_patch}: {e}") from None
+      raise ConfigError(
+        f"--occlusion_patch={occlusion_patch} --occlusion_stride={occlusion_stride}: {e}"
+      ) from None
   embedding = min(embedding_examples, len(run.dataset.test)) > KNN_NEIGHBOURS
   figures += ["embedding.png", "embedding.json"] if embedding else []
   figures += [f"maximised_conv_{k}.png" for k in range(num_blocks)] + ["maximised_logits.png"]

@@ -38,6 +38,9 @@ def test_patches_cover_every_pixel_the_last_one_ending_at_the_edge():
   assert interpret.occlusion_masks((5, 7), (2, 3), (2, 2)).any(0).all()
   spans_rows = interpret.occlusion_masks((4, 6), (9, 2), 2)  # every row, columns 2 at a time
   assert spans_rows.shape == (3, 4, 6) and spans_rows.all(1).any(1).all()
+  for gaps in ((6,), 3, 4), ((6, 6), 2, (2, 3)), ((9, 9), (3, 9), (4, 1)):
+    with pytest.raises(ValueError, match="longer than the patch .* the pixels between patches"):
+      interpret.occlusion_masks(*gaps)
   for whole in ((4,), 9), ((6, 6), 6), ((6, 6), (7, 8)):
     with pytest.raises(ValueError, match="covers the whole .* image, so occlusion would show"):
       interpret.occlusion_masks(*whole, 1)

@@ -855,7 +855,7 @@ def test_collapsed_runs_are_left_out_named_and_counted_and_improving_runs_counte
     "- `model.conv.padding=SAME,seed=0`: final training loss 2.3055 against chance's 2.3026"
     in (table)
   )
-  assert "Run health. A finished run is collapsed when its final training loss is within 2%" in (
+  assert "Run health. A finished run is collapsed when its final training loss is at chance's" in (
     table
   )
   # The comparison pairs only the seeds both settings counted: seeds 1 and 2.

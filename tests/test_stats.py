@@ -149,6 +149,9 @@ def test_a_run_whose_training_loss_stays_at_chance_is_collapsed():
   assert records.collapsed(_run(train_loss=2.3055), 10)  # the embedded digits' collapsed seed
   assert records.collapsed(_run(train_loss=chance * 0.981), 10)  # within 2%
   assert not records.collapsed(_run(train_loss=chance * 0.97), 10)
+  # Above chance is worse than guessing: collapsed too (a rate whose loss ran away).
+  assert records.collapsed(_run(train_loss=chance * 1.03), 10)
+  assert records.collapsed(_run(train_loss=6.108), 10)
   assert not records.collapsed(_run(train_loss=0.26), 10)
   assert records.collapsed(_run(train_loss=math.log(3)), 3)
   # Nothing to tell by: no loss, no number of classes, or a run that did not finish.

@@ -443,12 +443,23 @@ def test_a_grad_cam_block_the_model_lacks_is_named_before_any_figure(convnet_run
   assert not (tmp_path / "figures").exists()
 
 
-@pytest.mark.parametrize("patch", [28, 100])
-def test_an_occlusion_patch_that_covers_the_image_is_named_before_any_figure(
-  convnet_run, tmp_path, patch
+@pytest.mark.parametrize(
+  "patch, stride, message",
+  [
+    (28, 2, "covers the whole 28x28"),
+    (100, 2, "covers the whole 28x28"),
+    (4, 6, "a stride of 6 is longer than the patch of 4"),
+  ],
+)
+def test_an_occlusion_patch_that_covers_the_image_or_leaves_gaps_is_named_before_any_figure(
+  convnet_run, tmp_path, patch, stride, message
 ):
-  with pytest.raises(ConfigError, match=rf"--occlusion_patch={patch}: .* covers the whole 28x28"):
-    visualize.write_figures(convnet_run, str(tmp_path / "figures"), occlusion_patch=patch)
+  with pytest.raises(
+    ConfigError, match=rf"--occlusion_patch={patch} --occlusion_stride={stride}: .*{message}"
+  ):
+    visualize.write_figures(
+      convnet_run, str(tmp_path / "figures"), occlusion_patch=patch, occlusion_stride=stride
+    )
   assert not (tmp_path / "figures").exists()
 
 
