@@ -532,7 +532,10 @@ def earlier_transforms(path: str) -> list[str]:
   """The transforms of the `invariance.json` already at `path`, if one is there and readable.
 
   A rerun with other transforms evaluates these as well, so that none of the earlier results
-  is lost; a file that cannot be read gives none (it is replaced, with a warning).
+  is lost.
+
+  Raises:
+    DataError: a file there that is not a result of `convnet.invariance`: it is left as it is.
   """
   if not os.path.lexists(path):
     return []
@@ -541,8 +544,10 @@ def earlier_transforms(path: str) -> list[str]:
     names = earlier["transforms"] if "transforms" in earlier else list(earlier["accuracy"])[1:]
     return [t.name for t in parse_transforms(names)]
   except (ConvnetError, OSError, KeyError, TypeError, IndexError) as e:
-    logging.warning("%s is not a result of convnet.invariance (%s): it is replaced", path, e)
-    return []
+    raise DataError(
+      f"{path} is not a result of convnet.invariance ({e}); it is left as it is: move it away, "
+      "or give --out=DIR for the new results"
+    ) from None
 
 
 def write(path: str, out: str | None = None, transforms: Sequence[str] = DEFAULT_TRANSFORMS):

@@ -101,6 +101,13 @@ def test_bad_transforms_and_folders_are_one_line(tmp_path, monkeypatch):
   missing = tmp_path / "missing"
   message = _command([str(missing)], monkeypatch)
   assert message == f"error: {missing} is not a folder: give a run's workdir or a sweep folder"
+  # A file where the results go that is not one of them: named, and left as it is.
+  for text in ("not json", '{"accuracy": 3}', '{"transforms": ["tilt=3"]}'):
+    (tmp_path / "invariance.json").write_text(text)
+    message = _command([str(tmp_path)], monkeypatch)
+    assert message.startswith(f"error: {tmp_path / 'invariance.json'} is not a result of ")
+    assert "it is left as it is: move it away, or give --out=DIR" in message
+    assert "\n" not in message and (tmp_path / "invariance.json").read_text() == text
 
 
 # ----------------------------------------------------------------------------
