@@ -14,6 +14,9 @@ rate `analysis.tune_learning_rate` chose on validation accuracy alone.
   (`models.BASELINE`, the dense network) that shares its other fields, paired
   over shared seeds with Welch's 95% interval beside it, all pairs one family
   for Holm's correction;
+- `tune_settings`: a remedy's lines of several settings made one line tuned per N on
+  validation (`dense, pca, d tuned`); `at_grid_edges`: the choices at a grid's edge, among
+  `grid_choices` (grids of 3 or more values), stated by `edges_text`;
 - `section` (markdown lines) and `write_plot` (`learning_curve.png`).
 """
 
@@ -34,13 +37,9 @@ from convnet.models import BASELINE
 SIZE = "data.num_train"
 # Fields a sweep may set per size, alongside N; not part of what a model is when N fixes them.
 PER_SIZE = ("batch_size", "steps_per_epoch", "data.num_validation")
-# How a model's label writes a field's value ("dense, pca 64", "dense, L1 0.0001"); other
-# fields are written `name=value`.
-VALUE_FORMATS = {
-  "data.features": "{}",
-  "data.num_features": "{}",
-  "l1_penalty": "L1 {:g}",
-}
+# How a model's label writes a field's value ("dense, L1 0.0001"); the input is written
+# `pca 64` (`model_label`), other fields `name=value`.
+VALUE_FORMATS = {"l1_penalty": "L1 {:g}"}
 
 # A remedy's own setting, chosen at each N on validation where a model's line takes several
 # values of it (the PCA components, the pixels kept, L1's strength), and how a label names it.
@@ -76,19 +75,32 @@ def model_fields(records: Sequence[Mapping[str, Any]]) -> list[str]:
 def model_label(
   overrides: Mapping[str, Any], model: str, fields: Sequence[str], all_fields: Sequence[str]
 ) -> str:
-  """`dense, pca 64`: the model's name, then its values of `fields` (beside `model.name`)."""
+  """`dense, pca 64`: the model's name, then its values of `fields` (beside `model.name`), one
+  part a field, parts apart by ", " (`dense, dense_features=128, L1 0.0001`).
+
+  The input is one part, `pca 64` (`data.features` with its `data.num_features`), or `pixels`;
+  a number of features without the input it counts is written `num_features=64`.
+  """
   parts = []
   for field in fields:
     if field == "model.name" or field not in overrides:
       continue
-    if field == "data.num_features" and overrides.get("data.features") == "pixels":
-      continue  # all pixels: the number of features is not a setting
     value = overrides[field]
-    if field in VALUE_FORMATS:
+    if field == "data.num_features":
+      if overrides.get("data.features") == "pixels":
+        continue  # all pixels: the number of features is not a setting
+      if "data.features" in fields and "data.features" in overrides:
+        continue  # written with the input, `pca 64`
+      parts.append(f"{analysis.short_name(field, all_fields)}={display.setting_value(value)}")
+    elif field == "data.features":
+      count = overrides.get("data.num_features")
+      with_count = "data.num_features" in fields and count is not None and value != "pixels"
+      parts.append(f"{value} {count}" if with_count else str(value))
+    elif field in VALUE_FORMATS:
       parts.append(VALUE_FORMATS[field].format(value))
     else:
       parts.append(f"{analysis.short_name(field, all_fields)}={display.setting_value(value)}")
-  return ", ".join([model, " ".join(parts)]) if parts else model
+  return ", ".join([model, *parts])
 
 
 def budget(config: Mapping[str, Any], size: int) -> dict[str, Any]:
@@ -131,14 +143,15 @@ def learning_curve_rows(
     f"{name}_{k}" for name in analysis.METRICS for k in ("mean", "std", "ci_low", "ci_high")
   ]
   lines: dict[str, list[dict[str, Any]]] = {}
+  own: dict[str, list[str]] = {}  # per model name, the fields its labels write
   for arm in tuned or analysis.summarize(records):
     cells = by_setting[arm["setting"] or arm["rates"][0]["setting"]]
     first = cells[0]
     model = first["config"]["model"]["name"]
-    # Only what varies among this model's records tells its lines apart.
-    mine = [r for r in records if r["config"]["model"]["name"] == model]
-    own = [f for f in fields if f in analysis.varying_fields(mine)]
-    line = model_label(first["overrides"], model, own, all_fields)
+    if model not in own:  # only what varies among this model's records tells its lines apart
+      mine = analysis.varying_fields([r for r in records if r["config"]["model"]["name"] == model])
+      own[model] = [f for f in fields if f in mine]
+    line = model_label(first["overrides"], model, own[model], all_fields)
     done = [r for r in cells if analysis.counted(r)] if arm["setting"] else []
     lines.setdefault(line, []).append(
       {
@@ -171,7 +184,21 @@ def tune_settings(
   (`dense, pca, d tuned`, `dense, L1 tuned`), with `tuned` naming the chosen value and the
   values it was chosen from. Test accuracy takes no part. A line alone in its family is kept
   as it is.
+
+  A family's label names, as every line's does (`learning_curve_rows`), only the fields of
+  `own_fields` whose value varies among its model's rows (a field every dense line shares,
+  its width, say, is not written), then what was tuned.
   """
+  missing = object()
+
+  def varies(field, model):
+    values = {
+      json_key(r["overrides"].get(field, missing)) for r in rows if r["model_name"] == model
+    }
+    return len(values) > 1
+
+  models = dict.fromkeys(r["model_name"] for r in rows)
+  labelled = {m: [f for f in own_fields if varies(f, m)] for m in models}
 
   def family(row):
     overrides = row["overrides"]
@@ -190,7 +217,7 @@ def tune_settings(
       continue
     at_n = [r for r in rows if family(r) == key and r["num_train"] == row["num_train"]]
     varying = [f for f in key[2] if len({json_key(r["overrides"][f]) for r in at_n}) > 1]
-    fields = [f for f in own_fields if f not in varying]
+    fields = [f for f in labelled[row["model_name"]] if f not in varying]
     label = model_label(row["overrides"], row["model_name"], fields, all_fields)
     label = ", ".join([label, *(f"{TUNED_SETTINGS[f]} tuned" for f in varying)])
     if (label, row["num_train"]) in out:
@@ -211,16 +238,30 @@ def json_key(value: Any) -> str:
   return json.dumps(value, sort_keys=True, default=str)
 
 
-def at_grid_edges(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-  """Each row whose chosen rate or remedy setting is the smallest or largest of its grid (of 3
-  or more values), as `model at N: lr 0.01 (largest of 0.0003-0.01)`."""
+EDGE_GRID = 3  # the fewest values a grid has for a choice at its edge to be told from one inside
+
+
+def grid_choices(
+  rows: Sequence[Mapping[str, Any]],
+) -> list[tuple[Mapping[str, Any], str, Any, list]]:
+  """Every choice the rows made from a grid of `EDGE_GRID` or more values: (row, `lr` or the
+  setting's name in `TUNED_SETTINGS`, the chosen value, the grid ascending)."""
   found = []
   for row in rows:
     grids = {"lr": (row["learning_rate"], row["rate_grid"])}
     grids |= {TUNED_SETTINGS[f]: chosen for f, chosen in row["tuned"].items()}
     for name, (value, grid) in grids.items():
-      if value is None or len(grid) < 3 or value not in (grid[0], grid[-1]):
-        continue
+      if value is not None and len(grid) >= EDGE_GRID:
+        found.append((row, name, value, list(grid)))
+  return found
+
+
+def at_grid_edges(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+  """Each row whose chosen rate or remedy setting is the smallest or largest of its grid (of 3
+  or more values, `grid_choices`), as `model at N = 64: lr 0.01 (largest of 0.0003 to 0.01)`."""
+  found = []
+  for row, name, value, grid in grid_choices(rows):
+    if value in (grid[0], grid[-1]):
       end = "smallest" if value == grid[0] else "largest"
       found.append(
         f"{row['model']} at N = {row['num_train']}: {name} {value:g} ({end} of "
@@ -324,14 +365,8 @@ def section(records: Sequence[Mapping[str, Any]]) -> list[str]:
       "accuracy (d: the principal components or pixels kept; L1: the penalty's strength), each "
       "setting at its own tuned learning rate; test accuracy takes no part in either choice.",
     ]
-  edges = at_grid_edges(rows)
   if tuned or any(r["tuned"] for r in rows):
-    lines += [
-      "",
-      "Choices at the edge of their grid (the best value may lie beyond it): "
-      + ("; ".join(edges) if edges else "none")
-      + ".",
-    ]
+    lines += ["", edges_text(rows)]
   pairs = minus_baseline(rows)
   if pairs:
     columns = list(dict.fromkeys((p["model"], p["baseline"]) for p in pairs))
@@ -352,6 +387,24 @@ def section(records: Sequence[Mapping[str, Any]]) -> list[str]:
       cells = {(p["model"], p["baseline"]): p for p in pairs if p["num_train"] == n}
       lines.append(f"| {n} | " + " | ".join(difference_text(cells.get(c)) for c in columns) + " |")
   return lines
+
+
+def edges_text(rows: Sequence[Mapping[str, Any]]) -> str:
+  """The sentence that lists the choices at a grid's edge, saying which grids were checked."""
+  checked = len(grid_choices(rows))
+  if not checked:
+    return (
+      f"Choices at the edge of their grid: not checked, as no learning rate or setting was "
+      f"chosen from a grid of {EDGE_GRID} or more values (in a grid of 2, every choice is at an "
+      "edge)."
+    )
+  edges = at_grid_edges(rows)
+  return (
+    f"Choices at the edge of their grid, of the {checked} choices made from grids of "
+    f"{EDGE_GRID} or more values (the best value may lie beyond the edge): "
+    + ("; ".join(edges) if edges else "none")
+    + "."
+  )
 
 
 def difference_text(pair: Mapping[str, Any] | None) -> str:

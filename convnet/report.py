@@ -27,8 +27,9 @@ another sweep's. It writes:
 - `learning_rate.png`, when the sweep varies the learning rate (below);
 - `learning_curve.png` and learning-curve tables, when the sweep varies
   `data.num_train` (see `convnet.learning_curve`);
-- `samples_features.png` and a table of the best input per N, when the sweep
-  varies both N and the dense network's input (see `convnet.samples_features`).
+- `samples_features.png` and a table of the best input per N, for a sweep of
+  the dense network alone over N and one kind of input (see
+  `convnet.samples_features`).
 
 Cells that successive halving pruned (`convnet.halving`, status "pruned") take
 no part in any mean, interval, choice or comparison; `report.md` names each

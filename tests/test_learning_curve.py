@@ -293,3 +293,76 @@ def test_choices_at_a_grid_edge_are_listed_and_a_line_alone_keeps_its_label():
   ]
   names = {r["model"] for r in learning_curve.learning_curve_rows(one_setting)}
   assert names == {"convnet", "dense", "dense, pca 32", "dense, L1 0.0001"}
+
+
+def _sweep_records(cells, rates=(1e-3, 3e-3, 1e-2), seeds=2):
+  """A record per (cell, rate, seed) of a sweep file's cells; validation prefers the middle rate
+  and, among a remedy's settings, the sweep's order (the first value)."""
+  records, first = [], {}
+  for cell in cells:
+    name = cell.get("model.name", "dense")
+    kind = (name, cell.get("data.features"), "l1_penalty" in cell, cell[SIZE])
+    rank = first.setdefault(kind, len(records))
+    for rate in rates:
+      for seed in range(seeds):
+        overrides = cell | {RATE: rate, "seed": seed}
+        validation = 0.9 - 0.0001 * (len(records) - rank) + 0.01 * (rate == rates[1])
+        records.append(_record(len(records), overrides, validation, 0.8 + 0.01 * seed, name))
+  return records
+
+
+def test_the_tuned_sweeps_lines_are_named_by_what_varies_within_their_model():
+  from convnet.configs.sweeps import learning_curve_tuned
+
+  cells = learning_curve_tuned.cells((64, 128, 256), learning_curve_tuned.VALIDATION_SPLIT)
+  rows = learning_curve.learning_curve_rows(_sweep_records(cells))
+  # Every dense line sets the book's width, so no label names it: tuned lines as plain ones.
+  assert list(dict.fromkeys(r["model"] for r in rows)) == [
+    "convnet",
+    "dense",
+    "dense, pca, d tuned",
+    "dense, top_variance, d tuned",
+    "dense, L1 tuned",
+  ]
+  text = "\n".join(learning_curve.section(_sweep_records(cells)))
+  assert (
+    "| convnet | dense | dense, pca, d tuned | dense, top_variance, d tuned | dense, L1" in text
+  )
+  assert "dense_features" not in text
+
+
+def test_lines_of_a_model_at_two_widths_name_the_width_the_same_way_tuned_or_not():
+  dense = [{"model.name": "dense", "model.dense_features": w} for w in ((42,), (128,))]
+  settings = [{"data.features": "pca", "data.num_features": d} for d in (8, 16, 32)]
+  settings += [{"l1_penalty": v} for v in (1e-5, 1e-4, 1e-3)]
+  cells = [_size(n) | m | s for n in (100, 400) for m in dense for s in [{}, *settings]]
+  records = _sweep_records(cells)
+  plain = {r["model"] for r in learning_curve.learning_curve_rows(records, tune_remedies=False)}
+  assert {"dense, dense_features=42", "dense, dense_features=42, pca 8"} < plain
+  assert "dense, dense_features=128, L1 0.001" in plain
+  tuned = list(dict.fromkeys(r["model"] for r in learning_curve.learning_curve_rows(records)))
+  assert tuned == [
+    f"dense, dense_features={w}{line}"
+    for w in (42, 128)
+    for line in ("", ", pca, d tuned", ", L1 tuned")
+  ]
+
+
+def test_the_edge_line_says_which_grids_it_checked_and_never_calls_small_grids_clear():
+  # Two rates a line: too few for an edge to mean anything, so nothing is called clear.
+  text = "\n".join(learning_curve.section(_curve_records()))
+  assert "Choices at the edge of their grid: not checked" in text
+  assert "grid of 3 or more values" in text and "none." not in text
+  # Three rates and three settings: every choice is checked, and the count says how many.
+  rows = learning_curve.learning_curve_rows(_remedy_records())
+  checked = len(rows) + sum(len(r["tuned"]) for r in rows)
+  text = "\n".join(learning_curve.section(_remedy_records()))
+  assert f"of the {checked} choices made from grids of 3 or more values" in text
+  # Two rates but three settings: only the settings' choices are checked.
+  two_rates = [r for r in _remedy_records() if r["overrides"][RATE] != 1e-2]
+  rows = learning_curve.learning_curve_rows(two_rates)
+  assert all(len(r["rate_grid"]) == 2 for r in rows)
+  tuned = sum(len(r["tuned"]) for r in rows)
+  assert tuned == 6  # two remedies at three sizes
+  text = "\n".join(learning_curve.section(two_rates))
+  assert f"of the {tuned} choices made from grids of 3 or more values" in text

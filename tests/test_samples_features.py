@@ -58,17 +58,21 @@ def _record(index, overrides, validation, test):
   }
 
 
-def _grid_records(rates=(1e-3, 3e-3)):
-  """3 sizes x 3 inputs x 2 rates x 3 seeds; validation picks `CHOSEN`, test prefers others."""
+def _grid_records(rates=(1e-3, 3e-3), sizes=SIZES, inputs=INPUTS, chosen=CHOSEN, data=None):
+  """3 sizes x 3 inputs x 2 rates x 3 seeds; validation picks `chosen`, test prefers others.
+
+  `data`: the base config's data fields (`features`, `num_features`), for inputs that leave
+  them out."""
   records = []
-  for n in SIZES:
-    for features in INPUTS:
-      label = samples_features.input_label(features)
+  base = {"data.features": data["features"]} if data else {}
+  for n in sizes:
+    for features in inputs:
+      label = samples_features.input_label(base | features)
       for rate in rates:
         for seed in range(3):
           best_rate = rate == rates[0]
-          validation = (0.90 if label == CHOSEN[n] else 0.70) + (0.05 if best_rate else 0.0)
-          test = TEST[n, label][seed] if best_rate else 0.99  # 0.99: a rejected rate, never read
+          validation = (0.90 if label == chosen[n] else 0.70) + (0.05 if best_rate else 0.0)
+          test = TEST.get((n, label), (0.5, 0.6, 0.7))[seed] if best_rate else 0.99
           overrides = {
             "data.num_train": n,
             "data.num_validation": max(100, n // 5),
@@ -78,6 +82,8 @@ def _grid_records(rates=(1e-3, 3e-3)):
             "seed": seed,
           }
           records.append(_record(len(records), overrides, validation + 0.001 * seed, test))
+          if data:
+            records[-1]["config"]["data"] = dict(data)
   return records
 
 
@@ -170,3 +176,145 @@ def test_the_sweeps_settings_differ_by_rate_and_seed_only_within_a_cell():
   assert len({s.rsplit(",optimizer", 1)[0] for s in settings}) == len(settings) // len(
     sweep_file.LEARNING_RATES
   )
+
+
+def _records_of(cells, rates=(1e-3,)):
+  """A finished record per (sweep cell, rate, seed), its model named by the cell."""
+  records = []
+  for cell in cells:
+    for rate in rates:
+      for seed in range(2):
+        overrides = cell | {RATE: rate, "seed": seed}
+        record = _record(len(records), overrides, 0.9 + 0.01 * seed, 0.8 + 0.01 * seed)
+        record["config"]["model"]["name"] = cell.get("model.name", "dense")
+        records.append(record)
+  return records
+
+
+def _dense(n, **fields):
+  return {"data.num_train": n, "batch_size": min(128, n)} | fields
+
+
+PCA_8, PCA_16 = ({"data.features": "pca", "data.num_features": d} for d in (8, 16))
+TOP_16 = {"data.features": "top_variance", "data.num_features": 16}
+ALL_PIXELS = {"data.features": "pixels", "data.num_features": 0}
+
+
+def _tuned_sweep_cells():
+  from convnet.configs.sweeps import learning_curve_tuned
+
+  return learning_curve_tuned.cells((64, 128, 256), learning_curve_tuned.VALIDATION_SPLIT)
+
+
+@pytest.mark.parametrize(
+  "cells, why",
+  [
+    (_tuned_sweep_cells(), "its models are convnet, dense"),
+    (
+      [
+        _dense(n) | {"model.name": m} | i
+        for n in (50, 200)
+        for m in ("dense", "convnet")
+        for i in (PCA_8, ALL_PIXELS)
+      ],
+      "its models are convnet, dense",
+    ),
+    (
+      [_dense(n) | i for n in (50, 200) for i in (PCA_8, TOP_16, ALL_PIXELS)],
+      "its inputs mix reductions (pca, top_variance)",
+    ),
+    (
+      [_dense(n) | i for n in (50, 200) for i in (PCA_8, ALL_PIXELS, {"l1_penalty": 1e-4})],
+      "it varies l1_penalty besides the input",
+    ),
+    (
+      [
+        _dense(n, **{"model.dense_features": w}) | i
+        for n in (50, 200)
+        for w in ((42,), (128,))
+        for i in (PCA_8, ALL_PIXELS)
+      ],
+      "it varies model.dense_features besides the input",
+    ),
+    (
+      [_dense(n) | ALL_PIXELS | {"data.num_features": k} for n in (50, 200) for k in (0, 16)],
+      "its input does not vary",
+    ),
+  ],
+  ids=["tuned-sweep", "two-models", "two-reductions", "l1-beside", "two-widths", "pixels-only"],
+)
+def test_a_sweep_that_is_not_one_dense_network_over_inputs_gets_no_grid(tmp_path, cells, why):
+  records = _records_of(cells)
+  assert samples_features.why_not(records).startswith(why)
+  assert not samples_features.applies(records)
+  assert samples_features.section(records) == []
+  assert samples_features.write_plot(records, str(tmp_path)) is None
+  assert not os.listdir(tmp_path)
+  with pytest.raises(ValueError, match="no samples-against-features grid"):
+    samples_features.grid(records)
+
+
+def _plotted(records, monkeypatch, tmp_path):
+  """The heat map's axes, as `write_plot` draws them (not saved)."""
+  drawn = []
+  monkeypatch.setattr(samples_features.files, "save_figure", lambda fig, *a, **k: drawn.append(fig))
+  samples_features.write_plot(records, str(tmp_path))
+  (figure,) = drawn
+  return figure.axes[0]
+
+
+def test_pixels_kept_are_a_grid_of_their_own_named_on_the_axis(monkeypatch, tmp_path):
+  inputs = [{"data.features": "top_variance", "data.num_features": k} for k in (16, 64)]
+  chosen = {50: "top_variance 16", 200: "top_variance 64", 800: "pixels"}
+  records = _grid_records(inputs=[*inputs, ALL_PIXELS], chosen=chosen)
+  assert samples_features.applies(records)
+  assert [c["best"] for c in samples_features.grid(records)] == list(chosen.values())
+  text = "\n".join(samples_features.section(records))
+  assert "| N | top_variance 16 | top_variance 64 | pixels | chosen on validation |" in text
+  assert "components" not in text
+  axes = _plotted(records, monkeypatch, tmp_path)
+  assert axes.get_xlabel() == samples_features.AXIS_LABELS["top_variance"]
+  assert "pixels kept" in axes.get_xlabel()
+  assert [t.get_text() for t in axes.get_xticklabels()] == ["16", "64", "pixels"]
+
+
+def test_an_input_the_base_config_sets_is_read_from_the_config(monkeypatch, tmp_path):
+  # The base config reads principal components; the sweep sets only their number, and pixels.
+  inputs = [{"data.num_features": 8}, {"data.num_features": 32}, ALL_PIXELS]
+  records = _grid_records(inputs=inputs, data={"features": "pca", "num_features": 64})
+  cells = samples_features.grid(records)
+  assert [list(c["inputs"]) for c in cells] == [["pca 8", "pca 32", "pixels"]] * 3
+  assert [c["best"] for c in cells] == [CHOSEN[n] for n in SIZES]
+  axes = _plotted(records, monkeypatch, tmp_path)
+  assert axes.get_xlabel() == samples_features.AXIS_LABELS["pca"]
+  assert [t.get_text() for t in axes.get_xticklabels()] == ["8", "32", "pixels"]
+
+
+@pytest.mark.parametrize(
+  "sizes, inputs, chosen, absent",
+  [
+    ((50, 200), INPUTS, CHOSEN, "it needs 3 or more sizes with a finished input, and 2 have one"),
+    (SIZES, INPUTS, dict.fromkeys(SIZES, "pca 8"), "validation chose pca 8 at every N"),
+    (SIZES, INPUTS, dict.fromkeys(SIZES, "pixels"), "validation chose all pixels at every N with"),
+    (SIZES, (PCA_8, PCA_16), {50: "pca 8", 200: "pca 8", 800: "pca 16"}, "no all-pixels input"),
+  ],
+  ids=["two-sizes", "one-input-chosen", "pixels-chosen", "no-pixels"],
+)
+def test_a_trend_or_a_difference_that_cannot_be_given_says_why(sizes, inputs, chosen, absent):
+  text = "\n".join(
+    samples_features.section(_grid_records(sizes=sizes, inputs=inputs, chosen=chosen))
+  )
+  assert absent in text
+  reasons = [line for line in text.splitlines() if line.startswith("No ")]
+  rho, table = "rho =" in text, "| N | chosen | difference |" in text
+  assert len(reasons) == (not rho) + (not table) >= 1  # one sentence for each thing left out
+
+
+def test_the_samples_features_sweep_is_a_grid_of_one_reduction():
+  records = _records_of(sweep_file.cells((50, 200), sweep_file.VALIDATION_SPLIT))
+  assert samples_features.why_not(records) is None
+  assert samples_features.reduction(records) == "pca"
+  assert [list(c["inputs"]) for c in samples_features.grid(records)] == [
+    ["pca 8", "pca 16", "pca 32", "pixels"],
+    ["pca 8", "pca 16", "pca 32", "pca 64", "pca 128", "pixels"],
+  ]
