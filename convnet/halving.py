@@ -329,6 +329,27 @@ def read_decisions(path: str) -> dict[str, Any] | None:
   return saved
 
 
+def check_folder(decisions_dir: str) -> None:
+  """Reads every `*.json` in `decisions_dir` (`read_decisions`), before anything trains: each
+  must be a decisions file, of the arm it is named after. Lock folders and hidden files pass.
+
+  Raises:
+    FileFormatError: a file there that is not one, in one line naming it and what to do.
+  """
+  names = sorted(os.listdir(decisions_dir)) if os.path.isdir(decisions_dir) else []
+  for name in names:
+    path = os.path.join(decisions_dir, name)
+    if name.startswith(".") or not name.endswith(".json") or os.path.isdir(path):
+      continue
+    saved = read_decisions(path)
+    arm = saved["arm"].get("name") if isinstance(saved["arm"], dict) else None
+    if arm is None or decisions_path(decisions_dir, arm) != path:
+      raise FileFormatError(
+        f"{path} holds the decisions of arm {arm!r}, and an arm's file is named after it (a "
+        "copy?); move it out of the folder"
+      )
+
+
 def _write_decisions(path: str, content: dict[str, Any], saved: dict[str, Any] | None):
   """Writes `content` unless `saved` (the file as read) holds it already, or more that agrees;
   returns what the file holds now. A file that disagrees is replaced, with a log line saying

@@ -326,6 +326,7 @@ def launch(
   resources: Resources = Resources(),
   vmap_rates: bool = False,
   halving: halving_lib.Halving | None = None,
+  halving_from_command: bool = False,
 ) -> dict[str, Any]:
   """Runs the sweep's cells with `shards` pulling workers on `cluster`, and waits for them.
 
@@ -345,7 +346,8 @@ def launch(
   import_engine(cluster)
   configs = sweep.cell_configs(base, cells)
   sweep_dir = os.path.abspath(files.make_dir(sweep_dir))
-  sweep.check_mode(sweep_dir, vmap_seeds, vmap_rates, halving is not None)
+  mode = sweep.halving_mode(halving, cells, halving_from_command) if halving is not None else False
+  sweep.check_mode(sweep_dir, vmap_seeds, vmap_rates, mode)
   workers = [
     Worker(
       base, list(cells), sweep_dir, (i, shards), vmap_seeds, job_environment(), vmap_rates, halving
@@ -440,6 +442,7 @@ def main(argv):
       cells, halving = sweep.read_sweep(
         sweep_path, FLAGS.halving, FLAGS.learning_rates, FLAGS.halving_rungs, FLAGS.halving_eta
       )
+    sweep.warn_unused_overrides(config_flags.get_override_values(FLAGS["sweep"]), cells)
     resources = Resources(
       timeout_min=FLAGS.timeout_min,
       slurm_partition=FLAGS.slurm_partition,
@@ -457,6 +460,7 @@ def main(argv):
       resources,
       FLAGS.vmap_rates,
       halving,
+      halving_from_command=bool(FLAGS.halving_rungs),
     )
   except ConvnetError as e:
     sys.exit(f"error: {e}")

@@ -116,24 +116,29 @@ MODE_FILE = "sweep.json"
 
 
 def check_mode(
-  sweep_dir: str, vmap_seeds: bool, vmap_rates: bool = False, halving: bool = False
+  sweep_dir: str,
+  vmap_seeds: bool,
+  vmap_rates: bool = False,
+  halving: bool | Mapping[str, Any] = False,
 ) -> None:
   """Holds a sweep directory to one way of training its seeds: one writer for each record.
 
   The first run writes `MODE_FILE`; a run the other way (with or without
   `--vmap_seeds`, or `--vmap_rates`, which trains seeds together too, or with
-  or without successive halving) would train every cell again, in other
-  workdirs, and mix its records with the first way's, so it is refused. A
-  directory of an older version, without the file, counts as the way its
-  `cells/` or `groups/` show.
+  or without successive halving, or another halving) would train every cell
+  again, in other workdirs, and mix its records with the first way's, so it is
+  refused. `halving`: the sweep's halving as `halving_mode` gives it (True for
+  one not described; a folder whose file says `"halving": true`, of an older
+  version, takes any). A directory of an older version, without the file,
+  counts as the way its `cells/` or `groups/` show.
 
   Raises:
-    ConfigError: `sweep_dir` was run the other way.
+    ConfigError: `sweep_dir` was run the other way, or with another halving.
   """
   path = os.path.join(sweep_dir, MODE_FILE)
   vmap_seeds = vmap_seeds or vmap_rates
   mode = {"vmap_seeds": bool(vmap_seeds)} | ({"vmap_rates": True} if vmap_rates else {})
-  mode |= {"halving": True} if halving else {}
+  mode |= {"halving": halving if isinstance(halving, Mapping) else True} if halving else {}
   if not os.path.exists(path):
     made = {d for d in ("cells", "groups") if os.path.isdir(os.path.join(sweep_dir, d))}
     if made and made != {"groups" if vmap_seeds else "cells"}:
@@ -142,6 +147,22 @@ def check_mode(
     if _create_whole(path, json.dumps(mode)):
       return
   _refuse_mode(sweep_dir, read_mode(path), mode)
+
+
+def halving_mode(
+  halving: halving_lib.Halving, cells: Sequence[Cell], from_command: bool = False
+) -> dict[str, Any]:
+  """A sweep's halving as `MODE_FILE` keeps it: its field, rungs, eta, the halved values in
+  sweep order, and where it came from ("command": --learning_rates and --halving_rungs; else
+  "sweep file": its halving())."""
+  values = dict.fromkeys(json.dumps(c.overrides.get(halving.field), default=repr) for c in cells)
+  return {
+    "field": halving.field,
+    "rungs": list(halving.rungs),
+    "eta": halving.eta,
+    "values": [json.loads(v) for v in values],
+    "source": "command" if from_command else "sweep file",
+  }
 
 
 def _create_whole(path: str, text: str) -> bool:
@@ -192,6 +213,15 @@ def read_mode(path: str) -> dict[str, bool]:
     raise FileFormatError(f"{e}; {remedy}") from None
   except OSError as e:
     raise FileFormatError(f"{path} cannot be read ({files.reason(e)}); {remedy}") from None
+  halving = saved.get("halving", False) if isinstance(saved, dict) else None
+  described = isinstance(halving, dict) and {"field", "rungs", "eta", "values"} <= set(halving)
+  if isinstance(halving, dict) and described:
+    described = isinstance(halving["rungs"], list) and isinstance(halving["values"], list)
+  if isinstance(saved, dict) and not (isinstance(halving, bool) or described):
+    raise FileFormatError(
+      f"{path}: its halving is {json.dumps(halving)[:60]}, not true, false or "
+      f'{{"field", "rungs", "eta", "values"}}: it is not this project\'s; {remedy}'
+    )
   if not isinstance(saved, dict) or not isinstance(saved.get("vmap_seeds"), bool):
     shown = json.dumps(saved)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
@@ -202,14 +232,58 @@ def read_mode(path: str) -> dict[str, bool]:
   return saved
 
 
+def _describe_halving(halving: Mapping[str, Any]) -> str:
+  values = ", ".join(map(str, halving["values"]))
+  rungs = ", ".join(map(str, halving["rungs"]))
+  return f"{halving['field']} ({values}) at rungs ({rungs}), eta {halving['eta']}"
+
+
+def _halving_flags(halving: Mapping[str, Any]) -> str:
+  return (
+    f"--learning_rates={','.join(map(str, halving['values']))} "
+    f"--halving_rungs={','.join(map(str, halving['rungs']))} --halving_eta={halving['eta']}"
+  )
+
+
 def _refuse_mode(sweep_dir: str, saved: Mapping[str, Any], mode: Mapping[str, Any]) -> None:
-  if bool(saved.get("halving")) != bool(mode.get("halving")):
-    way = "with" if saved.get("halving") else "without"
+  old, new = saved.get("halving"), mode.get("halving")
+  both_ways = (
+    "its sweep file's halving(), without --nohalving, or --learning_rates with --halving_rungs"
+  )
+  if old and not new:
+    if isinstance(old, Mapping) and old.get("source") == "command":
+      way = f"with {_halving_flags(old)} again"
+    elif isinstance(old, Mapping):
+      way = "with its sweep file's halving() again, without --nohalving"
+    else:
+      way = f"halved again ({both_ways})"
     raise ConfigError(
-      f"{sweep_dir} was run {way} successive halving: run it {way} it again (the sweep file's "
-      "halving(); --nohalving turns it off), or give another --workdir: the two ways train in "
-      "other folders, and a whole-grid run would train the pruned cells again"
+      f"{sweep_dir} was run with successive halving: run it {way}, or give another --workdir: "
+      "a whole-grid run would train the pruned cells again, in other folders"
     )
+  if new and not old:
+    way = (
+      "leave out --halving_rungs"
+      if isinstance(new, Mapping) and new.get("source") == "command"
+      else "add --nohalving: the sweep file has a halving()"
+    )
+    raise ConfigError(
+      f"{sweep_dir} was run without successive halving: run it that way again ({way}), or "
+      "give another --workdir: the two ways train in other folders"
+    )
+  if isinstance(old, Mapping) and isinstance(new, Mapping):
+    if {k: v for k, v in old.items() if k != "source"} != {
+      k: v for k, v in new.items() if k != "source"
+    }:
+      same = (
+        f"the same {_halving_flags(old)}"
+        if old.get("source") == "command"
+        else "the sweep file's halving() and values it had then"
+      )
+      raise ConfigError(
+        f"{sweep_dir} was halved over {_describe_halving(old)}: run it with {same}, or give "
+        "another --workdir"
+      )
   if saved.get("vmap_rates") is True and not mode.get("vmap_rates"):
     raise ConfigError(
       f"{sweep_dir} was run with --vmap_rates: run it with --vmap_rates again (the two ways "
@@ -237,6 +311,7 @@ def run_sweep(
   pull: bool = False,
   vmap_rates: bool = False,
   halving: halving_lib.Halving | None = None,
+  halving_from_command: bool = False,
 ) -> list[dict[str, Any]]:
   """Runs this shard's unfinished cells; returns the records it wrote.
 
@@ -246,7 +321,18 @@ def run_sweep(
   or a setting's seeds with `vmap_seeds`, or its seeds and learning rates with
   `vmap_rates`); with `pull`, any group instead, taken one at a time as
   `pull_groups` says, from group i on. With `halving`, the sweep's arms are
-  halved instead (`sweep_halving.run_halving`), an arm at a time.
+  halved instead (`sweep_halving.run_halving`), an arm at a time; `halving_from_command`:
+  it came from --learning_rates and --halving_rungs (what a refusal then tells to give).
+
+  Before anything trains, every file under `records/` must be a record
+  (`records.read`), and with `halving` every file under `halving/` a decisions
+  file of its arm (`halving.check_folder`), and no arm halved before may have
+  gained cells (`sweep_halving.check_no_added_cells`).
+
+  Raises:
+    ConfigError: a bad cell config, a folder run another way (`check_mode`), cells added to
+      a halved arm.
+    FileFormatError: a file under `records/` or `halving/` that is not one.
   """
   configs = cell_configs(base, cells)
   if halving is not None:  # the arms and budgets checked before anything is written
@@ -254,8 +340,13 @@ def run_sweep(
     for cell in cells:
       halving.check_budget(configs[cell.name].num_epochs)
   files.make_dir(sweep_dir)
-  check_mode(sweep_dir, vmap_seeds, vmap_rates, halving is not None)
+  mode = halving_mode(halving, cells, halving_from_command) if halving is not None else False
+  check_mode(sweep_dir, vmap_seeds, vmap_rates, mode)
   files.remove_stale_files(os.path.join(sweep_dir, records_lib.FOLDER))
+  check_records(sweep_dir)
+  if halving is not None:
+    halving_lib.check_folder(os.path.join(sweep_dir, halving_lib.FOLDER))
+    sweep_halving.check_no_added_cells(sweep_dir, cells, configs, halving)
   if halving is not None:
     return sweep_halving.run_halving(
       cells, configs, sweep_dir, halving, shard, vmap_seeds, vmap_rates, pull
@@ -267,10 +358,13 @@ def run_sweep(
   groups = groups[index::count]
   # A group trains only its cells without a finished record: a seed or rate added to a finished
   # sweep trains alone, and a finished cell is not trained again beside it.
+  # Such a part of a group trains in a folder of its own (`sweep_records.group_workdir`).
   unfinished = [
-    [c for c in g if not sweep_records.is_finished(sweep_dir, c, configs[c.name])] for g in groups
+    ([c for c in g if not sweep_records.is_finished(sweep_dir, c, configs[c.name])], g)
+    for g in groups
   ]
-  todo = [g for g in unfinished if g]
+  todo = [g for g, _ in unfinished if g]
+  wholes = [whole for g, whole in unfinished if g]
   num_cells = sum(len(g) for g in groups)
   left = {c.name for g in todo for c in g}
   sweep_records.keep_missing_predictions(
@@ -299,9 +393,24 @@ def run_sweep(
       num_cells - sum(len(g) for g in todo),
       eta_text,
     )
-    written += _run_group(sweep_dir, group, configs) or []
+    written += _run_group(sweep_dir, group, configs, wholes[i]) or []
   sweep_records.log_end(f"Sweep shard {index}/{count}", written, start)
   return written
+
+
+def check_records(sweep_dir: str) -> None:
+  """Reads every `records/*.json` of the sweep (`records.read`), before anything trains.
+
+  Records of cells no longer in the sweep are fine (a setting dropped from it).
+
+  Raises:
+    FileFormatError: a file there that is not a record of this project, naming it.
+  """
+  folder = os.path.join(sweep_dir, records_lib.FOLDER)
+  names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+  for name in names:
+    if name.endswith(".json") and not name.startswith("."):
+      records_lib.read(os.path.join(folder, name))
 
 
 def cell_configs(
@@ -327,10 +436,14 @@ def cell_configs(
 
 
 def _run_group(
-  sweep_dir: str, group: Sequence[Cell], configs: Mapping[str, ml_collections.ConfigDict]
+  sweep_dir: str,
+  group: Sequence[Cell],
+  configs: Mapping[str, ml_collections.ConfigDict],
+  whole: Sequence[Cell] | None = None,
 ) -> list[dict[str, Any]] | None:
-  """Trains a group and writes its cells' records; None when another process holds its workdir."""
-  results, workdirs = sweep_records.train_group(sweep_dir, group, configs)
+  """Trains a group (part of `whole`: `sweep_records.group_workdir`) and writes its cells'
+  records; None when another process holds its workdir."""
+  results, workdirs = sweep_records.train_group(sweep_dir, group, configs, whole)
   if results is None:
     return None
   return [
@@ -401,12 +514,15 @@ def pull_groups(
       # Held from before its run starts until its records are written: no other worker can take
       # the group between its run's end (its workdir's lock let go) and its records.
       with workdir_lib.lock(_pull_dir(sweep_dir, group)):
-        if all(
-          c.name in finished or sweep_records.read_record(sweep_dir, c) != at_start[c.name]
+        # The group's cells still unsettled train, the others not again (as without --pull).
+        todo = [
+          c
           for c in group
-        ):
+          if c.name not in finished and sweep_records.read_record(sweep_dir, c) == at_start[c.name]
+        ]
+        if not todo:
           continue  # recorded by another worker since this one looked
-        written += _run_group(sweep_dir, group, configs) or []
+        written += _run_group(sweep_dir, todo, configs, group) or []
     except WorkdirInUseError:
       continue  # another worker took it first
   sweep_records.log_end(f"Sweep worker {index}/{count}", written, start)
@@ -579,18 +695,43 @@ def read_sweep(
   would; `halving` False leaves out any halving.
 
   Raises:
-    ConfigError: a rate or rung that is not a number, rungs without rates, rates for a sweep
+    ConfigError: a rate or rung that is not a number, an empty flag, a rate given twice, rungs
+      without rates or with one rate or with `halving` False (--nohalving), rates for a sweep
       whose cells set the rate already, rungs for a sweep file with a `halving()` of its own,
       and the sweep file's own errors.
   """
   module = load_sweep_module(path)
   cells = expand(module.sweep)
   own = sweep_halving.from_sweep_file(module)
+  for flag, given, example in (
+    ("--learning_rates", learning_rates, "0.001,0.003,0.01"),
+    ("--halving_rungs", halving_rungs, "2,6,30"),
+  ):
+    if given is not None and not given:
+      raise ConfigError(f"{flag} is empty: give its values, e.g. {flag}={example}, or leave it out")
+  if halving_rungs and not halving:
+    raise ConfigError(
+      "--halving_rungs and --nohalving contradict each other (one halves the rates, the other "
+      "trains every cell the whole budget): leave one of them out"
+    )
   if halving_rungs and not learning_rates:
     raise ConfigError("--halving_rungs halves over --learning_rates: give those too")
   if not learning_rates:
     return cells, own if halving else None
   rates = [_number(text, "--learning_rates", float) for text in learning_rates]
+  for i, rate in enumerate(rates):
+    if rate in rates[:i]:
+      first = learning_rates[rates.index(rate)]
+      twice = f"'{first}' and '{learning_rates[i]}'" if first != learning_rates[i] else ""
+      raise ConfigError(
+        f"--learning_rates: {rate} is given twice{f' (as {twice})' if twice else ''}; give each "
+        "rate once"
+      )
+  if halving_rungs and len(rates) < 2:
+    raise ConfigError(
+      f"--halving_rungs: --learning_rates gives one rate ({rates[0]}), and halving chooses "
+      "among two or more: give more rates, or leave --halving_rungs out"
+    )
   if any(LEARNING_RATE in cell.overrides for cell in cells):
     raise ConfigError(
       f"--learning_rates: the sweep's cells set {LEARNING_RATE} already; leave the flag out, "
@@ -627,6 +768,37 @@ def _number(text: str, flag: str, kind: type) -> float | int:
   if not value > 0:
     raise ConfigError(f"{flag}: {text!r} must be above 0")
   return value
+
+
+def overridden_by_every_cell(overrides: Mapping[str, Any], cells: Sequence[Cell]) -> list[str]:
+  """The `--sweep.FIELD=V` overrides (`overrides`: {dotted field: value}) that every cell sets
+  again, so that the value given is never used; each as `--sweep.FIELD=V`, in the given order.
+
+  A cell sets a field when its overrides name it or a field above it (`data` covers
+  `data.num_validation`).
+  """
+
+  def sets(cell: Cell, field: str) -> bool:
+    return any(field == key or field.startswith(key + ".") for key in cell.overrides)
+
+  return [
+    f"--sweep.{field}={value}"
+    for field, value in overrides.items()
+    if cells and all(sets(cell, field) for cell in cells)
+  ]
+
+
+def warn_unused_overrides(overrides: Mapping[str, Any], cells: Sequence[Cell]) -> None:
+  """Logs a warning for each `--sweep.FIELD=V` that every cell overrides (see
+  `overridden_by_every_cell`)."""
+  for flag in overridden_by_every_cell(overrides, cells):
+    field = flag.split("=", 1)[0].removeprefix("--sweep.")
+    logging.warning(
+      "%s is not used: every cell of the sweep sets %s itself; change the sweep file's cells, "
+      "or leave the flag out",
+      flag,
+      field,
+    )
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
@@ -671,6 +843,7 @@ def main(argv):
       cells, halving = read_sweep(
         sweep_path, FLAGS.halving, FLAGS.learning_rates, FLAGS.halving_rungs, FLAGS.halving_eta
       )
+    warn_unused_overrides(config_flags.get_override_values(FLAGS["sweep"]), cells)
     records = run_sweep(
       FLAGS.sweep,
       cells,
@@ -680,6 +853,7 @@ def main(argv):
       FLAGS.pull,
       FLAGS.vmap_rates,
       halving,
+      halving_from_command=bool(FLAGS.halving_rungs),
     )
     logging.info(
       "The sweep's runs have trained for %s in all (group wall time, each group once)",

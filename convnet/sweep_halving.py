@@ -26,7 +26,7 @@ from convnet import files, input_pipeline, sweep_records
 from convnet import halving as halving_lib
 from convnet import workdir as workdir_lib
 from convnet.cells import Cell
-from convnet.errors import ConfigError, WorkdirInUseError
+from convnet.errors import ConfigError, ConvnetError, WorkdirInUseError
 
 
 def from_sweep_file(module: types.ModuleType) -> halving_lib.Halving | None:
@@ -44,6 +44,56 @@ def from_sweep_file(module: types.ModuleType) -> halving_lib.Halving | None:
       f"the sweep file's halving() gives {type(halving).__name__}, not a convnet.halving.Halving"
     )
   return halving
+
+
+def check_no_added_cells(
+  sweep_dir: str,
+  cells: Sequence[Cell],
+  configs: Mapping[str, ml_collections.ConfigDict],
+  halving: halving_lib.Halving,
+) -> None:
+  """Refuses, before anything trains, an arm whose halving began with other cells than it has
+  now: a seed or value added to a halved arm (a cell without a record beside settled ones, or a
+  decisions file of other cells for an arm not yet settled).
+
+  Its decisions were made on the means over the seeds it had; a new seed changes those means,
+  and with them which values a rung keeps, against the records already written. An arm whose
+  every cell is settled is left as it is (a seed dropped from the sweep, say).
+
+  Raises:
+    ConfigError: such an arm, in one line naming it, a new cell and what to do.
+    FileFormatError: a record or decisions file that is not one.
+  """
+  decisions_dir = os.path.join(sweep_dir, halving_lib.FOLDER)
+  for arm in halving_lib.arms(cells, halving.field):
+    arm_cells = [c for row in arm.grid for c in row]
+    settled = [c for c in arm_cells if sweep_records.is_settled(sweep_dir, c, configs[c.name])]
+    if len(settled) == len(arm_cells):
+      continue
+    saved = halving_lib.read_decisions(halving_lib.decisions_path(decisions_dir, arm.name))
+    began = set()
+    if saved is not None and isinstance(saved["arm"], dict):
+      began = {n for row in saved["arm"].get("cells", []) for n in row}
+    # A cell without a record that the decisions name lost its record (moved away: it trains
+    # again); one they do not name is new.
+    new = [c.name for c in arm_cells if sweep_records.read_record(sweep_dir, c) is None]
+    new = [n for n in new if n not in began] if began else (new if settled else [])
+    if new:
+      raise ConfigError(
+        f"arm {arm.name} was halved over other cells than it has now ({new[0]} is new to it"
+        f"{f', and {len(new) - 1} more' if len(new) > 1 else ''}): its rungs chose on the means "
+        "over the seeds it had, so a seed or value cannot join it; run the grown sweep with "
+        "another --workdir, or leave the new cells out"
+      )
+
+
+class _RungFailed(ConvnetError):
+  """Runs of a rung that failed (not diverged): the rung decides nothing; by cell name, each
+  run's folder and record fields."""
+
+  def __init__(self, epoch: int, failed: Mapping[str, tuple[str, Mapping[str, Any]]]):
+    super().__init__(f"epoch {epoch}: {', '.join(failed)} failed")
+    self.epoch, self.failed = epoch, dict(failed)
 
 
 def run_halving(
@@ -103,7 +153,7 @@ def _halve_arm(arm, halving, configs, sweep_dir: str, vmap_seeds: bool, vmap_rat
     rung_configs = {
       c.name: configs[c.name] if last else _until_epoch(configs[c.name], epochs) for c in rung_cells
     }
-    curves = {}
+    curves, failed = {}, {}
     # Every rate trains to the first rung: together, with `vmap_rates` (one program). The
     # survivors then train as seed groups, each going on from its own checkpoint at each rung.
     first = len(rung_cells) == sum(len(row) for row in arm.grid)
@@ -124,22 +174,62 @@ def _halve_arm(arm, halving, configs, sweep_dir: str, vmap_seeds: bool, vmap_rat
           )
       for cell, folder, result in zip(group, workdirs, results, strict=True):
         folders[cell.name] = folder
-        if result is not None:
+        if result is not None and result.get("status") not in ("done", "diverged"):
+          failed[cell.name] = (folder, result)
+          continue
+        if result is not None and last:
           final[cell.name] = result
         curves[cell.name] = _validation_curve(folder, epochs, result)
+    if failed:  # its other groups trained first: a rerun goes on from their checkpoints
+      raise _RungFailed(epochs, failed)
     return curves
 
-  outcome = halving_lib.run_arm(
-    arm, halving, train_rung, os.path.join(sweep_dir, halving_lib.FOLDER), _identity(configs, arm)
-  )
+  try:
+    outcome = halving_lib.run_arm(
+      arm, halving, train_rung, os.path.join(sweep_dir, halving_lib.FOLDER), _identity(configs, arm)
+    )
+  except _RungFailed as e:
+    # A rung whose runs failed decides nothing: no cell is pruned on it, and its decisions are
+    # not written. The failed cells get failure records (a settled record stays), and the last
+    # rung's finished runs their records; a rerun trains the failed ones again.
+    logging.error(
+      "Arm %s, %s: the rung decides nothing; rerun the sweep to train them again", arm.name, e
+    )
+    written = []
+    for cell in (c for row in arm.grid for c in row):
+      if cell.name in e.failed:
+        if sweep_records.is_settled(sweep_dir, cell, configs[cell.name]):
+          continue
+        folder, fields = e.failed[cell.name]
+      elif cell.name in final:  # finished or diverged at the last rung
+        folder, fields = folders[cell.name], final[cell.name]
+        if _recorded(sweep_dir, cell, configs[cell.name], fields):
+          continue
+      else:
+        continue
+      written.append(
+        sweep_records.write_record(sweep_dir, cell, configs[cell.name], folder, fields)
+      )
+    return written
   written = []
   for cell in (c for row in arm.grid for c in row):
     fields = outcome.pruned_records().get(cell.name) or final.get(cell.name)
-    if fields is not None:
+    if fields is not None and not _recorded(sweep_dir, cell, configs[cell.name], fields):
       written.append(
         sweep_records.write_record(sweep_dir, cell, configs[cell.name], folders[cell.name], fields)
       )
   return written
+
+
+def _recorded(sweep_dir: str, cell: Cell, config, fields: Mapping[str, Any]) -> bool:
+  """Whether the cell's record of its config has the status `fields` give already (an arm run
+  again for another of its cells: its finished and pruned cells' records stay as they are)."""
+  record = sweep_records.read_record(sweep_dir, cell)
+  return (
+    record is not None
+    and record["status"] == fields.get("status")
+    and sweep_records.is_settled(sweep_dir, cell, config)
+  )
 
 
 _NUM_TRAIN: dict[str, int] = {}  # the training split's size, by data config (seeds alike)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import time
@@ -242,19 +243,35 @@ def _train_cell(config: ml_collections.ConfigDict, workdir: str) -> list[dict[st
   return [train.train_and_evaluate(config, workdir)]
 
 
-def group_workdir(sweep_dir: str, group: Sequence[Cell]) -> str:
+def group_workdir(
+  sweep_dir: str, group: Sequence[Cell], whole: Sequence[Cell] | None = None
+) -> str:
   """Where a group trains: `cells/<cell>/` for a cell alone, `groups/<setting>/` for its seeds.
 
   A group of several learning rates trains in `groups/<setting without rate and
   seed>,optimizer.learning_rate=<r1>+<r2>.../`: each set of rates has a folder.
+  A group of several cells that is part of `whole` (the group `group_cells`
+  made; the cells still to train when the others are finished) trains in that
+  folder's name with `,seed=<s1>+<s2>...` and, where its cells are not every
+  rate with every seed, `,cells=<digest of their names>`: a folder of its own,
+  the same on every rerun, so it resumes, and never the whole group's, whose
+  checkpoints are of other members.
   """
   if len(group) == 1:
     return os.path.join(sweep_dir, "cells", group[0].name)
   if _is_rate_group(group):
     rates = dict.fromkeys(display.setting_value(c.overrides[RATE_FIELD], ("_",)) for c in group)
     key = {k: v for k, v in group[0].overrides.items() if k not in ("seed", RATE_FIELD)}
-    return os.path.join(sweep_dir, "groups", cell_name(key | {RATE_FIELD: "+".join(rates)}))
-  return os.path.join(sweep_dir, "groups", group[0].setting)
+    name = cell_name(key | {RATE_FIELD: "+".join(rates)})
+  else:
+    name = group[0].setting
+  if whole is not None and {c.name for c in group} != {c.name for c in whole}:
+    seeds = dict.fromkeys(display.setting_value(c.overrides.get("seed"), ("_",)) for c in group)
+    name += ",seed=" + "+".join(seeds)
+    if len(group) != len(seeds) * len({c.setting for c in group}):  # not a grid of rates x seeds
+      digest = hashlib.sha256("\n".join(sorted(c.name for c in group)).encode()).hexdigest()
+      name += f",cells={digest[:8]}"
+  return os.path.join(sweep_dir, "groups", name)
 
 
 def _is_rate_group(group: Sequence[Cell]) -> bool:
@@ -263,10 +280,16 @@ def _is_rate_group(group: Sequence[Cell]) -> bool:
 
 
 def train_group(
-  sweep_dir: str, group: Sequence[Cell], configs: Mapping[str, ml_collections.ConfigDict]
+  sweep_dir: str,
+  group: Sequence[Cell],
+  configs: Mapping[str, ml_collections.ConfigDict],
+  whole: Sequence[Cell] | None = None,
 ) -> tuple[list[dict[str, Any]] | None, list[str]]:
-  """Trains a group (see `_train_recorded`): each cell's record fields, and each cell's folder."""
-  workdir = group_workdir(sweep_dir, group)
+  """Trains a group (see `_train_recorded`): each cell's record fields, and each cell's folder.
+
+  `whole`: the group `group` is part of, where only some of its cells train (`group_workdir`).
+  """
+  workdir = group_workdir(sweep_dir, group, whole)
   if len(group) == 1:
     what = f"Cell {group[0].name}"
     workdirs = [workdir]

@@ -1,5 +1,6 @@
 """The sweep runner: expansion, the shipped sweeps, skipping, resuming, sharding, vmapped seeds."""
 
+import functools
 import glob
 import json
 import os
@@ -14,7 +15,13 @@ import numpy as np
 import pytest
 
 from convnet import config_checks, input_pipeline, models, seeds, steps, sweep, sweep_records, train
-from convnet.errors import CheckpointError, ConfigError, DataError, RunInterrupted
+from convnet.errors import (
+  CheckpointError,
+  ConfigError,
+  DataError,
+  FileFormatError,
+  RunInterrupted,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEPS = sorted(glob.glob(os.path.join(REPO, "configs", "sweeps", "*.py")))
@@ -198,6 +205,101 @@ def test_a_seed_or_rate_added_to_a_finished_sweep_trains_alone(config, tmp_path,
   sweep.run_sweep(config, _cells(n_settings=3, n_seeds=2), rates, vmap_rates=True)
   assert trained == [[(3e-3, 0), (3e-3, 1)]]  # the new rate's seeds only
   assert sweep.run_sweep(config, _cells(n_settings=3, n_seeds=2), rates, vmap_rates=True) == []
+
+
+def _held_by(workdir, members):
+  """As a group's checkpoints do: a folder trained by some members refuses others."""
+  os.makedirs(workdir, exist_ok=True)
+  marker = os.path.join(workdir, "members.json")
+  if os.path.exists(marker) and json.load(open(marker)) != members:
+    raise CheckpointError(f"{workdir} holds checkpoints of a group of {json.load(open(marker))}")
+  with open(marker, "w") as f:
+    json.dump(members, f)
+
+
+@pytest.mark.parametrize("pull", [False, True])
+def test_seeds_or_rates_added_to_a_finished_vmapped_sweep_train_in_a_folder_of_their_own(
+  config, tmp_path, monkeypatch, pull
+):
+  """Two seeds added to a finished group trained in its folder, whose checkpoints refused them."""
+  folders = []
+
+  def fake_seeds(config, seed_list, workdir):
+    _held_by(workdir, sorted(seed_list))
+    folders.append(os.path.relpath(workdir, tmp_path))
+    return [_fake_result(seeds.seed_config(config, s), workdir) for s in seed_list]
+
+  def fake_rates(config, members, workdir):
+    _held_by(workdir, sorted(name for name, _ in members))
+    folders.append(os.path.relpath(workdir, tmp_path))
+    return [_fake_result(c, os.path.join(workdir, name)) for name, c in members]
+
+  monkeypatch.setattr(train, "train_and_evaluate", _fake_result)
+  monkeypatch.setattr(seeds, "train_seeds", fake_seeds)
+  monkeypatch.setattr(seeds, "train_group", fake_rates)
+  run = functools.partial(sweep.run_sweep, config, pull=pull)
+  run(_cells(n_settings=2, n_seeds=2), str(tmp_path / "s"), vmap_seeds=True)
+  assert folders == [os.path.join("s", "groups", f"optimizer.learning_rate={r}") for r in RATES2]
+  folders.clear()
+  written = run(_cells(n_settings=2, n_seeds=4), str(tmp_path / "s"), vmap_seeds=True)
+  assert [r["status"] for r in written] == ["done"] * 4
+  assert folders == [
+    os.path.join("s", "groups", f"optimizer.learning_rate={r},seed=2+3") for r in RATES2
+  ]
+
+  run(_cells(n_settings=2, n_seeds=2), str(tmp_path / "r"), vmap_rates=True)
+  folders.clear()
+  written = run(_cells(n_settings=2, n_seeds=4), str(tmp_path / "r"), vmap_rates=True)
+  assert [r["status"] for r in written] == ["done"] * 4
+  assert folders == [os.path.join("r", "groups", "optimizer.learning_rate=0.001+0.002,seed=2+3")]
+  # The whole group's folder keeps its name (a finished sweep resumes as it was).
+  whole = sweep_records.group_cells(_cells(n_settings=2, n_seeds=4), False, True)[0]
+  assert sweep_records.group_workdir("S", whole, whole) == os.path.join(
+    "S", "groups", "optimizer.learning_rate=0.001+0.002"
+  )
+
+
+RATES2 = ("0.001", "0.002")
+
+
+def test_a_part_of_a_group_has_a_folder_of_its_own_the_same_on_every_rerun():
+  cells = _cells(n_settings=2, n_seeds=3)
+  (whole,) = sweep_records.group_cells(cells, False, True)
+  odd = [whole[0], whole[4]]  # (0.001, seed 0) and (0.002, seed 1): not every rate x seed
+  first = sweep_records.group_workdir("S", odd, whole)
+  assert first.startswith(os.path.join("S", "groups", "optimizer.learning_rate=0.001+0.002,"))
+  assert first != sweep_records.group_workdir("S", [whole[1], whole[3]], whole)
+  assert sweep_records.group_workdir("S", whole[:3], whole) == os.path.join(
+    "S", "groups", "optimizer.learning_rate=0.001,seed=0+1+2"
+  )
+
+
+def test_a_file_under_records_that_is_not_a_record_stops_the_sweep_before_any_cell(
+  config, tmp_path, monkeypatch
+):
+  monkeypatch.setattr(train, "train_and_evaluate", _fake_result)
+  sweep.run_sweep(config, _cells(n_settings=3), str(tmp_path))
+  # Records of cells no longer in the sweep (a setting dropped) are fine.
+  written = sweep.run_sweep(config, _cells(n_settings=2, n_seeds=3), str(tmp_path))
+  assert [r["status"] for r in written] == ["done", "done"]
+  calls = []
+  monkeypatch.setattr(train, "train_and_evaluate", lambda c, w: calls.append(w) or 1 / 0)
+  (tmp_path / "records" / "extra.json").write_text('{"a": 1}')
+  with pytest.raises(FileFormatError, match="extra.json"):
+    sweep.run_sweep(config, _cells(n_settings=2, n_seeds=4), str(tmp_path))
+  assert calls == [] and (tmp_path / "records" / "extra.json").read_text() == '{"a": 1}'
+
+
+def test_an_override_that_every_cell_sets_again_is_named(caplog):
+  cells = sweep.expand(
+    lambda: [{"data.num_validation": 10, "seed": 0}, {"data": {"num_validation": 20}}]
+  )
+  overrides = {"data.num_validation": 5000, "num_epochs": 2, "seed": 3}
+  assert sweep.overridden_by_every_cell(overrides, cells) == ["--sweep.data.num_validation=5000"]
+  with caplog.at_level("WARNING"):
+    sweep.warn_unused_overrides(overrides, cells)
+  assert "--sweep.data.num_validation=5000 is not used: every cell" in caplog.text
+  assert "num_epochs" not in caplog.text
 
 
 def test_finished_cells_are_skipped_and_a_crash_is_recorded(config, tmp_path, monkeypatch):

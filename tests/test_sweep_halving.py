@@ -7,7 +7,7 @@ import types
 import pytest
 
 from convnet import halving, sweep, sweep_halving, sweep_records
-from convnet.errors import ConfigError, RunInterrupted
+from convnet.errors import ConfigError, FileFormatError, RunInterrupted
 
 RATES = (1e-3, 3e-3, 1e-2)
 
@@ -246,9 +246,7 @@ def test_halving_rungs_from_the_command_halve_the_rates_of_each_arm(tmp_path):
   )
   assert rule == halving.Halving("optimizer.learning_rate", (2, 6, 30), 3)
   assert halving.arms(cells, rule.field)  # every arm a full grid of rates and seeds
-  _, off = sweep.read_sweep(
-    path, halving=False, learning_rates=["0.001", "0.003"], halving_rungs=["2", "6"]
-  )
+  _, off = sweep.read_sweep(path, halving=False, learning_rates=["0.001", "0.003"])
   assert off is None
 
 
@@ -256,6 +254,31 @@ def test_halving_rungs_from_the_command_halve_the_rates_of_each_arm(tmp_path):
   "body, options, message",
   [
     (PADDING, {"halving_rungs": ["1", "3"]}, "--halving_rungs halves over --learning_rates"),
+    (
+      PADDING,
+      {"learning_rates": ["0.001", "1e-3"]},
+      "--learning_rates: 0.001 is given twice \\(as '0.001' and '1e-3'\\); give each rate once",
+    ),
+    (
+      PADDING,
+      {"learning_rates": [], "halving_rungs": ["1", "3"]},
+      "--learning_rates is empty: give its values",
+    ),
+    (
+      PADDING,
+      {"learning_rates": ["0.001", "0.01"], "halving_rungs": []},
+      "--halving_rungs is empty",
+    ),
+    (
+      PADDING,
+      {"learning_rates": ["0.001", "0.01"], "halving_rungs": ["1", "3"], "halving": False},
+      "--halving_rungs and --nohalving contradict each other",
+    ),
+    (
+      PADDING,
+      {"learning_rates": ["0.001"], "halving_rungs": ["1", "3"]},
+      "--learning_rates gives one rate \\(0.001\\), and halving chooses among two or more",
+    ),
     (PADDING, {"learning_rates": ["0.001", "fast"]}, "--learning_rates: 'fast' is not a number"),
     (PADDING, {"learning_rates": ["-0.1"]}, "--learning_rates: '-0.1' must be above 0"),
     (
@@ -301,12 +324,195 @@ def test_the_commands_rates_and_rungs_on_the_command_line_write_nothing_when_ref
       "--learning_rates=0.001,0.01",
       "--halving_rungs=1,5",
       "--sweep.data.source=embedded",
+      "--sweep.seed=3",  # every cell sets its seed: the value is not used
     ],
     capture_output=True,
     text=True,
     timeout=120,
   )
+  assert "--sweep.seed=3 is not used: every cell of the sweep sets seed itself" in result.stderr
+  assert result.stderr.count("is not used") == 1  # --sweep.data.source=embedded is used
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1].startswith("error: halving rungs (1, 5) end at 5")
   assert "Traceback" not in result.stderr
   assert not workdir.exists()
+
+
+def _mode(rates=(0.001, 0.003), rungs=(1, 3), eta=2, source="command"):
+  return {"field": "optimizer.learning_rate", "rungs": list(rungs), "eta": eta}, {
+    "values": list(rates),
+    "source": source,
+  }
+
+
+def _halving_mode(**kwargs):
+  a, b = _mode(**kwargs)
+  return a | b
+
+
+def test_a_halved_folder_keeps_its_halving_and_refuses_another_in_one_line(tmp_path):
+  folder = str(tmp_path)
+  sweep.check_mode(folder, False, True, _halving_mode())
+  sweep.check_mode(folder, False, True, _halving_mode(source="sweep file"))  # the same halving
+  for other in (
+    _halving_mode(rungs=(2, 3)),
+    _halving_mode(rates=(0.001, 0.01)),
+    _halving_mode(eta=3),
+  ):
+    with pytest.raises(ConfigError) as refused:
+      sweep.check_mode(folder, False, True, other)
+    assert str(refused.value) == (
+      f"{folder} was halved over optimizer.learning_rate (0.001, 0.003) at rungs (1, 3), eta 2: "
+      "run it with the same --learning_rates=0.001,0.003 --halving_rungs=1,3 --halving_eta=2, "
+      "or give another --workdir"
+    )
+  # Halving turned off: the flags that halved it are named, not --nohalving as the way back.
+  with pytest.raises(ConfigError, match="run it with --learning_rates=0.001,0.003 --halving_rungs"):
+    sweep.check_mode(folder, False, True)
+  older = tmp_path / "older"  # written before halvings were described: any halving runs
+  older.mkdir()
+  (older / sweep.MODE_FILE).write_text('{"vmap_seeds": true, "vmap_rates": true, "halving": true}')
+  sweep.check_mode(str(older), False, True, _halving_mode(rungs=(2, 3)))
+  filed = tmp_path / "filed"
+  filed.mkdir()
+  sweep.check_mode(str(filed), False, True, _halving_mode(source="sweep file"))
+  with pytest.raises(ConfigError, match="with its sweep file's halving\\(\\) again, without --noh"):
+    sweep.check_mode(str(filed), False, True)
+  whole = tmp_path / "whole"
+  whole.mkdir()
+  sweep.check_mode(str(whole), True)
+  with pytest.raises(ConfigError, match="without successive halving: .*leave out --halving_rungs"):
+    sweep.check_mode(str(whole), True, halving=_halving_mode())
+  with pytest.raises(ConfigError, match="without successive halving: .*add --nohalving"):
+    sweep.check_mode(str(whole), True, halving=_halving_mode(source="sweep file"))
+
+
+def _fake_rungs(calls, fail=(), at_epoch=None):
+  """A stand-in for `sweep_records.train_group`: each member's validation curve, from its rate.
+
+  Cells in `fail` fail (as a refused checkpoint does) once each, at `at_epoch` if given.
+  """
+  fail = set(fail)
+
+  def train_group(sweep_dir, group, configs, whole=None):
+    workdir = sweep_records.group_workdir(sweep_dir, group, whole)
+    calls.append([c.name for c in group])
+    results, folders = [], []
+    for cell in group:
+      config = configs[cell.name]
+      epochs = config.max_steps // config.steps_per_epoch if config.max_steps > 0 else 3
+      folder = os.path.join(workdir, cell.name)
+      os.makedirs(folder, exist_ok=True)
+      accuracies = [config.optimizer.learning_rate * 10 + 0.01 * e for e in range(1, epochs + 1)]
+      with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
+        for e, a in enumerate(accuracies, 1):
+          f.write(
+            json.dumps({"kind": "epoch", "step": 2 * e, "epoch": e, "validation_accuracy": a})
+          )
+          f.write("\n")
+      folders.append(folder)
+      if cell.name in fail and at_epoch in (None, epochs):
+        fail.discard(cell.name)
+        results.append({"status": "failed", "error": "CheckpointError: refused", "traceback": ""})
+      else:
+        results.append(
+          {
+            "status": "done",
+            "best_validation_accuracy": max(accuracies),
+            "test_accuracy_at_best_validation": 0.5,
+            "epoch": epochs,
+            "wall_time_s": 1.0,
+          }
+        )
+    return results, folders
+
+  return train_group
+
+
+def _two_rates(n_seeds=2):
+  return sweep.expand(
+    lambda: sweep.product(
+      sweep.axis("optimizer.learning_rate", (0.001, 0.003)), sweep.axis("seed", range(n_seeds))
+    )
+  )
+
+
+RULE = halving.Halving("optimizer.learning_rate", (1, 3), 2)
+
+
+def test_a_rung_whose_runs_failed_decides_nothing_and_a_rerun_retries_them(
+  config, tmp_path, monkeypatch
+):
+  calls, folder = [], str(tmp_path)
+  cells = _two_rates()
+  monkeypatch.setattr(sweep_records, "train_group", _fake_rungs(calls, fail=[cells[3].name]))
+  written = sweep.run_sweep(_base(config), cells, folder, vmap_rates=True, halving=RULE)
+  assert [r["status"] for r in written] == ["failed"]  # no cell pruned on a rung that failed
+  assert written[0]["cell"] == cells[3].name and "CheckpointError" in written[0]["error"]
+  assert not os.path.exists(tmp_path / "halving" / "base.json")  # no decisions without means
+  assert sorted(os.listdir(tmp_path / "records")) == [f"{cells[3].name}.json"]
+  calls.clear()
+  written = sweep.run_sweep(_base(config), cells, folder, vmap_rates=True, halving=RULE)
+  assert sorted(r["status"] for r in written) == ["done", "done", "pruned", "pruned"]
+  decisions = json.loads((tmp_path / "halving" / "base.json").read_text())
+  assert decisions["chosen"] == 0.003
+  assert all(v["mean_validation_accuracy"] is not None for v in decisions["decisions"][0]["values"])
+
+
+def test_a_failure_at_the_last_rung_keeps_the_pruned_and_records_the_finished(
+  config, tmp_path, monkeypatch
+):
+  calls, cells = [], _two_rates(n_seeds=3)
+  monkeypatch.setattr(sweep_records, "train_group", _fake_rungs(calls))
+  sweep.run_sweep(_base(config), cells, str(tmp_path), vmap_rates=True, halving=RULE)
+  before = {c.name: sweep_records.read_record(str(tmp_path), c) for c in cells}
+  (tmp_path / "records" / f"{cells[5].name}.json").unlink()  # a survivor's record lost
+  monkeypatch.setattr(sweep_records, "train_group", _fake_rungs(calls, [cells[5].name], 3))
+  written = sweep.run_sweep(_base(config), cells, str(tmp_path), vmap_rates=True, halving=RULE)
+  assert [(r["cell"], r["status"]) for r in written] == [(cells[5].name, "failed")]
+  for cell in cells[:5]:  # neither "already recorded by another worker" nor a pruned one lost
+    assert sweep_records.read_record(str(tmp_path), cell) == before[cell.name]
+
+
+def test_a_seed_added_to_a_halved_sweep_is_refused_before_anything_is_written(
+  config, tmp_path, monkeypatch
+):
+  calls = []
+  monkeypatch.setattr(sweep_records, "train_group", _fake_rungs(calls))
+  sweep.run_sweep(_base(config), _two_rates(), str(tmp_path), vmap_rates=True, halving=RULE)
+  calls.clear()
+  listing = sorted(str(p) for p in tmp_path.rglob("*"))
+  with pytest.raises(ConfigError) as refused:
+    sweep.run_sweep(_base(config), _two_rates(3), str(tmp_path), vmap_rates=True, halving=RULE)
+  assert str(refused.value).startswith(
+    "arm base was halved over other cells than it has now "
+    "(optimizer.learning_rate=0.001,seed=2 is new to it, and 1 more)"
+  )
+  assert calls == [] and sorted(str(p) for p in tmp_path.rglob("*")) == listing
+
+
+@pytest.mark.parametrize(
+  "name, text, message",
+  [
+    ("base.json", "xx\n", "base.json"),
+    ("extra.json", '{"a": 1}', "extra.json is not a file of successive halving's decisions"),
+  ],
+)
+def test_a_file_in_halving_that_is_not_a_decisions_file_stops_the_sweep(
+  config, tmp_path, monkeypatch, name, text, message
+):
+  calls = []
+  monkeypatch.setattr(sweep_records, "train_group", _fake_rungs(calls))
+  sweep.run_sweep(_base(config), _two_rates(), str(tmp_path), vmap_rates=True, halving=RULE)
+  calls.clear()
+  good = (tmp_path / "halving" / "base.json").read_text()
+  (tmp_path / "halving" / name).write_text(text)
+  with pytest.raises(FileFormatError, match=message):
+    sweep.run_sweep(_base(config), _two_rates(), str(tmp_path), vmap_rates=True, halving=RULE)
+  assert calls == [] and (tmp_path / "halving" / name).read_text() == text
+  copy = tmp_path / "halving" / "copy.json"  # another arm's decisions, under another name
+  (tmp_path / "halving" / name).unlink()
+  (tmp_path / "halving" / "base.json").write_text(good)
+  copy.write_text(good)
+  with pytest.raises(FileFormatError, match="copy.json holds the decisions of arm 'base'"):
+    sweep.run_sweep(_base(config), _two_rates(), str(tmp_path), vmap_rates=True, halving=RULE)

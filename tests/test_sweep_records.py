@@ -411,6 +411,8 @@ def test_a_finished_record_of_another_config_is_replaced_and_the_log_says_so(
     ('{"vmap_seeds": "yes"}', 'holds {"vmap_seeds": "yes"}, not'),
     ("{}", "holds {}, not"),
     ("", "is not JSON"),
+    ('{"vmap_seeds": true, "halving": 3}', "its halving is 3, not true, false or"),
+    ('{"vmap_seeds": true, "halving": {"eta": 2}}', 'its halving is {"eta": 2}, not'),
   ],
 )
 def test_a_bad_sweep_json_is_named_in_one_line(tmp_path, text, found):
