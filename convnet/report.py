@@ -204,7 +204,7 @@ def read_examples(records: Sequence[Mapping[str, Any]], sweep_dir: str) -> Examp
   missing = []
   if lacking:
     settings = "1 setting" if len(lacking) == 1 else f"{len(lacking)} settings"
-    missing.append(f"the runs of {settings} were recorded without their test predictions")
+    missing.append(f"the runs of {settings} have no test predictions beside their records")
   if unreadable:
     missing.append(unreadable)
   return Examples(runs, clusters, "; ".join(missing))

@@ -130,7 +130,7 @@ def test_settings_without_kept_predictions_show_none_and_say_why(tmp_path):
   )
   (row,) = [line for line in table.splitlines() if line.startswith("| kernel_size=5 | kernel_")]
   assert row.endswith("| – | – |")
-  said = "Here the runs of 1 setting were recorded without their test predictions: their cells"
+  said = "Here the runs of 1 setting have no test predictions beside their records: their cells"
   assert f"{said} show –." in table
 
 
