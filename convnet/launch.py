@@ -49,7 +49,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from convnet import cli, files, sweep, sweep_records
+from convnet import cli, files, sweep, sweep_mode, sweep_records
 from convnet import halving as halving_lib
 from convnet.errors import ConfigError, ConvnetError, RunInterrupted
 
@@ -331,7 +331,7 @@ def launch(
   """Runs the sweep's cells with `shards` pulling workers on `cluster`, and waits for them.
 
   Every cell's config is checked, and the sweep directory's way of training
-  seeds (`sweep.check_mode`), before any job starts.
+  seeds (`sweep_mode.check_mode`), before any job starts.
 
   Returns:
     {"report": the report's path, or None; "unfinished": {cell: its status, or
@@ -346,8 +346,10 @@ def launch(
   import_engine(cluster)
   configs = sweep.cell_configs(base, cells)
   sweep_dir = os.path.abspath(files.make_dir(sweep_dir))
-  mode = sweep.halving_mode(halving, cells, halving_from_command) if halving is not None else False
-  sweep.check_mode(sweep_dir, vmap_seeds, vmap_rates, mode)
+  mode = (
+    sweep_mode.halving_mode(halving, cells, halving_from_command) if halving is not None else False
+  )
+  sweep_mode.check_mode(sweep_dir, vmap_seeds, vmap_rates, mode)
   workers = [
     Worker(
       base, list(cells), sweep_dir, (i, shards), vmap_seeds, job_environment(), vmap_rates, halving

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from test_train import _events
 
-from convnet import checkpoints, files, input_pipeline, run_setup, sweep, train, trained
+from convnet import checkpoints, files, input_pipeline, run_setup, sweep_mode, train, trained
 from convnet import workdir as workdir_lib
 from convnet.errors import CheckpointError, ConfigError, WorkdirError, WorkdirReadOnlyError
 
@@ -426,16 +426,16 @@ def test_an_absurd_eval_batch_is_cut_to_the_split(config, tmp_path):
 
 
 def test_a_sweep_folder_is_held_to_one_way_of_training_its_seeds(tmp_path):
-  sweep.check_mode(str(tmp_path), vmap_seeds=True)
-  sweep.check_mode(str(tmp_path), vmap_seeds=True)
+  sweep_mode.check_mode(str(tmp_path), vmap_seeds=True)
+  sweep_mode.check_mode(str(tmp_path), vmap_seeds=True)
   message = "was run with --vmap_seeds: run it with --vmap_seeds again"
   with pytest.raises(ConfigError, match=message):
-    sweep.check_mode(str(tmp_path), vmap_seeds=False)
+    sweep_mode.check_mode(str(tmp_path), vmap_seeds=False)
   older = tmp_path / "older"
   os.makedirs(older / "cells")  # a sweep of an older version, run without --vmap_seeds
   with pytest.raises(ConfigError, match="was run without --vmap_seeds"):
-    sweep.check_mode(str(older), vmap_seeds=True)
-  sweep.check_mode(str(older), vmap_seeds=False)
+    sweep_mode.check_mode(str(older), vmap_seeds=True)
+  sweep_mode.check_mode(str(older), vmap_seeds=False)
 
 
 # ----------------------------------------------------------------------------

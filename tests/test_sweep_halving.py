@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from convnet import halving, sweep, sweep_halving, sweep_records
+from convnet import halving, sweep, sweep_halving, sweep_mode, sweep_records
 from convnet.errors import ConfigError, FileFormatError, RunInterrupted
 
 RATES = (1e-3, 3e-3, 1e-2)
@@ -46,20 +46,20 @@ def test_vmap_rates_groups_each_settings_rates_and_seeds_in_a_folder_of_its_rate
 
 
 def test_a_sweep_folder_run_with_vmap_rates_keeps_that_way(tmp_path):
-  sweep.check_mode(str(tmp_path), vmap_seeds=False, vmap_rates=True)
-  assert json.loads((tmp_path / sweep.MODE_FILE).read_text()) == {
+  sweep_mode.check_mode(str(tmp_path), vmap_seeds=False, vmap_rates=True)
+  assert json.loads((tmp_path / sweep_mode.MODE_FILE).read_text()) == {
     "vmap_seeds": True,
     "vmap_rates": True,
   }
-  sweep.check_mode(str(tmp_path), vmap_seeds=True, vmap_rates=True)
+  sweep_mode.check_mode(str(tmp_path), vmap_seeds=True, vmap_rates=True)
   for vmap_seeds in (False, True):
     with pytest.raises(ConfigError, match="was run with --vmap_rates"):
-      sweep.check_mode(str(tmp_path), vmap_seeds=vmap_seeds)
+      sweep_mode.check_mode(str(tmp_path), vmap_seeds=vmap_seeds)
   seeds_only = tmp_path / "seeds"
   seeds_only.mkdir()
-  sweep.check_mode(str(seeds_only), vmap_seeds=True)
+  sweep_mode.check_mode(str(seeds_only), vmap_seeds=True)
   with pytest.raises(ConfigError, match="was run without --vmap_rates"):
-    sweep.check_mode(str(seeds_only), vmap_seeds=True, vmap_rates=True)
+    sweep_mode.check_mode(str(seeds_only), vmap_seeds=True, vmap_rates=True)
 
 
 def test_a_sweep_files_halving_is_read_or_refused_in_one_line():
@@ -165,14 +165,14 @@ def test_the_group_wall_time_counts_each_group_once_and_every_rung(tmp_path):
 
 
 def test_a_halved_folder_is_not_trained_whole_nor_the_other_way(tmp_path):
-  sweep.check_mode(str(tmp_path), vmap_seeds=False, vmap_rates=True, halving=True)
+  sweep_mode.check_mode(str(tmp_path), vmap_seeds=False, vmap_rates=True, halving=True)
   with pytest.raises(ConfigError, match="was run with successive halving.*--nohalving"):
-    sweep.check_mode(str(tmp_path), vmap_seeds=False, vmap_rates=True)
+    sweep_mode.check_mode(str(tmp_path), vmap_seeds=False, vmap_rates=True)
   whole = tmp_path / "whole"
   whole.mkdir()
-  sweep.check_mode(str(whole), vmap_seeds=True)
+  sweep_mode.check_mode(str(whole), vmap_seeds=True)
   with pytest.raises(ConfigError, match="was run without successive halving"):
-    sweep.check_mode(str(whole), vmap_seeds=True, halving=True)
+    sweep_mode.check_mode(str(whole), vmap_seeds=True, halving=True)
 
 
 def test_a_halving_that_cannot_work_writes_nothing(config, tmp_path):
@@ -352,15 +352,15 @@ def _halving_mode(**kwargs):
 
 def test_a_halved_folder_keeps_its_halving_and_refuses_another_in_one_line(tmp_path):
   folder = str(tmp_path)
-  sweep.check_mode(folder, False, True, _halving_mode())
-  sweep.check_mode(folder, False, True, _halving_mode(source="sweep file"))  # the same halving
+  sweep_mode.check_mode(folder, False, True, _halving_mode())
+  sweep_mode.check_mode(folder, False, True, _halving_mode(source="sweep file"))  # the same halving
   for other in (
     _halving_mode(rungs=(2, 3)),
     _halving_mode(rates=(0.001, 0.01)),
     _halving_mode(eta=3),
   ):
     with pytest.raises(ConfigError) as refused:
-      sweep.check_mode(folder, False, True, other)
+      sweep_mode.check_mode(folder, False, True, other)
     assert str(refused.value) == (
       f"{folder} was halved over optimizer.learning_rate (0.001, 0.003) at rungs (1, 3), eta 2: "
       "run it with the same --learning_rates=0.001,0.003 --halving_rungs=1,3 --halving_eta=2, "
@@ -368,23 +368,25 @@ def test_a_halved_folder_keeps_its_halving_and_refuses_another_in_one_line(tmp_p
     )
   # Halving turned off: the flags that halved it are named, not --nohalving as the way back.
   with pytest.raises(ConfigError, match="run it with --learning_rates=0.001,0.003 --halving_rungs"):
-    sweep.check_mode(folder, False, True)
+    sweep_mode.check_mode(folder, False, True)
   older = tmp_path / "older"  # written before halvings were described: any halving runs
   older.mkdir()
-  (older / sweep.MODE_FILE).write_text('{"vmap_seeds": true, "vmap_rates": true, "halving": true}')
-  sweep.check_mode(str(older), False, True, _halving_mode(rungs=(2, 3)))
+  (older / sweep_mode.MODE_FILE).write_text(
+    '{"vmap_seeds": true, "vmap_rates": true, "halving": true}'
+  )
+  sweep_mode.check_mode(str(older), False, True, _halving_mode(rungs=(2, 3)))
   filed = tmp_path / "filed"
   filed.mkdir()
-  sweep.check_mode(str(filed), False, True, _halving_mode(source="sweep file"))
+  sweep_mode.check_mode(str(filed), False, True, _halving_mode(source="sweep file"))
   with pytest.raises(ConfigError, match="with its sweep file's halving\\(\\) again, without --noh"):
-    sweep.check_mode(str(filed), False, True)
+    sweep_mode.check_mode(str(filed), False, True)
   whole = tmp_path / "whole"
   whole.mkdir()
-  sweep.check_mode(str(whole), True)
+  sweep_mode.check_mode(str(whole), True)
   with pytest.raises(ConfigError, match="without successive halving: .*leave out --halving_rungs"):
-    sweep.check_mode(str(whole), True, halving=_halving_mode())
+    sweep_mode.check_mode(str(whole), True, halving=_halving_mode())
   with pytest.raises(ConfigError, match="without successive halving: .*add --nohalving"):
-    sweep.check_mode(str(whole), True, halving=_halving_mode(source="sweep file"))
+    sweep_mode.check_mode(str(whole), True, halving=_halving_mode(source="sweep file"))
 
 
 def _fake_rungs(calls, fail=(), at_epoch=None):

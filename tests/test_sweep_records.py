@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from convnet import analysis, records, report, sweep, sweep_records, train
+from convnet import analysis, records, report, sweep, sweep_mode, sweep_records, train
 from convnet.errors import DataError, FileFormatError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -416,11 +416,11 @@ def test_a_finished_record_of_another_config_is_replaced_and_the_log_says_so(
   ],
 )
 def test_a_bad_sweep_json_is_named_in_one_line(tmp_path, text, found):
-  (tmp_path / sweep.MODE_FILE).write_text(text)
+  (tmp_path / sweep_mode.MODE_FILE).write_text(text)
   with pytest.raises(FileFormatError) as error:
-    sweep.check_mode(str(tmp_path), vmap_seeds=False)
+    sweep_mode.check_mode(str(tmp_path), vmap_seeds=False)
   message = _one_line(error)
-  assert message.startswith(str(tmp_path / sweep.MODE_FILE)) and found in message, message
+  assert message.startswith(str(tmp_path / sweep_mode.MODE_FILE)) and found in message, message
   assert "delete it" in message
 
 
@@ -432,10 +432,10 @@ def test_sweep_json_is_made_whole_once(tmp_path, monkeypatch, hard_links):
       raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(os, "link", no_link)
-  sweep.check_mode(str(tmp_path), vmap_seeds=True)
-  sweep.check_mode(str(tmp_path), vmap_seeds=True)  # the second reads it
-  assert os.listdir(tmp_path) == [sweep.MODE_FILE]  # no temporary file left
-  assert json.loads((tmp_path / sweep.MODE_FILE).read_text()) == {"vmap_seeds": True}
+  sweep_mode.check_mode(str(tmp_path), vmap_seeds=True)
+  sweep_mode.check_mode(str(tmp_path), vmap_seeds=True)  # the second reads it
+  assert os.listdir(tmp_path) == [sweep_mode.MODE_FILE]  # no temporary file left
+  assert json.loads((tmp_path / sweep_mode.MODE_FILE).read_text()) == {"vmap_seeds": True}
 
 
 # ----------------------------------------------------------------------------
