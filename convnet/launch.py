@@ -49,7 +49,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from convnet import cli, files, sweep, sweep_mode, sweep_records
+from convnet import cli, files, sweep, sweep_records
 from convnet import halving as halving_lib
 from convnet.errors import ConfigError, ConvnetError, RunInterrupted
 
@@ -330,8 +330,9 @@ def launch(
 ) -> dict[str, Any]:
   """Runs the sweep's cells with `shards` pulling workers on `cluster`, and waits for them.
 
-  Every cell's config is checked, and the sweep directory's way of training
-  seeds (`sweep_mode.check_mode`), before any job starts.
+  Every check `convnet.sweep` makes before training (`sweep.prepare`: the cells'
+  configs and data, the folder's way of training, its records and halving files,
+  cells added to a halved arm) is made before any job starts.
 
   Returns:
     {"report": the report's path, or None; "unfinished": {cell: its status, or
@@ -340,16 +341,14 @@ def launch(
     one that failed}.
 
   Raises:
-    ConfigError: a bad cell config, a sweep directory run the other way, an
-      engine that is not installed, or resources the cluster cannot give.
+    ConfigError, DataError, FileFormatError: as `sweep.prepare`; an engine that is
+      not installed, or resources the cluster cannot give.
   """
   import_engine(cluster)
-  configs = sweep.cell_configs(base, cells)
   sweep_dir = os.path.abspath(files.make_dir(sweep_dir))
-  mode = (
-    sweep_mode.halving_mode(halving, cells, halving_from_command) if halving is not None else False
+  configs = sweep.prepare(
+    base, cells, sweep_dir, vmap_seeds, vmap_rates, halving, halving_from_command
   )
-  sweep_mode.check_mode(sweep_dir, vmap_seeds, vmap_rates, mode)
   workers = [
     Worker(
       base, list(cells), sweep_dir, (i, shards), vmap_seeds, job_environment(), vmap_rates, halving
@@ -442,7 +441,7 @@ def main(argv):
     sweep_path = config_flags.get_config_filename(FLAGS["sweep"])
     with cli.errors_in_file(sweep_path, f"--sweep={sweep_path}"):
       cells, halving = sweep.read_sweep(
-        sweep_path, FLAGS.halving, FLAGS.learning_rates, FLAGS.halving_rungs, FLAGS.halving_eta
+        sweep_path, FLAGS.halving, FLAGS.learning_rates, FLAGS.halving_rungs, sweep.given_eta()
       )
     sweep.warn_unused_overrides(config_flags.get_override_values(FLAGS["sweep"]), cells)
     resources = Resources(
@@ -480,6 +479,11 @@ def main(argv):
     sys.exit(
       f"error: {len(outcome['unfinished'])} of {len(cells)} cells have no finished record: "
       f"{listed}; the same command trains them again"
+    )
+  if outcome["failures"]:  # every cell is recorded, but a job failed: its log says why
+    sys.exit(
+      f"error: {len(outcome['failures'])} of {FLAGS.shards} jobs failed, though every cell has "
+      "its record; see their logs above"
     )
 
 

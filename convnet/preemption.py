@@ -168,11 +168,30 @@ def stop_requests() -> Iterator[StopRequests]:
   signals = [s for s in ALWAYS_HANDLED if not (multiprocess and s == signal.SIGTERM)]
   signals += [s for s in HANDLED_IF_DEFAULT if signal.getsignal(s) == signal.SIG_DFL]
   previous = {s: signal.signal(s, request) for s in signals}
+  _unheeded.clear()
   try:
     yield requests
+  except BaseException:
+    raise
+  else:
+    if requests.received:  # it came as the run ended: the caller stops before the next run
+      _unheeded.append(requests.received)
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
+
+
+# A stop signal that arrived when a run had no step left to stop at (it finished anyway).
+_unheeded: list[int] = []
+
+
+def unheeded_stop() -> int:
+  """The stop signal the last run received but finished without stopping for, or 0; once.
+
+  A sweep asks this after each run, and stops there, so that a Ctrl-C that lands as a run
+  ends is not lost to the runs after it.
+  """
+  return _unheeded.pop() if _unheeded else 0
 
 
 def ignore_stop_signals() -> None:

@@ -40,6 +40,7 @@ import hashlib
 import importlib.util
 import os
 import re
+import signal
 import sys
 import time
 import types
@@ -109,6 +110,41 @@ def parse_shard(text: str) -> tuple[int, int]:
 # Running
 
 
+def prepare(
+  base: ml_collections.ConfigDict,
+  cells: Sequence[Cell],
+  sweep_dir: str,
+  vmap_seeds: bool = False,
+  vmap_rates: bool = False,
+  halving: halving_lib.Halving | None = None,
+  halving_from_command: bool = False,
+) -> dict[str, ml_collections.ConfigDict]:
+  """Every check a sweep makes before anything trains; each cell's config, by cell name.
+
+  The cells' configs and data (`cell_configs`), the halving's arms and budgets, the folder's
+  way of training (`check_mode`), the files under `records/` (`check_records`) and
+  `halving/` (`halving.check_folder`), and no cell added to an arm halved before
+  (`sweep_halving.check_no_added_cells`). `convnet.launch` makes them before any job starts.
+
+  Raises:
+    ConfigError, DataError, FileFormatError: the first check that fails, in one line.
+  """
+  configs = cell_configs(base, cells)
+  if halving is not None:  # the arms and budgets checked before anything is written
+    halving_lib.arms(cells, halving.field)
+    for cell in cells:
+      halving.check_budget(configs[cell.name].num_epochs)
+  files.make_dir(sweep_dir)
+  mode = halving_mode(halving, cells, halving_from_command) if halving is not None else False
+  check_mode(sweep_dir, vmap_seeds, vmap_rates, mode)
+  files.remove_stale_files(os.path.join(sweep_dir, records_lib.FOLDER))
+  check_records(sweep_dir)
+  if halving is not None:
+    halving_lib.check_folder(os.path.join(sweep_dir, halving_lib.FOLDER))
+    sweep_halving.check_no_added_cells(sweep_dir, cells, configs, halving)
+  return configs
+
+
 def run_sweep(
   base: ml_collections.ConfigDict,
   cells: Sequence[Cell],
@@ -141,19 +177,7 @@ def run_sweep(
       a halved arm.
     FileFormatError: a file under `records/` or `halving/` that is not one.
   """
-  configs = cell_configs(base, cells)
-  if halving is not None:  # the arms and budgets checked before anything is written
-    halving_lib.arms(cells, halving.field)
-    for cell in cells:
-      halving.check_budget(configs[cell.name].num_epochs)
-  files.make_dir(sweep_dir)
-  mode = halving_mode(halving, cells, halving_from_command) if halving is not None else False
-  check_mode(sweep_dir, vmap_seeds, vmap_rates, mode)
-  files.remove_stale_files(os.path.join(sweep_dir, records_lib.FOLDER))
-  check_records(sweep_dir)
-  if halving is not None:
-    halving_lib.check_folder(os.path.join(sweep_dir, halving_lib.FOLDER))
-    sweep_halving.check_no_added_cells(sweep_dir, cells, configs, halving)
+  configs = prepare(base, cells, sweep_dir, vmap_seeds, vmap_rates, halving, halving_from_command)
   if halving is not None:
     return sweep_halving.run_halving(
       cells, configs, sweep_dir, halving, shard, vmap_seeds, vmap_rates, pull
@@ -201,6 +225,7 @@ def run_sweep(
       eta_text,
     )
     written += _run_group(sweep_dir, group, configs, wholes[i]) or []
+    sweep_records.stop_if_signalled()
   sweep_records.log_end(f"Sweep shard {index}/{count}", written, start)
   return written
 
@@ -330,6 +355,7 @@ def pull_groups(
         if not todo:
           continue  # recorded by another worker since this one looked
         written += _run_group(sweep_dir, todo, configs, group) or []
+      sweep_records.stop_if_signalled()
     except WorkdirInUseError:
       continue  # another worker took it first
   sweep_records.log_end(f"Sweep worker {index}/{count}", written, start)
@@ -492,14 +518,15 @@ def read_sweep(
   halving: bool = True,
   learning_rates: Sequence[str] | None = None,
   halving_rungs: Sequence[str] | None = None,
-  halving_eta: int = 2,
+  halving_eta: int | None = None,
 ) -> tuple[list[Cell], halving_lib.Halving | None]:
   """A sweep file's cells and successive halving, with the command's rates and rungs.
 
   `learning_rates` (the flag's strings) crosses every cell with those rates,
   each before the cell's seed, in the order settings, rates, seeds;
   `halving_rungs` halves each arm over them, as a sweep file's `halving()`
-  would; `halving` False leaves out any halving.
+  would, keeping the best 1/`halving_eta` at each rung (None: not given, 2); `halving`
+  False leaves out any halving.
 
   Raises:
     ConfigError: a rate or rung that is not a number, an empty flag, a rate given twice, rungs
@@ -523,6 +550,12 @@ def read_sweep(
     )
   if halving_rungs and not learning_rates:
     raise ConfigError("--halving_rungs halves over --learning_rates: give those too")
+  if halving_eta is not None and not halving_rungs:
+    raise ConfigError(
+      f"--halving_eta={halving_eta} sets how --halving_rungs halve: give the rungs too, or leave "
+      "it out"
+    )
+  halving_eta = 2 if halving_eta is None else halving_eta
   if not learning_rates:
     return cells, own if halving else None
   rates = [_number(text, "--learning_rates", float) for text in learning_rates]
@@ -565,6 +598,12 @@ def read_sweep(
   return cells, halving_lib.Halving(LEARNING_RATE, rungs, halving_eta) if halving else None
 
 
+def given_eta(flag_values: flags.FlagValues = FLAGS) -> int | None:
+  """`--halving_eta`'s value where the command gives it, else None (for `read_sweep`)."""
+  flag = flag_values["halving_eta"]
+  return flag.value if flag.present else None
+
+
 def _number(text: str, flag: str, kind: type) -> float | int:
   try:
     value = kind(text)
@@ -601,8 +640,8 @@ def warn_unused_overrides(overrides: Mapping[str, Any], cells: Sequence[Cell]) -
   for flag in overridden_by_every_cell(overrides, cells):
     field = flag.split("=", 1)[0].removeprefix("--sweep.")
     logging.warning(
-      "%s is not used: every cell of the sweep sets %s itself; change the sweep file's cells, "
-      "or leave the flag out",
+      "%s is not used: every cell of the sweep sets %s itself (its sweep file, or "
+      "--learning_rates); change those, or leave the flag out",
       flag,
       field,
     )
@@ -648,7 +687,7 @@ def main(argv):
     sweep_path = config_flags.get_config_filename(FLAGS["sweep"])
     with cli.errors_in_file(sweep_path, f"--sweep={sweep_path}"):
       cells, halving = read_sweep(
-        sweep_path, FLAGS.halving, FLAGS.learning_rates, FLAGS.halving_rungs, FLAGS.halving_eta
+        sweep_path, FLAGS.halving, FLAGS.learning_rates, FLAGS.halving_rungs, given_eta()
       )
     warn_unused_overrides(config_flags.get_override_values(FLAGS["sweep"]), cells)
     records = run_sweep(
@@ -670,8 +709,14 @@ def main(argv):
       write_report_when_complete(FLAGS.workdir, cells, cell_configs(FLAGS.sweep, cells))
   except (RunInterrupted, preemption.StoppedAtOnce) as e:  # a stop signal, then a second one
     preemption.ignore_stop_signals()  # a later one would break off the exit with a traceback
-    logging.warning("%s; rerun the sweep's command to go on", e)
+    logging.warning("%s", e)
     sys.exit(128 + e.signum)
+  except KeyboardInterrupt:  # Ctrl-C between runs, where no run holds the signal
+    preemption.ignore_stop_signals()
+    logging.warning(
+      "SIGINT between runs: every finished run is recorded; run the same command again to go on"
+    )
+    sys.exit(128 + signal.SIGINT)
   except ConvnetError as e:
     sys.exit(f"error: {e}")
   if any(r["status"] not in ("done", "pruned") for r in records):

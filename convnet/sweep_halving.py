@@ -172,6 +172,9 @@ def _halve_arm(arm, halving, configs, sweep_dir: str, vmap_seeds: bool, vmap_rat
           raise WorkdirInUseError(
             f"{sweep_records.group_workdir(sweep_dir, group)} is held by another process"
           )
+        # A signal as the group ended: stop before the next group; a rerun decides the rung
+        # from these runs' checkpoints, as after a stop mid-run.
+        sweep_records.stop_if_signalled()
       for cell, folder, result in zip(group, workdirs, results, strict=True):
         folders[cell.name] = folder
         if result is not None and result.get("status") not in ("done", "diverged"):

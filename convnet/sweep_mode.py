@@ -125,6 +125,13 @@ def read_mode(path: str) -> dict[str, bool]:
   described = isinstance(halving, dict) and {"field", "rungs", "eta", "values"} <= set(halving)
   if isinstance(halving, dict) and described:
     described = isinstance(halving["rungs"], list) and isinstance(halving["values"], list)
+    described = described and halving.get("source", "command") in ("command", "sweep file")
+    try:  # a halving that could not have run (rungs out of order, eta "two") is not one
+      described = described and bool(
+        halving_lib.Halving(halving["field"], tuple(halving["rungs"]), halving["eta"])
+      )
+    except (ConfigError, TypeError):
+      described = False
   if isinstance(saved, dict) and not (isinstance(halving, bool) or described):
     raise FileFormatError(
       f"{path}: its halving is {json.dumps(halving)[:60]}, not true, false or "
@@ -199,8 +206,10 @@ def _refuse_mode(sweep_dir: str, saved: Mapping[str, Any], mode: Mapping[str, An
     )
   if mode.get("vmap_rates") and saved.get("vmap_rates") is not True:
     raise ConfigError(
-      f"{sweep_dir} was run without --vmap_rates: run it without --vmap_rates again (the two "
-      "ways train in other folders, and their records would mix), or give another --workdir"
+      f"{sweep_dir} was run without --vmap_rates: run it without --vmap_rates again"
+      + (" (with --vmap_seeds, as before)" if saved.get("vmap_seeds") else "")
+      + " (the two ways train in other folders, and their records would mix), or give another "
+      "--workdir"
     )
   if bool(saved.get("vmap_seeds")) != mode["vmap_seeds"]:
     way = "with" if saved.get("vmap_seeds") else "without"

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import os
+import signal
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +25,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from convnet import checkpoints, display, files, train
+from convnet import checkpoints, display, files, preemption, train
 from convnet import predictions as predictions_lib
 from convnet import records as records_lib
 from convnet import seeds as seeds_lib
@@ -266,7 +267,8 @@ def group_workdir(
   else:
     name = group[0].setting
   if whole is not None and {c.name for c in group} != {c.name for c in whole}:
-    seeds = dict.fromkeys(display.setting_value(c.overrides.get("seed"), ("_",)) for c in group)
+    numbers = sorted({c.overrides.get("seed") for c in group}, key=lambda s: (s is None, s))
+    seeds = [display.setting_value(s, ("_",)) for s in numbers]
     name += ",seed=" + "+".join(seeds)
     if len(group) != len(seeds) * len({c.setting for c in group}):  # not a grid of rates x seeds
       digest = hashlib.sha256("\n".join(sorted(c.name for c in group)).encode()).hexdigest()
@@ -307,6 +309,23 @@ def train_group(
     workdirs = [checkpoints.seed_dir(workdir, s) for s in seeds]
     train_members = functools.partial(seeds_lib.train_seeds, configs[group[0].name], seeds, workdir)
   return _train_recorded(what, len(group), train_members), workdirs
+
+
+def stop_if_signalled() -> None:
+  """Stops the sweep after a run that a stop signal reached as it ended (`preemption`).
+
+  Such a run finished, and its records are written before this is asked; without it the
+  sweep would go on to the next run, the signal lost.
+
+  Raises:
+    RunInterrupted: a stop signal came during the last run, which finished anyway.
+  """
+  if signum := preemption.unheeded_stop():
+    raise RunInterrupted(
+      f"{signal.Signals(signum).name} as a run ended: its records are written, and the sweep "
+      "stops here; run the same command again to go on",
+      signum,
+    )
 
 
 def log_end(who: str, written: Sequence[Mapping[str, Any]], start: float) -> None:

@@ -13,8 +13,8 @@ import time
 import pytest
 from absl import flags
 
-from convnet import cli, launch, sweep, sweep_records, train, workdir
-from convnet.errors import ConfigError
+from convnet import cli, halving, launch, sweep, sweep_records, train, workdir
+from convnet.errors import ConfigError, FileFormatError
 from tests.conftest import REPO, cpu_env
 
 # ----------------------------------------------------------------------------
@@ -416,3 +416,23 @@ def test_a_ray_task_killed_mid_cell_is_retried_and_the_cell_resumes(tmp_path, mo
   with open(sweep_dir / "cells" / "seed=0" / "metrics.jsonl") as f:
     steps = [json.loads(line)["step"] for line in f]
   assert steps == sorted(set(steps)) and len(steps) == 2, steps  # an epoch each, none repeated
+
+
+@pytest.mark.parametrize("where", ["records", "halving"])
+def test_a_file_a_sweep_would_refuse_stops_the_launch_before_any_job(config, tmp_path, where):
+  """Workers refused such a file one by one, in tracebacks in their logs, and the launch said
+  only that they failed (or, with every cell recorded, exited 0)."""
+  pytest.importorskip("submitit")
+  sweep_dir = tmp_path / "sweep"
+  (sweep_dir / where).mkdir(parents=True)
+  (sweep_dir / where / "stray.json").write_text('{"a": 1}')
+  rule = halving.Halving("optimizer.learning_rate", (1, 2), 2) if where == "halving" else None
+  cells = sweep.expand(
+    lambda: sweep.product(
+      sweep.axis("optimizer.learning_rate", [1e-3, 3e-3]), sweep.axis("seed", range(2))
+    )
+  )
+  config.num_epochs = 2
+  with pytest.raises(FileFormatError, match=rf"{where}/stray.json"):
+    launch.launch(config, cells, str(sweep_dir), 2, "local", halving=rule, vmap_rates=True)
+  assert sorted(os.listdir(sweep_dir)) in ([where], [where, "sweep.json"])

@@ -117,6 +117,23 @@ def test_one_process_stops_on_the_first_signal_and_breaks_off_on_the_second():
   assert {s: signal.getsignal(s) for s in before} == before
 
 
+def test_a_signal_as_a_run_ends_is_kept_for_the_caller_once():
+  """A run that finished although a signal came (no step left to stop at) leaves it to be asked."""
+  with preemption.stop_requests():
+    signal.raise_signal(signal.SIGINT)  # the loop has ended: nothing asks `requested` again
+  assert preemption.unheeded_stop() == signal.SIGINT
+  assert preemption.unheeded_stop() == 0  # once
+  with pytest.raises(RuntimeError), preemption.stop_requests():
+    signal.raise_signal(signal.SIGHUP)
+    raise RuntimeError("a run that stops on the signal, or fails, has dealt with it")
+  assert preemption.unheeded_stop() == 0
+  with preemption.stop_requests():
+    signal.raise_signal(signal.SIGUSR1)
+  with preemption.stop_requests():  # the next run starts afresh; its own ending is what counts
+    pass
+  assert preemption.unheeded_stop() == 0
+
+
 @pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGUSR1], ids=["sighup", "sigusr1"])
 def test_a_hang_up_or_a_batch_systems_warning_is_a_stop_request(signum):
   """A closed terminal (SIGHUP) or SLURM's --signal=USR1@T stops at a step, as SIGTERM does."""

@@ -14,7 +14,17 @@ import jax
 import numpy as np
 import pytest
 
-from convnet import config_checks, input_pipeline, models, seeds, steps, sweep, sweep_records, train
+from convnet import (
+  config_checks,
+  input_pipeline,
+  models,
+  preemption,
+  seeds,
+  steps,
+  sweep,
+  sweep_records,
+  train,
+)
 from convnet.errors import (
   CheckpointError,
   ConfigError,
@@ -272,6 +282,10 @@ def test_a_part_of_a_group_has_a_folder_of_its_own_the_same_on_every_rerun():
   assert sweep_records.group_workdir("S", whole[:3], whole) == os.path.join(
     "S", "groups", "optimizer.learning_rate=0.001,seed=0+1+2"
   )
+  # Seeds in order, whatever order the part's cells come in.
+  assert sweep_records.group_workdir("S", [whole[2], whole[0], whole[1]], whole) == (
+    sweep_records.group_workdir("S", whole[:3], whole)
+  )
 
 
 def test_a_file_under_records_that_is_not_a_record_stops_the_sweep_before_any_cell(
@@ -300,6 +314,30 @@ def test_an_override_that_every_cell_sets_again_is_named(caplog):
     sweep.warn_unused_overrides(overrides, cells)
   assert "--sweep.data.num_validation=5000 is not used: every cell" in caplog.text
   assert "num_epochs" not in caplog.text
+
+
+@pytest.mark.parametrize("pull", [False, True])
+def test_a_signal_as_a_run_ends_stops_the_sweep_after_its_records(
+  config, tmp_path, monkeypatch, pull
+):
+  """Ctrl-C as a run finished was lost: the run ended normally and the sweep went on."""
+  trained = []
+
+  def fake_train(config, workdir):
+    trained.append(config.optimizer.learning_rate)
+    if len(trained) == 1:  # the signal came as this run ended: it finished anyway
+      preemption._unheeded.append(signal.SIGINT)
+    return _fake_result(config, workdir)
+
+  monkeypatch.setattr(train, "train_and_evaluate", fake_train)
+  cells = _cells(n_settings=3, n_seeds=1)
+  with pytest.raises(RunInterrupted, match="SIGINT as a run ended: its records are written"):
+    sweep.run_sweep(config, cells, str(tmp_path), (0, 1), pull=pull)
+  assert trained == [1e-3]
+  recorded = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "records" / "*.json")))
+  assert recorded == [f"{cells[0].name}.json"]
+  assert sweep.run_sweep(config, cells, str(tmp_path), (0, 1), pull=pull)  # goes on
+  assert trained == [1e-3, 2e-3, 3e-3]
 
 
 def test_finished_cells_are_skipped_and_a_crash_is_recorded(config, tmp_path, monkeypatch):

@@ -2,11 +2,12 @@
 
 import json
 import os
+import signal
 import types
 
 import pytest
 
-from convnet import halving, sweep, sweep_halving, sweep_mode, sweep_records
+from convnet import halving, preemption, sweep, sweep_halving, sweep_mode, sweep_records
 from convnet.errors import ConfigError, FileFormatError, RunInterrupted
 
 RATES = (1e-3, 3e-3, 1e-2)
@@ -256,6 +257,11 @@ def test_halving_rungs_from_the_command_halve_the_rates_of_each_arm(tmp_path):
     (PADDING, {"halving_rungs": ["1", "3"]}, "--halving_rungs halves over --learning_rates"),
     (
       PADDING,
+      {"learning_rates": ["0.001", "0.003"], "halving_eta": 3},
+      "--halving_eta=3 sets how --halving_rungs halve: give the rungs too",
+    ),
+    (
+      PADDING,
       {"learning_rates": ["0.001", "1e-3"]},
       "--learning_rates: 0.001 is given twice \\(as '0.001' and '1e-3'\\); give each rate once",
     ),
@@ -459,6 +465,29 @@ def test_a_rung_whose_runs_failed_decides_nothing_and_a_rerun_retries_them(
   decisions = json.loads((tmp_path / "halving" / "base.json").read_text())
   assert decisions["chosen"] == 0.003
   assert all(v["mean_validation_accuracy"] is not None for v in decisions["decisions"][0]["values"])
+
+
+def test_a_signal_as_a_rung_group_ends_stops_the_halving_and_a_rerun_decides_the_same(
+  config, tmp_path, monkeypatch
+):
+  """Ctrl-C that reached a rung's group as it ended was lost: the next rungs and arms trained."""
+  calls = []
+  fake = _fake_rungs(calls)
+
+  def signalled_once(*args, **kwargs):
+    result = fake(*args, **kwargs)
+    if len(calls) == 1:  # the signal came as the first group ended
+      preemption._unheeded.append(signal.SIGINT)
+    return result
+
+  monkeypatch.setattr(sweep_records, "train_group", signalled_once)
+  cells, folder = _two_rates(), str(tmp_path)
+  with pytest.raises(RunInterrupted, match="SIGINT as a run ended"):
+    sweep.run_sweep(_base(config), cells, folder, vmap_rates=True, halving=RULE)
+  assert len(calls) == 1 and not os.path.exists(tmp_path / "halving" / "base.json")
+  written = sweep.run_sweep(_base(config), cells, folder, vmap_rates=True, halving=RULE)
+  assert sorted(r["status"] for r in written) == ["done", "done", "pruned", "pruned"]
+  assert json.loads((tmp_path / "halving" / "base.json").read_text())["chosen"] == 0.003
 
 
 def test_a_failure_at_the_last_rung_keeps_the_pruned_and_records_the_finished(

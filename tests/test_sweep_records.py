@@ -413,6 +413,21 @@ def test_a_finished_record_of_another_config_is_replaced_and_the_log_says_so(
     ("", "is not JSON"),
     ('{"vmap_seeds": true, "halving": 3}', "its halving is 3, not true, false or"),
     ('{"vmap_seeds": true, "halving": {"eta": 2}}', 'its halving is {"eta": 2}, not'),
+    (
+      '{"vmap_seeds": true, "halving": {"field": "optimizer.learning_rate", "rungs": [1, 2], '
+      '"eta": "two", "values": [0.001, 0.003]}}',
+      "not true, false or {\"field\"",
+    ),
+    (
+      '{"vmap_seeds": true, "halving": {"field": "optimizer.learning_rate", "rungs": [2, 1], '
+      '"eta": 2, "values": [0.001, 0.003]}}',
+      "not true, false or {\"field\"",
+    ),
+    (
+      '{"vmap_seeds": true, "halving": {"field": "optimizer.learning_rate", "rungs": [1, 2], '
+      '"eta": 2, "values": [0.001, 0.003], "source": "file"}}',
+      "not true, false or {\"field\"",
+    ),
   ],
 )
 def test_a_bad_sweep_json_is_named_in_one_line(tmp_path, text, found):
