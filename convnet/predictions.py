@@ -217,7 +217,10 @@ def load(location: str) -> Predictions:
   except FileFormatError:
     raise
   except Exception as e:  # zipfile, numpy and zlib raise many kinds for a damaged file
-    raise FileFormatError(f"{target} is not a readable .npz file ({_why(e)})") from None
+    raise FileFormatError(
+      f"{target} is not a readable .npz file ({_why(e)}): move it away; the report does without "
+      "it, and a rerun of the sweep copies the run's own predictions again where it has them"
+    ) from None
   return _checked(arrays, names, target)
 
 
