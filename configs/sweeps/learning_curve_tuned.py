@@ -10,8 +10,8 @@ chooses on the whole validation split, and fixes each remedy's setting. Here:
   the validation split holds (`data.num_validation`);
 - five learning rates, 3e-4 to 3e-2, trained together per setting (`--vmap_rates`); and each
   remedy's own setting is a grid too: the first 8 to 256 principal components (at most N - 1,
-  the most that N centred examples span), the 16 to 256 pixels of highest variance, and L1
-  strengths of 1e-5 to 1e-3. The report chooses the rate, then the remedy's setting, at each N
+  the most that N centred examples span), the 16 to 512 pixels of highest variance, and L1
+  strengths of 1e-6 to 1e-3. The report chooses the rate, then the remedy's setting, at each N
   on validation accuracy alone, and lists every choice at a grid's edge.
 
 Five models at the book's size, 5 seeds, on nested training subsets of 64 to all 3,400
@@ -31,8 +31,8 @@ from convnet.sweep import axis, product
 
 SIZES = (64, 128, 256, 512, 1024, 2048, 3400)
 COMPONENTS = samples_features.COMPONENTS
-PIXELS_KEPT = (16, 32, 64, 128, 256)
-L1_PENALTIES = (1e-5, 1e-4, 1e-3)
+PIXELS_KEPT = (16, 32, 64, 128, 256, 512)
+L1_PENALTIES = (1e-6, 1e-5, 1e-4, 1e-3)
 LEARNING_RATES = samples_features.LEARNING_RATES
 SEEDS = range(5)
 VALIDATION_SPLIT = samples_features.VALIDATION_SPLIT
