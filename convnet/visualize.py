@@ -467,6 +467,20 @@ def describe(run: trained.TrainedRun) -> str:
   return f"{run.config.model.name} on {dataset}, step {run.step:,}"
 
 
+def check_occlusion(input_shape: tuple[int, ...], patch: int, stride: int) -> None:
+  """Refuses occlusion's `patch` and `stride` (pixels) on examples of `input_shape` (spatial
+  axes, then channels) where they cannot work.
+
+  Raises:
+    ConfigError: a stride longer than the patch, or a patch that covers the whole image, naming
+      both flags (see `interpret.occlusion_masks`).
+  """
+  try:
+    interpret.occlusion_masks(input_shape[:-1], patch, stride)
+  except ValueError as e:
+    raise ConfigError(f"--occlusion_patch={patch} --occlusion_stride={stride}: {e}") from None
+
+
 def write_figures(
   workdir: str,
   out: str | None = None,
@@ -509,12 +523,7 @@ def write_figures(
   spatial = len(run.dataset.input_shape) > 1  # not feature vectors
   figures += ["occlusion.png", "occlusion.json"] if spatial else []
   if spatial:  # a bad patch is refused before anything is drawn
-    try:
-      interpret.occlusion_masks(run.dataset.input_shape[:-1], occlusion_patch, occlusion_stride)
-    except ValueError as e:
-      raise ConfigError(
-        f"--occlusion_patch={occlusion_patch} --occlusion_stride={occlusion_stride}: {e}"
-      ) from None
+    check_occlusion(run.dataset.input_shape, occlusion_patch, occlusion_stride)
   embedding = min(embedding_examples, len(run.dataset.test)) > KNN_NEIGHBOURS
   figures += ["embedding.png", "embedding.json"] if embedding else []
   figures += [f"maximised_conv_{k}.png" for k in range(num_blocks)] + ["maximised_logits.png"]
