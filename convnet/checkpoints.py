@@ -42,7 +42,7 @@ from absl import logging
 from convnet import checkpoint_checks as checks
 from convnet import epochs, files, logs
 from convnet import workdir as workdir_lib
-from convnet.errors import CheckpointError, DivergedError, WorkdirError
+from convnet.errors import CheckpointError, DivergedError, NoCheckpointsError, WorkdirError
 
 CHECKPOINTS = "checkpoints"
 WHICH = ("latest", "best")
@@ -411,7 +411,7 @@ def _checkpoint_dir(workdir: str) -> tuple[str, str | None]:
   group = os.path.join(os.path.dirname(os.path.normpath(workdir)), CHECKPOINTS)
   if os.path.isdir(group):
     return group, os.path.basename(os.path.normpath(workdir))
-  raise CheckpointError(f"{workdir} has no {CHECKPOINTS}/ (nor its group's): train it first")
+  raise NoCheckpointsError(f"{workdir} has no {CHECKPOINTS}/ (nor its group's): train it first")
 
 
 def _member_index(directory: str, name: str, loop: Mapping[str, Any]) -> int:
@@ -424,7 +424,7 @@ def _member_index(directory: str, name: str, loop: Mapping[str, Any]) -> int:
     return loop["members"].index(name)
   seed = workdir_lib.SEED_DIR.fullmatch(name)
   if seed is None:
-    raise CheckpointError(
+    raise NoCheckpointsError(
       f"{os.path.join(os.path.dirname(directory), name)} has no {CHECKPOINTS}/ and is not a "
       f"member of the group in {os.path.dirname(directory)}: train it first"
     )

@@ -17,6 +17,10 @@ class CheckpointError(ConvnetError):
   """A checkpoint or workdir that cannot be resumed; the message says how to start fresh."""
 
 
+class NoCheckpointsError(CheckpointError):
+  """A run folder holds no checkpoints at all (never trained, or they were removed)."""
+
+
 class FileFormatError(ConvnetError):
   """A file the project reads that is not what it should be: its kind, size, syntax or fields.
 

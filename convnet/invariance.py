@@ -49,7 +49,7 @@ from scipy import ndimage
 
 from convnet import analysis, cli, files, input_pipeline, interpret, stats
 from convnet import records as records_lib
-from convnet.errors import CheckpointError, ConfigError, ConvnetError, DataError
+from convnet.errors import CheckpointError, ConfigError, ConvnetError, DataError, NoCheckpointsError
 
 # Shifts of 2 and 4 pixels each way along each image axis, and turns of 15 degrees each way.
 DEFAULT_TRANSFORMS = (
@@ -336,10 +336,8 @@ def evaluate_sweep(
     folder = run_folder(sweep_dir, record)
     try:
       result = evaluate(folder, names)
-    except CheckpointError as e:
-      if not _has_no_checkpoints(e):
-        raise
-      raise CheckpointError(
+    except NoCheckpointsError:
+      raise NoCheckpointsError(
         f"finished cell {record['cell']} of {sweep_dir} has no checkpoints left in {folder}, "
         "and its record stands, so rerunning the sweep trains nothing: move "
         f"{records_lib.FOLDER}/{record['cell']}.json out of {records_lib.FOLDER}/ and rerun the "
@@ -521,11 +519,6 @@ def report_markdown(result: Mapping[str, Any], title: str) -> str:
     cells = ", ".join(f"`{c['cell']}` ({c['status']})" for c in result["not_finished"])
     lines += ["", f"Cells not finished, so not evaluated: {cells}."]
   return "\n".join(lines) + "\n"
-
-
-def _has_no_checkpoints(error: CheckpointError) -> bool:
-  """Whether `error` says a run's checkpoints are missing (not damaged or of another kind)."""
-  return "train it first" in str(error)
 
 
 def earlier_transforms(path: str) -> list[str]:
